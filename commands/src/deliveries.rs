@@ -1,0 +1,110 @@
+//! Sealed delivery records (ARCHITECTURE decided 6). The message to send —
+//! recipient and, for OTPs, the code — is sealed with the delivery key and
+//! stored in `deliveries` under an id the event names (the challenge id for
+//! `OtpIssued`, the notice id for notices). The notifier opens it, sends, and
+//! deletes the row, so the code exists only until it is delivered and never
+//! in an event, topic, read model or log.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::keys::Secret32;
+use crate::vault::{open_bytes, seal_bytes};
+
+/// What to send. `Debug` hides the recipient and the code.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    /// `email` or `sms`.
+    pub channel: String,
+    /// Email address or E.164 phone number.
+    pub to: String,
+    /// Template name: `otp_email_verification`, `otp_two_factor`,
+    /// `duplicate_registration`, …
+    pub template: String,
+    /// The one-time code, for OTP templates.
+    pub code: Option<String>,
+    /// When the code stops working (shown in the message).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("channel", &self.channel)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Delivery-record failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the record could not be opened")]
+    Corrupt,
+}
+
+/// Stores and retrieves sealed delivery records.
+#[derive(Clone)]
+pub struct DeliveryStore {
+    pool: PgPool,
+    key: Secret32,
+}
+
+impl DeliveryStore {
+    pub fn new(pool: PgPool, key: Secret32) -> Self {
+        Self { pool, key }
+    }
+
+    /// Seals and stores `delivery` under `id`, kept until `expires_at` at most.
+    ///
+    /// # Errors
+    /// [`DeliveryError::Db`].
+    pub async fn put(&self, id: Uuid, delivery: &Delivery, expires_at: DateTime<Utc>) -> Result<(), DeliveryError> {
+        let json = serde_json::to_vec(delivery).map_err(|_| DeliveryError::Corrupt)?;
+        let sealed = seal_bytes(&self.key, id.as_bytes(), &json);
+        sqlx::query("INSERT INTO deliveries (delivery_id, sealed, expires_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(sealed)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The record under `id`, if still there (it is gone once sent).
+    ///
+    /// # Errors
+    /// [`DeliveryError`].
+    pub async fn get(&self, id: Uuid) -> Result<Option<Delivery>, DeliveryError> {
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM deliveries WHERE delivery_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(sealed) = row else { return Ok(None) };
+        let plain = open_bytes(&self.key, id.as_bytes(), &sealed).ok_or(DeliveryError::Corrupt)?;
+        serde_json::from_slice(&plain).map(Some).map_err(|_| DeliveryError::Corrupt)
+    }
+
+    /// Deletes the record (after a successful send, or when its command failed).
+    ///
+    /// # Errors
+    /// [`DeliveryError::Db`].
+    pub async fn delete(&self, id: Uuid) -> Result<(), DeliveryError> {
+        sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Deletes records past their expiry (orphans of failed commands, codes
+    /// no longer worth sending). Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`DeliveryError::Db`].
+    pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, DeliveryError> {
+        let r = sqlx::query("DELETE FROM deliveries WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+}

@@ -1,0 +1,250 @@
+//! Tokens (ARCHITECTURE decided 10; RFC 8725; ASVS 9.x).
+//!
+//! - Access token: JWT signed with EdDSA (Ed25519) only, header `typ`
+//!   `at+jwt` (RFC 9068), claims `iss aud sub sid exp iat jti`, lifetime
+//!   [`ACCESS_TOKEN_TTL_SECS`]. Verification allows exactly one algorithm,
+//!   requires `exp iss aud sub` and checks `typ`, so a token of another kind
+//!   can never pass as an access token.
+//! - Refresh token: opaque `rt1.<session id>.<43 chars base64url of 256 random
+//!   bits>`; only its SHA-256 is stored.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{sha256_hex, KeyError, Secret32};
+use domain::values::Digest;
+
+/// Access-token lifetime in seconds (15 min; SECURITY.md).
+pub const ACCESS_TOKEN_TTL_SECS: i64 = 15 * 60;
+/// JOSE `typ` of access tokens (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// User id.
+    pub sub: Uuid,
+    /// Session id.
+    pub sid: Uuid,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: i64,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: i64,
+    /// Unique token id.
+    pub jti: Uuid,
+}
+
+/// Token failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is invalid")]
+    Invalid,
+    #[error("token has expired")]
+    Expired,
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// Signs and verifies access tokens with one Ed25519 key.
+pub struct TokenIssuer {
+    issuer: String,
+    audience: String,
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    public_x: String,
+}
+
+impl TokenIssuer {
+    /// `seed` = the 32-byte Ed25519 secret (config `STREAMFORGE_JWT_KEY`).
+    ///
+    /// # Errors
+    /// [`KeyError`] if the key cannot be encoded (does not happen for 32 bytes).
+    pub fn new(seed: &Secret32, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let signing = SigningKey::from_bytes(&seed.0);
+        let der = signing.to_pkcs8_der().map_err(|_| KeyError::Length(32))?;
+        let public = signing.verifying_key().to_bytes();
+        let public_x = URL_SAFE_NO_PAD.encode(public);
+        let kid = sha256_hex(&public)[..16].to_owned();
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            kid,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            decoding: DecodingKey::from_ed_der(&public),
+            public_x,
+        })
+    }
+
+    /// Issues an access token for `user`/`session` at `now`; returns the
+    /// token and its lifetime in seconds.
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`].
+    pub fn issue_access(&self, user: Uuid, session: Uuid, now: DateTime<Utc>) -> Result<(String, i64), TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(self.kid.clone());
+        let iat = now.timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user,
+            sid: session,
+            exp: iat + ACCESS_TOKEN_TTL_SECS,
+            iat,
+            jti: Uuid::new_v4(),
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| TokenError::Signing(e.to_string()))?;
+        Ok((token, ACCESS_TOKEN_TTL_SECS))
+    }
+
+    /// Verifies signature (EdDSA only), `typ`, `exp` (no leeway), `iss`, `aud`, `sub`.
+    ///
+    /// # Errors
+    /// [`TokenError::Expired`] or [`TokenError::Invalid`].
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(TokenError::Invalid);
+        }
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.leeway = 0;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+
+    /// The JWK Set with the public key (RFC 7517 / RFC 8037 OKP).
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({
+            "keys": [{
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": self.public_x,
+                "kid": self.kid,
+                "alg": "EdDSA",
+                "use": "sig"
+            }]
+        })
+    }
+}
+
+/// A refresh token and its stored digest.
+pub struct RefreshToken {
+    /// What the client receives (secret).
+    pub token: String,
+    /// SHA-256 hex of `token` — what the Session aggregate keeps.
+    pub hash: Digest,
+}
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshToken(<redacted>)")
+    }
+}
+
+/// A new refresh token for `session` with 256 random bits.
+pub fn new_refresh_token(session: Uuid) -> RefreshToken {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let token = format!("rt1.{}.{}", session.simple(), URL_SAFE_NO_PAD.encode(b));
+    let hash = refresh_hash(&token);
+    RefreshToken { token, hash }
+}
+
+/// SHA-256 hex of a presented refresh token.
+pub fn refresh_hash(token: &str) -> Digest {
+    Digest(sha256_hex(token.as_bytes()))
+}
+
+/// The session id inside a refresh token, if well-formed.
+pub fn parse_refresh_token(token: &str) -> Option<Uuid> {
+    let mut parts = token.split('.');
+    let (Some("rt1"), Some(sid), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if secret.len() != 43 || URL_SAFE_NO_PAD.decode(secret).map(|b| b.len()).ok() != Some(32) {
+        return None;
+    }
+    Uuid::try_parse(sid).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::new(&Secret32([9; 32]), "https://sf.test", "streamforge").unwrap()
+    }
+
+    #[test]
+    fn access_token_roundtrip() {
+        let i = issuer();
+        let (t, ttl) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        assert_eq!(ttl, 900);
+        let c = i.verify_access(&t).unwrap();
+        assert_eq!(c.sub, Uuid::from_u128(1));
+        assert_eq!(c.sid, Uuid::from_u128(2));
+    }
+
+    #[test]
+    fn expired_wrong_audience_and_foreign_keys_fail() {
+        let i = issuer();
+        let (t, _) = i
+            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now() - chrono::Duration::hours(1))
+            .unwrap();
+        assert!(matches!(i.verify_access(&t), Err(TokenError::Expired)));
+        let other = TokenIssuer::new(&Secret32([9; 32]), "https://sf.test", "other").unwrap();
+        let (t2, _) = other.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        assert!(i.verify_access(&t2).is_err());
+        let foreign = TokenIssuer::new(&Secret32([8; 32]), "https://sf.test", "streamforge").unwrap();
+        let (t3, _) = foreign.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        assert!(i.verify_access(&t3).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_wrong_typ_are_refused() {
+        let i = issuer();
+        let (t, _) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        let parts: Vec<&str> = t.split('.').collect();
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"at+jwt"}"#);
+        assert!(i.verify_access(&format!("{none_header}.{}.", parts[1])).is_err());
+        let jwt_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+        assert!(i.verify_access(&format!("{jwt_header}.{}.{}", parts[1], parts[2])).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_parse_and_hash() {
+        let r = new_refresh_token(Uuid::from_u128(5));
+        assert_eq!(parse_refresh_token(&r.token), Some(Uuid::from_u128(5)));
+        assert_eq!(refresh_hash(&r.token), r.hash);
+        assert!(parse_refresh_token("rt1.nope.x").is_none());
+        assert!(parse_refresh_token(&format!("{}x", r.token)).is_none());
+        assert_ne!(new_refresh_token(Uuid::from_u128(5)).token, r.token);
+    }
+
+    #[test]
+    fn jwks_has_the_public_key() {
+        let j = issuer().jwks();
+        assert_eq!(j["keys"][0]["kty"], "OKP");
+        assert_eq!(j["keys"][0]["x"].as_str().unwrap().len(), 43);
+    }
+}

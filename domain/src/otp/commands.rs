@@ -1,0 +1,23 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{OtpChannel, OtpPurpose};
+use crate::values::Digest;
+
+/// Commands on an `OtpChallenge`.
+#[derive(Debug, Clone)]
+pub enum OtpCommand {
+    /// Issue a code. `code_mac` = HMAC-SHA256(otp key, challenge_id ‖ code);
+    /// the code itself travels only in the sealed delivery record.
+    Request {
+        challenge_id: Uuid,
+        subject_id: Uuid,
+        purpose: OtpPurpose,
+        channel: OtpChannel,
+        code_mac: Digest,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// Check a submitted code, given as its keyed hash computed the same way.
+    Verify { candidate_mac: Digest, at: DateTime<Utc> },
+}

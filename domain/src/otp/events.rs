@@ -1,0 +1,70 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::Digest;
+
+/// What a challenge proves once answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtpPurpose {
+    EmailVerification,
+    TwoFactor,
+    Login,
+    PasswordReset,
+}
+
+/// Where the code is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtpChannel {
+    Email,
+    Sms,
+}
+
+impl OtpChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Sms => "sms",
+        }
+    }
+}
+
+/// Events of an `OtpChallenge`. None carries the code (decided 6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OtpEvent {
+    /// A code was issued; the notifier delivers it from the delivery record
+    /// whose id is the challenge id.
+    OtpIssued {
+        challenge_id: Uuid,
+        subject_id: Uuid,
+        purpose: OtpPurpose,
+        channel: OtpChannel,
+        code_mac: Digest,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    OtpVerified { verified_at: DateTime<Utc> },
+    /// A wrong code; `failed_attempts` counts for this challenge.
+    OtpVerificationFailed { failed_attempts: u32, failed_at: DateTime<Utc> },
+    /// The challenge accepts no further attempt.
+    OtpChallengeLocked { locked_at: DateTime<Utc> },
+}
+
+impl DomainEvent for OtpEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OtpIssued { .. } => "OtpIssued",
+            Self::OtpVerified { .. } => "OtpVerified",
+            Self::OtpVerificationFailed { .. } => "OtpVerificationFailed",
+            Self::OtpChallengeLocked { .. } => "OtpChallengeLocked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

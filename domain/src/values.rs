@@ -1,0 +1,247 @@
+//! Value objects parsed once at the edge; an invalid value cannot be built.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why an input value was refused. `field` names the JSON field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidValue {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidValue {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+/// An email address, trimmed and lower-cased (the normal form used for the
+/// uniqueness hash). At most 254 bytes (RFC 5321 §4.5.3.1.3).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// # Errors
+    /// [`InvalidValue`] when empty, longer than 254 bytes or not an address.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim().to_lowercase();
+        if s.is_empty() {
+            return Err(InvalidValue::new("email", "is required"));
+        }
+        if s.len() > 254 {
+            return Err(InvalidValue::new("email", "is longer than 254 bytes"));
+        }
+        if !email_address::EmailAddress::is_valid(&s) || !s.contains('.') {
+            return Err(InvalidValue::new("email", "is not a valid email address"));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EmailAddress {
+    // Personal data: never printed in full.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EmailAddress(<redacted>)")
+    }
+}
+
+/// A password as typed. 8–256 characters (ASVS 6.2.1/6.2.9: at least 8, allow
+/// at least 64, no truncation; the upper bound caps hashing cost), no
+/// composition rules, not one of the bundled common passwords (ASVS 6.2.4).
+/// `Debug` never shows it.
+#[derive(Clone)]
+pub struct Password(String);
+
+/// Minimum password length in characters (ASVS 6.2.1).
+pub const PASSWORD_MIN_CHARS: usize = 8;
+/// Maximum password length in characters.
+pub const PASSWORD_MAX_CHARS: usize = 256;
+
+/// The 10,000 most common passwords (zxcvbn's frequency list), lower case.
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+fn common_passwords() -> &'static std::collections::HashSet<&'static str> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(|| COMMON_PASSWORDS.lines().collect())
+}
+
+impl Password {
+    /// # Errors
+    /// [`InvalidValue`] when too short, too long or a common password.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let n = raw.chars().count();
+        if n < PASSWORD_MIN_CHARS {
+            return Err(InvalidValue::new(
+                "password",
+                format!("must be at least {PASSWORD_MIN_CHARS} characters"),
+            ));
+        }
+        if n > PASSWORD_MAX_CHARS {
+            return Err(InvalidValue::new(
+                "password",
+                format!("must be at most {PASSWORD_MAX_CHARS} characters"),
+            ));
+        }
+        if common_passwords().contains(raw.to_lowercase().as_str()) {
+            return Err(InvalidValue::new("password", "is too common; choose another"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The raw password, for hashing and verification only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A display name: trimmed, 1–100 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// # Errors
+    /// [`InvalidValue`] when empty, too long or holding control characters.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(InvalidValue::new("name", "is required"));
+        }
+        if s.chars().count() > 100 {
+            return Err(InvalidValue::new("name", "must be at most 100 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::new("name", "must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A profile biography: at most 1,000 characters; newlines allowed, other
+/// control characters not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bio(String);
+
+impl Bio {
+    /// # Errors
+    /// [`InvalidValue`] when too long or holding control characters.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.chars().count() > 1000 {
+            return Err(InvalidValue::new("bio", "must be at most 1000 characters"));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(InvalidValue::new("bio", "must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A one-time code as typed: exactly 6 ASCII digits (ASVS 6.5.3).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpCode(String);
+
+/// Number of digits in every one-time code.
+pub const OTP_DIGITS: usize = 6;
+
+impl OtpCode {
+    /// # Errors
+    /// [`InvalidValue`] unless exactly 6 ASCII digits (surrounding spaces ignored).
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.len() != OTP_DIGITS || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidValue::new("code", "must be 6 digits"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OtpCode(<redacted>)")
+    }
+}
+
+/// Ciphertext of a personal field, sealed with the subject's data key
+/// (XChaCha20-Poly1305; ARCHITECTURE decided 7). Opaque to the domain; only
+/// the `commands` vault opens it. Serialised as a plain string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub String);
+
+/// Lower-case hex of a keyed hash (HMAC-SHA256) or digest (SHA-256), as carried
+/// in events instead of a secret (ARCHITECTURE decided 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Digest(pub String);
+
+impl Digest {
+    /// Constant-time equality (no early exit on the first differing byte).
+    pub fn ct_eq(&self, other: &Digest) -> bool {
+        use subtle::ConstantTimeEq;
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && bool::from(a.ct_eq(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_normalised_and_validated() {
+        assert_eq!(EmailAddress::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        assert!(EmailAddress::parse("not-an-email").is_err());
+        assert!(EmailAddress::parse("").is_err());
+        assert!(EmailAddress::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn password_rules() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse("password").is_err(), "common password refused");
+        assert!(Password::parse("correct horse battery staple").is_ok());
+        assert!(Password::parse(&"x".repeat(64)).is_ok());
+        assert!(Password::parse(&"x".repeat(257)).is_err());
+        assert_eq!(format!("{:?}", Password::parse("s3cret-pass-word").unwrap()), "Password(<redacted>)");
+    }
+
+    #[test]
+    fn otp_code_is_six_digits() {
+        assert!(OtpCode::parse("123456").is_ok());
+        assert!(OtpCode::parse("12345").is_err());
+        assert!(OtpCode::parse("12345a").is_err());
+        assert!(OtpCode::parse("1234567").is_err());
+    }
+
+    #[test]
+    fn digest_compare() {
+        assert!(Digest("ab".into()).ct_eq(&Digest("ab".into())));
+        assert!(!Digest("ab".into()).ct_eq(&Digest("ac".into())));
+        assert!(!Digest("ab".into()).ct_eq(&Digest("abc".into())));
+    }
+}

@@ -1,0 +1,25 @@
+//! streamforge's read side: the projector runtime and the event feeds it
+//! consumes.
+//!
+//! - [`db`]: connecting to (and creating + migrating) the database;
+//!   [`db::testing`] makes a fresh database per test for every crate.
+//! - [`tail`]: the commit-safe cursor over the `events` table
+//!   (ARCHITECTURE decided 2), shared by the relay and the Postgres feed.
+//! - [`feed`]: the [`feed::EventFeed`] trait (decided 4) with two
+//!   implementations, [`pg_feed::PgFeed`] (Postgres tail, the embedded
+//!   default) and [`kafka_feed::KafkaFeed`] (consumer group, production).
+//! - [`runtime`]: [`runtime::Projector`] and [`runtime::ProjectionRunner`],
+//!   which apply each envelope and its per-aggregate checkpoint in one
+//!   Postgres transaction (decided 5), then acknowledge the feed.
+//!
+//! Among streamforge's crates this one depends on `domain` only (for the
+//! envelope); it must never depend on `commands`, `workers` or `api`.
+
+pub mod db;
+pub mod feed;
+pub mod kafka_feed;
+pub mod pg_feed;
+pub mod runtime;
+pub mod tail;
+pub mod profiles;
+pub mod sessions;

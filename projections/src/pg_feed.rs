@@ -1,0 +1,171 @@
+//! [`PgFeed`]: the Postgres-tail [`EventFeed`], the embedded default that
+//! needs no Kafka. It reads the `events` table through the commit-safe
+//! cursor ([`crate::tail`]), wakes on `LISTEN streamforge_events` and falls
+//! back to a slow poll (ARCHITECTURE decided 12).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::envelope::Envelope;
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::feed::{EventFeed, FeedError};
+use crate::tail::{self, Cursor, EventsListener};
+
+/// Poll interval used while no notification arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Re-read interval while committed events wait behind an older open
+/// transaction (whose end is not necessarily notified).
+pub const DEFAULT_UNSETTLED_RETRY: Duration = Duration::from_millis(10);
+
+/// Settings of a [`PgFeed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgFeedConfig {
+    /// Consumer name; the cursor is stored as `feed:<consumer>` in
+    /// `tail_checkpoints`. Feeds sharing a name share (and race on) a cursor.
+    pub consumer: String,
+    /// Only these aggregate types (`None`: all).
+    pub aggregate_types: Option<Vec<String>>,
+    /// Fallback poll interval when no notification arrives
+    /// (default [`DEFAULT_POLL_INTERVAL`]).
+    pub poll_interval: Duration,
+    /// Re-read interval while newer events wait behind an open transaction
+    /// (default [`DEFAULT_UNSETTLED_RETRY`]).
+    pub unsettled_retry: Duration,
+}
+
+impl PgFeedConfig {
+    /// Defaults for consumer `consumer`: all aggregate types, 1 s poll.
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            aggregate_types: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            unsettled_retry: DEFAULT_UNSETTLED_RETRY,
+        }
+    }
+
+    /// Restricts the feed to these aggregate types.
+    pub fn aggregate_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.aggregate_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the fallback poll interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}
+
+/// The Postgres-tail feed of one consumer. Not `Clone`: one instance per
+/// consumer name at a time.
+#[derive(Debug)]
+pub struct PgFeed {
+    pool: PgPool,
+    checkpoint: String,
+    aggregate_types: Option<Vec<String>>,
+    poll_interval: Duration,
+    unsettled_retry: Duration,
+    listener: EventsListener,
+    committed: Cursor,
+    returned: Cursor,
+}
+
+impl PgFeed {
+    /// The `tail_checkpoints` name of consumer `consumer`: `feed:<consumer>`.
+    pub fn checkpoint_name(consumer: &str) -> String {
+        format!("feed:{consumer}")
+    }
+
+    /// Opens the feed: loads the consumer's checkpoint and starts listening
+    /// (a listener failure is logged and retried; the feed polls meanwhile).
+    ///
+    /// # Errors
+    /// [`FeedError::Config`] for an empty consumer name,
+    /// [`FeedError::Database`] when the checkpoint cannot be read.
+    pub async fn new(pool: PgPool, config: PgFeedConfig) -> Result<Self, FeedError> {
+        if config.consumer.is_empty() {
+            return Err(FeedError::Config("empty Postgres feed consumer name".into()));
+        }
+        let checkpoint = Self::checkpoint_name(&config.consumer);
+        let committed = tail::load_checkpoint(&pool, &checkpoint).await?;
+        let mut listener = EventsListener::new(pool.clone());
+        listener.connect().await;
+        Ok(Self {
+            pool,
+            checkpoint,
+            aggregate_types: config.aggregate_types,
+            poll_interval: config.poll_interval,
+            unsettled_retry: config.unsettled_retry,
+            listener,
+            committed,
+            returned: committed,
+        })
+    }
+
+    /// Cursor of the last committed envelope.
+    pub fn committed(&self) -> Cursor {
+        self.committed
+    }
+
+    /// Cursor of the last envelope returned (committed or not).
+    pub fn returned(&self) -> Cursor {
+        self.returned
+    }
+}
+
+#[async_trait]
+impl EventFeed for PgFeed {
+    #[tracing::instrument(level = "debug", skip_all, fields(feed = %self.checkpoint, max))]
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Envelope>, FeedError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + max_wait;
+        let types = self.aggregate_types.as_deref();
+        loop {
+            // Listen before reading, so a commit right after the read wakes us.
+            self.listener.connect().await;
+            let rows = tail::read_after(&self.pool, self.returned, max, types).await?;
+            if let Some((cursor, _)) = rows.last() {
+                self.returned = *cursor;
+                return Ok(rows.into_iter().map(|(_, envelope)| envelope).collect());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let pause = if tail::has_unsettled_after(&self.pool, self.returned, types).await? {
+                self.unsettled_retry
+            } else {
+                self.poll_interval
+            };
+            self.listener.wait(pause.min(deadline - now)).await;
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(feed = %self.checkpoint))]
+    async fn commit(&mut self) -> Result<(), FeedError> {
+        if self.returned != self.committed {
+            tail::store_checkpoint(&self.pool, &self.checkpoint, self.returned).await?;
+            self.committed = self.returned;
+        }
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), FeedError> {
+        self.returned = self.committed;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The commit-safe cursor over the `events` table (ARCHITECTURE decided 2).
+//!
+//! `position` alone is not a safe cursor: a transaction can commit a lower
+//! position after a higher one was read. Rows are therefore read in
+//! `(txid, position)` order and only below `pg_snapshot_xmin` of the reading
+//! statement's snapshot, i.e. only rows of transactions that are no longer in
+//! flight. Rolled-back transactions leave gaps that are never waited for.
+//!
+//! Per-aggregate order holds because an append transaction obtains its xid at
+//! its first write, after the aggregate's previous events were committed and
+//! loaded (postgres-es appends in a transaction of its own).
+//!
+//! The relay (`workers::relay`) and [`crate::pg_feed::PgFeed`] both read
+//! through [`read_after`] and keep their cursor in `tail_checkpoints`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::envelope::Envelope;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgExecutor, PgPool, Row as _};
+use uuid::Uuid;
+
+/// Channel the `events` insert trigger notifies after commit.
+pub const EVENTS_CHANNEL: &str = "streamforge_events";
+
+/// A point in the commit-safe total order of events: the writing
+/// transaction's id (`xid8`, carried as `i64`; real xids stay far below
+/// 2^63) and the row's `position`. The zero cursor precedes every event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    /// `events.txid` of the last row read (`xid8`).
+    pub txid: i64,
+    /// `events.position` of the last row read.
+    pub position: i64,
+}
+
+impl Cursor {
+    /// Before every event.
+    pub const ZERO: Cursor = Cursor {
+        txid: 0,
+        position: 0,
+    };
+}
+
+// The xid8 → bigint column must not be called `txid`: `ORDER BY txid` would
+// then sort by the output column and miss `events_cursor_idx`.
+const SELECT_COLUMNS: &str = "SELECT txid::text::bigint AS cursor_txid, position, event_id, \
+     aggregate_type, aggregate_id, sequence, event_type, event_version, recorded_at, \
+     payload, metadata FROM events";
+
+const SETTLED: &str = "(txid, position) > ($1::text::xid8, $2) \
+     AND txid < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// Reads at most `limit` events after `cursor` in commit-safe order,
+/// optionally only those whose `aggregate_type` is in `aggregate_types`.
+/// Each envelope comes with its own cursor; store the last one to resume.
+///
+/// An empty result means nothing settled is available yet (see
+/// [`has_unsettled_after`] to tell "nothing new" from "blocked by an older
+/// transaction still open").
+///
+/// # Errors
+/// Any database error.
+pub async fn read_after<'e, E>(
+    executor: E,
+    cursor: Cursor,
+    limit: usize,
+    aggregate_types: Option<&[String]>,
+) -> Result<Vec<(Cursor, Envelope)>, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = read_after_sql(aggregate_types.is_some());
+    let query = sqlx::query(&sql).bind(cursor.txid).bind(cursor.position);
+    let query = match aggregate_types {
+        None => query,
+        Some(types) => query.bind(types),
+    };
+    let rows = query.bind(limit).fetch_all(executor).await?;
+    rows.iter().map(envelope_from_row).collect()
+}
+
+/// The statement [`read_after`] runs: binds `$1` cursor txid, `$2` cursor
+/// position, then (when `filtered`) `$3` the aggregate types, and last the
+/// limit. Public so that tests and operators can `EXPLAIN` it (it must use
+/// `events_cursor_idx`).
+pub fn read_after_sql(filtered: bool) -> String {
+    if filtered {
+        format!(
+            "{SELECT_COLUMNS} WHERE {SETTLED} AND aggregate_type = ANY($3) \
+             ORDER BY txid, position LIMIT $4"
+        )
+    } else {
+        format!("{SELECT_COLUMNS} WHERE {SETTLED} ORDER BY txid, position LIMIT $3")
+    }
+}
+
+fn envelope_from_row(row: &PgRow) -> Result<(Cursor, Envelope), sqlx::Error> {
+    let cursor = Cursor {
+        txid: row.try_get("cursor_txid")?,
+        position: row.try_get("position")?,
+    };
+    let envelope = Envelope::from_stored(
+        row.try_get::<Uuid, _>("event_id")?,
+        row.try_get("aggregate_type")?,
+        row.try_get("aggregate_id")?,
+        row.try_get("sequence")?,
+        cursor.position,
+        row.try_get("event_type")?,
+        row.try_get("event_version")?,
+        row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+        row.try_get::<serde_json::Value, _>("payload")?,
+        row.try_get::<serde_json::Value, _>("metadata")?,
+    );
+    Ok((cursor, envelope))
+}
+
+/// Whether committed events exist after `cursor` that [`read_after`] cannot
+/// return yet because an older transaction is still in flight. Tailers use
+/// it to retry soon instead of waiting for the slow poll, since the older
+/// transaction's end is not necessarily notified.
+///
+/// # Errors
+/// Any database error.
+pub async fn has_unsettled_after<'e, E>(
+    executor: E,
+    cursor: Cursor,
+    aggregate_types: Option<&[String]>,
+) -> Result<bool, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    const AFTER: &str =
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > ($1::text::xid8, $2)";
+    match aggregate_types {
+        None => {
+            sqlx::query_scalar(&format!("{AFTER})"))
+                .bind(cursor.txid)
+                .bind(cursor.position)
+                .fetch_one(executor)
+                .await
+        }
+        Some(types) => {
+            sqlx::query_scalar(&format!("{AFTER} AND aggregate_type = ANY($3))"))
+                .bind(cursor.txid)
+                .bind(cursor.position)
+                .bind(types)
+                .fetch_one(executor)
+                .await
+        }
+    }
+}
+
+/// The stored cursor of tailer `name` in `tail_checkpoints`, or
+/// [`Cursor::ZERO`] when it has none.
+///
+/// # Errors
+/// Any database error.
+pub async fn load_checkpoint<'e, E>(executor: E, name: &str) -> Result<Cursor, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT last_txid::text::bigint, last_position FROM tail_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map_or(Cursor::ZERO, |(txid, position)| Cursor { txid, position }))
+}
+
+/// Stores (upserts) the cursor of tailer `name` in `tail_checkpoints`.
+///
+/// # Errors
+/// Any database error.
+pub async fn store_checkpoint<'e, E>(
+    executor: E,
+    name: &str,
+    cursor: Cursor,
+) -> Result<(), sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    sqlx::query(
+        "INSERT INTO tail_checkpoints (name, last_txid, last_position, updated_at) \
+         VALUES ($1, $2::text::xid8, $3, now()) \
+         ON CONFLICT (name) DO UPDATE SET last_txid = EXCLUDED.last_txid, \
+         last_position = EXCLUDED.last_position, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(name)
+    .bind(cursor.txid)
+    .bind(cursor.position)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Why [`EventsListener::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// At least one notification arrived (all buffered ones were drained).
+    Notified,
+    /// The timeout ran out without a notification.
+    Timeout,
+    /// The listening connection was lost or could not be used;
+    /// notifications may have been missed, so read again.
+    Reconnected,
+}
+
+/// `LISTEN streamforge_events` on a connection of the pool, reconnecting
+/// after errors instead of failing: a tailer waits on it between reads and
+/// falls back to its poll interval while it is down.
+///
+/// Call [`EventsListener::connect`] (or a first [`EventsListener::wait`])
+/// *before* the read whose emptiness makes you wait, so that no commit
+/// between the read and the wait goes unnoticed.
+pub struct EventsListener {
+    pool: PgPool,
+    listener: Option<PgListener>,
+}
+
+impl std::fmt::Debug for EventsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsListener")
+            .field("listening", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl EventsListener {
+    /// A listener on `pool` (not yet connected; it holds one pooled
+    /// connection once connected).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            listener: None,
+        }
+    }
+
+    /// Whether the listening connection is currently up.
+    pub fn is_listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Connects and listens if not already done. Returns whether it is
+    /// listening; a failure is logged and retried at the next call.
+    pub async fn connect(&mut self) -> bool {
+        if self.listener.is_some() {
+            return true;
+        }
+        let result = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(EVENTS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match result {
+            Ok(listener) => {
+                self.listener = Some(listener);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot LISTEN {EVENTS_CHANNEL}; polling meanwhile");
+                false
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for a notification. While the listener is
+    /// down it reconnects first and otherwise just sleeps `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        if !self.connect().await {
+            tokio::time::sleep(timeout).await;
+            return Wake::Timeout;
+        }
+        let Some(listener) = self.listener.as_mut() else {
+            return Wake::Reconnected;
+        };
+        match tokio::time::timeout(timeout, listener.try_recv()).await {
+            Err(_elapsed) => Wake::Timeout,
+            Ok(Ok(Some(_))) => {
+                // Drain what is already there: one read serves them all.
+                while let Ok(Ok(Some(_))) =
+                    tokio::time::timeout(Duration::ZERO, listener.try_recv()).await
+                {}
+                Wake::Notified
+            }
+            Ok(Ok(None)) => {
+                tracing::debug!("LISTEN connection lost and re-established");
+                Wake::Reconnected
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "LISTEN connection failed; reconnecting");
+                self.listener = None;
+                tokio::time::sleep(timeout.min(Duration::from_millis(250))).await;
+                Wake::Reconnected
+            }
+        }
+    }
+}

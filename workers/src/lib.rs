@@ -1,0 +1,10 @@
+//! streamforge's background workers: the relay that publishes the event
+//! store to Kafka ([`relay`]), with its Kafka plumbing ([`kafka`]), and the
+//! jobs that react to events.
+//!
+//! Workers may depend on `domain`, `commands` (for services) and
+//! `projections` (feeds and runtime); they must never depend on `api`.
+
+pub mod kafka;
+pub mod relay;
+pub mod notify;
