@@ -1,1 +1,17 @@
-//! placeholder
+//! streamforge's edge: axum routers, extractors, bearer authentication,
+//! error → HTTP mapping, the OpenAPI document, configuration, and the wiring
+//! that runs the HTTP, relay, projector and notifier roles. The
+//! `streamforge` binary (`src/main.rs`) is a thin CLI over [`app::App`].
+//!
+//! Depends on every other crate of the workspace; none depends on it.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod telemetry;

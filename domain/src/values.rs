@@ -95,6 +95,20 @@ impl Password {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A password presented at login: only bounded (1–256 characters). The
+    /// creation rules are not re-applied, so a policy change never locks out
+    /// an existing account.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] when empty or too long.
+    pub fn parse_for_login(raw: &str) -> Result<Self, InvalidValue> {
+        let n = raw.chars().count();
+        if n == 0 || n > PASSWORD_MAX_CHARS {
+            return Err(InvalidValue::new("password", "is required (at most 256 characters)"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
     /// The raw password, for hashing and verification only.
     pub fn expose(&self) -> &str {
         &self.0

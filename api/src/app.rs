@@ -1,0 +1,242 @@
+//! Wiring: builds the services from [`Settings`] and runs the roles — HTTP,
+//! relay, projector, notifier — alone or together in one process.
+//!
+//! Feeds: with `KAFKA_BROKERS` the relay publishes the store to Kafka and
+//! the projector and notifier consume it in consumer groups; without, they
+//! tail Postgres directly (embedded default, ARCHITECTURE decided 4) and no
+//! relay runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use commands::deliveries::DeliveryStore;
+use commands::passwords::PasswordHasher;
+use commands::tokens::TokenIssuer;
+use commands::{IdentityConfig, IdentityService, Keyring};
+use domain::envelope::AGGREGATE_TYPES;
+use projections::feed::EventFeed;
+use projections::kafka_feed::{KafkaFeed, KafkaFeedConfig};
+use projections::pg_feed::{PgFeed, PgFeedConfig};
+use projections::profiles::ProfilesProjector;
+use projections::runtime::{ProjectionRunner, Projector};
+use projections::sessions::SessionsProjector;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use workers::notify::{Mailer, Notifier};
+use workers::relay::Relay;
+
+use crate::config::Settings;
+use crate::state::AppState;
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub http: bool,
+    pub relay: bool,
+    pub project: bool,
+    pub notify: bool,
+}
+
+impl Roles {
+    /// Everything (`streamforge serve`).
+    pub const ALL: Self = Self { http: true, relay: true, project: true, notify: true };
+}
+
+/// The built services.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub identity: Arc<IdentityService>,
+    pub tokens: Arc<TokenIssuer>,
+    keys: Keyring,
+}
+
+impl App {
+    /// Connects (creating and migrating the database if needed) and builds
+    /// every service.
+    ///
+    /// # Errors
+    /// Database unreachable, bad keys.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = projections::db::connect_with(&settings.database_url, settings.database_max_connections)
+            .await
+            .context("cannot connect to the database")?;
+        let keys = Keyring::derive(&settings.master_key()?);
+        let tokens = Arc::new(TokenIssuer::new(&settings.jwt_key()?, &settings.jwt_issuer, &settings.jwt_audience)?);
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+        let hasher = PasswordHasher::new(settings.password_hash_concurrency.unwrap_or(cores))?;
+        let config = IdentityConfig {
+            email_otp_ttl_secs: settings.email_otp_ttl_secs,
+            refresh_idle_ttl_secs: settings.refresh_idle_ttl_secs,
+            refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
+        };
+        let identity = Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));
+        Ok(Self { settings, pool, identity, tokens, keys })
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> Router {
+        crate::http::router(AppState { identity: self.identity.clone(), read: self.pool.clone(), tokens: self.tokens.clone() })
+    }
+
+    fn projectors() -> Vec<Arc<dyn Projector>> {
+        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
+    }
+
+    /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka).
+    async fn feed(&self, name: &str) -> anyhow::Result<Box<dyn EventFeed>> {
+        match &self.settings.kafka_brokers {
+            Some(brokers) => {
+                let mut cfg = KafkaFeedConfig::for_aggregate_types(
+                    brokers.clone(),
+                    format!("{}-{name}", self.settings.kafka_group_prefix),
+                    &self.settings.kafka_topic_prefix,
+                    AGGREGATE_TYPES,
+                );
+                cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
+                Ok(Box::new(KafkaFeed::new(&cfg)?))
+            }
+            None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),
+        }
+    }
+
+    /// Creates the topics (Kafka mode only; tansu and Kafka do not auto-create here).
+    ///
+    /// # Errors
+    /// Broker unreachable.
+    pub async fn ensure_topics(&self) -> anyhow::Result<()> {
+        if let Some(brokers) = &self.settings.kafka_brokers {
+            workers::kafka::ensure_topics(
+                brokers,
+                &self.settings.kafka_topic_prefix,
+                AGGREGATE_TYPES,
+                self.settings.kafka_topic_partitions,
+                1,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the projector role until shutdown.
+    ///
+    /// # Errors
+    /// When the feed cannot be created.
+    pub async fn run_projector(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut feed = self.feed("projections").await?;
+        ProjectionRunner::new(self.pool.clone(), Self::projectors()).run(feed.as_mut(), shutdown).await;
+        Ok(())
+    }
+
+    /// Runs the notifier role until shutdown.
+    ///
+    /// # Errors
+    /// Bad mail configuration, or the feed cannot be created.
+    pub async fn run_notifier(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mailer = Mailer::new(self.settings.smtp_url.as_deref(), self.settings.mail_dir.clone())?;
+        let deliveries = DeliveryStore::new(self.pool.clone(), self.keys.delivery.clone());
+        let notifier = Notifier::new(deliveries, mailer, &self.settings.mail_from)?;
+        let mut feed = self.feed("notify").await?;
+        notifier.run(feed.as_mut(), shutdown).await;
+        Ok(())
+    }
+
+    /// Runs the relay role until shutdown (Kafka mode only; a no-op without brokers).
+    ///
+    /// # Errors
+    /// When the producer cannot be created.
+    pub async fn run_relay(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Some(brokers) = &self.settings.kafka_brokers else {
+            tracing::info!("no KAFKA_BROKERS: relay not needed (Postgres feed)");
+            return Ok(());
+        };
+        let producer = workers::kafka::producer(brokers)?;
+        Relay::new(self.pool.clone(), producer, self.settings.kafka_topic_prefix.clone()).run(shutdown).await;
+        Ok(())
+    }
+
+    /// Serves HTTP on `listener` until shutdown.
+    ///
+    /// # Errors
+    /// I/O errors of the server.
+    pub async fn serve_http(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `roles` until `shutdown` turns true or a role fails.
+    ///
+    /// # Errors
+    /// The first role that fails.
+    pub async fn run(&self, roles: Roles, listener: Option<TcpListener>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        if roles.relay || roles.project || roles.notify {
+            self.ensure_topics().await?;
+        }
+        let mut tasks = JoinSet::new();
+        if roles.http {
+            let listener = match listener {
+                Some(l) => l,
+                None => TcpListener::bind(self.settings.http_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", self.settings.http_addr))?,
+            };
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.serve_http(listener, s).await.context("http") });
+        }
+        if roles.relay {
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.run_relay(s).await.context("relay") });
+        }
+        if roles.project {
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.run_projector(s).await.context("projector") });
+        }
+        if roles.notify {
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.run_notifier(s).await.context("notifier") });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(anyhow::anyhow!("a role task failed: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shutdown signal that turns true on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+        // Give roles time to finish, then stop regardless.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    });
+    rx
+}

@@ -1,0 +1,154 @@
+//! Configuration from the environment (a `.env` file is read first if
+//! present). One struct, parsed once at start (ARCHITECTURE "Configuration").
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use commands::keys::Secret32;
+
+/// Every setting, with its env var and default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Postgres URL; the database is created and migrated at start if absent.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@localhost:5432/streamforge")]
+    pub database_url: String,
+    /// Postgres pool size per process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    /// Kafka bootstrap servers; unset → the embedded Postgres feed, no relay.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic prefix; topic = prefix + aggregate type.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = domain::envelope::DEFAULT_TOPIC_PREFIX)]
+    pub kafka_topic_prefix: String,
+    /// Consumer `fetch.wait.max.ms` (milliseconds).
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 5)]
+    pub kafka_fetch_wait_max_ms: u32,
+    /// Partitions of topics created at start.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub kafka_topic_partitions: i32,
+    /// Consumer-group id prefix (`<prefix>-projections`, `<prefix>-notify`).
+    #[arg(long, env = "KAFKA_GROUP_PREFIX", default_value = "streamforge")]
+    pub kafka_group_prefix: String,
+    /// HTTP listen address.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS)
+    /// or `smtps://host:port`; unset → `.eml` files under `MAIL_DIR`.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// Directory of mail files when `SMTP_URL` is unset.
+    #[arg(long, env = "MAIL_DIR", default_value = "./var/mail")]
+    pub mail_dir: PathBuf,
+    /// Sender of all mail.
+    #[arg(long, env = "MAIL_FROM", default_value = "streamforge <no-reply@streamforge.local>")]
+    pub mail_from: String,
+    /// Base64 of 32 random bytes; generated into `KEY_DIR` in development.
+    #[arg(long, env = "STREAMFORGE_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// Base64 of the 32-byte Ed25519 signing seed; generated in development.
+    #[arg(long, env = "STREAMFORGE_JWT_KEY", hide_env_values = true)]
+    pub jwt_key: Option<String>,
+    /// Where development keys are generated.
+    #[arg(long, env = "KEY_DIR", default_value = "./var/keys")]
+    pub key_dir: PathBuf,
+    /// `production` makes the keys mandatory (no generation).
+    #[arg(long, env = "STREAMFORGE_ENV", default_value = "development")]
+    pub environment: String,
+    /// JWT `iss`.
+    #[arg(long, env = "JWT_ISSUER", default_value = "streamforge")]
+    pub jwt_issuer: String,
+    /// JWT `aud`.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "streamforge-api")]
+    pub jwt_audience: String,
+    /// Email OTP lifetime in seconds.
+    #[arg(long, env = "EMAIL_OTP_TTL_SECS", default_value_t = 600)]
+    pub email_otp_ttl_secs: i64,
+    /// Refresh-token idle lifetime in seconds (30 days).
+    #[arg(long, env = "REFRESH_IDLE_TTL_SECS", default_value_t = 30 * 86_400)]
+    pub refresh_idle_ttl_secs: i64,
+    /// Refresh-token absolute lifetime in seconds (90 days).
+    #[arg(long, env = "REFRESH_ABSOLUTE_TTL_SECS", default_value_t = 90 * 86_400)]
+    pub refresh_absolute_ttl_secs: i64,
+    /// Parallel argon2 hashes (default: the core count).
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
+}
+
+impl Settings {
+    /// The settings from the environment alone (tests, embedding).
+    ///
+    /// # Errors
+    /// When a variable does not parse.
+    pub fn from_env() -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            s: Settings,
+        }
+        use clap::Parser;
+        Ok(Only::try_parse_from(["streamforge"])?.s)
+    }
+
+    fn production(&self) -> bool {
+        self.environment.eq_ignore_ascii_case("production")
+    }
+
+    /// The master key: from config, else (development only) from
+    /// `KEY_DIR/master.key`, generated on first start.
+    ///
+    /// # Errors
+    /// Missing in production, malformed, or the key file cannot be written.
+    pub fn master_key(&self) -> anyhow::Result<Secret32> {
+        self.key("STREAMFORGE_MASTER_KEY", self.master_key.as_deref(), "master.key")
+    }
+
+    /// The JWT signing seed (same rules as [`Settings::master_key`]).
+    ///
+    /// # Errors
+    /// As [`Settings::master_key`].
+    pub fn jwt_key(&self) -> anyhow::Result<Secret32> {
+        self.key("STREAMFORGE_JWT_KEY", self.jwt_key.as_deref(), "jwt.key")
+    }
+
+    fn key(&self, var: &str, value: Option<&str>, file: &str) -> anyhow::Result<Secret32> {
+        if let Some(v) = value {
+            return Secret32::from_base64(v).with_context(|| format!("{var} is not valid"));
+        }
+        anyhow::ensure!(!self.production(), "{var} is required when STREAMFORGE_ENV=production");
+        load_or_generate(&self.key_dir.join(file))
+    }
+}
+
+fn load_or_generate(path: &Path) -> anyhow::Result<Secret32> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Secret32::from_base64(&s).with_context(|| format!("{} is not a valid key", path.display()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let key = Secret32::generate();
+    write_private(path, &key.to_base64())?;
+    tracing::warn!(path = %path.display(), "generated a development key; set the env var in production");
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))
+}

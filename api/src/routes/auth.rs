@@ -1,0 +1,290 @@
+//! `/api/auth/*`: registration, email verification, login with an emailed
+//! second factor, refresh-token rotation, logout and the current session.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commands::identity::{RequestMeta, TokenPair};
+use domain::session::RevocationReason;
+use domain::values::{DisplayName, EmailAddress, OtpCode, Password};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ValidJson;
+use crate::state::AppState;
+
+/// Name of the refresh-token cookie (`__Host-` prefix: Secure, Path=/, no Domain).
+pub const REFRESH_COOKIE: &str = "__Host-refresh";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/verify-email", post(verify_email))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/verify-otp", post(verify_otp))
+        .route("/api/auth/refresh", post(refresh))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/auth/session", get(session))
+}
+
+pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
+    RequestMeta {
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        actor,
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// 254 bytes at most.
+    #[schema(example = "ann@example.com")]
+    pub email: String,
+    /// 8–256 characters, not a common password.
+    #[schema(example = "correct horse battery staple")]
+    pub password: String,
+    /// 1–100 characters.
+    #[schema(example = "Ann")]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    pub user_id: Uuid,
+}
+
+/// Register an account; a 6-digit verification code is mailed (10 min).
+/// An already registered email gets the same answer (its owner is told by mail).
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "registered (or already registered)", body = RegisterResponse),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, description = "invalid field", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let email = EmailAddress::parse(&req.email)?;
+    let password = Password::parse(&req.password)?;
+    let name = DisplayName::parse(&req.name)?;
+    let user_id = state.identity.register(&email, &password, &name, &meta(&headers, None)).await?;
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user_id })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyEmailRequest {
+    pub email: String,
+    /// The 6-digit code from the mail.
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+/// Verify the email address with the mailed code.
+#[utoipa::path(post, path = "/api/auth/verify-email", tag = "auth", request_body = VerifyEmailRequest,
+    responses((status = 204, description = "verified"),
+        (status = 400, description = "invalid_code / code_expired", body = ErrorBody),
+        (status = 403, description = "challenge_locked", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<VerifyEmailRequest>,
+) -> Result<StatusCode, ApiError> {
+    let email = EmailAddress::parse(&req.email)?;
+    let code = OtpCode::parse(&req.code)?;
+    state.identity.verify_email(&email, &code, &meta(&headers, None)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Answer it at `/api/auth/verify-otp`.
+    pub challenge_id: Uuid,
+    /// Where the code was sent: `email`.
+    pub channel: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Password step of login; mails a 6-digit second-factor code.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse),
+        (status = 401, description = "invalid_credentials", body = ErrorBody),
+        (status = 403, description = "email_not_verified", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    // A value that cannot be a valid account answers like a wrong password.
+    let (Ok(email), Ok(password)) = (EmailAddress::parse(&req.email), Password::parse_for_login(&req.password)) else {
+        state.identity.hasher.verify_dummy(&req.password).await;
+        return Err(commands::IdentityError::InvalidCredentials.into());
+    };
+    let c = state.identity.start_login(&email, &password, &meta(&headers, None)).await?;
+    Ok(Json(LoginResponse { challenge_id: c.challenge_id, channel: c.channel.as_str().to_owned(), expires_at: c.expires_at }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyOtpRequest {
+    pub challenge_id: Uuid,
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// JWT (EdDSA, `typ` at+jwt).
+    pub access_token: String,
+    /// Opaque; also set as the `__Host-refresh` cookie. Single use.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: i64,
+    pub session_id: Uuid,
+}
+
+fn token_response(pair: TokenPair) -> Response {
+    let max_age = (pair.refresh_expires_at - Utc::now()).num_seconds().max(0);
+    let cookie = format!("{REFRESH_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict", pair.refresh_token);
+    let body = TokenResponse {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: pair.expires_in,
+        session_id: pair.session_id,
+    };
+    let mut res = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// Answer the second-factor challenge; starts a session.
+#[utoipa::path(post, path = "/api/auth/verify-otp", tag = "auth", request_body = VerifyOtpRequest,
+    responses((status = 200, description = "tokens; also sets the __Host-refresh cookie", body = TokenResponse),
+        (status = 400, description = "invalid_code / code_expired", body = ErrorBody),
+        (status = 403, description = "challenge_locked", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn verify_otp(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<VerifyOtpRequest>,
+) -> Result<Response, ApiError> {
+    let code = OtpCode::parse(&req.code)?;
+    let pair = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
+    Ok(token_response(pair))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// Omit to use the `__Host-refresh` cookie.
+    pub refresh_token: Option<String>,
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Rotate the refresh token (body or cookie). The old token dies; presenting
+/// it again revokes the whole session (RFC 9700 §4.14.2).
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body(content = RefreshRequest, description = "optional when the cookie is sent"),
+    responses((status = 200, body = TokenResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "invalid_refresh_token / refresh_token_reused / session_revoked / session_expired", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let req: RefreshRequest = serde_json::from_slice(&body)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not valid JSON"))?;
+        req.refresh_token
+    };
+    let token = from_body
+        .or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "no refresh token"))?;
+    let pair = state.identity.refresh(&token, &meta(&headers, None)).await?;
+    Ok(token_response(pair))
+}
+
+/// End the caller's session; its access and refresh tokens stop working.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "logged out; clears the cookie"), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap, user: AuthUser) -> Result<Response, ApiError> {
+    state
+        .identity
+        .revoke_session(user.user_id, user.session_id, RevocationReason::Logout, &meta(&headers, Some(user.user_id)))
+        .await?;
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
+    );
+    Ok(res)
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionResponse {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Refresh rotations so far.
+    pub generation: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// Ends unless refreshed before.
+    pub idle_expires_at: DateTime<Utc>,
+    /// Absolute end.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The caller's session, from the sessions read model.
+#[utoipa::path(get, path = "/api/auth/session", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = SessionResponse), (status = 401, body = ErrorBody),
+        (status = 404, description = "not projected yet", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn session(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionResponse>, ApiError> {
+    let row = projections::sessions::find_session(&state.read, user.session_id)
+        .await?
+        .filter(|r| r.user_id == user.user_id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "session not found"))?;
+    Ok(Json(SessionResponse {
+        session_id: row.session_id,
+        user_id: row.user_id,
+        status: row.status,
+        generation: row.generation,
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+        idle_expires_at: row.idle_expires_at,
+        expires_at: row.expires_at,
+    }))
+}

@@ -1,0 +1,5 @@
+//! HTTP routes, one module per area; each exports `router()`.
+
+pub mod auth;
+pub mod meta;
+pub mod users;

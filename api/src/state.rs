@@ -1,0 +1,19 @@
+//! Handler state: the write side (`identity`) and the read side (`read`, a
+//! pool used only for read-model queries) kept apart.
+
+use std::sync::Arc;
+
+use commands::tokens::TokenIssuer;
+use commands::IdentityService;
+use sqlx::PgPool;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Write side: command flows.
+    pub identity: Arc<IdentityService>,
+    /// Read side: read-model queries only.
+    pub read: PgPool,
+    /// Access-token verification and JWKS.
+    pub tokens: Arc<TokenIssuer>,
+}

@@ -1,0 +1,263 @@
+//! The commit-safe cursor (ARCHITECTURE decided 2).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use projections::tail::{self, Cursor};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{insert_event, TestDb};
+
+async fn read_ids(pool: &PgPool, cursor: &mut Cursor) -> Vec<String> {
+    let rows = tail::read_after(pool, *cursor, 100, None).await.unwrap();
+    if let Some((last, _)) = rows.last() {
+        *cursor = *last;
+    }
+    rows.into_iter()
+        .map(|(_, e)| format!("{}#{}", e.aggregate_id, e.sequence))
+        .collect()
+}
+
+#[tokio::test]
+async fn open_transaction_holds_back_later_commits_and_none_is_skipped() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let mut cursor = Cursor::ZERO;
+
+    insert_event(pool, "test", "early", 1, "Happened", json!({})).await;
+    assert_eq!(read_ids(pool, &mut cursor).await, ["early#1"]);
+
+    // T1 appends and stays open; T2 and T3 append after it and commit.
+    let mut t1 = pool.begin().await.unwrap();
+    insert_event(&mut *t1, "test", "slow", 1, "Happened", json!({})).await;
+    insert_event(pool, "test", "fast", 1, "Happened", json!({})).await;
+    insert_event(pool, "test", "fast", 2, "Happened", json!({})).await;
+
+    // A position cursor would now return fast#1, fast#2 and later skip slow#1.
+    assert!(read_ids(pool, &mut cursor).await.is_empty());
+    assert!(tail::has_unsettled_after(pool, cursor, None).await.unwrap());
+
+    t1.commit().await.unwrap();
+    assert_eq!(
+        read_ids(pool, &mut cursor).await,
+        ["slow#1", "fast#1", "fast#2"]
+    );
+    assert!(read_ids(pool, &mut cursor).await.is_empty());
+    assert!(!tail::has_unsettled_after(pool, cursor, None).await.unwrap());
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rolled_back_transaction_leaves_a_gap_that_is_not_waited_for() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let mut cursor = Cursor::ZERO;
+
+    let mut t1 = pool.begin().await.unwrap();
+    insert_event(&mut *t1, "test", "doomed", 1, "Happened", json!({})).await;
+    insert_event(pool, "test", "kept", 1, "Happened", json!({})).await;
+    assert!(read_ids(pool, &mut cursor).await.is_empty());
+
+    t1.rollback().await.unwrap();
+    assert_eq!(read_ids(pool, &mut cursor).await, ["kept#1"]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn envelopes_are_built_from_the_stored_rows() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    insert_event(pool, "user", "u1", 1, "UserRegistered", json!({"a": 1})).await;
+    insert_event(pool, "session", "s1", 1, "SessionStarted", json!({"b": 2})).await;
+
+    let rows = tail::read_after(pool, Cursor::ZERO, 10, None).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let (cursor, user) = &rows[0];
+    assert!(cursor.txid > 0);
+    assert_eq!(cursor.position, user.position);
+    assert_eq!(user.aggregate_type, "user");
+    assert_eq!(user.aggregate_id, "u1");
+    assert_eq!(user.sequence, 1);
+    assert_eq!(user.event_type, "UserRegistered");
+    assert_eq!(user.event_version, "1.0");
+    assert_eq!(user.payload, json!({"a": 1}), "payload is untagged");
+    assert_eq!(user.metadata, json!({"request_id": "test"}));
+    assert!(rows[0].0 < rows[1].0);
+
+    let only_sessions = ["session".to_owned()];
+    let rows = tail::read_after(pool, Cursor::ZERO, 10, Some(&only_sessions))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1.aggregate_id, "s1");
+
+    let limited = tail::read_after(pool, Cursor::ZERO, 1, None).await.unwrap();
+    assert_eq!(limited.len(), 1);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn checkpoints_round_trip() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), Cursor::ZERO);
+    let first = Cursor {
+        txid: 12_345,
+        position: 7,
+    };
+    tail::store_checkpoint(pool, "x", first).await.unwrap();
+    assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), first);
+    let second = Cursor {
+        txid: 1 << 40,
+        position: 9,
+    };
+    tail::store_checkpoint(pool, "x", second).await.unwrap();
+    assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), second);
+    assert_eq!(tail::load_checkpoint(pool, "y").await.unwrap(), Cursor::ZERO);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn read_after_uses_the_cursor_index() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) SELECT CASE WHEN g % 3 = 0 THEN 'user' ELSE 'session' END, \
+         'a' || (g / 10), g % 10, 'Happened', '1', '{\"Happened\":{}}', '{}' \
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE events").execute(pool).await.unwrap();
+    let middle = tail::read_after(pool, Cursor::ZERO, 10_000, None)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .0;
+
+    for cursor in [Cursor::ZERO, middle] {
+        for filtered in [false, true] {
+            let sql = format!("EXPLAIN {}", tail::read_after_sql(filtered));
+            let query = sqlx::query_scalar::<_, String>(&sql)
+                .bind(cursor.txid)
+                .bind(cursor.position);
+            let query = if filtered {
+                query.bind(vec!["user".to_owned()])
+            } else {
+                query
+            };
+            let plan = query.bind(100_i64).fetch_all(pool).await.unwrap().join("\n");
+            assert!(
+                plan.contains("events_cursor_idx") && !plan.contains("Sort"),
+                "filtered={filtered} cursor={cursor:?}:\n{plan}"
+            );
+        }
+    }
+    db.drop().await;
+}
+
+/// N writers append inside transactions that sleep while open, some rolling
+/// back, while a tailer reads continuously: it must see every committed row
+/// exactly once, no rolled-back row, each aggregate in sequence order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_writers_are_seen_exactly_once() {
+    const WRITERS: usize = 8;
+    const TRANSACTIONS: usize = 15;
+    let db = TestDb::new().await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let tailer = {
+        let pool = db.pool.clone();
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut cursor = Cursor::ZERO;
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let rows = tail::read_after(&pool, cursor, 7, None).await.unwrap();
+                for (next, envelope) in &rows {
+                    assert!(*next > cursor, "cursor went backwards");
+                    cursor = *next;
+                    seen.push((envelope.aggregate_id.clone(), envelope.sequence));
+                }
+                if finished
+                    && rows.is_empty()
+                    && !tail::has_unsettled_after(&pool, cursor, None).await.unwrap()
+                {
+                    return seen;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "tailer timed out");
+                let pause = rand::thread_rng().gen_range(0..3);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        })
+    };
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::from_entropy();
+                let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+                for t in 0..TRANSACTIONS {
+                    let mut tx = pool.begin().await.unwrap();
+                    let aggregate = format!("w{w}-t{t}");
+                    let count = rng.gen_range(1..=3);
+                    let mut rows = Vec::new();
+                    for sequence in 1..=count {
+                        let pause = rng.gen_range(0..4);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        insert_event(&mut *tx, "test", &aggregate, sequence, "Happened", json!({}))
+                            .await;
+                        rows.push((aggregate.clone(), sequence));
+                    }
+                    let pause = rng.gen_range(0..6);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if rng.gen_bool(0.25) {
+                        tx.rollback().await.unwrap();
+                        rolled_back.extend(rows);
+                    } else {
+                        tx.commit().await.unwrap();
+                        committed.extend(rows);
+                    }
+                }
+                (committed, rolled_back)
+            })
+        })
+        .collect();
+
+    let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+    for writer in writers {
+        let (c, r) = writer.await.unwrap();
+        committed.extend(c);
+        rolled_back.extend(r);
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = tailer.await.unwrap();
+
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a row was seen twice");
+    for row in &rolled_back {
+        assert!(!unique.contains(row), "rolled-back row {row:?} was seen");
+    }
+    let mut expected = committed.clone();
+    expected.sort();
+    let mut actual = seen.clone();
+    actual.sort();
+    assert_eq!(actual, expected, "seen rows differ from committed rows");
+    let mut last_sequence = BTreeMap::new();
+    for (aggregate, sequence) in &seen {
+        let previous = last_sequence.insert(aggregate.clone(), *sequence).unwrap_or(0);
+        assert_eq!(*sequence, previous + 1, "{aggregate} out of order");
+    }
+    assert!(!committed.is_empty() && !rolled_back.is_empty());
+    db.drop().await;
+}

@@ -1,0 +1,280 @@
+//! The projector runtime: idempotent application, feed acknowledgement,
+//! retries and rebuild (ARCHITECTURE decided 5).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::envelope::Envelope;
+use projections::feed::EventFeed;
+use projections::pg_feed::{PgFeed, PgFeedConfig};
+use projections::runtime::{Applied, ProjectionError, ProjectionRunner, Projector, RunError, RunOptions};
+use projections::tail::{self, Cursor};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::helpers::{eventually, insert_event, TestDb};
+
+/// Counts the events applied per aggregate in its own table and records
+/// their sequences; fails on demand `failures` times for aggregate `poison`.
+struct Counter {
+    failures: AtomicUsize,
+    poison: &'static str,
+}
+
+impl Counter {
+    fn new() -> Arc<Self> {
+        Self::failing("", 0)
+    }
+
+    fn failing(poison: &'static str, failures: usize) -> Arc<Self> {
+        Arc::new(Self {
+            failures: AtomicUsize::new(failures),
+            poison,
+        })
+    }
+}
+
+async fn create_table(pool: &PgPool) {
+    sqlx::query(
+        "CREATE TABLE test_counts (aggregate_id text PRIMARY KEY, applied int NOT NULL, \
+         sequences bigint[] NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[async_trait]
+impl Projector for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        aggregate_type == "test"
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "INSERT INTO test_counts VALUES ($1, 1, ARRAY[$2]) ON CONFLICT (aggregate_id) DO \
+             UPDATE SET applied = test_counts.applied + 1, \
+             sequences = test_counts.sequences || $2",
+        )
+        .bind(&env.aggregate_id)
+        .bind(env.sequence)
+        .execute(&mut *conn)
+        .await?;
+        if env.aggregate_id == self.poison
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(anyhow::anyhow!("poisoned on purpose").into());
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query("TRUNCATE test_counts").execute(conn).await?;
+        Ok(())
+    }
+}
+
+async fn counts(pool: &PgPool) -> Vec<(String, i32, Vec<i64>)> {
+    sqlx::query_as("SELECT aggregate_id, applied, sequences FROM test_counts ORDER BY aggregate_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn checkpoint(pool: &PgPool, aggregate_id: &str) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT sequence FROM projection_checkpoints WHERE projector = 'counter' \
+         AND aggregate_type = 'test' AND aggregate_id = $1",
+    )
+    .bind(aggregate_id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+fn envelope(aggregate_id: &str, sequence: i64) -> Envelope {
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        aggregate_type: "test".into(),
+        aggregate_id: aggregate_id.into(),
+        sequence,
+        position: sequence,
+        event_type: "Happened".into(),
+        event_version: "1.0".into(),
+        occurred_at: chrono::Utc::now(),
+        payload: json!({}),
+        metadata: json!({}),
+    }
+}
+
+#[tokio::test]
+async fn duplicate_and_older_envelopes_change_the_read_model_once() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    let once = Applied { applied: 1, skipped: 0 };
+    let duplicate = Applied { applied: 0, skipped: 1 };
+
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), once);
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), duplicate);
+    assert_eq!(runner.apply_envelope(&envelope("a", 2)).await.unwrap(), once);
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), duplicate);
+    assert_eq!(runner.apply_envelope(&envelope("a", 2)).await.unwrap(), duplicate);
+    let mut other = envelope("a", 3);
+    other.aggregate_type = "elsewhere".into();
+    assert_eq!(runner.apply_envelope(&other).await.unwrap(), Applied::default());
+
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 2, vec![1, 2])]);
+    assert_eq!(checkpoint(&db.pool, "a").await, Some(2));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_failed_projection_leaves_neither_change_nor_checkpoint() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("p", 1)]);
+
+    let error = runner.apply_envelope(&envelope("p", 1)).await.unwrap_err();
+    assert!(matches!(error, RunError::Projector { projector: "counter", sequence: 1, .. }));
+    assert!(counts(&db.pool).await.is_empty());
+    assert_eq!(checkpoint(&db.pool, "p").await, None);
+
+    runner.apply_envelope(&envelope("p", 1)).await.unwrap();
+    assert_eq!(counts(&db.pool).await, [("p".to_owned(), 1, vec![1])]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn concurrent_runners_apply_a_first_event_once() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    let env = envelope("c", 1);
+    let results = futures::future::join_all((0..8).map(|_| runner.apply_envelope(&env))).await;
+    let applied: usize = results.into_iter().map(|r| r.unwrap().applied).sum();
+    assert_eq!(applied, 1);
+    assert_eq!(counts(&db.pool).await, [("c".to_owned(), 1, vec![1])]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn run_once_applies_a_batch_then_commits_the_feed() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("runner")).await.unwrap();
+    for sequence in 1..=3 {
+        insert_event(&db.pool, "test", "a", sequence, "Happened", json!({})).await;
+    }
+    insert_event(&db.pool, "user", "u", 1, "Ignored", json!({})).await;
+
+    let n = runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3])]);
+    let stored = tail::load_checkpoint(&db.pool, "feed:runner").await.unwrap();
+    assert_eq!(stored, feed.returned());
+    assert_ne!(stored, Cursor::ZERO);
+    assert_eq!(runner.run_once(&mut feed, 10, Duration::ZERO).await.unwrap(), 0);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_redelivered_after_rollback_and_applied_once() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 1)]);
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("retry")).await.unwrap();
+    insert_event(&db.pool, "test", "a", 1, "Happened", json!({})).await;
+    insert_event(&db.pool, "test", "b", 1, "Happened", json!({})).await;
+    insert_event(&db.pool, "test", "c", 1, "Happened", json!({})).await;
+
+    assert!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.is_err());
+    assert_eq!(
+        tail::load_checkpoint(&db.pool, "feed:retry").await.unwrap(),
+        Cursor::ZERO,
+        "feed must not be committed after a failure"
+    );
+    feed.rollback().await.unwrap();
+    assert_eq!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap(), 3);
+    assert_eq!(
+        counts(&db.pool).await,
+        [
+            ("a".to_owned(), 1, vec![1]),
+            ("b".to_owned(), 1, vec![1]),
+            ("c".to_owned(), 1, vec![1]),
+        ]
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rebuild_resets_and_replays_from_the_store() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    for (aggregate, sequence) in [("a", 1), ("b", 1), ("a", 2), ("a", 3)] {
+        insert_event(&db.pool, "test", aggregate, sequence, "Happened", json!({})).await;
+    }
+    insert_event(&db.pool, "user", "u", 1, "Ignored", json!({})).await;
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
+    runner.run_once(&mut feed, 100, Duration::from_secs(1)).await.unwrap();
+    // Damage the read model behind the runner's back.
+    sqlx::query("UPDATE test_counts SET applied = 99").execute(&db.pool).await.unwrap();
+
+    let stats = runner.rebuild("counter", 2).await.unwrap();
+    assert_eq!(stats.read, 5);
+    assert_eq!(stats.applied, 4);
+    assert_eq!(
+        counts(&db.pool).await,
+        [("a".to_owned(), 3, vec![1, 2, 3]), ("b".to_owned(), 1, vec![1])]
+    );
+    assert_eq!(checkpoint(&db.pool, "a").await, Some(3));
+    assert!(matches!(
+        runner.rebuild("nope", 10).await,
+        Err(RunError::UnknownProjector(_))
+    ));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 2)]).with_options(
+        RunOptions {
+            max_wait: Duration::from_millis(200),
+            min_backoff: Duration::from_millis(10),
+            ..RunOptions::default()
+        },
+    );
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("loop")).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { runner.run(&mut feed, shutdown).await });
+
+    for aggregate in ["a", "b", "c"] {
+        insert_event(&db.pool, "test", aggregate, 1, "Happened", json!({})).await;
+    }
+    let pool = db.pool.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move { counts(&pool).await.len() == 3 }
+        })
+        .await,
+        "runner did not recover"
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert!(counts(&db.pool).await.iter().all(|(_, applied, _)| *applied == 1));
+    db.drop().await;
+}
