@@ -43,7 +43,12 @@ pub struct Roles {
 
 impl Roles {
     /// Everything (`streamforge serve`).
-    pub const ALL: Self = Self { http: true, relay: true, project: true, notify: true };
+    pub const ALL: Self = Self {
+        http: true,
+        relay: true,
+        project: true,
+        notify: true,
+    };
 }
 
 /// The built services.
@@ -63,25 +68,50 @@ impl App {
     /// # Errors
     /// Database unreachable, bad keys.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = projections::db::connect_with(&settings.database_url, settings.database_max_connections)
-            .await
-            .context("cannot connect to the database")?;
+        let pool = projections::db::connect_with(
+            &settings.database_url,
+            settings.database_max_connections,
+        )
+        .await
+        .context("cannot connect to the database")?;
         let keys = Keyring::derive(&settings.master_key()?);
-        let tokens = Arc::new(TokenIssuer::new(&settings.jwt_key()?, &settings.jwt_issuer, &settings.jwt_audience)?);
-        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+        let tokens = Arc::new(TokenIssuer::new(
+            &settings.jwt_key()?,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        )?);
+        let cores = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
         let hasher = PasswordHasher::new(settings.password_hash_concurrency.unwrap_or(cores))?;
         let config = IdentityConfig {
             email_otp_ttl_secs: settings.email_otp_ttl_secs,
             refresh_idle_ttl_secs: settings.refresh_idle_ttl_secs,
             refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
         };
-        let identity = Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));
-        Ok(Self { settings, pool, identity, tokens, keys })
+        let identity = Arc::new(IdentityService::new(
+            pool.clone(),
+            keys.clone(),
+            hasher,
+            tokens.clone(),
+            config,
+        ));
+        Ok(Self {
+            settings,
+            pool,
+            identity,
+            tokens,
+            keys,
+        })
     }
 
     /// The HTTP router.
     pub fn router(&self) -> Router {
-        crate::http::router(AppState { identity: self.identity.clone(), read: self.pool.clone(), tokens: self.tokens.clone() })
+        crate::http::router(AppState {
+            identity: self.identity.clone(),
+            read: self.pool.clone(),
+            tokens: self.tokens.clone(),
+        })
     }
 
     fn projectors() -> Vec<Arc<dyn Projector>> {
@@ -101,7 +131,9 @@ impl App {
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
-            None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),
+            None => Ok(Box::new(
+                PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?,
+            )),
         }
     }
 
@@ -129,7 +161,9 @@ impl App {
     /// When the feed cannot be created.
     pub async fn run_projector(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut feed = self.feed("projections").await?;
-        ProjectionRunner::new(self.pool.clone(), Self::projectors()).run(feed.as_mut(), shutdown).await;
+        ProjectionRunner::new(self.pool.clone(), Self::projectors())
+            .run(feed.as_mut(), shutdown)
+            .await;
         Ok(())
     }
 
@@ -138,7 +172,10 @@ impl App {
     /// # Errors
     /// Bad mail configuration, or the feed cannot be created.
     pub async fn run_notifier(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mailer = Mailer::new(self.settings.smtp_url.as_deref(), self.settings.mail_dir.clone())?;
+        let mailer = Mailer::new(
+            self.settings.smtp_url.as_deref(),
+            self.settings.mail_dir.clone(),
+        )?;
         let deliveries = DeliveryStore::new(self.pool.clone(), self.keys.delivery.clone());
         let notifier = Notifier::new(deliveries, mailer, &self.settings.mail_from)?;
         let mut feed = self.feed("notify").await?;
@@ -156,7 +193,13 @@ impl App {
             return Ok(());
         };
         let producer = workers::kafka::producer(brokers)?;
-        Relay::new(self.pool.clone(), producer, self.settings.kafka_topic_prefix.clone()).run(shutdown).await;
+        Relay::new(
+            self.pool.clone(),
+            producer,
+            self.settings.kafka_topic_prefix.clone(),
+        )
+        .run(shutdown)
+        .await;
         Ok(())
     }
 
@@ -164,7 +207,11 @@ impl App {
     ///
     /// # Errors
     /// I/O errors of the server.
-    pub async fn serve_http(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn serve_http(
+        &self,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
         axum::serve(listener, self.router())
             .with_graceful_shutdown(async move {
@@ -178,7 +225,12 @@ impl App {
     ///
     /// # Errors
     /// The first role that fails.
-    pub async fn run(&self, roles: Roles, listener: Option<TcpListener>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(
+        &self,
+        roles: Roles,
+        listener: Option<TcpListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         if roles.relay || roles.project || roles.notify {
             self.ensure_topics().await?;
         }

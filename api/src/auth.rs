@@ -5,8 +5,8 @@
 //! token expiry.
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -22,7 +22,10 @@ pub struct AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -39,6 +42,9 @@ impl FromRequestParts<AppState> for AuthUser {
         if projections::sessions::is_revoked(&state.read, claims.sid).await? {
             return Err(ApiError::unauthorized("the session has been revoked"));
         }
-        Ok(Self { user_id: claims.sub, session_id: claims.sid })
+        Ok(Self {
+            user_id: claims.sub,
+            session_id: claims.sid,
+        })
     }
 }

@@ -63,7 +63,12 @@ impl DeliveryStore {
     ///
     /// # Errors
     /// [`DeliveryError::Db`].
-    pub async fn put(&self, id: Uuid, delivery: &Delivery, expires_at: DateTime<Utc>) -> Result<(), DeliveryError> {
+    pub async fn put(
+        &self,
+        id: Uuid,
+        delivery: &Delivery,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), DeliveryError> {
         let json = serde_json::to_vec(delivery).map_err(|_| DeliveryError::Corrupt)?;
         let sealed = seal_bytes(&self.key, id.as_bytes(), &json);
         sqlx::query("INSERT INTO deliveries (delivery_id, sealed, expires_at) VALUES ($1, $2, $3)")
@@ -80,13 +85,16 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError`].
     pub async fn get(&self, id: Uuid) -> Result<Option<Delivery>, DeliveryError> {
-        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM deliveries WHERE delivery_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT sealed FROM deliveries WHERE delivery_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(sealed) = row else { return Ok(None) };
         let plain = open_bytes(&self.key, id.as_bytes(), &sealed).ok_or(DeliveryError::Corrupt)?;
-        serde_json::from_slice(&plain).map(Some).map_err(|_| DeliveryError::Corrupt)
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|_| DeliveryError::Corrupt)
     }
 
     /// Deletes the record (after a successful send, or when its command failed).
@@ -94,7 +102,10 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError::Db`].
     pub async fn delete(&self, id: Uuid) -> Result<(), DeliveryError> {
-        sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -104,7 +115,10 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError::Db`].
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, DeliveryError> {
-        let r = sqlx::query("DELETE FROM deliveries WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM deliveries WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 }

@@ -57,7 +57,10 @@ where
 {
     pub fn new(pool: PgPool, services: A::Services) -> Self {
         let repo = PostgresEventRepository::new(pool);
-        Self { store: PersistedEventStore::new_event_store(repo), services }
+        Self {
+            store: PersistedEventStore::new_event_store(repo),
+            services,
+        }
     }
 
     /// Current state of aggregate `id` (the default state if it has no events).
@@ -86,13 +89,20 @@ where
             attempt += 1;
             let mut ctx = self.store.load_aggregate(id).await.map_err(store_error)?;
             let sink = EventSink::default();
-            ctx.aggregate().handle(command.clone(), &self.services, &sink).await.map_err(ExecError::Domain)?;
+            ctx.aggregate()
+                .handle(command.clone(), &self.services, &sink)
+                .await
+                .map_err(ExecError::Domain)?;
             let events = sink.collect().await;
             let state = ctx.aggregate().clone();
             if events.is_empty() {
                 return Ok(Executed { state, events });
             }
-            match self.store.commit(events.clone(), ctx, metadata.clone()).await {
+            match self
+                .store
+                .commit(events.clone(), ctx, metadata.clone())
+                .await
+            {
                 Ok(_) => return Ok(Executed { state, events }),
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");

@@ -143,7 +143,9 @@ pub struct TokenPair {
 
 impl std::fmt::Debug for TokenPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenPair").field("session_id", &self.session_id).finish_non_exhaustive()
+        f.debug_struct("TokenPair")
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +187,10 @@ impl IdentityService {
 
     /// Keyed lookup hash of a normalised email (ARCHITECTURE decided 7).
     pub fn email_hash(&self, email: &EmailAddress) -> Digest {
-        Digest(hmac_hex(&self.keys.lookup, &[b"email:", email.as_str().as_bytes()]))
+        Digest(hmac_hex(
+            &self.keys.lookup,
+            &[b"email:", email.as_str().as_bytes()],
+        ))
     }
 
     /// Registers an account and mails a verification code. For an email that
@@ -203,21 +208,40 @@ impl IdentityService {
         name: &DisplayName,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
-        let password_hash = self.hasher.hash(password.expose()).await.map_err(internal)?;
+        let password_hash = self
+            .hasher
+            .hash(password.expose())
+            .await
+            .map_err(internal)?;
         let email_hash = self.email_hash(email);
         let user_id = Uuid::now_v7();
         let now = Utc::now();
-        match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id).await.map_err(internal)? {
+        match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id)
+            .await
+            .map_err(internal)?
+        {
             Claim::Taken { owner } => {
-                self.notify_duplicate_registration(owner, email, now, meta).await?;
+                self.notify_duplicate_registration(owner, email, now, meta)
+                    .await?;
                 return Ok(Uuid::now_v7());
             }
             Claim::Claimed => {}
         }
-        let result = self.register_claimed(user_id, email, email_hash.clone(), password_hash, name, now, meta).await;
+        let result = self
+            .register_claimed(
+                user_id,
+                email,
+                email_hash.clone(),
+                password_hash,
+                name,
+                now,
+                meta,
+            )
+            .await;
         if result.is_err() {
             // Release the reservation so the address can be registered again.
-            let _ = reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id).await;
+            let _ = reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id)
+                .await;
         }
         result.map(|()| user_id)
     }
@@ -234,8 +258,16 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
         self.vault.ensure_key(user_id).await.map_err(internal)?;
-        let sealed_email = self.vault.seal(user_id, email.as_str()).await.map_err(internal)?;
-        let sealed_name = self.vault.seal(user_id, name.as_str()).await.map_err(internal)?;
+        let sealed_email = self
+            .vault
+            .seal(user_id, email.as_str())
+            .await
+            .map_err(internal)?;
+        let sealed_name = self
+            .vault
+            .seal(user_id, name.as_str())
+            .await
+            .map_err(internal)?;
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::Register {
             user_id,
@@ -246,8 +278,19 @@ impl IdentityService {
             email_challenge_id: challenge_id,
             at: now,
         };
-        self.users.execute(&user_id.to_string(), cmd, meta.to_map("RegisterUser")).await.map_err(map_user)?;
-        self.issue_otp(challenge_id, user_id, OtpPurpose::EmailVerification, email.as_str(), now, meta).await?;
+        self.users
+            .execute(&user_id.to_string(), cmd, meta.to_map("RegisterUser"))
+            .await
+            .map_err(map_user)?;
+        self.issue_otp(
+            challenge_id,
+            user_id,
+            OtpPurpose::EmailVerification,
+            email.as_str(),
+            now,
+            meta,
+        )
+        .await?;
         Ok(())
     }
 
@@ -266,9 +309,20 @@ impl IdentityService {
             code: None,
             expires_at: None,
         };
-        self.deliveries.put(notice_id, &delivery, now + Duration::days(1)).await.map_err(internal)?;
+        self.deliveries
+            .put(notice_id, &delivery, now + Duration::days(1))
+            .await
+            .map_err(internal)?;
         let cmd = UserCommand::NoteDuplicateRegistration { notice_id, at: now };
-        if let Err(e) = self.users.execute(&owner.to_string(), cmd, meta.to_map("NoteDuplicateRegistration")).await {
+        if let Err(e) = self
+            .users
+            .execute(
+                &owner.to_string(),
+                cmd,
+                meta.to_map("NoteDuplicateRegistration"),
+            )
+            .await
+        {
             let _ = self.deliveries.delete(notice_id).await;
             return Err(map_user(e));
         }
@@ -301,7 +355,10 @@ impl IdentityService {
             code: Some(code.clone()),
             expires_at: Some(expires_at),
         };
-        self.deliveries.put(challenge_id, &delivery, expires_at).await.map_err(internal)?;
+        self.deliveries
+            .put(challenge_id, &delivery, expires_at)
+            .await
+            .map_err(internal)?;
         let cmd = OtpCommand::Request {
             challenge_id,
             subject_id: subject,
@@ -311,7 +368,11 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        if let Err(e) = self.otps.execute(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await {
+        if let Err(e) = self
+            .otps
+            .execute(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp"))
+            .await
+        {
             let _ = self.deliveries.delete(challenge_id).await;
             return Err(e.into());
         }
@@ -333,16 +394,31 @@ impl IdentityService {
         if !current.purpose.is_some_and(|p| expected.contains(&p)) {
             return Err(IdentityError::InvalidCode);
         }
-        let cmd = OtpCommand::Verify { candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code), at: Utc::now() };
-        let done = self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await.map_err(|e| match e {
-            ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
-            ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
-            ExecError::Domain(_) => IdentityError::InvalidCode,
-            other => other.into(),
-        })?;
-        if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
+        let cmd = OtpCommand::Verify {
+            candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code),
+            at: Utc::now(),
+        };
+        let done = self
+            .otps
+            .execute(&id, cmd, meta.to_map("VerifyOtp"))
+            .await
+            .map_err(|e| match e {
+                ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
+                ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
+                ExecError::Domain(_) => IdentityError::InvalidCode,
+                other => other.into(),
+            })?;
+        if done
+            .events
+            .iter()
+            .any(|e| matches!(e, OtpEvent::OtpVerified { .. }))
+        {
             Ok(done.state)
-        } else if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
+        } else if done
+            .events
+            .iter()
+            .any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. }))
+        {
             Err(IdentityError::ChallengeLocked)
         } else {
             Err(IdentityError::InvalidCode)
@@ -355,16 +431,30 @@ impl IdentityService {
     /// # Errors
     /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn verify_email(&self, email: &EmailAddress, code: &OtpCode, meta: &RequestMeta) -> Result<Uuid, IdentityError> {
-        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
-            .await
-            .map_err(internal)?
-            .ok_or(IdentityError::InvalidCode)?;
+    pub async fn verify_email(
+        &self,
+        email: &EmailAddress,
+        code: &OtpCode,
+        meta: &RequestMeta,
+    ) -> Result<Uuid, IdentityError> {
+        let owner =
+            reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+                .await
+                .map_err(internal)?
+                .ok_or(IdentityError::InvalidCode)?;
         let user = self.users.load(&owner.to_string()).await?;
         let challenge_id = user.email_challenge_id.ok_or(IdentityError::InvalidCode)?;
-        self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta).await?;
-        let cmd = UserCommand::VerifyEmail { challenge_id, at: Utc::now() };
-        match self.users.execute(&owner.to_string(), cmd, meta.to_map("VerifyEmail")).await {
+        self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta)
+            .await?;
+        let cmd = UserCommand::VerifyEmail {
+            challenge_id,
+            at: Utc::now(),
+        };
+        match self
+            .users
+            .execute(&owner.to_string(), cmd, meta.to_map("VerifyEmail"))
+            .await
+        {
             Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(owner),
             Err(e) => Err(map_user(e)),
         }
@@ -383,25 +473,51 @@ impl IdentityService {
         password: &Password,
         meta: &RequestMeta,
     ) -> Result<LoginChallenge, IdentityError> {
-        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
-            .await
-            .map_err(internal)?;
+        let owner =
+            reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+                .await
+                .map_err(internal)?;
         let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
             return Err(IdentityError::InvalidCredentials);
         };
         let challenge_id = Uuid::new_v4();
         let now = Utc::now();
-        let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: now };
-        let done = self.users.execute(&user_id.to_string(), cmd, meta.to_map("StartLogin")).await.map_err(map_user)?;
-        let accepted = done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. }));
+        let cmd = UserCommand::StartLogin {
+            challenge_id,
+            password: password.clone(),
+            at: now,
+        };
+        let done = self
+            .users
+            .execute(&user_id.to_string(), cmd, meta.to_map("StartLogin"))
+            .await
+            .map_err(map_user)?;
+        let accepted = done
+            .events
+            .iter()
+            .any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. }));
         if !accepted {
             return Err(IdentityError::InvalidCredentials);
         }
-        let sealed = done.state.email.ok_or_else(|| internal("account without email"))?;
-        let to = self.vault.open(user_id, &sealed).await.map_err(internal)?.ok_or(IdentityError::InvalidCredentials)?;
-        let expires_at = self.issue_otp(challenge_id, user_id, OtpPurpose::TwoFactor, &to, now, meta).await?;
-        Ok(LoginChallenge { challenge_id, channel: OtpChannel::Email, expires_at })
+        let sealed = done
+            .state
+            .email
+            .ok_or_else(|| internal("account without email"))?;
+        let to = self
+            .vault
+            .open(user_id, &sealed)
+            .await
+            .map_err(internal)?
+            .ok_or(IdentityError::InvalidCredentials)?;
+        let expires_at = self
+            .issue_otp(challenge_id, user_id, OtpPurpose::TwoFactor, &to, now, meta)
+            .await?;
+        Ok(LoginChallenge {
+            challenge_id,
+            channel: OtpChannel::Email,
+            expires_at,
+        })
     }
 
     /// Second factor: answers a two-factor challenge and starts a session.
@@ -409,13 +525,26 @@ impl IdentityService {
     /// # Errors
     /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Internal`.
     #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id))]
-    pub async fn verify_otp(&self, challenge_id: Uuid, code: &OtpCode, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
-        let challenge = self.answer(challenge_id, code, &[OtpPurpose::TwoFactor], meta).await?;
-        let user_id = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
+    pub async fn verify_otp(
+        &self,
+        challenge_id: Uuid,
+        code: &OtpCode,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, IdentityError> {
+        let challenge = self
+            .answer(challenge_id, code, &[OtpPurpose::TwoFactor], meta)
+            .await?;
+        let user_id = challenge
+            .subject_id
+            .ok_or_else(|| internal("challenge without subject"))?;
         self.start_session(user_id, meta).await
     }
 
-    async fn start_session(&self, user_id: Uuid, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
+    async fn start_session(
+        &self,
+        user_id: Uuid,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, IdentityError> {
         let session_id = Uuid::now_v7();
         let refresh = new_refresh_token(session_id);
         let now = Utc::now();
@@ -429,8 +558,14 @@ impl IdentityService {
         };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        let done = self.sessions.execute(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
-        let (access_token, expires_in) = self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
+        let done = self
+            .sessions
+            .execute(&session_id.to_string(), cmd, meta.to_map("StartSession"))
+            .await?;
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access(user_id, session_id, now)
+            .map_err(internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token: refresh.token,
@@ -448,11 +583,19 @@ impl IdentityService {
     /// `InvalidRefreshToken`, `RefreshTokenReused`, `SessionRevoked`,
     /// `SessionExpired`, `Conflict`, `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, token: &str, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
+    pub async fn refresh(
+        &self,
+        token: &str,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, IdentityError> {
         let session_id = parse_refresh_token(token).ok_or(IdentityError::InvalidRefreshToken)?;
         let next = new_refresh_token(session_id);
         let now = Utc::now();
-        let cmd = SessionCommand::Refresh { presented_hash: refresh_hash(token), new_hash: next.hash.clone(), at: now };
+        let cmd = SessionCommand::Refresh {
+            presented_hash: refresh_hash(token),
+            new_hash: next.hash.clone(),
+            at: now,
+        };
         let done = self
             .sessions
             .execute(&session_id.to_string(), cmd, meta.to_map("RefreshSession"))
@@ -463,12 +606,22 @@ impl IdentityService {
                 ExecError::Domain(_) => IdentityError::InvalidRefreshToken,
                 other => other.into(),
             })?;
-        if done.events.iter().any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. })) {
+        if done
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. }))
+        {
             tracing::warn!(session_id = %session_id, "refresh token reuse detected; session revoked");
             return Err(IdentityError::RefreshTokenReused);
         }
-        let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
-        let (access_token, expires_in) = self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
+        let user_id = done
+            .state
+            .user_id
+            .ok_or_else(|| internal("session without user"))?;
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access(user_id, session_id, now)
+            .map_err(internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token: next.token,
@@ -496,8 +649,13 @@ impl IdentityService {
         if session.user_id != Some(user_id) {
             return Err(IdentityError::NotFound);
         }
-        let cmd = SessionCommand::Revoke { reason, at: Utc::now() };
-        self.sessions.execute(&id, cmd, meta.to_map("RevokeSession")).await?;
+        let cmd = SessionCommand::Revoke {
+            reason,
+            at: Utc::now(),
+        };
+        self.sessions
+            .execute(&id, cmd, meta.to_map("RevokeSession"))
+            .await?;
         Ok(())
     }
 
@@ -514,15 +672,32 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
         let name = match name {
-            Some(n) => Some(self.vault.seal(user_id, n.as_str()).await.map_err(internal)?),
+            Some(n) => Some(
+                self.vault
+                    .seal(user_id, n.as_str())
+                    .await
+                    .map_err(internal)?,
+            ),
             None => None,
         };
         let bio = match bio {
-            Some(b) => Some(self.vault.seal(user_id, b.as_str()).await.map_err(internal)?),
+            Some(b) => Some(
+                self.vault
+                    .seal(user_id, b.as_str())
+                    .await
+                    .map_err(internal)?,
+            ),
             None => None,
         };
-        let cmd = UserCommand::UpdateProfile { name, bio, at: Utc::now() };
-        self.users.execute(&user_id.to_string(), cmd, meta.to_map("UpdateProfile")).await.map_err(map_user)?;
+        let cmd = UserCommand::UpdateProfile {
+            name,
+            bio,
+            at: Utc::now(),
+        };
+        self.users
+            .execute(&user_id.to_string(), cmd, meta.to_map("UpdateProfile"))
+            .await
+            .map_err(map_user)?;
         Ok(())
     }
 }

@@ -90,12 +90,22 @@ impl PasswordHasher {
     /// Verifies `candidate` against a PHC hash (its own parameters apply).
     /// `false` on mismatch, malformed hash or pool failure.
     pub async fn verify_phc(&self, phc: &str, candidate: &str) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else { return false };
-        let phc = if phc.is_empty() { self.dummy_hash.as_str().to_owned() } else { phc.to_owned() };
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        let phc = if phc.is_empty() {
+            self.dummy_hash.as_str().to_owned()
+        } else {
+            phc.to_owned()
+        };
         let candidate = candidate.to_owned();
         tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc)
-                .map(|h| Argon2::default().verify_password(candidate.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(candidate.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await

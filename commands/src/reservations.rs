@@ -37,7 +37,12 @@ pub enum Claim {
 ///
 /// # Errors
 /// Database errors.
-pub async fn claim(pool: &PgPool, kind: ReservationKind, hash: &Digest, owner: Uuid) -> Result<Claim, sqlx::Error> {
+pub async fn claim(
+    pool: &PgPool,
+    kind: ReservationKind,
+    hash: &Digest,
+    owner: Uuid,
+) -> Result<Claim, sqlx::Error> {
     let key = key_bytes(hash);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO reservations (kind, key_hash, owner_id) VALUES ($1, $2, $3)
@@ -62,7 +67,11 @@ pub async fn claim(pool: &PgPool, kind: ReservationKind, hash: &Digest, owner: U
 ///
 /// # Errors
 /// Database errors.
-pub async fn owner(pool: &PgPool, kind: ReservationKind, hash: &Digest) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn owner(
+    pool: &PgPool,
+    kind: ReservationKind,
+    hash: &Digest,
+) -> Result<Option<Uuid>, sqlx::Error> {
     let key = key_bytes(hash);
     sqlx::query_scalar("SELECT owner_id FROM reservations WHERE kind = $1 AND key_hash = $2")
         .bind(kind.as_str())
@@ -75,7 +84,12 @@ pub async fn owner(pool: &PgPool, kind: ReservationKind, hash: &Digest) -> Resul
 ///
 /// # Errors
 /// Database errors.
-pub async fn release(pool: &PgPool, kind: ReservationKind, hash: &Digest, owner: Uuid) -> Result<(), sqlx::Error> {
+pub async fn release(
+    pool: &PgPool,
+    kind: ReservationKind,
+    hash: &Digest,
+    owner: Uuid,
+) -> Result<(), sqlx::Error> {
     let key = key_bytes(hash);
     sqlx::query("DELETE FROM reservations WHERE kind = $1 AND key_hash = $2 AND owner_id = $3")
         .bind(kind.as_str())

@@ -41,7 +41,13 @@ pub fn seal_bytes(key: &Secret32, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     // Encryption with a valid key and nonce only fails for > 256 GiB inputs.
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_default();
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -72,7 +78,11 @@ const CACHE_CAP: usize = 100_000;
 
 impl Vault {
     pub fn new(pool: PgPool, wrap: Secret32) -> Self {
-        Self { pool, wrap, cache: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            wrap,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Creates the subject's data key if it has none; idempotent.
@@ -91,7 +101,12 @@ impl Vault {
     }
 
     async fn key(&self, subject: Uuid) -> Result<Secret32, VaultError> {
-        if let Some(k) = self.cache.lock().ok().and_then(|c| c.get(&subject).cloned()) {
+        if let Some(k) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&subject).cloned())
+        {
             return Ok(k);
         }
         let wrapped: Option<Vec<u8>> =
@@ -100,7 +115,8 @@ impl Vault {
                 .fetch_optional(&self.pool)
                 .await?;
         let wrapped = wrapped.ok_or(VaultError::NoKey)?;
-        let raw = open_bytes(&self.wrap, subject.as_bytes(), &wrapped).ok_or(VaultError::Corrupt)?;
+        let raw =
+            open_bytes(&self.wrap, subject.as_bytes(), &wrapped).ok_or(VaultError::Corrupt)?;
         let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| VaultError::Corrupt)?;
         let key = Secret32(arr);
         if let Ok(mut c) = self.cache.lock() {
@@ -133,9 +149,13 @@ impl Vault {
             Err(e) => return Err(e),
         };
         let body = sealed.0.strip_prefix("v1.").ok_or(VaultError::Corrupt)?;
-        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| VaultError::Corrupt)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| VaultError::Corrupt)?;
         let plain = open_bytes(&key, subject.as_bytes(), &bytes).ok_or(VaultError::Corrupt)?;
-        String::from_utf8(plain).map(Some).map_err(|_| VaultError::Corrupt)
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt)
     }
 
     /// Crypto-shreds the subject: deletes the data key everywhere it is held.
@@ -143,7 +163,10 @@ impl Vault {
     /// # Errors
     /// [`VaultError::Db`].
     pub async fn erase(&self, subject: Uuid) -> Result<(), VaultError> {
-        sqlx::query("DELETE FROM subject_keys WHERE subject_id = $1").bind(subject).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM subject_keys WHERE subject_id = $1")
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
         if let Ok(mut c) = self.cache.lock() {
             c.remove(&subject);
         }

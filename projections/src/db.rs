@@ -171,7 +171,10 @@ pub mod testing {
             Some((u, q)) => (u, Some(q)),
             None => (base_url, None),
         };
-        let scheme_end = without_query.find("://").context("database URL without scheme")? + 3;
+        let scheme_end = without_query
+            .find("://")
+            .context("database URL without scheme")?
+            + 3;
         let authority_end = without_query[scheme_end..]
             .find('/')
             .map_or(without_query.len(), |i| scheme_end + i);
@@ -193,7 +196,10 @@ pub mod testing {
                 with_database("postgres://u:p@h:5/db?sslmode=disable", "x").unwrap(),
                 "postgres://u:p@h:5/x?sslmode=disable"
             );
-            assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
+            assert_eq!(
+                with_database("postgres://h", "x").unwrap(),
+                "postgres://h/x"
+            );
         }
     }
 }

@@ -162,7 +162,12 @@ impl KafkaFeed {
                 last: offset,
             });
         let Some(value) = message.payload() else {
-            tracing::warn!(topic, partition, offset, "skipping Kafka message without value");
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                "skipping Kafka message without value"
+            );
             return None;
         };
         match serde_json::from_slice::<Envelope>(value) {

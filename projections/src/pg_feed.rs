@@ -92,7 +92,9 @@ impl PgFeed {
     /// [`FeedError::Database`] when the checkpoint cannot be read.
     pub async fn new(pool: PgPool, config: PgFeedConfig) -> Result<Self, FeedError> {
         if config.consumer.is_empty() {
-            return Err(FeedError::Config("empty Postgres feed consumer name".into()));
+            return Err(FeedError::Config(
+                "empty Postgres feed consumer name".into(),
+            ));
         }
         let checkpoint = Self::checkpoint_name(&config.consumer);
         let committed = tail::load_checkpoint(&pool, &checkpoint).await?;

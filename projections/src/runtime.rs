@@ -56,7 +56,9 @@ impl ProjectionError {
 pub enum RunError {
     /// A projector (or its checkpoint transaction) failed on an envelope;
     /// nothing of that projector's change was committed.
-    #[error("projector `{projector}` failed on {aggregate_type}/{aggregate_id} sequence {sequence}")]
+    #[error(
+        "projector `{projector}` failed on {aggregate_type}/{aggregate_id} sequence {sequence}"
+    )]
     Projector {
         /// [`Projector::name`].
         projector: &'static str,
@@ -110,8 +112,11 @@ pub trait Projector: Send + Sync {
     /// # Errors
     /// [`ProjectionError`]; the transaction is then rolled back and the
     /// envelope retried later.
-    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope)
-        -> Result<(), ProjectionError>;
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), ProjectionError>;
 
     /// Empties the read model (before a rebuild), in the transaction that
     /// also deletes the projector's checkpoints.
@@ -383,7 +388,11 @@ enum Step {
     Done(Result<usize, RunError>),
 }
 
-fn projector_error(projector: &dyn Projector, envelope: &Envelope, source: ProjectionError) -> RunError {
+fn projector_error(
+    projector: &dyn Projector,
+    envelope: &Envelope,
+    source: ProjectionError,
+) -> RunError {
     RunError::Projector {
         projector: projector.name(),
         aggregate_type: envelope.aggregate_type.clone(),
@@ -413,7 +422,10 @@ async fn apply_one(
         return Ok(false);
     }
     if stored >= 0 && envelope.sequence > stored + 1 {
-        tracing::warn!(stored, "sequence gap: events of this aggregate were not seen");
+        tracing::warn!(
+            stored,
+            "sequence gap: events of this aggregate were not seen"
+        );
     }
     projector.apply(&mut tx, envelope).await?;
     sqlx::query(STORE_CHECKPOINT)

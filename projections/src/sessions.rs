@@ -29,7 +29,14 @@ impl Projector for SessionsProjector {
     async fn apply(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), ProjectionError> {
         let event: SessionEvent = env.decode().map_err(|e| ProjectionError::decode(env, e))?;
         match event {
-            SessionEvent::SessionStarted { session_id, user_id, started_at, idle_expires_at, expires_at, .. } => {
+            SessionEvent::SessionStarted {
+                session_id,
+                user_id,
+                started_at,
+                idle_expires_at,
+                expires_at,
+                ..
+            } => {
                 sqlx::query(
                     "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at,
                                               last_used_at, idle_expires_at, expires_at)
@@ -44,7 +51,12 @@ impl Projector for SessionsProjector {
                 .execute(conn)
                 .await?;
             }
-            SessionEvent::SessionRefreshed { generation, refreshed_at, idle_expires_at, .. } => {
+            SessionEvent::SessionRefreshed {
+                generation,
+                refreshed_at,
+                idle_expires_at,
+                ..
+            } => {
                 sqlx::query(
                     "UPDATE rm_sessions SET generation = $2, last_used_at = $3, idle_expires_at = $4
                      WHERE session_id = $1",
@@ -98,7 +110,10 @@ pub struct SessionRow {
 ///
 /// # Errors
 /// Database errors.
-pub async fn find_session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
+pub async fn find_session(
+    pool: &PgPool,
+    session_id: Uuid,
+) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as::<_, SessionRow>(
         "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
                 expires_at, revoked_at, revoked_reason
@@ -114,9 +129,10 @@ pub async fn find_session(pool: &PgPool, session_id: Uuid) -> Result<Option<Sess
 /// # Errors
 /// Database errors.
 pub async fn is_revoked(pool: &PgPool, session_id: Uuid) -> Result<bool, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM rm_sessions WHERE session_id = $1")
-        .bind(session_id)
-        .fetch_optional(pool)
-        .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM rm_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?;
     Ok(status.as_deref() == Some("revoked"))
 }

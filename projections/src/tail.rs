@@ -284,7 +284,8 @@ impl EventsListener {
                 // Drain what is already there: one read serves them all.
                 while let Ok(Ok(Some(_))) =
                     tokio::time::timeout(Duration::ZERO, listener.try_recv()).await
-                {}
+                {
+                }
                 Wake::Notified
             }
             Ok(Ok(None)) => {

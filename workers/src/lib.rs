@@ -6,5 +6,5 @@
 //! `projections` (feeds and runtime); they must never depend on `api`.
 
 pub mod kafka;
-pub mod relay;
 pub mod notify;
+pub mod relay;

@@ -68,7 +68,11 @@ impl Mailer {
 
     async fn send(&self, message: Message, file_stem: &str) -> Result<(), NotifyError> {
         match self {
-            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| NotifyError::Smtp(e.to_string())),
+            Self::Smtp(t) => t
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| NotifyError::Smtp(e.to_string())),
             Self::Files(dir) => {
                 tokio::fs::create_dir_all(dir).await?;
                 let tmp = dir.join(format!("{file_stem}.eml.tmp"));
@@ -122,7 +126,10 @@ pub fn delivery_id(env: &Envelope) -> Option<Uuid> {
         ("user", "DuplicateRegistrationAttempted") => "notice_id",
         _ => return None,
     };
-    env.payload.get(field).and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok())
+    env.payload
+        .get(field)
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// Sends the messages events ask for.
@@ -148,8 +155,14 @@ impl Notifier {
     /// # Errors
     /// [`NotifyError::Config`] when `from` is not a mailbox.
     pub fn new(deliveries: DeliveryStore, mailer: Mailer, from: &str) -> Result<Self, NotifyError> {
-        let from = from.parse().map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
-        Ok(Self { deliveries, mailer, from })
+        let from = from
+            .parse()
+            .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
+        Ok(Self {
+            deliveries,
+            mailer,
+            from,
+        })
     }
 
     /// Handles one envelope.
@@ -159,7 +172,9 @@ impl Notifier {
     /// sends it.
     #[tracing::instrument(skip_all, fields(event_id = %env.event_id, event_type = %env.event_type))]
     pub async fn handle(&self, env: &Envelope) -> Result<Handled, NotifyError> {
-        let Some(id) = delivery_id(env) else { return Ok(Handled::Ignored) };
+        let Some(id) = delivery_id(env) else {
+            return Ok(Handled::Ignored);
+        };
         let Some(delivery) = self.deliveries.get(id).await? else {
             tracing::debug!(delivery_id = %id, "delivery record gone; nothing to send");
             return Ok(Handled::AlreadyGone);
@@ -191,7 +206,12 @@ impl Notifier {
     ///
     /// # Errors
     /// [`NotifyError`].
-    pub async fn run_once(&self, feed: &mut dyn EventFeed, max: usize, max_wait: Duration) -> Result<usize, NotifyError> {
+    pub async fn run_once(
+        &self,
+        feed: &mut dyn EventFeed,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<usize, NotifyError> {
         let batch = feed.next_batch(max, max_wait).await?;
         for env in &batch {
             self.handle(env).await?;

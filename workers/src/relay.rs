@@ -43,7 +43,9 @@ pub enum RelayError {
     #[error("cannot enqueue the message")]
     Enqueue(#[source] KafkaError),
     /// Kafka did not acknowledge a message.
-    #[error("delivery to `{topic}` failed for {aggregate_type}/{aggregate_id} sequence {sequence}")]
+    #[error(
+        "delivery to `{topic}` failed for {aggregate_type}/{aggregate_id} sequence {sequence}"
+    )]
     Delivery {
         /// Destination topic.
         topic: String,
@@ -172,7 +174,10 @@ impl Relay {
         let encoded = rows
             .iter()
             .map(|(_, envelope)| {
-                Ok((envelope.topic(&self.topic_prefix), serde_json::to_vec(envelope)?))
+                Ok((
+                    envelope.topic(&self.topic_prefix),
+                    serde_json::to_vec(envelope)?,
+                ))
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()?;
 
@@ -184,7 +189,9 @@ impl Relay {
                 .headers(headers(envelope));
             deliveries.push(self.enqueue(record).await?);
         }
-        for (delivery, ((_, envelope), (topic, _))) in deliveries.into_iter().zip(rows.iter().zip(&encoded)) {
+        for (delivery, ((_, envelope), (topic, _))) in
+            deliveries.into_iter().zip(rows.iter().zip(&encoded))
+        {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((source, _message))) => {
@@ -211,7 +218,10 @@ impl Relay {
     }
 
     /// Enqueues `record`, waiting while the producer queue is full.
-    async fn enqueue(&self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, RelayError> {
+    async fn enqueue(
+        &self,
+        record: FutureRecord<'_, str, [u8]>,
+    ) -> Result<DeliveryFuture, RelayError> {
         let mut record = record;
         loop {
             match self.producer.send_result(record) {

@@ -36,7 +36,10 @@ pub fn router() -> Router<AppState> {
 
 pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
     RequestMeta {
-        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         actor,
     }
 }
@@ -75,7 +78,10 @@ pub async fn register(
     let email = EmailAddress::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
     let name = DisplayName::parse(&req.name)?;
-    let user_id = state.identity.register(&email, &password, &name, &meta(&headers, None)).await?;
+    let user_id = state
+        .identity
+        .register(&email, &password, &name, &meta(&headers, None))
+        .await?;
     Ok((StatusCode::CREATED, Json(RegisterResponse { user_id })))
 }
 
@@ -101,7 +107,10 @@ pub async fn verify_email(
 ) -> Result<StatusCode, ApiError> {
     let email = EmailAddress::parse(&req.email)?;
     let code = OtpCode::parse(&req.code)?;
-    state.identity.verify_email(&email, &code, &meta(&headers, None)).await?;
+    state
+        .identity
+        .verify_email(&email, &code, &meta(&headers, None))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,12 +142,22 @@ pub async fn login(
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     // A value that cannot be a valid account answers like a wrong password.
-    let (Ok(email), Ok(password)) = (EmailAddress::parse(&req.email), Password::parse_for_login(&req.password)) else {
+    let (Ok(email), Ok(password)) = (
+        EmailAddress::parse(&req.email),
+        Password::parse_for_login(&req.password),
+    ) else {
         state.identity.hasher.verify_dummy(&req.password).await;
         return Err(commands::IdentityError::InvalidCredentials.into());
     };
-    let c = state.identity.start_login(&email, &password, &meta(&headers, None)).await?;
-    Ok(Json(LoginResponse { challenge_id: c.challenge_id, channel: c.channel.as_str().to_owned(), expires_at: c.expires_at }))
+    let c = state
+        .identity
+        .start_login(&email, &password, &meta(&headers, None))
+        .await?;
+    Ok(Json(LoginResponse {
+        challenge_id: c.challenge_id,
+        channel: c.channel.as_str().to_owned(),
+        expires_at: c.expires_at,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -163,7 +182,10 @@ pub struct TokenResponse {
 
 fn token_response(pair: TokenPair) -> Response {
     let max_age = (pair.refresh_expires_at - Utc::now()).num_seconds().max(0);
-    let cookie = format!("{REFRESH_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict", pair.refresh_token);
+    let cookie = format!(
+        "{REFRESH_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",
+        pair.refresh_token
+    );
     let body = TokenResponse {
         access_token: pair.access_token,
         refresh_token: pair.refresh_token,
@@ -191,7 +213,10 @@ pub async fn verify_otp(
     ValidJson(req): ValidJson<VerifyOtpRequest>,
 ) -> Result<Response, ApiError> {
     let code = OtpCode::parse(&req.code)?;
-    let pair = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
+    let pair = state
+        .identity
+        .verify_otp(req.challenge_id, &code, &meta(&headers, None))
+        .await?;
     Ok(token_response(pair))
 }
 
@@ -219,18 +244,36 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         (status = 400, body = ErrorBody),
         (status = 401, description = "invalid_refresh_token / refresh_token_reused / session_revoked / session_expired", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let req: RefreshRequest = serde_json::from_slice(&body)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not valid JSON"))?;
+        let req: RefreshRequest = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the body is not valid JSON",
+            )
+        })?;
         req.refresh_token
     };
     let token = from_body
         .or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "no refresh token"))?;
-    let pair = state.identity.refresh(&token, &meta(&headers, None)).await?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "no refresh token",
+            )
+        })?;
+    let pair = state
+        .identity
+        .refresh(&token, &meta(&headers, None))
+        .await?;
     Ok(token_response(pair))
 }
 
@@ -238,15 +281,26 @@ pub async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: By
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "logged out; clears the cookie"), (status = 401, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, user: AuthUser) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+) -> Result<Response, ApiError> {
     state
         .identity
-        .revoke_session(user.user_id, user.session_id, RevocationReason::Logout, &meta(&headers, Some(user.user_id)))
+        .revoke_session(
+            user.user_id,
+            user.session_id,
+            RevocationReason::Logout,
+            &meta(&headers, Some(user.user_id)),
+        )
         .await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
+        HeaderValue::from_static(
+            "__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+        ),
     );
     Ok(res)
 }
@@ -272,11 +326,20 @@ pub struct SessionResponse {
     responses((status = 200, body = SessionResponse), (status = 401, body = ErrorBody),
         (status = 404, description = "not projected yet", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-pub async fn session(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionResponse>, ApiError> {
+pub async fn session(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<SessionResponse>, ApiError> {
     let row = projections::sessions::find_session(&state.read, user.session_id)
         .await?
         .filter(|r| r.user_id == user.user_id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "session not found"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "session not found",
+            )
+        })?;
     Ok(Json(SessionResponse {
         session_id: row.session_id,
         user_id: row.user_id,

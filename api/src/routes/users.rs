@@ -37,13 +37,25 @@ async fn open(state: &AppState, user: Uuid, sealed: String) -> Result<String, Ap
         .vault
         .open(user, &Sealed(sealed))
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "profile_not_found",
+                "profile not found",
+            )
+        })
 }
 
 async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse, ApiError> {
     let row = projections::profiles::find_profile(&state.read, user_id)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "profile_not_found",
+                "profile not found",
+            )
+        })?;
     let bio = match row.bio_sealed {
         Some(b) => Some(open(state, user_id, b).await?),
         None => None,
@@ -63,7 +75,10 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
     responses((status = 200, body = ProfileResponse), (status = 401, body = ErrorBody),
         (status = 404, description = "not projected yet", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
-pub async fn get_me(State(state): State<AppState>, user: AuthUser) -> Result<Json<ProfileResponse>, ApiError> {
+pub async fn get_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<ProfileResponse>, ApiError> {
     Ok(Json(load_profile(&state, user.user_id).await?))
 }
 
@@ -89,11 +104,20 @@ pub async fn put_me(
     let name = req.name.as_deref().map(DisplayName::parse).transpose()?;
     let bio = req.bio.as_deref().map(Bio::parse).transpose()?;
     if name.is_none() && bio.is_none() {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "give name and/or bio"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "give name and/or bio",
+        ));
     }
     state
         .identity
-        .update_profile(user.user_id, name.as_ref(), bio.as_ref(), &meta(&headers, Some(user.user_id)))
+        .update_profile(
+            user.user_id,
+            name.as_ref(),
+            bio.as_ref(),
+            &meta(&headers, Some(user.user_id)),
+        )
         .await?;
     // The read model may not have the change yet: answer with it applied.
     let mut profile = load_profile(&state, user.user_id).await?;

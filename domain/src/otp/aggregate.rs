@@ -114,15 +114,26 @@ impl Aggregate for OtpChallenge {
                 if self.expires_at.is_none_or(|e| at >= e) {
                     return Err(OtpError::Expired);
                 }
-                let matches = self.code_mac.as_ref().is_some_and(|m| m.ct_eq(&candidate_mac));
+                let matches = self
+                    .code_mac
+                    .as_ref()
+                    .is_some_and(|m| m.ct_eq(&candidate_mac));
                 if matches {
-                    sink.write(OtpEvent::OtpVerified { verified_at: at }, self).await;
+                    sink.write(OtpEvent::OtpVerified { verified_at: at }, self)
+                        .await;
                 } else {
                     let failed_attempts = self.failed_attempts.saturating_add(1);
-                    sink.write(OtpEvent::OtpVerificationFailed { failed_attempts, failed_at: at }, self)
-                        .await;
+                    sink.write(
+                        OtpEvent::OtpVerificationFailed {
+                            failed_attempts,
+                            failed_at: at,
+                        },
+                        self,
+                    )
+                    .await;
                     if failed_attempts >= MAX_FAILED_ATTEMPTS {
-                        sink.write(OtpEvent::OtpChallengeLocked { locked_at: at }, self).await;
+                        sink.write(OtpEvent::OtpChallengeLocked { locked_at: at }, self)
+                            .await;
                     }
                 }
             }
@@ -150,7 +161,9 @@ impl Aggregate for OtpChallenge {
                 self.status = ChallengeStatus::Pending;
             }
             OtpEvent::OtpVerified { .. } => self.status = ChallengeStatus::Verified,
-            OtpEvent::OtpVerificationFailed { failed_attempts, .. } => {
+            OtpEvent::OtpVerificationFailed {
+                failed_attempts, ..
+            } => {
                 self.failed_attempts = failed_attempts;
             }
             OtpEvent::OtpChallengeLocked { .. } => self.status = ChallengeStatus::Locked,
@@ -180,7 +193,10 @@ mod tests {
         }
     }
     fn verify(mac: &str, at: i64) -> OtpCommand {
-        OtpCommand::Verify { candidate_mac: Digest(mac.into()), at: t(at) }
+        OtpCommand::Verify {
+            candidate_mac: Digest(mac.into()),
+            at: t(at),
+        }
     }
 
     #[test]
@@ -228,16 +244,28 @@ mod tests {
         OtpTest::with(())
             .given(vec![issued()])
             .when(verify("bad", 10))
-            .then_expect_events(vec![OtpEvent::OtpVerificationFailed { failed_attempts: 1, failed_at: t(10) }]);
+            .then_expect_events(vec![OtpEvent::OtpVerificationFailed {
+                failed_attempts: 1,
+                failed_at: t(10),
+            }]);
         OtpTest::with(())
             .given(vec![
                 issued(),
-                OtpEvent::OtpVerificationFailed { failed_attempts: 1, failed_at: t(10) },
-                OtpEvent::OtpVerificationFailed { failed_attempts: 2, failed_at: t(11) },
+                OtpEvent::OtpVerificationFailed {
+                    failed_attempts: 1,
+                    failed_at: t(10),
+                },
+                OtpEvent::OtpVerificationFailed {
+                    failed_attempts: 2,
+                    failed_at: t(11),
+                },
             ])
             .when(verify("bad", 12))
             .then_expect_events(vec![
-                OtpEvent::OtpVerificationFailed { failed_attempts: 3, failed_at: t(12) },
+                OtpEvent::OtpVerificationFailed {
+                    failed_attempts: 3,
+                    failed_at: t(12),
+                },
                 OtpEvent::OtpChallengeLocked { locked_at: t(12) },
             ]);
     }
@@ -247,7 +275,10 @@ mod tests {
         OtpTest::with(())
             .given(vec![
                 issued(),
-                OtpEvent::OtpVerificationFailed { failed_attempts: 3, failed_at: t(12) },
+                OtpEvent::OtpVerificationFailed {
+                    failed_attempts: 3,
+                    failed_at: t(12),
+                },
                 OtpEvent::OtpChallengeLocked { locked_at: t(12) },
             ])
             .when(verify("good", 13))

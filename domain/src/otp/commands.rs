@@ -19,5 +19,8 @@ pub enum OtpCommand {
         expires_at: DateTime<Utc>,
     },
     /// Check a submitted code, given as its keyed hash computed the same way.
-    Verify { candidate_mac: Digest, at: DateTime<Utc> },
+    Verify {
+        candidate_mac: Digest,
+        at: DateTime<Utc>,
+    },
 }

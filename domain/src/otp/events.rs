@@ -46,11 +46,18 @@ pub enum OtpEvent {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     },
-    OtpVerified { verified_at: DateTime<Utc> },
+    OtpVerified {
+        verified_at: DateTime<Utc>,
+    },
     /// A wrong code; `failed_attempts` counts for this challenge.
-    OtpVerificationFailed { failed_attempts: u32, failed_at: DateTime<Utc> },
+    OtpVerificationFailed {
+        failed_attempts: u32,
+        failed_at: DateTime<Utc>,
+    },
     /// The challenge accepts no further attempt.
-    OtpChallengeLocked { locked_at: DateTime<Utc> },
+    OtpChallengeLocked {
+        locked_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for OtpEvent {

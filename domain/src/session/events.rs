@@ -50,7 +50,10 @@ pub enum SessionEvent {
     },
     /// A spent refresh token was presented again: the family is compromised.
     RefreshTokenReuseDetected { detected_at: DateTime<Utc> },
-    SessionRevoked { reason: RevocationReason, revoked_at: DateTime<Utc> },
+    SessionRevoked {
+        reason: RevocationReason,
+        revoked_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for SessionEvent {

@@ -18,13 +18,29 @@ pub enum UserEvent {
         email_challenge_id: Uuid,
         registered_at: DateTime<Utc>,
     },
-    DuplicateRegistrationAttempted { notice_id: Uuid, attempted_at: DateTime<Utc> },
-    EmailVerified { challenge_id: Uuid, verified_at: DateTime<Utc> },
+    DuplicateRegistrationAttempted {
+        notice_id: Uuid,
+        attempted_at: DateTime<Utc>,
+    },
+    EmailVerified {
+        challenge_id: Uuid,
+        verified_at: DateTime<Utc>,
+    },
     /// Password accepted; a two-factor challenge `challenge_id` follows.
-    LoginPasswordAccepted { challenge_id: Uuid, accepted_at: DateTime<Utc> },
+    LoginPasswordAccepted {
+        challenge_id: Uuid,
+        accepted_at: DateTime<Utc>,
+    },
     /// Wrong password. `consecutive_failures` counts since the last success.
-    LoginPasswordRejected { consecutive_failures: u32, rejected_at: DateTime<Utc> },
-    ProfileUpdated { name: Option<Sealed>, bio: Option<Sealed>, updated_at: DateTime<Utc> },
+    LoginPasswordRejected {
+        consecutive_failures: u32,
+        rejected_at: DateTime<Utc>,
+    },
+    ProfileUpdated {
+        name: Option<Sealed>,
+        bio: Option<Sealed>,
+        updated_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {

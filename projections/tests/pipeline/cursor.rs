@@ -74,7 +74,9 @@ async fn envelopes_are_built_from_the_stored_rows() {
     insert_event(pool, "user", "u1", 1, "UserRegistered", json!({"a": 1})).await;
     insert_event(pool, "session", "s1", 1, "SessionStarted", json!({"b": 2})).await;
 
-    let rows = tail::read_after(pool, Cursor::ZERO, 10, None).await.unwrap();
+    let rows = tail::read_after(pool, Cursor::ZERO, 10, None)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     let (cursor, user) = &rows[0];
     assert!(cursor.txid > 0);
@@ -104,7 +106,10 @@ async fn envelopes_are_built_from_the_stored_rows() {
 async fn checkpoints_round_trip() {
     let db = TestDb::new().await;
     let pool = &db.pool;
-    assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), Cursor::ZERO);
+    assert_eq!(
+        tail::load_checkpoint(pool, "x").await.unwrap(),
+        Cursor::ZERO
+    );
     let first = Cursor {
         txid: 12_345,
         position: 7,
@@ -117,7 +122,10 @@ async fn checkpoints_round_trip() {
     };
     tail::store_checkpoint(pool, "x", second).await.unwrap();
     assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), second);
-    assert_eq!(tail::load_checkpoint(pool, "y").await.unwrap(), Cursor::ZERO);
+    assert_eq!(
+        tail::load_checkpoint(pool, "y").await.unwrap(),
+        Cursor::ZERO
+    );
     db.drop().await;
 }
 
@@ -153,7 +161,12 @@ async fn read_after_uses_the_cursor_index() {
             } else {
                 query
             };
-            let plan = query.bind(100_i64).fetch_all(pool).await.unwrap().join("\n");
+            let plan = query
+                .bind(100_i64)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .join("\n");
             assert!(
                 plan.contains("events_cursor_idx") && !plan.contains("Sort"),
                 "filtered={filtered} cursor={cursor:?}:\n{plan}"
@@ -190,7 +203,9 @@ async fn randomized_writers_are_seen_exactly_once() {
                 }
                 if finished
                     && rows.is_empty()
-                    && !tail::has_unsettled_after(&pool, cursor, None).await.unwrap()
+                    && !tail::has_unsettled_after(&pool, cursor, None)
+                        .await
+                        .unwrap()
                 {
                     return seen;
                 }
@@ -215,8 +230,15 @@ async fn randomized_writers_are_seen_exactly_once() {
                     for sequence in 1..=count {
                         let pause = rng.gen_range(0..4);
                         tokio::time::sleep(Duration::from_millis(pause)).await;
-                        insert_event(&mut *tx, "test", &aggregate, sequence, "Happened", json!({}))
-                            .await;
+                        insert_event(
+                            &mut *tx,
+                            "test",
+                            &aggregate,
+                            sequence,
+                            "Happened",
+                            json!({}),
+                        )
+                        .await;
                         rows.push((aggregate.clone(), sequence));
                     }
                     let pause = rng.gen_range(0..6);
@@ -255,7 +277,9 @@ async fn randomized_writers_are_seen_exactly_once() {
     assert_eq!(actual, expected, "seen rows differ from committed rows");
     let mut last_sequence = BTreeMap::new();
     for (aggregate, sequence) in &seen {
-        let previous = last_sequence.insert(aggregate.clone(), *sequence).unwrap_or(0);
+        let previous = last_sequence
+            .insert(aggregate.clone(), *sequence)
+            .unwrap_or(0);
         assert_eq!(*sequence, previous + 1, "{aggregate} out of order");
     }
     assert!(!committed.is_empty() && !rolled_back.is_empty());

@@ -20,7 +20,10 @@ async fn create_topic(topic: &str, partitions: i32) {
         .unwrap();
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &options,
+        )
         .await
         .expect("broker reachable at KAFKA_BROKERS");
     for result in results {
@@ -65,7 +68,13 @@ async fn publish(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]
 }
 
 async fn publish_envelope(producer: &FutureProducer, topic: &str, env: &Envelope) {
-    publish(producer, topic, &env.aggregate_id, &serde_json::to_vec(env).unwrap()).await;
+    publish(
+        producer,
+        topic,
+        &env.aggregate_id,
+        &serde_json::to_vec(env).unwrap(),
+    )
+    .await;
 }
 
 /// Reads from `feed` until `count` envelopes arrived or 30 s passed.
@@ -73,7 +82,11 @@ async fn collect(feed: &mut KafkaFeed, count: usize) -> Vec<Envelope> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut all = Vec::new();
     while all.len() < count && tokio::time::Instant::now() < deadline {
-        all.extend(feed.next_batch(100, Duration::from_millis(500)).await.unwrap());
+        all.extend(
+            feed.next_batch(100, Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
     }
     all
 }
@@ -83,7 +96,11 @@ async fn drain_for(feed: &mut KafkaFeed, period: Duration) -> Vec<Envelope> {
     let deadline = tokio::time::Instant::now() + period;
     let mut all = Vec::new();
     while tokio::time::Instant::now() < deadline {
-        all.extend(feed.next_batch(100, Duration::from_millis(200)).await.unwrap());
+        all.extend(
+            feed.next_batch(100, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
     }
     all
 }
@@ -139,8 +156,16 @@ async fn committed_envelopes_are_not_seen_again_by_the_same_group() {
     let late = envelope("b", 3);
     publish_envelope(&producer, &topic, &late).await;
     let received = collect(&mut again, 1).await;
-    let received = [received, drain_for(&mut again, Duration::from_secs(2)).await].concat();
-    assert_eq!(ids(&received), ["b#3"], "committed envelopes were redelivered");
+    let received = [
+        received,
+        drain_for(&mut again, Duration::from_secs(2)).await,
+    ]
+    .concat();
+    assert_eq!(
+        ids(&received),
+        ["b#3"],
+        "committed envelopes were redelivered"
+    );
 }
 
 #[tokio::test]
@@ -159,7 +184,9 @@ async fn rollback_redelivers_the_uncommitted_envelopes() {
     let again = collect(&mut feed, 3).await;
     assert_eq!(ids(&again), ["a#1", "a#2", "a#3"]);
     feed.commit().await.unwrap();
-    assert!(drain_for(&mut feed, Duration::from_secs(1)).await.is_empty());
+    assert!(drain_for(&mut feed, Duration::from_secs(1))
+        .await
+        .is_empty());
 }
 
 #[test]

@@ -1,0 +1,216 @@
+//! Edges of the HTTP surface: OpenAPI coverage, security headers, body
+//! limits, malformed and invalid input, authentication failures.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, Feed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_endpoint_and_docs_are_served() {
+    let app = spawn_app(Feed::Postgres).await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in [
+        ("post", "/api/auth/register"),
+        ("post", "/api/auth/verify-email"),
+        ("post", "/api/auth/login"),
+        ("post", "/api/auth/verify-otp"),
+        ("post", "/api/auth/refresh"),
+        ("post", "/api/auth/logout"),
+        ("get", "/api/auth/session"),
+        ("get", "/api/users/me"),
+        ("put", "/api/users/me"),
+        ("get", "/.well-known/jwks.json"),
+        ("get", "/health/live"),
+        ("get", "/health/ready"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from openapi.json"
+        );
+    }
+    let docs = app
+        .client
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    let csp = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let jwks: Value = app
+        .client
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_has_security_headers_and_json_errors() {
+    let app = spawn_app(Feed::Postgres).await;
+    for r in [
+        app.client
+            .get(format!("{}/health/live", app.base))
+            .send()
+            .await
+            .unwrap(),
+        app.client
+            .get(format!("{}/no/such/route", app.base))
+            .send()
+            .await
+            .unwrap(),
+        app.post("/api/auth/login", json!({})).await,
+    ] {
+        let h = r.headers();
+        assert!(h["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("max-age="));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert!(h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
+        assert!(h.contains_key("x-request-id"));
+        if !r.status().is_success() {
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["code"].is_string() && body["message"].is_string(),
+                "{body}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
+    let app = spawn_app(Feed::Postgres).await;
+    let big = "x".repeat(70 * 1024);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .header("content-type", "application/json")
+                .body(format!("{{\"email\":\"{big}\"}}")),
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "malformed_json",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .json(&json!({"email": 5})),
+            422,
+            "invalid_body",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .json(&json!({"email": "nope", "password": "correct horse battery", "name": "N"})),
+            422,
+            "validation_failed",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .json(&json!({"email": "a@example.com", "password": "password", "name": "N"})),
+            422,
+            "validation_failed",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .json(&json!({"email": "a@example.com", "password": "short", "name": "N"})),
+            422,
+            "validation_failed",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/verify-otp", app.base))
+                .json(&json!({"challenge_id": "not-a-uuid", "code": "123456"})),
+            422,
+            "invalid_body",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/verify-otp", app.base))
+                .json(&json!({"challenge_id": uuid::Uuid::new_v4(), "code": "12ab56"})),
+            422,
+            "validation_failed",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/verify-otp", app.base))
+                .json(&json!({"challenge_id": uuid::Uuid::new_v4(), "code": "123456"})),
+            400,
+            "invalid_code",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/refresh", app.base))
+                .json(&json!({"refresh_token": "rt1.garbage.x"})),
+            401,
+            "invalid_refresh_token",
+        ),
+        (
+            app.client.get(format!("{}/api/users/me", app.base)),
+            401,
+            "unauthorized",
+        ),
+        (
+            app.client
+                .get(format!("{}/api/users/me", app.base))
+                .bearer_auth("eyJhbGciOiJub25lIn0.e30."),
+            401,
+            "unauthorized",
+        ),
+        (
+            app.client.delete(format!("{}/api/users/me", app.base)),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], code, "{body}");
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "bad input changed nothing");
+}

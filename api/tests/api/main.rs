@@ -1,0 +1,7 @@
+//! End-to-end tests of the `streamforge` HTTP API against real parts:
+//! Postgres (a fresh database per test), the tansu Kafka broker
+//! (`KAFKA_BROKERS`, default 127.0.0.1:9092) and a real SMTP listener.
+
+mod flow;
+mod helpers;
+mod http_edges;
