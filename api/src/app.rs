@@ -43,12 +43,7 @@ pub struct Roles {
 
 impl Roles {
     /// Everything (`streamforge serve`).
-    pub const ALL: Self = Self {
-        http: true,
-        relay: true,
-        project: true,
-        notify: true,
-    };
+    pub const ALL: Self = Self { http: true, relay: true, project: true, notify: true };
 }
 
 /// The built services.
@@ -68,41 +63,22 @@ impl App {
     /// # Errors
     /// Database unreachable, bad keys.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = projections::db::connect_with(
-            &settings.database_url,
-            settings.database_max_connections,
-        )
-        .await
-        .context("cannot connect to the database")?;
+        let pool = projections::db::connect_with(&settings.database_url, settings.database_max_connections)
+            .await
+            .context("cannot connect to the database")?;
         let keys = Keyring::derive(&settings.master_key()?);
-        let tokens = Arc::new(TokenIssuer::new(
-            &settings.jwt_key()?,
-            &settings.jwt_issuer,
-            &settings.jwt_audience,
-        )?);
-        let cores = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(2);
+        let tokens =
+            Arc::new(TokenIssuer::new(&settings.jwt_key()?, &settings.jwt_issuer, &settings.jwt_audience)?);
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         let hasher = PasswordHasher::new(settings.password_hash_concurrency.unwrap_or(cores))?;
         let config = IdentityConfig {
             email_otp_ttl_secs: settings.email_otp_ttl_secs,
             refresh_idle_ttl_secs: settings.refresh_idle_ttl_secs,
             refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
         };
-        let identity = Arc::new(IdentityService::new(
-            pool.clone(),
-            keys.clone(),
-            hasher,
-            tokens.clone(),
-            config,
-        ));
-        Ok(Self {
-            settings,
-            pool,
-            identity,
-            tokens,
-            keys,
-        })
+        let identity =
+            Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));
+        Ok(Self { settings, pool, identity, tokens, keys })
     }
 
     /// The HTTP router.
@@ -131,9 +107,7 @@ impl App {
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
-            None => Ok(Box::new(
-                PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?,
-            )),
+            None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),
         }
     }
 
@@ -161,9 +135,7 @@ impl App {
     /// When the feed cannot be created.
     pub async fn run_projector(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut feed = self.feed("projections").await?;
-        ProjectionRunner::new(self.pool.clone(), Self::projectors())
-            .run(feed.as_mut(), shutdown)
-            .await;
+        ProjectionRunner::new(self.pool.clone(), Self::projectors()).run(feed.as_mut(), shutdown).await;
         Ok(())
     }
 
@@ -172,10 +144,7 @@ impl App {
     /// # Errors
     /// Bad mail configuration, or the feed cannot be created.
     pub async fn run_notifier(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mailer = Mailer::new(
-            self.settings.smtp_url.as_deref(),
-            self.settings.mail_dir.clone(),
-        )?;
+        let mailer = Mailer::new(self.settings.smtp_url.as_deref(), self.settings.mail_dir.clone())?;
         let deliveries = DeliveryStore::new(self.pool.clone(), self.keys.delivery.clone());
         let notifier = Notifier::new(deliveries, mailer, &self.settings.mail_from)?;
         let mut feed = self.feed("notify").await?;
@@ -193,13 +162,7 @@ impl App {
             return Ok(());
         };
         let producer = workers::kafka::producer(brokers)?;
-        Relay::new(
-            self.pool.clone(),
-            producer,
-            self.settings.kafka_topic_prefix.clone(),
-        )
-        .run(shutdown)
-        .await;
+        Relay::new(self.pool.clone(), producer, self.settings.kafka_topic_prefix.clone()).run(shutdown).await;
         Ok(())
     }
 

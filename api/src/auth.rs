@@ -22,10 +22,7 @@ pub struct AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -42,9 +39,6 @@ impl FromRequestParts<AppState> for AuthUser {
         if projections::sessions::is_revoked(&state.read, claims.sid).await? {
             return Err(ApiError::unauthorized("the session has been revoked"));
         }
-        Ok(Self {
-            user_id: claims.sub,
-            session_id: claims.sid,
-        })
+        Ok(Self { user_id: claims.sub, session_id: claims.sid })
     }
 }

@@ -11,11 +11,7 @@ use commands::keys::Secret32;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Postgres URL; the database is created and migrated at start if absent.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/streamforge"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@localhost:5432/streamforge")]
     pub database_url: String,
     /// Postgres pool size per process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
@@ -46,11 +42,7 @@ pub struct Settings {
     #[arg(long, env = "MAIL_DIR", default_value = "./var/mail")]
     pub mail_dir: PathBuf,
     /// Sender of all mail.
-    #[arg(
-        long,
-        env = "MAIL_FROM",
-        default_value = "streamforge <no-reply@streamforge.local>"
-    )]
+    #[arg(long, env = "MAIL_FROM", default_value = "streamforge <no-reply@streamforge.local>")]
     pub mail_from: String,
     /// Base64 of 32 random bytes; generated into `KEY_DIR` in development.
     #[arg(long, env = "STREAMFORGE_MASTER_KEY", hide_env_values = true)]
@@ -109,11 +101,7 @@ impl Settings {
     /// # Errors
     /// Missing in production, malformed, or the key file cannot be written.
     pub fn master_key(&self) -> anyhow::Result<Secret32> {
-        self.key(
-            "STREAMFORGE_MASTER_KEY",
-            self.master_key.as_deref(),
-            "master.key",
-        )
+        self.key("STREAMFORGE_MASTER_KEY", self.master_key.as_deref(), "master.key")
     }
 
     /// The JWT signing seed (same rules as [`Settings::master_key`]).
@@ -128,18 +116,14 @@ impl Settings {
         if let Some(v) = value {
             return Secret32::from_base64(v).with_context(|| format!("{var} is not valid"));
         }
-        anyhow::ensure!(
-            !self.production(),
-            "{var} is required when STREAMFORGE_ENV=production"
-        );
+        anyhow::ensure!(!self.production(), "{var} is required when STREAMFORGE_ENV=production");
         load_or_generate(&self.key_dir.join(file))
     }
 }
 
 fn load_or_generate(path: &Path) -> anyhow::Result<Secret32> {
     if let Ok(s) = std::fs::read_to_string(path) {
-        return Secret32::from_base64(&s)
-            .with_context(|| format!("{} is not a valid key", path.display()));
+        return Secret32::from_base64(&s).with_context(|| format!("{} is not a valid key", path.display()));
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

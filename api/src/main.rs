@@ -7,11 +7,7 @@ use api::config::Settings;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "streamforge",
-    version,
-    about = "Event-sourced identity and social audio backend"
-)]
+#[command(name = "streamforge", version, about = "Event-sourced identity and social audio backend")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -46,24 +42,9 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Serve => Roles::ALL,
-        Command::Relay => Roles {
-            http: false,
-            relay: true,
-            project: false,
-            notify: false,
-        },
-        Command::Project => Roles {
-            http: false,
-            relay: false,
-            project: true,
-            notify: false,
-        },
-        Command::Notify => Roles {
-            http: false,
-            relay: false,
-            project: false,
-            notify: true,
-        },
+        Command::Relay => Roles { http: false, relay: true, project: false, notify: false },
+        Command::Project => Roles { http: false, relay: false, project: true, notify: false },
+        Command::Notify => Roles { http: false, relay: false, project: false, notify: true },
     };
     let app = App::build(cli.settings).await?;
     app.run(roles, None, shutdown_on_signal()).await

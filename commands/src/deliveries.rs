@@ -85,16 +85,13 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError`].
     pub async fn get(&self, id: Uuid) -> Result<Option<Delivery>, DeliveryError> {
-        let row: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT sealed FROM deliveries WHERE delivery_id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM deliveries WHERE delivery_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(sealed) = row else { return Ok(None) };
         let plain = open_bytes(&self.key, id.as_bytes(), &sealed).ok_or(DeliveryError::Corrupt)?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|_| DeliveryError::Corrupt)
+        serde_json::from_slice(&plain).map(Some).map_err(|_| DeliveryError::Corrupt)
     }
 
     /// Deletes the record (after a successful send, or when its command failed).
@@ -102,10 +99,7 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError::Db`].
     pub async fn delete(&self, id: Uuid) -> Result<(), DeliveryError> {
-        sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -115,10 +109,8 @@ impl DeliveryStore {
     /// # Errors
     /// [`DeliveryError::Db`].
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, DeliveryError> {
-        let r = sqlx::query("DELETE FROM deliveries WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        let r =
+            sqlx::query("DELETE FROM deliveries WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
         Ok(r.rows_affected())
     }
 }

@@ -57,10 +57,7 @@ where
 {
     pub fn new(pool: PgPool, services: A::Services) -> Self {
         let repo = PostgresEventRepository::new(pool);
-        Self {
-            store: PersistedEventStore::new_event_store(repo),
-            services,
-        }
+        Self { store: PersistedEventStore::new_event_store(repo), services }
     }
 
     /// Current state of aggregate `id` (the default state if it has no events).
@@ -98,11 +95,7 @@ where
             if events.is_empty() {
                 return Ok(Executed { state, events });
             }
-            match self
-                .store
-                .commit(events.clone(), ctx, metadata.clone())
-                .await
-            {
+            match self.store.commit(events.clone(), ctx, metadata.clone()).await {
                 Ok(_) => return Ok(Executed { state, events }),
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");

@@ -143,9 +143,7 @@ pub struct TokenPair {
 
 impl std::fmt::Debug for TokenPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenPair")
-            .field("session_id", &self.session_id)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenPair").field("session_id", &self.session_id).finish_non_exhaustive()
     }
 }
 
@@ -187,10 +185,7 @@ impl IdentityService {
 
     /// Keyed lookup hash of a normalised email (ARCHITECTURE decided 7).
     pub fn email_hash(&self, email: &EmailAddress) -> Digest {
-        Digest(hmac_hex(
-            &self.keys.lookup,
-            &[b"email:", email.as_str().as_bytes()],
-        ))
+        Digest(hmac_hex(&self.keys.lookup, &[b"email:", email.as_str().as_bytes()]))
     }
 
     /// Registers an account and mails a verification code. For an email that
@@ -208,11 +203,7 @@ impl IdentityService {
         name: &DisplayName,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
-        let password_hash = self
-            .hasher
-            .hash(password.expose())
-            .await
-            .map_err(internal)?;
+        let password_hash = self.hasher.hash(password.expose()).await.map_err(internal)?;
         let email_hash = self.email_hash(email);
         let user_id = Uuid::now_v7();
         let now = Utc::now();
@@ -221,27 +212,16 @@ impl IdentityService {
             .map_err(internal)?
         {
             Claim::Taken { owner } => {
-                self.notify_duplicate_registration(owner, email, now, meta)
-                    .await?;
+                self.notify_duplicate_registration(owner, email, now, meta).await?;
                 return Ok(Uuid::now_v7());
             }
             Claim::Claimed => {}
         }
-        let result = self
-            .register_claimed(
-                user_id,
-                email,
-                email_hash.clone(),
-                password_hash,
-                name,
-                now,
-                meta,
-            )
-            .await;
+        let result =
+            self.register_claimed(user_id, email, email_hash.clone(), password_hash, name, now, meta).await;
         if result.is_err() {
             // Release the reservation so the address can be registered again.
-            let _ = reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id)
-                .await;
+            let _ = reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id).await;
         }
         result.map(|()| user_id)
     }
@@ -258,16 +238,8 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
         self.vault.ensure_key(user_id).await.map_err(internal)?;
-        let sealed_email = self
-            .vault
-            .seal(user_id, email.as_str())
-            .await
-            .map_err(internal)?;
-        let sealed_name = self
-            .vault
-            .seal(user_id, name.as_str())
-            .await
-            .map_err(internal)?;
+        let sealed_email = self.vault.seal(user_id, email.as_str()).await.map_err(internal)?;
+        let sealed_name = self.vault.seal(user_id, name.as_str()).await.map_err(internal)?;
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::Register {
             user_id,
@@ -278,19 +250,9 @@ impl IdentityService {
             email_challenge_id: challenge_id,
             at: now,
         };
-        self.users
-            .execute(&user_id.to_string(), cmd, meta.to_map("RegisterUser"))
-            .await
-            .map_err(map_user)?;
-        self.issue_otp(
-            challenge_id,
-            user_id,
-            OtpPurpose::EmailVerification,
-            email.as_str(),
-            now,
-            meta,
-        )
-        .await?;
+        self.users.execute(&user_id.to_string(), cmd, meta.to_map("RegisterUser")).await.map_err(map_user)?;
+        self.issue_otp(challenge_id, user_id, OtpPurpose::EmailVerification, email.as_str(), now, meta)
+            .await?;
         Ok(())
     }
 
@@ -301,7 +263,7 @@ impl IdentityService {
         now: DateTime<Utc>,
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
-        let notice_id = Uuid::new_v4();
+        let delivery_id = Uuid::new_v4();
         let delivery = Delivery {
             channel: "email".into(),
             to: email.as_str().to_owned(),
@@ -309,21 +271,12 @@ impl IdentityService {
             code: None,
             expires_at: None,
         };
-        self.deliveries
-            .put(notice_id, &delivery, now + Duration::days(1))
-            .await
-            .map_err(internal)?;
-        let cmd = UserCommand::NoteDuplicateRegistration { notice_id, at: now };
-        if let Err(e) = self
-            .users
-            .execute(
-                &owner.to_string(),
-                cmd,
-                meta.to_map("NoteDuplicateRegistration"),
-            )
-            .await
+        self.deliveries.put(delivery_id, &delivery, now + Duration::days(1)).await.map_err(internal)?;
+        let cmd = UserCommand::NoteDuplicateRegistration { delivery_id, at: now };
+        if let Err(e) =
+            self.users.execute(&owner.to_string(), cmd, meta.to_map("NoteDuplicateRegistration")).await
         {
-            let _ = self.deliveries.delete(notice_id).await;
+            let _ = self.deliveries.delete(delivery_id).await;
             return Err(map_user(e));
         }
         Ok(())
@@ -355,12 +308,10 @@ impl IdentityService {
             code: Some(code.clone()),
             expires_at: Some(expires_at),
         };
-        self.deliveries
-            .put(challenge_id, &delivery, expires_at)
-            .await
-            .map_err(internal)?;
+        self.deliveries.put(challenge_id, &delivery, expires_at).await.map_err(internal)?;
         let cmd = OtpCommand::Request {
             challenge_id,
+            delivery_id: challenge_id,
             subject_id: subject,
             purpose,
             channel: OtpChannel::Email,
@@ -368,11 +319,7 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        if let Err(e) = self
-            .otps
-            .execute(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp"))
-            .await
-        {
+        if let Err(e) = self.otps.execute(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await {
             let _ = self.deliveries.delete(challenge_id).await;
             return Err(e.into());
         }
@@ -398,27 +345,15 @@ impl IdentityService {
             candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code),
             at: Utc::now(),
         };
-        let done = self
-            .otps
-            .execute(&id, cmd, meta.to_map("VerifyOtp"))
-            .await
-            .map_err(|e| match e {
-                ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
-                ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
-                ExecError::Domain(_) => IdentityError::InvalidCode,
-                other => other.into(),
-            })?;
-        if done
-            .events
-            .iter()
-            .any(|e| matches!(e, OtpEvent::OtpVerified { .. }))
-        {
+        let done = self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await.map_err(|e| match e {
+            ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
+            ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
+            ExecError::Domain(_) => IdentityError::InvalidCode,
+            other => other.into(),
+        })?;
+        if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
             Ok(done.state)
-        } else if done
-            .events
-            .iter()
-            .any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. }))
-        {
+        } else if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
             Err(IdentityError::ChallengeLocked)
         } else {
             Err(IdentityError::InvalidCode)
@@ -437,24 +372,15 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
-        let owner =
-            reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
-                .await
-                .map_err(internal)?
-                .ok_or(IdentityError::InvalidCode)?;
+        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+            .await
+            .map_err(internal)?
+            .ok_or(IdentityError::InvalidCode)?;
         let user = self.users.load(&owner.to_string()).await?;
         let challenge_id = user.email_challenge_id.ok_or(IdentityError::InvalidCode)?;
-        self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta)
-            .await?;
-        let cmd = UserCommand::VerifyEmail {
-            challenge_id,
-            at: Utc::now(),
-        };
-        match self
-            .users
-            .execute(&owner.to_string(), cmd, meta.to_map("VerifyEmail"))
-            .await
-        {
+        self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta).await?;
+        let cmd = UserCommand::VerifyEmail { challenge_id, at: Utc::now() };
+        match self.users.execute(&owner.to_string(), cmd, meta.to_map("VerifyEmail")).await {
             Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(owner),
             Err(e) => Err(map_user(e)),
         }
@@ -473,51 +399,34 @@ impl IdentityService {
         password: &Password,
         meta: &RequestMeta,
     ) -> Result<LoginChallenge, IdentityError> {
-        let owner =
-            reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
-                .await
-                .map_err(internal)?;
+        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+            .await
+            .map_err(internal)?;
         let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
             return Err(IdentityError::InvalidCredentials);
         };
         let challenge_id = Uuid::new_v4();
         let now = Utc::now();
-        let cmd = UserCommand::StartLogin {
-            challenge_id,
-            password: password.clone(),
-            at: now,
-        };
+        let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: now };
         let done = self
             .users
             .execute(&user_id.to_string(), cmd, meta.to_map("StartLogin"))
             .await
             .map_err(map_user)?;
-        let accepted = done
-            .events
-            .iter()
-            .any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. }));
+        let accepted = done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. }));
         if !accepted {
             return Err(IdentityError::InvalidCredentials);
         }
-        let sealed = done
-            .state
-            .email
-            .ok_or_else(|| internal("account without email"))?;
+        let sealed = done.state.email.ok_or_else(|| internal("account without email"))?;
         let to = self
             .vault
             .open(user_id, &sealed)
             .await
             .map_err(internal)?
             .ok_or(IdentityError::InvalidCredentials)?;
-        let expires_at = self
-            .issue_otp(challenge_id, user_id, OtpPurpose::TwoFactor, &to, now, meta)
-            .await?;
-        Ok(LoginChallenge {
-            challenge_id,
-            channel: OtpChannel::Email,
-            expires_at,
-        })
+        let expires_at = self.issue_otp(challenge_id, user_id, OtpPurpose::TwoFactor, &to, now, meta).await?;
+        Ok(LoginChallenge { challenge_id, channel: OtpChannel::Email, expires_at })
     }
 
     /// Second factor: answers a two-factor challenge and starts a session.
@@ -531,20 +440,12 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<TokenPair, IdentityError> {
-        let challenge = self
-            .answer(challenge_id, code, &[OtpPurpose::TwoFactor], meta)
-            .await?;
-        let user_id = challenge
-            .subject_id
-            .ok_or_else(|| internal("challenge without subject"))?;
+        let challenge = self.answer(challenge_id, code, &[OtpPurpose::TwoFactor], meta).await?;
+        let user_id = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
         self.start_session(user_id, meta).await
     }
 
-    async fn start_session(
-        &self,
-        user_id: Uuid,
-        meta: &RequestMeta,
-    ) -> Result<TokenPair, IdentityError> {
+    async fn start_session(&self, user_id: Uuid, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
         let session_id = Uuid::now_v7();
         let refresh = new_refresh_token(session_id);
         let now = Utc::now();
@@ -558,14 +459,9 @@ impl IdentityService {
         };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        let done = self
-            .sessions
-            .execute(&session_id.to_string(), cmd, meta.to_map("StartSession"))
-            .await?;
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access(user_id, session_id, now)
-            .map_err(internal)?;
+        let done = self.sessions.execute(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
+        let (access_token, expires_in) =
+            self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token: refresh.token,
@@ -583,11 +479,7 @@ impl IdentityService {
     /// `InvalidRefreshToken`, `RefreshTokenReused`, `SessionRevoked`,
     /// `SessionExpired`, `Conflict`, `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(
-        &self,
-        token: &str,
-        meta: &RequestMeta,
-    ) -> Result<TokenPair, IdentityError> {
+    pub async fn refresh(&self, token: &str, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
         let session_id = parse_refresh_token(token).ok_or(IdentityError::InvalidRefreshToken)?;
         let next = new_refresh_token(session_id);
         let now = Utc::now();
@@ -601,27 +493,18 @@ impl IdentityService {
             .execute(&session_id.to_string(), cmd, meta.to_map("RefreshSession"))
             .await
             .map_err(|e| match e {
-                ExecError::Domain(SessionError::Revoked) => IdentityError::SessionRevoked,
-                ExecError::Domain(SessionError::Expired) => IdentityError::SessionExpired,
-                ExecError::Domain(_) => IdentityError::InvalidRefreshToken,
-                other => other.into(),
-            })?;
-        if done
-            .events
-            .iter()
-            .any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. }))
-        {
+            ExecError::Domain(SessionError::Revoked) => IdentityError::SessionRevoked,
+            ExecError::Domain(SessionError::Expired) => IdentityError::SessionExpired,
+            ExecError::Domain(_) => IdentityError::InvalidRefreshToken,
+            other => other.into(),
+        })?;
+        if done.events.iter().any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. })) {
             tracing::warn!(session_id = %session_id, "refresh token reuse detected; session revoked");
             return Err(IdentityError::RefreshTokenReused);
         }
-        let user_id = done
-            .state
-            .user_id
-            .ok_or_else(|| internal("session without user"))?;
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access(user_id, session_id, now)
-            .map_err(internal)?;
+        let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
+        let (access_token, expires_in) =
+            self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token: next.token,
@@ -649,13 +532,8 @@ impl IdentityService {
         if session.user_id != Some(user_id) {
             return Err(IdentityError::NotFound);
         }
-        let cmd = SessionCommand::Revoke {
-            reason,
-            at: Utc::now(),
-        };
-        self.sessions
-            .execute(&id, cmd, meta.to_map("RevokeSession"))
-            .await?;
+        let cmd = SessionCommand::Revoke { reason, at: Utc::now() };
+        self.sessions.execute(&id, cmd, meta.to_map("RevokeSession")).await?;
         Ok(())
     }
 
@@ -672,28 +550,14 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
         let name = match name {
-            Some(n) => Some(
-                self.vault
-                    .seal(user_id, n.as_str())
-                    .await
-                    .map_err(internal)?,
-            ),
+            Some(n) => Some(self.vault.seal(user_id, n.as_str()).await.map_err(internal)?),
             None => None,
         };
         let bio = match bio {
-            Some(b) => Some(
-                self.vault
-                    .seal(user_id, b.as_str())
-                    .await
-                    .map_err(internal)?,
-            ),
+            Some(b) => Some(self.vault.seal(user_id, b.as_str()).await.map_err(internal)?),
             None => None,
         };
-        let cmd = UserCommand::UpdateProfile {
-            name,
-            bio,
-            at: Utc::now(),
-        };
+        let cmd = UserCommand::UpdateProfile { name, bio, at: Utc::now() };
         self.users
             .execute(&user_id.to_string(), cmd, meta.to_map("UpdateProfile"))
             .await

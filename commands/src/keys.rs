@@ -33,10 +33,7 @@ impl Secret32 {
     /// [`KeyError`] on bad base64 or wrong length.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
         let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::Base64)?;
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Length(bytes.len()))?;
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Length(bytes.len()))?;
         Ok(Self(arr))
     }
 
@@ -88,8 +85,7 @@ impl Keyring {
 /// HMAC-SHA256 of `parts` concatenated, as lower-case hex.
 pub fn hmac_hex(key: &Secret32, parts: &[&[u8]]) -> String {
     use hmac::{Hmac, Mac};
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable_hmac());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable_hmac());
     for p in parts {
         mac.update(p);
     }
@@ -126,10 +122,7 @@ mod tests {
     fn base64_roundtrip_and_length_check() {
         let k = Secret32::generate();
         assert_eq!(Secret32::from_base64(&k.to_base64()).unwrap().0, k.0);
-        assert!(matches!(
-            Secret32::from_base64("AAAA"),
-            Err(KeyError::Length(3))
-        ));
+        assert!(matches!(Secret32::from_base64("AAAA"), Err(KeyError::Length(3))));
         assert!(Secret32::from_base64("%%%").is_err());
     }
 }

@@ -93,19 +93,11 @@ impl PasswordHasher {
         let Ok(_permit) = self.permits.acquire().await else {
             return false;
         };
-        let phc = if phc.is_empty() {
-            self.dummy_hash.as_str().to_owned()
-        } else {
-            phc.to_owned()
-        };
+        let phc = if phc.is_empty() { self.dummy_hash.as_str().to_owned() } else { phc.to_owned() };
         let candidate = candidate.to_owned();
         tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(candidate.as_bytes(), &h)
-                        .is_ok()
-                })
+                .map(|h| Argon2::default().verify_password(candidate.as_bytes(), &h).is_ok())
                 .unwrap_or(false)
         })
         .await

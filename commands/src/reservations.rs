@@ -67,11 +67,7 @@ pub async fn claim(
 ///
 /// # Errors
 /// Database errors.
-pub async fn owner(
-    pool: &PgPool,
-    kind: ReservationKind,
-    hash: &Digest,
-) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn owner(pool: &PgPool, kind: ReservationKind, hash: &Digest) -> Result<Option<Uuid>, sqlx::Error> {
     let key = key_bytes(hash);
     sqlx::query_scalar("SELECT owner_id FROM reservations WHERE kind = $1 AND key_hash = $2")
         .bind(kind.as_str())

@@ -128,12 +128,12 @@ impl TokenIssuer {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })
+        jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v).map(|d| d.claims).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })
     }
 
     /// The JWK Set with the public key (RFC 7517 / RFC 8037 OKP).
@@ -204,9 +204,7 @@ mod tests {
     #[test]
     fn access_token_roundtrip() {
         let i = issuer();
-        let (t, ttl) = i
-            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now())
-            .unwrap();
+        let (t, ttl) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
         assert_eq!(ttl, 900);
         let c = i.verify_access(&t).unwrap();
         assert_eq!(c.sub, Uuid::from_u128(1));
@@ -217,41 +215,26 @@ mod tests {
     fn expired_wrong_audience_and_foreign_keys_fail() {
         let i = issuer();
         let (t, _) = i
-            .issue_access(
-                Uuid::from_u128(1),
-                Uuid::from_u128(2),
-                Utc::now() - chrono::Duration::hours(1),
-            )
+            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now() - chrono::Duration::hours(1))
             .unwrap();
         assert!(matches!(i.verify_access(&t), Err(TokenError::Expired)));
         let other = TokenIssuer::new(&Secret32([9; 32]), "https://sf.test", "other").unwrap();
-        let (t2, _) = other
-            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now())
-            .unwrap();
+        let (t2, _) = other.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
         assert!(i.verify_access(&t2).is_err());
-        let foreign =
-            TokenIssuer::new(&Secret32([8; 32]), "https://sf.test", "streamforge").unwrap();
-        let (t3, _) = foreign
-            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now())
-            .unwrap();
+        let foreign = TokenIssuer::new(&Secret32([8; 32]), "https://sf.test", "streamforge").unwrap();
+        let (t3, _) = foreign.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
         assert!(i.verify_access(&t3).is_err());
     }
 
     #[test]
     fn alg_none_and_wrong_typ_are_refused() {
         let i = issuer();
-        let (t, _) = i
-            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now())
-            .unwrap();
+        let (t, _) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"at+jwt"}"#);
-        assert!(i
-            .verify_access(&format!("{none_header}.{}.", parts[1]))
-            .is_err());
+        assert!(i.verify_access(&format!("{none_header}.{}.", parts[1])).is_err());
         let jwt_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
-        assert!(i
-            .verify_access(&format!("{jwt_header}.{}.{}", parts[1], parts[2]))
-            .is_err());
+        assert!(i.verify_access(&format!("{jwt_header}.{}.{}", parts[1], parts[2])).is_err());
     }
 
     #[test]

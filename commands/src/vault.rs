@@ -40,15 +40,7 @@ pub fn seal_bytes(key: &Secret32, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     // Encryption with a valid key and nonce only fails for > 256 GiB inputs.
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .unwrap_or_default();
+    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -61,9 +53,7 @@ pub fn open_bytes(key: &Secret32, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> 
         return None;
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    XChaCha20Poly1305::new((&key.0).into())
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
+    XChaCha20Poly1305::new((&key.0).into()).decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
 }
 
 /// Per-subject key store with an in-process cache of unwrapped keys.
@@ -78,11 +68,7 @@ const CACHE_CAP: usize = 100_000;
 
 impl Vault {
     pub fn new(pool: PgPool, wrap: Secret32) -> Self {
-        Self {
-            pool,
-            wrap,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { pool, wrap, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Creates the subject's data key if it has none; idempotent.
@@ -92,21 +78,18 @@ impl Vault {
     pub async fn ensure_key(&self, subject: Uuid) -> Result<(), VaultError> {
         let key = Secret32::generate();
         let wrapped = seal_bytes(&self.wrap, subject.as_bytes(), &key.0);
-        sqlx::query("INSERT INTO subject_keys (subject_id, wrapped_key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(subject)
-            .bind(wrapped)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO subject_keys (subject_id, wrapped_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(subject)
+        .bind(wrapped)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn key(&self, subject: Uuid) -> Result<Secret32, VaultError> {
-        if let Some(k) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&subject).cloned())
-        {
+        if let Some(k) = self.cache.lock().ok().and_then(|c| c.get(&subject).cloned()) {
             return Ok(k);
         }
         let wrapped: Option<Vec<u8>> =
@@ -115,8 +98,7 @@ impl Vault {
                 .fetch_optional(&self.pool)
                 .await?;
         let wrapped = wrapped.ok_or(VaultError::NoKey)?;
-        let raw =
-            open_bytes(&self.wrap, subject.as_bytes(), &wrapped).ok_or(VaultError::Corrupt)?;
+        let raw = open_bytes(&self.wrap, subject.as_bytes(), &wrapped).ok_or(VaultError::Corrupt)?;
         let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| VaultError::Corrupt)?;
         let key = Secret32(arr);
         if let Ok(mut c) = self.cache.lock() {
@@ -149,13 +131,9 @@ impl Vault {
             Err(e) => return Err(e),
         };
         let body = sealed.0.strip_prefix("v1.").ok_or(VaultError::Corrupt)?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| VaultError::Corrupt)?;
+        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| VaultError::Corrupt)?;
         let plain = open_bytes(&key, subject.as_bytes(), &bytes).ok_or(VaultError::Corrupt)?;
-        String::from_utf8(plain)
-            .map(Some)
-            .map_err(|_| VaultError::Corrupt)
+        String::from_utf8(plain).map(Some).map_err(|_| VaultError::Corrupt)
     }
 
     /// Crypto-shreds the subject: deletes the data key everywhere it is held.

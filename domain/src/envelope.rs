@@ -59,9 +59,7 @@ impl Envelope {
         metadata: serde_json::Value,
     ) -> Self {
         let payload = match stored_payload {
-            serde_json::Value::Object(mut map)
-                if map.len() == 1 && map.contains_key(&event_type) =>
-            {
+            serde_json::Value::Object(mut map) if map.len() == 1 && map.contains_key(&event_type) => {
                 map.remove(&event_type).unwrap_or(serde_json::Value::Null)
             }
             other => other,

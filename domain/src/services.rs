@@ -20,8 +20,6 @@ pub struct UserServices {
 
 impl UserServices {
     pub fn new(passwords: impl PasswordVerifier + 'static) -> Self {
-        Self {
-            passwords: Box::new(passwords),
-        }
+        Self { passwords: Box::new(passwords) }
     }
 }

@@ -13,10 +13,7 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
+        Self { field, reason: reason.into() }
     }
 }
 
@@ -70,8 +67,7 @@ pub const PASSWORD_MAX_CHARS: usize = 256;
 const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
 
 fn common_passwords() -> &'static std::collections::HashSet<&'static str> {
-    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
-        std::sync::OnceLock::new();
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
     SET.get_or_init(|| COMMON_PASSWORDS.lines().collect())
 }
 
@@ -93,10 +89,7 @@ impl Password {
             ));
         }
         if common_passwords().contains(raw.to_lowercase().as_str()) {
-            return Err(InvalidValue::new(
-                "password",
-                "is too common; choose another",
-            ));
+            return Err(InvalidValue::new("password", "is too common; choose another"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -110,10 +103,7 @@ impl Password {
     pub fn parse_for_login(raw: &str) -> Result<Self, InvalidValue> {
         let n = raw.chars().count();
         if n == 0 || n > PASSWORD_MAX_CHARS {
-            return Err(InvalidValue::new(
-                "password",
-                "is required (at most 256 characters)",
-            ));
+            return Err(InvalidValue::new("password", "is required (at most 256 characters)"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -146,10 +136,7 @@ impl DisplayName {
             return Err(InvalidValue::new("name", "must be at most 100 characters"));
         }
         if s.chars().any(char::is_control) {
-            return Err(InvalidValue::new(
-                "name",
-                "must not contain control characters",
-            ));
+            return Err(InvalidValue::new("name", "must not contain control characters"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -173,10 +160,7 @@ impl Bio {
             return Err(InvalidValue::new("bio", "must be at most 1000 characters"));
         }
         if s.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(InvalidValue::new(
-                "bio",
-                "must not contain control characters",
-            ));
+            return Err(InvalidValue::new("bio", "must not contain control characters"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -243,10 +227,7 @@ mod tests {
 
     #[test]
     fn email_is_normalised_and_validated() {
-        assert_eq!(
-            EmailAddress::parse("  Ann@Example.COM ").unwrap().as_str(),
-            "ann@example.com"
-        );
+        assert_eq!(EmailAddress::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
         assert!(EmailAddress::parse("not-an-email").is_err());
         assert!(EmailAddress::parse("").is_err());
         assert!(EmailAddress::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
@@ -255,17 +236,11 @@ mod tests {
     #[test]
     fn password_rules() {
         assert!(Password::parse("short").is_err());
-        assert!(
-            Password::parse("password").is_err(),
-            "common password refused"
-        );
+        assert!(Password::parse("password").is_err(), "common password refused");
         assert!(Password::parse("correct horse battery staple").is_ok());
         assert!(Password::parse(&"x".repeat(64)).is_ok());
         assert!(Password::parse(&"x".repeat(257)).is_err());
-        assert_eq!(
-            format!("{:?}", Password::parse("s3cret-pass-word").unwrap()),
-            "Password(<redacted>)"
-        );
+        assert_eq!(format!("{:?}", Password::parse("s3cret-pass-word").unwrap()), "Password(<redacted>)");
     }
 
     #[test]

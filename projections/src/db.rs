@@ -56,10 +56,7 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> anyhow::R
 /// # Errors
 /// Fails when a migration fails or an applied migration was modified.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("cannot apply database migrations")
+    MIGRATOR.run(pool).await.context("cannot apply database migrations")
 }
 
 /// Creates the database named in `database_url` unless it exists, connecting
@@ -77,21 +74,19 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect_with(&options.clone().database(MAINTENANCE_DB))
         .await
         .with_context(|| format!("cannot connect to the `{MAINTENANCE_DB}` database"))?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .context("cannot look up the database")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .context("cannot look up the database")?;
     if !exists {
-        let created = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&name)))
-            .execute(&mut conn)
-            .await;
+        let created =
+            sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&name))).execute(&mut conn).await;
         match created {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // 42P04 duplicate_database / 23505 on pg_database: created concurrently.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {
+            }
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot create database `{name}`"));
             }
@@ -154,13 +149,10 @@ pub mod testing {
             .context("not a test database URL")?
             .to_owned();
         let mut conn = PgConnection::connect_with(&options.database(super::MAINTENANCE_DB)).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            super::quote_ident(&name)
-        ))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("cannot drop database `{name}`"))?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", super::quote_ident(&name)))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("cannot drop database `{name}`"))?;
         conn.close().await.ok();
         Ok(())
     }
@@ -171,13 +163,9 @@ pub mod testing {
             Some((u, q)) => (u, Some(q)),
             None => (base_url, None),
         };
-        let scheme_end = without_query
-            .find("://")
-            .context("database URL without scheme")?
-            + 3;
-        let authority_end = without_query[scheme_end..]
-            .find('/')
-            .map_or(without_query.len(), |i| scheme_end + i);
+        let scheme_end = without_query.find("://").context("database URL without scheme")? + 3;
+        let authority_end =
+            without_query[scheme_end..].find('/').map_or(without_query.len(), |i| scheme_end + i);
         let mut url = format!("{}/{name}", &without_query[..authority_end]);
         if let Some(q) = query {
             url.push('?');
@@ -196,10 +184,7 @@ pub mod testing {
                 with_database("postgres://u:p@h:5/db?sslmode=disable", "x").unwrap(),
                 "postgres://u:p@h:5/x?sslmode=disable"
             );
-            assert_eq!(
-                with_database("postgres://h", "x").unwrap(),
-                "postgres://h/x"
-            );
+            assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
         }
     }
 }

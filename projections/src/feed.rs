@@ -43,11 +43,7 @@ pub trait EventFeed: Send {
     /// [`FeedError`] when the underlying store or broker fails; envelopes
     /// received before the failure in the same call are not lost — they
     /// are returned by the next call or redelivered after a rollback.
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<Envelope>, FeedError>;
+    async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Envelope>, FeedError>;
 
     /// Acknowledges every envelope returned so far (durably: Kafka offsets
     /// committed synchronously, or the Postgres checkpoint stored).

@@ -72,11 +72,7 @@ impl KafkaFeedConfig {
         topic_prefix: &str,
         aggregate_types: &[&str],
     ) -> Self {
-        Self::new(
-            brokers,
-            group_id,
-            aggregate_types.iter().map(|t| format!("{topic_prefix}{t}")),
-        )
+        Self::new(brokers, group_id, aggregate_types.iter().map(|t| format!("{topic_prefix}{t}")))
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -135,11 +131,7 @@ impl KafkaFeed {
         let consumer: StreamConsumer = config.client_config().create()?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(Self {
-            consumer: Arc::new(consumer),
-            group_id: config.group_id.clone(),
-            seen: HashMap::new(),
-        })
+        Ok(Self { consumer: Arc::new(consumer), group_id: config.group_id.clone(), seen: HashMap::new() })
     }
 
     /// The consumer group of this feed.
@@ -157,17 +149,9 @@ impl KafkaFeed {
                 span.first = span.first.min(offset);
                 span.last = span.last.max(offset);
             })
-            .or_insert(Span {
-                first: offset,
-                last: offset,
-            });
+            .or_insert(Span { first: offset, last: offset });
         let Some(value) = message.payload() else {
-            tracing::warn!(
-                topic,
-                partition,
-                offset,
-                "skipping Kafka message without value"
-            );
+            tracing::warn!(topic, partition, offset, "skipping Kafka message without value");
             return None;
         };
         match serde_json::from_slice::<Envelope>(value) {
@@ -185,10 +169,7 @@ impl KafkaFeed {
     /// The uncommitted partitions still assigned to this consumer, each with
     /// the offset chosen by `pick`; the others are dropped (their new owner
     /// will redeliver them).
-    fn assigned_offsets(
-        &self,
-        pick: impl Fn(&Span) -> i64,
-    ) -> Result<TopicPartitionList, FeedError> {
+    fn assigned_offsets(&self, pick: impl Fn(&Span) -> i64) -> Result<TopicPartitionList, FeedError> {
         let assignment = self.consumer.assignment()?;
         let mut list = TopicPartitionList::new();
         for ((topic, partition), span) in &self.seen {
@@ -205,11 +186,7 @@ impl KafkaFeed {
 #[async_trait]
 impl EventFeed for KafkaFeed {
     #[tracing::instrument(level = "debug", skip_all, fields(group = %self.group_id, max))]
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<Envelope>, FeedError> {
+    async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Envelope>, FeedError> {
         let mut batch = Vec::new();
         if max == 0 {
             return Ok(batch);
@@ -247,8 +224,7 @@ impl EventFeed for KafkaFeed {
         let offsets = self.assigned_offsets(|span| span.last + 1)?;
         if offsets.count() > 0 {
             let consumer = Arc::clone(&self.consumer);
-            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
-                .await??;
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await??;
         }
         self.seen.clear();
         Ok(())
@@ -262,10 +238,8 @@ impl EventFeed for KafkaFeed {
         let offsets = self.assigned_offsets(|span| span.first)?;
         if offsets.count() > 0 {
             let consumer = Arc::clone(&self.consumer);
-            let result = tokio::task::spawn_blocking(move || {
-                consumer.seek_partitions(offsets, SEEK_TIMEOUT)
-            })
-            .await??;
+            let result = tokio::task::spawn_blocking(move || consumer.seek_partitions(offsets, SEEK_TIMEOUT))
+                .await??;
             for element in result.elements() {
                 element.error()?;
             }

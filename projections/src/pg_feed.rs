@@ -92,9 +92,7 @@ impl PgFeed {
     /// [`FeedError::Database`] when the checkpoint cannot be read.
     pub async fn new(pool: PgPool, config: PgFeedConfig) -> Result<Self, FeedError> {
         if config.consumer.is_empty() {
-            return Err(FeedError::Config(
-                "empty Postgres feed consumer name".into(),
-            ));
+            return Err(FeedError::Config("empty Postgres feed consumer name".into()));
         }
         let checkpoint = Self::checkpoint_name(&config.consumer);
         let committed = tail::load_checkpoint(&pool, &checkpoint).await?;
@@ -126,11 +124,7 @@ impl PgFeed {
 #[async_trait]
 impl EventFeed for PgFeed {
     #[tracing::instrument(level = "debug", skip_all, fields(feed = %self.checkpoint, max))]
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<Envelope>, FeedError> {
+    async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Envelope>, FeedError> {
         if max == 0 {
             return Ok(Vec::new());
         }

@@ -27,13 +27,7 @@ impl Projector for ProfilesProjector {
     async fn apply(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), ProjectionError> {
         let event: UserEvent = env.decode().map_err(|e| ProjectionError::decode(env, e))?;
         match event {
-            UserEvent::UserRegistered {
-                user_id,
-                email,
-                name,
-                registered_at,
-                ..
-            } => {
+            UserEvent::UserRegistered { user_id, email, name, registered_at, .. } => {
                 sqlx::query(
                     "INSERT INTO rm_profiles (user_id, email_sealed, name_sealed, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $4)
@@ -47,17 +41,15 @@ impl Projector for ProfilesProjector {
                 .await?;
             }
             UserEvent::EmailVerified { verified_at, .. } => {
-                sqlx::query("UPDATE rm_profiles SET email_verified = true, updated_at = $2 WHERE user_id = $1")
-                    .bind(aggregate_uuid(env)?)
-                    .bind(verified_at)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE rm_profiles SET email_verified = true, updated_at = $2 WHERE user_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(verified_at)
+                .execute(conn)
+                .await?;
             }
-            UserEvent::ProfileUpdated {
-                name,
-                bio,
-                updated_at,
-            } => {
+            UserEvent::ProfileUpdated { name, bio, updated_at } => {
                 sqlx::query(
                     "UPDATE rm_profiles SET name_sealed = COALESCE($2, name_sealed),
                             bio_sealed = COALESCE($3, bio_sealed), updated_at = $4

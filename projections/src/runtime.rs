@@ -56,9 +56,7 @@ impl ProjectionError {
 pub enum RunError {
     /// A projector (or its checkpoint transaction) failed on an envelope;
     /// nothing of that projector's change was committed.
-    #[error(
-        "projector `{projector}` failed on {aggregate_type}/{aggregate_id} sequence {sequence}"
-    )]
+    #[error("projector `{projector}` failed on {aggregate_type}/{aggregate_id} sequence {sequence}")]
     Projector {
         /// [`Projector::name`].
         projector: &'static str,
@@ -112,11 +110,7 @@ pub trait Projector: Send + Sync {
     /// # Errors
     /// [`ProjectionError`]; the transaction is then rolled back and the
     /// envelope retried later.
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        envelope: &Envelope,
-    ) -> Result<(), ProjectionError>;
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError>;
 
     /// Empties the read model (before a rebuild), in the transaction that
     /// also deletes the projector's checkpoints.
@@ -203,11 +197,7 @@ const STORE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET sequence = $4 
 impl ProjectionRunner {
     /// A runner over `projectors` with default [`RunOptions`].
     pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>) -> Self {
-        Self {
-            pool,
-            projectors,
-            options: RunOptions::default(),
-        }
+        Self { pool, projectors, options: RunOptions::default() }
     }
 
     /// Replaces the [`RunOptions`] used by [`ProjectionRunner::run`].
@@ -341,10 +331,7 @@ impl ProjectionRunner {
             .find(|p| p.name() == name)
             .ok_or_else(|| RunError::UnknownProjector(name.to_owned()))?
             .as_ref();
-        let reset_error = |source| RunError::Reset {
-            projector: projector.name(),
-            source,
-        };
+        let reset_error = |source| RunError::Reset { projector: projector.name(), source };
         let mut tx = self.pool.begin().await?;
         projector.reset(&mut tx).await.map_err(reset_error)?;
         sqlx::query("DELETE FROM projection_checkpoints WHERE projector = $1")
@@ -388,11 +375,7 @@ enum Step {
     Done(Result<usize, RunError>),
 }
 
-fn projector_error(
-    projector: &dyn Projector,
-    envelope: &Envelope,
-    source: ProjectionError,
-) -> RunError {
+fn projector_error(projector: &dyn Projector, envelope: &Envelope, source: ProjectionError) -> RunError {
     RunError::Projector {
         projector: projector.name(),
         aggregate_type: envelope.aggregate_type.clone(),
@@ -422,10 +405,7 @@ async fn apply_one(
         return Ok(false);
     }
     if stored >= 0 && envelope.sequence > stored + 1 {
-        tracing::warn!(
-            stored,
-            "sequence gap: events of this aggregate were not seen"
-        );
+        tracing::warn!(stored, "sequence gap: events of this aggregate were not seen");
     }
     projector.apply(&mut tx, envelope).await?;
     sqlx::query(STORE_CHECKPOINT)

@@ -51,12 +51,7 @@ impl Projector for SessionsProjector {
                 .execute(conn)
                 .await?;
             }
-            SessionEvent::SessionRefreshed {
-                generation,
-                refreshed_at,
-                idle_expires_at,
-                ..
-            } => {
+            SessionEvent::SessionRefreshed { generation, refreshed_at, idle_expires_at, .. } => {
                 sqlx::query(
                     "UPDATE rm_sessions SET generation = $2, last_used_at = $3, idle_expires_at = $4
                      WHERE session_id = $1",
@@ -110,10 +105,7 @@ pub struct SessionRow {
 ///
 /// # Errors
 /// Database errors.
-pub async fn find_session(
-    pool: &PgPool,
-    session_id: Uuid,
-) -> Result<Option<SessionRow>, sqlx::Error> {
+pub async fn find_session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as::<_, SessionRow>(
         "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
                 expires_at, revoked_at, revoked_reason
@@ -129,10 +121,9 @@ pub async fn find_session(
 /// # Errors
 /// Database errors.
 pub async fn is_revoked(pool: &PgPool, session_id: Uuid) -> Result<bool, sqlx::Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM rm_sessions WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(pool)
-            .await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM rm_sessions WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await?;
     Ok(status.as_deref() == Some("revoked"))
 }

@@ -37,10 +37,7 @@ pub struct Cursor {
 
 impl Cursor {
     /// Before every event.
-    pub const ZERO: Cursor = Cursor {
-        txid: 0,
-        position: 0,
-    };
+    pub const ZERO: Cursor = Cursor { txid: 0, position: 0 };
 }
 
 // The xid8 → bigint column must not be called `txid`: `ORDER BY txid` would
@@ -98,10 +95,7 @@ pub fn read_after_sql(filtered: bool) -> String {
 }
 
 fn envelope_from_row(row: &PgRow) -> Result<(Cursor, Envelope), sqlx::Error> {
-    let cursor = Cursor {
-        txid: row.try_get("cursor_txid")?,
-        position: row.try_get("position")?,
-    };
+    let cursor = Cursor { txid: row.try_get("cursor_txid")?, position: row.try_get("position")? };
     let envelope = Envelope::from_stored(
         row.try_get::<Uuid, _>("event_id")?,
         row.try_get("aggregate_type")?,
@@ -132,8 +126,7 @@ pub async fn has_unsettled_after<'e, E>(
 where
     E: PgExecutor<'e>,
 {
-    const AFTER: &str =
-        "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > ($1::text::xid8, $2)";
+    const AFTER: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > ($1::text::xid8, $2)";
     match aggregate_types {
         None => {
             sqlx::query_scalar(&format!("{AFTER})"))
@@ -162,12 +155,11 @@ pub async fn load_checkpoint<'e, E>(executor: E, name: &str) -> Result<Cursor, s
 where
     E: PgExecutor<'e>,
 {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT last_txid::text::bigint, last_position FROM tail_checkpoints WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(executor)
-    .await?;
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT last_txid::text::bigint, last_position FROM tail_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(executor)
+            .await?;
     Ok(row.map_or(Cursor::ZERO, |(txid, position)| Cursor { txid, position }))
 }
 
@@ -175,11 +167,7 @@ where
 ///
 /// # Errors
 /// Any database error.
-pub async fn store_checkpoint<'e, E>(
-    executor: E,
-    name: &str,
-    cursor: Cursor,
-) -> Result<(), sqlx::Error>
+pub async fn store_checkpoint<'e, E>(executor: E, name: &str, cursor: Cursor) -> Result<(), sqlx::Error>
 where
     E: PgExecutor<'e>,
 {
@@ -223,9 +211,7 @@ pub struct EventsListener {
 
 impl std::fmt::Debug for EventsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventsListener")
-            .field("listening", &self.listener.is_some())
-            .finish()
+        f.debug_struct("EventsListener").field("listening", &self.listener.is_some()).finish()
     }
 }
 
@@ -233,10 +219,7 @@ impl EventsListener {
     /// A listener on `pool` (not yet connected; it holds one pooled
     /// connection once connected).
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            listener: None,
-        }
+        Self { pool, listener: None }
     }
 
     /// Whether the listening connection is currently up.
@@ -282,10 +265,7 @@ impl EventsListener {
             Err(_elapsed) => Wake::Timeout,
             Ok(Ok(Some(_))) => {
                 // Drain what is already there: one read serves them all.
-                while let Ok(Ok(Some(_))) =
-                    tokio::time::timeout(Duration::ZERO, listener.try_recv()).await
-                {
-                }
+                while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {}
                 Wake::Notified
             }
             Ok(Ok(None)) => {

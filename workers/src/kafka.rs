@@ -37,10 +37,7 @@ pub enum KafkaSetupError {
 
 /// The topics `<prefix><aggregate_type>` of `aggregate_types`.
 pub fn topic_names<S: AsRef<str>>(prefix: &str, aggregate_types: &[S]) -> Vec<String> {
-    aggregate_types
-        .iter()
-        .map(|t| format!("{prefix}{}", t.as_ref()))
-        .collect()
+    aggregate_types.iter().map(|t| format!("{prefix}{}", t.as_ref())).collect()
 }
 
 /// Creates the topics `<prefix><aggregate_type>` with `partitions`
@@ -58,17 +55,15 @@ pub async fn ensure_topics<S: AsRef<str>>(
     partitions: i32,
     replication: i32,
 ) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let names = topic_names(prefix, aggregate_types);
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
         .collect();
-    let options = AdminOptions::new()
-        .operation_timeout(Some(ADMIN_TIMEOUT))
-        .request_timeout(Some(ADMIN_TIMEOUT));
+    let options =
+        AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(topic, "created Kafka topic"),

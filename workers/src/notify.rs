@@ -68,11 +68,7 @@ impl Mailer {
 
     async fn send(&self, message: Message, file_stem: &str) -> Result<(), NotifyError> {
         match self {
-            Self::Smtp(t) => t
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| NotifyError::Smtp(e.to_string())),
+            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| NotifyError::Smtp(e.to_string())),
             Self::Files(dir) => {
                 tokio::fs::create_dir_all(dir).await?;
                 let tmp = dir.join(format!("{file_stem}.eml.tmp"));
@@ -87,10 +83,8 @@ impl Mailer {
 /// Subject and plain-text body of a delivery.
 pub fn render(d: &Delivery) -> (String, String) {
     let code = d.code.as_deref().unwrap_or("");
-    let expiry = d
-        .expires_at
-        .map(|e| format!(" It expires at {} UTC.", e.format("%H:%M")))
-        .unwrap_or_default();
+    let expiry =
+        d.expires_at.map(|e| format!(" It expires at {} UTC.", e.format("%H:%M"))).unwrap_or_default();
     match d.template.as_str() {
         "otp_email_verification" => (
             "Verify your streamforge email".to_owned(),
@@ -119,17 +113,10 @@ pub fn render(d: &Delivery) -> (String, String) {
     }
 }
 
-/// The delivery record an event names, if it names one.
+/// The delivery record an event names, if it names one: every event that
+/// asks for a message carries its record's id as `payload.delivery_id`.
 pub fn delivery_id(env: &Envelope) -> Option<Uuid> {
-    let field = match (env.aggregate_type.as_str(), env.event_type.as_str()) {
-        ("otp_challenge", "OtpIssued") => "challenge_id",
-        ("user", "DuplicateRegistrationAttempted") => "notice_id",
-        _ => return None,
-    };
-    env.payload
-        .get(field)
-        .and_then(|v| v.as_str())
-        .and_then(|s| Uuid::parse_str(s).ok())
+    env.payload.get("delivery_id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// Sends the messages events ask for.
@@ -155,14 +142,9 @@ impl Notifier {
     /// # Errors
     /// [`NotifyError::Config`] when `from` is not a mailbox.
     pub fn new(deliveries: DeliveryStore, mailer: Mailer, from: &str) -> Result<Self, NotifyError> {
-        let from = from
-            .parse()
-            .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
-        Ok(Self {
-            deliveries,
-            mailer,
-            from,
-        })
+        let from =
+            from.parse().map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
+        Ok(Self { deliveries, mailer, from })
     }
 
     /// Handles one envelope.

@@ -43,9 +43,7 @@ pub enum RelayError {
     #[error("cannot enqueue the message")]
     Enqueue(#[source] KafkaError),
     /// Kafka did not acknowledge a message.
-    #[error(
-        "delivery to `{topic}` failed for {aggregate_type}/{aggregate_id} sequence {sequence}"
-    )]
+    #[error("delivery to `{topic}` failed for {aggregate_type}/{aggregate_id} sequence {sequence}")]
     Delivery {
         /// Destination topic.
         topic: String,
@@ -166,19 +164,11 @@ impl Relay {
         let mut cursor = tail::load_checkpoint(&self.pool, &self.checkpoint).await?;
         let rows = tail::read_after(&self.pool, cursor, batch, None).await?;
         if rows.is_empty() {
-            return Ok(BatchOutcome {
-                published: 0,
-                cursor,
-            });
+            return Ok(BatchOutcome { published: 0, cursor });
         }
         let encoded = rows
             .iter()
-            .map(|(_, envelope)| {
-                Ok((
-                    envelope.topic(&self.topic_prefix),
-                    serde_json::to_vec(envelope)?,
-                ))
-            })
+            .map(|(_, envelope)| Ok((envelope.topic(&self.topic_prefix), serde_json::to_vec(envelope)?)))
             .collect::<Result<Vec<_>, serde_json::Error>>()?;
 
         let mut deliveries = Vec::with_capacity(rows.len());
@@ -189,9 +179,7 @@ impl Relay {
                 .headers(headers(envelope));
             deliveries.push(self.enqueue(record).await?);
         }
-        for (delivery, ((_, envelope), (topic, _))) in
-            deliveries.into_iter().zip(rows.iter().zip(&encoded))
-        {
+        for (delivery, ((_, envelope), (topic, _))) in deliveries.into_iter().zip(rows.iter().zip(&encoded)) {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((source, _message))) => {
@@ -211,17 +199,11 @@ impl Relay {
         }
         tail::store_checkpoint(&self.pool, &self.checkpoint, cursor).await?;
         tracing::Span::current().record("published", rows.len());
-        Ok(BatchOutcome {
-            published: rows.len(),
-            cursor,
-        })
+        Ok(BatchOutcome { published: rows.len(), cursor })
     }
 
     /// Enqueues `record`, waiting while the producer queue is full.
-    async fn enqueue(
-        &self,
-        record: FutureRecord<'_, str, [u8]>,
-    ) -> Result<DeliveryFuture, RelayError> {
+    async fn enqueue(&self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, RelayError> {
         let mut record = record;
         loop {
             match self.producer.send_result(record) {
@@ -293,16 +275,7 @@ impl Relay {
 /// The headers of an envelope's message.
 fn headers(envelope: &Envelope) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(3)
-        .insert(Header {
-            key: HEADER_EVENT_TYPE,
-            value: Some(envelope.event_type.as_str()),
-        })
-        .insert(Header {
-            key: HEADER_EVENT_VERSION,
-            value: Some(envelope.event_version.as_str()),
-        })
-        .insert(Header {
-            key: HEADER_ENVELOPE_VERSION,
-            value: Some(ENVELOPE_SCHEMA_VERSION),
-        })
+        .insert(Header { key: HEADER_EVENT_TYPE, value: Some(envelope.event_type.as_str()) })
+        .insert(Header { key: HEADER_EVENT_VERSION, value: Some(envelope.event_version.as_str()) })
+        .insert(Header { key: HEADER_ENVELOPE_VERSION, value: Some(ENVELOPE_SCHEMA_VERSION) })
 }

@@ -36,10 +36,7 @@ pub fn router() -> Router<AppState> {
 
 pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
     RequestMeta {
-        request_id: headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
         actor,
     }
 }
@@ -78,10 +75,7 @@ pub async fn register(
     let email = EmailAddress::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
     let name = DisplayName::parse(&req.name)?;
-    let user_id = state
-        .identity
-        .register(&email, &password, &name, &meta(&headers, None))
-        .await?;
+    let user_id = state.identity.register(&email, &password, &name, &meta(&headers, None)).await?;
     Ok((StatusCode::CREATED, Json(RegisterResponse { user_id })))
 }
 
@@ -107,10 +101,7 @@ pub async fn verify_email(
 ) -> Result<StatusCode, ApiError> {
     let email = EmailAddress::parse(&req.email)?;
     let code = OtpCode::parse(&req.code)?;
-    state
-        .identity
-        .verify_email(&email, &code, &meta(&headers, None))
-        .await?;
+    state.identity.verify_email(&email, &code, &meta(&headers, None)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -142,17 +133,13 @@ pub async fn login(
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     // A value that cannot be a valid account answers like a wrong password.
-    let (Ok(email), Ok(password)) = (
-        EmailAddress::parse(&req.email),
-        Password::parse_for_login(&req.password),
-    ) else {
+    let (Ok(email), Ok(password)) =
+        (EmailAddress::parse(&req.email), Password::parse_for_login(&req.password))
+    else {
         state.identity.hasher.verify_dummy(&req.password).await;
         return Err(commands::IdentityError::InvalidCredentials.into());
     };
-    let c = state
-        .identity
-        .start_login(&email, &password, &meta(&headers, None))
-        .await?;
+    let c = state.identity.start_login(&email, &password, &meta(&headers, None)).await?;
     Ok(Json(LoginResponse {
         challenge_id: c.challenge_id,
         channel: c.channel.as_str().to_owned(),
@@ -213,10 +200,7 @@ pub async fn verify_otp(
     ValidJson(req): ValidJson<VerifyOtpRequest>,
 ) -> Result<Response, ApiError> {
     let code = OtpCode::parse(&req.code)?;
-    let pair = state
-        .identity
-        .verify_otp(req.challenge_id, &code, &meta(&headers, None))
-        .await?;
+    let pair = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
     Ok(token_response(pair))
 }
 
@@ -253,27 +237,15 @@ pub async fn refresh(
         None
     } else {
         let req: RefreshRequest = serde_json::from_slice(&body).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the body is not valid JSON",
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not valid JSON")
         })?;
         req.refresh_token
     };
-    let token = from_body
-        .or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_refresh_token",
-                "no refresh token",
-            )
+    let token =
+        from_body.or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned)).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "no refresh token")
         })?;
-    let pair = state
-        .identity
-        .refresh(&token, &meta(&headers, None))
-        .await?;
+    let pair = state.identity.refresh(&token, &meta(&headers, None)).await?;
     Ok(token_response(pair))
 }
 
@@ -298,9 +270,7 @@ pub async fn logout(
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
-        ),
+        HeaderValue::from_static("__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
     );
     Ok(res)
 }
@@ -333,13 +303,7 @@ pub async fn session(
     let row = projections::sessions::find_session(&state.read, user.session_id)
         .await?
         .filter(|r| r.user_id == user.user_id)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                "session not found",
-            )
-        })?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "session not found"))?;
     Ok(Json(SessionResponse {
         session_id: row.session_id,
         user_id: row.user_id,

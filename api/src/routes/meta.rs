@@ -33,9 +33,7 @@ pub struct Health {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health/live", tag = "meta", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+    Json(Health { status: "ok".into() })
 }
 
 /// Readiness: the database answers.
@@ -45,14 +43,6 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
     sqlx::query("SELECT 1")
         .execute(&state.read)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "database unavailable",
-            )
-        })?;
-    Ok(Json(Health {
-        status: "ok".into(),
-    }))
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database unavailable"))?;
+    Ok(Json(Health { status: "ok".into() }))
 }

@@ -37,25 +37,13 @@ async fn open(state: &AppState, user: Uuid, sealed: String) -> Result<String, Ap
         .vault
         .open(user, &Sealed(sealed))
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "profile_not_found",
-                "profile not found",
-            )
-        })
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))
 }
 
 async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse, ApiError> {
     let row = projections::profiles::find_profile(&state.read, user_id)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "profile_not_found",
-                "profile not found",
-            )
-        })?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))?;
     let bio = match row.bio_sealed {
         Some(b) => Some(open(state, user_id, b).await?),
         None => None,
@@ -112,12 +100,7 @@ pub async fn put_me(
     }
     state
         .identity
-        .update_profile(
-            user.user_id,
-            name.as_ref(),
-            bio.as_ref(),
-            &meta(&headers, Some(user.user_id)),
-        )
+        .update_profile(user.user_id, name.as_ref(), bio.as_ref(), &meta(&headers, Some(user.user_id)))
         .await?;
     // The read model may not have the change yet: answer with it applied.
     let mut profile = load_profile(&state, user.user_id).await?;

@@ -15,12 +15,7 @@ use crate::helpers::{code_in, spawn_app, Feed, TestApp};
 const PASSWORD: &str = "correct horse battery staple";
 
 async fn login(app: &TestApp, email: &str, nth_mail: usize) -> Value {
-    let r = app
-        .post(
-            "/api/auth/login",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
     assert_eq!(r.status(), 200);
     let challenge: Value = r.json().await.unwrap();
     assert_eq!(challenge["channel"], "email");
@@ -28,19 +23,10 @@ async fn login(app: &TestApp, email: &str, nth_mail: usize) -> Value {
     assert!(mail.data.contains("sign-in code"), "{}", mail.data);
     let code = code_in(&mail);
     let r = app
-        .post(
-            "/api/auth/verify-otp",
-            json!({"challenge_id": challenge["challenge_id"], "code": code}),
-        )
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
         .await;
     assert_eq!(r.status(), 200);
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
     assert!(cookie.starts_with("__Host-refresh="), "{cookie}");
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attr), "cookie lacks {attr}: {cookie}");
@@ -58,67 +44,32 @@ async fn full_flow(feed: Feed) {
     // Register: 201 and a verification code by mail.
     let r = app.register(email, PASSWORD, "Ann").await;
     assert_eq!(r.status(), 201);
-    let user_id = r.json::<Value>().await.unwrap()["user_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user_id = r.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_owned();
     let mail = app.wait_mail(email, 1).await;
     let code = code_in(&mail);
 
     // Login before verification: 403 after the right password.
-    let r = app
-        .post(
-            "/api/auth/login",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
     assert_eq!(r.status(), 403);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["code"],
-        "email_not_verified"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "email_not_verified");
 
     // A wrong code is refused, the right one verifies.
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    let r = app
-        .post(
-            "/api/auth/verify-email",
-            json!({"email": email, "code": wrong}),
-        )
-        .await;
+    let r = app.post("/api/auth/verify-email", json!({"email": email, "code": wrong})).await;
     assert_eq!(r.status(), 400);
-    let r = app
-        .post(
-            "/api/auth/verify-email",
-            json!({"email": email, "code": code}),
-        )
-        .await;
+    let r = app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await;
     assert_eq!(r.status(), 204);
 
     // Wrong password and unknown email: same status and body.
-    let a = app
-        .post(
-            "/api/auth/login",
-            json!({"email": email, "password": "not the password"}),
-        )
-        .await;
+    let a = app.post("/api/auth/login", json!({"email": email, "password": "not the password"})).await;
     let b = app
-        .post(
-            "/api/auth/login",
-            json!({"email": "nobody@example.com", "password": "not the password"}),
-        )
+        .post("/api/auth/login", json!({"email": "nobody@example.com", "password": "not the password"}))
         .await;
     assert_eq!(
         (a.status(), b.status()),
-        (
-            reqwest::StatusCode::UNAUTHORIZED,
-            reqwest::StatusCode::UNAUTHORIZED
-        )
+        (reqwest::StatusCode::UNAUTHORIZED, reqwest::StatusCode::UNAUTHORIZED)
     );
-    assert_eq!(
-        a.json::<Value>().await.unwrap(),
-        b.json::<Value>().await.unwrap()
-    );
+    assert_eq!(a.json::<Value>().await.unwrap(), b.json::<Value>().await.unwrap());
 
     // Login with the mailed second factor.
     let tokens = login(&app, email, 2).await;
@@ -126,11 +77,8 @@ async fn full_flow(feed: Feed) {
     let refresh1 = tokens["refresh_token"].as_str().unwrap().to_owned();
 
     // Profile from the read model (email opened there).
-    let (_, me) = app
-        .wait_for("/api/users/me", &access, |s, b| {
-            s == 200 && b["email_verified"] == true
-        })
-        .await;
+    let (_, me) =
+        app.wait_for("/api/users/me", &access, |s, b| s == 200 && b["email_verified"] == true).await;
     assert_eq!(me["user_id"], user_id);
     assert_eq!(me["email"], email);
     assert_eq!(me["name"], "Ann");
@@ -143,15 +91,10 @@ async fn full_flow(feed: Feed) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    app.wait_for("/api/users/me", &access, |s, b| {
-        s == 200 && b["bio"] == "ambient & field recordings"
-    })
-    .await;
+    app.wait_for("/api/users/me", &access, |s, b| s == 200 && b["bio"] == "ambient & field recordings").await;
 
     // Session from the sessions read model.
-    let (_, session) = app
-        .wait_for("/api/auth/session", &access, |s, _| s == 200)
-        .await;
+    let (_, session) = app.wait_for("/api/auth/session", &access, |s, _| s == 200).await;
     assert_eq!(session["session_id"], tokens["session_id"]);
     assert_eq!(session["status"], "active");
 
@@ -171,43 +114,23 @@ async fn full_flow(feed: Feed) {
 
     // Reuse of the spent token revokes the family: the new token dies too,
     // and the access token stops working once the revocation is projected.
-    let r = app
-        .post("/api/auth/refresh", json!({"refresh_token": refresh1}))
-        .await;
+    let r = app.post("/api/auth/refresh", json!({"refresh_token": refresh1})).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["code"],
-        "refresh_token_reused"
-    );
-    let r = app
-        .post("/api/auth/refresh", json!({"refresh_token": refresh2}))
-        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "refresh_token_reused");
+    let r = app.post("/api/auth/refresh", json!({"refresh_token": refresh2})).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "session_revoked");
-    app.wait_for("/api/users/me", &access, |s, _| s == 401)
-        .await;
+    app.wait_for("/api/users/me", &access, |s, _| s == 401).await;
 
     // A second session, ended by logout.
     let tokens = login(&app, email, 3).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    app.wait_for("/api/users/me", &access, |s, _| s == 200)
-        .await;
-    let r = app
-        .client
-        .post(format!("{}/api/auth/logout", app.base))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    app.wait_for("/api/users/me", &access, |s, _| s == 200).await;
+    let r =
+        app.client.post(format!("{}/api/auth/logout", app.base)).bearer_auth(&access).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    app.wait_for("/api/users/me", &access, |s, _| s == 401)
-        .await;
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            json!({"refresh_token": tokens["refresh_token"]}),
-        )
-        .await;
+    app.wait_for("/api/users/me", &access, |s, _| s == 401).await;
+    let r = app.post("/api/auth/refresh", json!({"refresh_token": tokens["refresh_token"]})).await;
     assert_eq!(r.status(), 401);
 
     // No code and no plaintext email anywhere in the store.
@@ -219,48 +142,34 @@ async fn full_flow(feed: Feed) {
         .filter_map(|m| m.data.find("code is ").map(|_| code_in(m)))
         .collect();
     assert_eq!(codes.len(), 3);
-    let (events, stored): (i64, String) =
-        sqlx::query_as("SELECT count(*), coalesce(string_agg(payload::text || metadata::text, ' '), '') FROM events")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(
-        events >= 15,
-        "expected the whole flow as events, got {events}"
-    );
+    let (events, stored): (i64, String) = sqlx::query_as(
+        "SELECT count(*), coalesce(string_agg(payload::text || metadata::text, ' '), '') FROM events",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(events >= 15, "expected the whole flow as events, got {events}");
     assert_clean(&stored, email, &codes);
     assert!(!stored.contains(PASSWORD));
     for table in ["rm_profiles", "rm_sessions"] {
-        let dump: String = sqlx::query_scalar(&format!(
-            "SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t"
-        ))
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+        let dump: String =
+            sqlx::query_scalar(&format!("SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t"))
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
         assert_clean(&dump, email, &codes);
     }
     // Delivery records are deleted once sent.
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries").fetch_one(&app.pool).await.unwrap();
     assert_eq!(left, 0);
 
     if feed == Feed::Kafka {
         let on_topic = read_topics(&app, events as usize).await;
-        assert_eq!(
-            on_topic.len(),
-            events as usize,
-            "every event relayed exactly once"
-        );
+        assert_eq!(on_topic.len(), events as usize, "every event relayed exactly once");
         for (key, value, event_type_header) in &on_topic {
             assert_clean(value, email, &codes);
             let env: Value = serde_json::from_str(value).unwrap();
-            assert_eq!(
-                env["aggregate_id"].as_str().unwrap(),
-                key,
-                "key = aggregate id"
-            );
+            assert_eq!(env["aggregate_id"].as_str().unwrap(), key, "key = aggregate id");
             assert_eq!(env["event_type"].as_str().unwrap(), event_type_header);
             for field in [
                 "event_id",
@@ -279,10 +188,7 @@ async fn full_flow(feed: Feed) {
 }
 
 fn assert_clean(text: &str, email: &str, codes: &[String]) {
-    assert!(
-        !text.to_lowercase().contains(email),
-        "plaintext email found"
-    );
+    assert!(!text.to_lowercase().contains(email), "plaintext email found");
     for code in codes {
         assert!(!text.contains(code.as_str()), "an OTP code was found");
     }
@@ -298,10 +204,8 @@ async fn read_topics(app: &TestApp, expected: usize) -> Vec<(String, String, Str
         .set("fetch.wait.max.ms", "5")
         .create()
         .unwrap();
-    let topics: Vec<String> = domain::envelope::AGGREGATE_TYPES
-        .iter()
-        .map(|t| format!("{}{t}", app.topic_prefix))
-        .collect();
+    let topics: Vec<String> =
+        domain::envelope::AGGREGATE_TYPES.iter().map(|t| format!("{}{t}", app.topic_prefix)).collect();
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).unwrap();
     let mut out = Vec::new();
@@ -352,28 +256,22 @@ async fn duplicate_registration_answers_the_same_and_warns_the_owner() {
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     app.wait_mail(email, 1).await;
-    let second = app
-        .register("  BO@example.com ", "another long password", "Impostor")
-        .await;
+    let second = app.register("  BO@example.com ", "another long password", "Impostor").await;
     assert_eq!(second.status(), 201);
     let second: Value = second.json().await.unwrap();
     assert_eq!(
         first.as_object().unwrap().keys().collect::<Vec<_>>(),
         second.as_object().unwrap().keys().collect::<Vec<_>>()
     );
-    assert_ne!(
-        first["user_id"], second["user_id"],
-        "the real id is not revealed"
-    );
+    assert_ne!(first["user_id"], second["user_id"], "the real id is not revealed");
     let notice = app.wait_mail(email, 2).await;
     assert!(notice.data.contains("already has one"), "{}", notice.data);
     assert!(!notice.data.contains("code is"));
-    let users: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'user'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'user'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(users, 1);
 }
 
@@ -383,21 +281,8 @@ async fn three_wrong_codes_lock_the_challenge() {
     let email = "cy@example.com";
     assert_eq!(app.register(email, PASSWORD, "Cy").await.status(), 201);
     let code = code_in(&app.wait_mail(email, 1).await);
-    assert_eq!(
-        app.post(
-            "/api/auth/verify-email",
-            json!({"email": email, "code": code})
-        )
-        .await
-        .status(),
-        204
-    );
-    let r = app
-        .post(
-            "/api/auth/login",
-            json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
+    assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
     let challenge: Value = r.json().await.unwrap();
     let code = code_in(&app.wait_mail(email, 2).await);
     let wrong = if code == "000000" { "111111" } else { "000000" };
@@ -405,22 +290,14 @@ async fn three_wrong_codes_lock_the_challenge() {
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(
-                app.post("/api/auth/verify-otp", body.clone())
-                    .await
-                    .status()
-                    .as_u16(),
-            );
+            v.push(app.post("/api/auth/verify-otp", body.clone()).await.status().as_u16());
         }
         v
     };
     assert_eq!(statuses, vec![400, 400, 403]);
     // Even the right code is refused now.
     let r = app
-        .post(
-            "/api/auth/verify-otp",
-            json!({"challenge_id": challenge["challenge_id"], "code": code}),
-        )
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
         .await;
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "challenge_locked");
@@ -444,12 +321,7 @@ async fn a_code_of_another_purpose_cannot_log_in() {
             .await
             .unwrap();
     // The email-verification challenge answered at the login endpoint.
-    let r = app
-        .post(
-            "/api/auth/verify-otp",
-            json!({"challenge_id": challenge, "code": code}),
-        )
-        .await;
+    let r = app.post("/api/auth/verify-otp", json!({"challenge_id": challenge, "code": code})).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_code");
 }

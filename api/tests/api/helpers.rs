@@ -51,10 +51,8 @@ impl Handler for SmtpSink {
     }
 
     fn data_end(&mut self) -> Response {
-        let mail = ReceivedMail {
-            to: self.to.clone(),
-            data: String::from_utf8_lossy(&self.buf).into_owned(),
-        };
+        let mail =
+            ReceivedMail { to: self.to.clone(), data: String::from_utf8_lossy(&self.buf).into_owned() };
         self.inbox.lock().unwrap().push(mail);
         response::OK
     }
@@ -65,15 +63,8 @@ fn start_smtp() -> (u16, Arc<Mutex<Vec<ReceivedMail>>>) {
     let inbox = Arc::new(Mutex::new(Vec::new()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut server = Server::new(SmtpSink {
-        inbox: inbox.clone(),
-        to: vec![],
-        buf: vec![],
-    });
-    server
-        .with_name("smtp.test")
-        .with_tcp_listener(listener)
-        .with_num_threads(2);
+    let mut server = Server::new(SmtpSink { inbox: inbox.clone(), to: vec![], buf: vec![] });
+    server.with_name("smtp.test").with_tcp_listener(listener).with_num_threads(2);
     std::thread::spawn(move || {
         let _ = server.serve();
     });
@@ -102,10 +93,9 @@ pub fn brokers() -> String {
 
 pub async fn spawn_app(feed: Feed) -> TestApp {
     api::telemetry::init_for_tests();
-    let (pool, url) =
-        projections::db::testing::create_test_database(&projections::db::testing::base_url())
-            .await
-            .expect("test database");
+    let (pool, url) = projections::db::testing::create_test_database(&projections::db::testing::base_url())
+        .await
+        .expect("test database");
     let (smtp_port, inbox) = start_smtp();
     let run = Uuid::new_v4().simple().to_string();
     let topic_prefix = format!("t{run}.streamforge.events.");
@@ -129,59 +119,29 @@ pub async fn spawn_app(feed: Feed) -> TestApp {
             eprintln!("app stopped with error: {e:#}");
         }
     });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     // Ready once HTTP answers.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .ok()
+    while client.get(format!("{base}/health/ready")).send().await.map(|r| r.status().is_success()).ok()
         != Some(true)
     {
         assert!(Instant::now() < deadline, "app did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    TestApp {
-        base,
-        client,
-        pool,
-        inbox,
-        topic_prefix,
-        brokers: brokers(),
-        shutdown: tx,
-    }
+    TestApp { base, client, pool, inbox, topic_prefix, brokers: brokers(), shutdown: tx }
 }
 
 impl TestApp {
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap()
     }
 
     pub async fn get_auth(&self, path: &str, token: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
+        self.client.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap()
     }
 
     pub async fn register(&self, email: &str, password: &str, name: &str) -> reqwest::Response {
-        self.post(
-            "/api/auth/register",
-            json!({"email": email, "password": password, "name": name}),
-        )
-        .await
+        self.post("/api/auth/register", json!({"email": email, "password": password, "name": name})).await
     }
 
     /// Waits (≤ 15 s) for the `n`-th mail to `to` and returns it.
@@ -190,29 +150,19 @@ impl TestApp {
         loop {
             {
                 let inbox = self.inbox.lock().unwrap();
-                let mine: Vec<&ReceivedMail> = inbox
-                    .iter()
-                    .filter(|m| m.to.iter().any(|t| t == to))
-                    .collect();
+                let mine: Vec<&ReceivedMail> =
+                    inbox.iter().filter(|m| m.to.iter().any(|t| t == to)).collect();
                 if mine.len() >= n {
                     return mine[n - 1].clone();
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "mail #{n} to {to} did not arrive"
-            );
+            assert!(Instant::now() < deadline, "mail #{n} to {to} did not arrive");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Polls `GET path` with `token` until `ok(status, body)` holds (≤ 10 s).
-    pub async fn wait_for(
-        &self,
-        path: &str,
-        token: &str,
-        ok: impl Fn(u16, &Value) -> bool,
-    ) -> (u16, Value) {
+    pub async fn wait_for(&self, path: &str, token: &str, ok: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let r = self.get_auth(path, token).await;
@@ -221,10 +171,7 @@ impl TestApp {
             if ok(status, &body) {
                 return (status, body);
             }
-            assert!(
-                Instant::now() < deadline,
-                "condition on {path} not met: last {status} {body}"
-            );
+            assert!(Instant::now() < deadline, "condition on {path} not met: last {status} {body}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

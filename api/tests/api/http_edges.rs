@@ -8,15 +8,8 @@ use crate::helpers::{spawn_app, Feed};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_every_endpoint_and_docs_are_served() {
     let app = spawn_app(Feed::Postgres).await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value =
+        app.client.get(format!("{}/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in [
         ("post", "/api/auth/register"),
@@ -37,17 +30,9 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
             "{method} {path} missing from openapi.json"
         );
     }
-    let docs = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .unwrap();
+    let docs = app.client.get(format!("{}/docs/", app.base)).send().await.unwrap();
     assert_eq!(docs.status(), 200);
-    let csp = docs.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let csp = docs.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let jwks: Value = app
         .client
@@ -65,37 +50,20 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
 async fn every_response_has_security_headers_and_json_errors() {
     let app = spawn_app(Feed::Postgres).await;
     for r in [
-        app.client
-            .get(format!("{}/health/live", app.base))
-            .send()
-            .await
-            .unwrap(),
-        app.client
-            .get(format!("{}/no/such/route", app.base))
-            .send()
-            .await
-            .unwrap(),
+        app.client.get(format!("{}/health/live", app.base)).send().await.unwrap(),
+        app.client.get(format!("{}/no/such/route", app.base)).send().await.unwrap(),
         app.post("/api/auth/login", json!({})).await,
     ] {
         let h = r.headers();
-        assert!(h["strict-transport-security"]
-            .to_str()
-            .unwrap()
-            .contains("max-age="));
+        assert!(h["strict-transport-security"].to_str().unwrap().contains("max-age="));
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["referrer-policy"], "no-referrer");
-        assert!(h["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("frame-ancestors 'none'"));
+        assert!(h["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
         assert!(h.contains_key("x-request-id"));
         if !r.status().is_success() {
             let body: Value = r.json().await.unwrap();
-            assert!(
-                body["code"].is_string() && body["message"].is_string(),
-                "{body}"
-            );
+            assert!(body["code"].is_string() && body["message"].is_string(), "{body}");
         }
     }
 }
@@ -122,16 +90,12 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
             "malformed_json",
         ),
         (
-            app.client
-                .post(format!("{}/api/auth/register", app.base))
-                .body("{}"),
+            app.client.post(format!("{}/api/auth/register", app.base)).body("{}"),
             415,
             "unsupported_media_type",
         ),
         (
-            app.client
-                .post(format!("{}/api/auth/register", app.base))
-                .json(&json!({"email": 5})),
+            app.client.post(format!("{}/api/auth/register", app.base)).json(&json!({"email": 5})),
             422,
             "invalid_body",
         ),
@@ -184,23 +148,13 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
             401,
             "invalid_refresh_token",
         ),
+        (app.client.get(format!("{}/api/users/me", app.base)), 401, "unauthorized"),
         (
-            app.client.get(format!("{}/api/users/me", app.base)),
+            app.client.get(format!("{}/api/users/me", app.base)).bearer_auth("eyJhbGciOiJub25lIn0.e30."),
             401,
             "unauthorized",
         ),
-        (
-            app.client
-                .get(format!("{}/api/users/me", app.base))
-                .bearer_auth("eyJhbGciOiJub25lIn0.e30."),
-            401,
-            "unauthorized",
-        ),
-        (
-            app.client.delete(format!("{}/api/users/me", app.base)),
-            405,
-            "method_not_allowed",
-        ),
+        (app.client.delete(format!("{}/api/users/me", app.base)), 405, "method_not_allowed"),
     ];
     for (req, status, code) in cases {
         let r = req.send().await.unwrap();
@@ -208,9 +162,6 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["code"], code, "{body}");
     }
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&app.pool).await.unwrap();
     assert_eq!(events, 0, "bad input changed nothing");
 }

@@ -62,6 +62,17 @@ pub struct OtpChallenge {
     pub expires_at: Option<DateTime<Utc>>,
     pub failed_attempts: u32,
     pub status: ChallengeStatus,
+    pub delivery: DeliveryStatus,
+}
+
+/// Where the code's delivery stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    #[default]
+    Pending,
+    Delivered,
+    Failed,
 }
 
 impl Aggregate for OtpChallenge {
@@ -80,6 +91,7 @@ impl Aggregate for OtpChallenge {
         match command {
             OtpCommand::Request {
                 challenge_id,
+                delivery_id,
                 subject_id,
                 purpose,
                 channel,
@@ -95,6 +107,7 @@ impl Aggregate for OtpChallenge {
                 }
                 let event = OtpEvent::OtpIssued {
                     challenge_id,
+                    delivery_id,
                     subject_id,
                     purpose,
                     channel,
@@ -114,27 +127,34 @@ impl Aggregate for OtpChallenge {
                 if self.expires_at.is_none_or(|e| at >= e) {
                     return Err(OtpError::Expired);
                 }
-                let matches = self
-                    .code_mac
-                    .as_ref()
-                    .is_some_and(|m| m.ct_eq(&candidate_mac));
+                let matches = self.code_mac.as_ref().is_some_and(|m| m.ct_eq(&candidate_mac));
                 if matches {
-                    sink.write(OtpEvent::OtpVerified { verified_at: at }, self)
-                        .await;
+                    sink.write(OtpEvent::OtpVerified { verified_at: at }, self).await;
                 } else {
                     let failed_attempts = self.failed_attempts.saturating_add(1);
-                    sink.write(
-                        OtpEvent::OtpVerificationFailed {
-                            failed_attempts,
-                            failed_at: at,
-                        },
-                        self,
-                    )
-                    .await;
+                    sink.write(OtpEvent::OtpVerificationFailed { failed_attempts, failed_at: at }, self)
+                        .await;
                     if failed_attempts >= MAX_FAILED_ATTEMPTS {
-                        sink.write(OtpEvent::OtpChallengeLocked { locked_at: at }, self)
-                            .await;
+                        sink.write(OtpEvent::OtpChallengeLocked { locked_at: at }, self).await;
                     }
+                }
+            }
+            OtpCommand::RecordDelivery { attempts, at } => {
+                if self.status == ChallengeStatus::Absent {
+                    return Err(OtpError::NotFound);
+                }
+                // Recorded once; a redelivered notice changes nothing.
+                if self.delivery == DeliveryStatus::Pending {
+                    sink.write(OtpEvent::OtpDelivered { attempts, delivered_at: at }, self).await;
+                }
+            }
+            OtpCommand::RecordDeliveryFailure { attempts, reason, at } => {
+                if self.status == ChallengeStatus::Absent {
+                    return Err(OtpError::NotFound);
+                }
+                if self.delivery == DeliveryStatus::Pending {
+                    let reason: String = reason.chars().take(200).collect();
+                    sink.write(OtpEvent::OtpDeliveryFailed { attempts, reason, failed_at: at }, self).await;
                 }
             }
         }
@@ -144,13 +164,7 @@ impl Aggregate for OtpChallenge {
     fn apply(&mut self, event: OtpEvent) {
         match event {
             OtpEvent::OtpIssued {
-                challenge_id,
-                subject_id,
-                purpose,
-                channel,
-                code_mac,
-                expires_at,
-                ..
+                challenge_id, subject_id, purpose, channel, code_mac, expires_at, ..
             } => {
                 self.id = Some(challenge_id);
                 self.subject_id = Some(subject_id);
@@ -161,12 +175,12 @@ impl Aggregate for OtpChallenge {
                 self.status = ChallengeStatus::Pending;
             }
             OtpEvent::OtpVerified { .. } => self.status = ChallengeStatus::Verified,
-            OtpEvent::OtpVerificationFailed {
-                failed_attempts, ..
-            } => {
+            OtpEvent::OtpVerificationFailed { failed_attempts, .. } => {
                 self.failed_attempts = failed_attempts;
             }
             OtpEvent::OtpChallengeLocked { .. } => self.status = ChallengeStatus::Locked,
+            OtpEvent::OtpDelivered { .. } => self.delivery = DeliveryStatus::Delivered,
+            OtpEvent::OtpDeliveryFailed { .. } => self.delivery = DeliveryStatus::Failed,
         }
     }
 }
@@ -184,6 +198,7 @@ mod tests {
     fn issued() -> OtpEvent {
         OtpEvent::OtpIssued {
             challenge_id: Uuid::from_u128(5),
+            delivery_id: Uuid::from_u128(5),
             subject_id: Uuid::from_u128(1),
             purpose: OtpPurpose::TwoFactor,
             channel: OtpChannel::Email,
@@ -193,10 +208,7 @@ mod tests {
         }
     }
     fn verify(mac: &str, at: i64) -> OtpCommand {
-        OtpCommand::Verify {
-            candidate_mac: Digest(mac.into()),
-            at: t(at),
-        }
+        OtpCommand::Verify { candidate_mac: Digest(mac.into()), at: t(at) }
     }
 
     #[test]
@@ -205,6 +217,7 @@ mod tests {
             .given_no_previous_events()
             .when(OtpCommand::Request {
                 challenge_id: Uuid::from_u128(5),
+                delivery_id: Uuid::from_u128(5),
                 subject_id: Uuid::from_u128(1),
                 purpose: OtpPurpose::TwoFactor,
                 channel: OtpChannel::Email,
@@ -217,6 +230,7 @@ mod tests {
             .given(vec![issued()])
             .when(OtpCommand::Request {
                 challenge_id: Uuid::from_u128(5),
+                delivery_id: Uuid::from_u128(5),
                 subject_id: Uuid::from_u128(1),
                 purpose: OtpPurpose::TwoFactor,
                 channel: OtpChannel::Email,
@@ -241,31 +255,18 @@ mod tests {
 
     #[test]
     fn third_wrong_code_locks() {
-        OtpTest::with(())
-            .given(vec![issued()])
-            .when(verify("bad", 10))
-            .then_expect_events(vec![OtpEvent::OtpVerificationFailed {
-                failed_attempts: 1,
-                failed_at: t(10),
-            }]);
+        OtpTest::with(()).given(vec![issued()]).when(verify("bad", 10)).then_expect_events(vec![
+            OtpEvent::OtpVerificationFailed { failed_attempts: 1, failed_at: t(10) },
+        ]);
         OtpTest::with(())
             .given(vec![
                 issued(),
-                OtpEvent::OtpVerificationFailed {
-                    failed_attempts: 1,
-                    failed_at: t(10),
-                },
-                OtpEvent::OtpVerificationFailed {
-                    failed_attempts: 2,
-                    failed_at: t(11),
-                },
+                OtpEvent::OtpVerificationFailed { failed_attempts: 1, failed_at: t(10) },
+                OtpEvent::OtpVerificationFailed { failed_attempts: 2, failed_at: t(11) },
             ])
             .when(verify("bad", 12))
             .then_expect_events(vec![
-                OtpEvent::OtpVerificationFailed {
-                    failed_attempts: 3,
-                    failed_at: t(12),
-                },
+                OtpEvent::OtpVerificationFailed { failed_attempts: 3, failed_at: t(12) },
                 OtpEvent::OtpChallengeLocked { locked_at: t(12) },
             ]);
     }
@@ -275,10 +276,7 @@ mod tests {
         OtpTest::with(())
             .given(vec![
                 issued(),
-                OtpEvent::OtpVerificationFailed {
-                    failed_attempts: 3,
-                    failed_at: t(12),
-                },
+                OtpEvent::OtpVerificationFailed { failed_attempts: 3, failed_at: t(12) },
                 OtpEvent::OtpChallengeLocked { locked_at: t(12) },
             ])
             .when(verify("good", 13))
@@ -291,6 +289,30 @@ mod tests {
             .given(vec![issued()])
             .when(verify("good", 600))
             .then_expect_error(OtpError::Expired);
+    }
+
+    #[test]
+    fn delivery_outcome_is_recorded_once() {
+        OtpTest::with(())
+            .given(vec![issued()])
+            .when(OtpCommand::RecordDelivery { attempts: 1, at: t(1) })
+            .then_expect_events(vec![OtpEvent::OtpDelivered { attempts: 1, delivered_at: t(1) }]);
+        OtpTest::with(())
+            .given(vec![issued(), OtpEvent::OtpDelivered { attempts: 1, delivered_at: t(1) }])
+            .when(OtpCommand::RecordDelivery { attempts: 1, at: t(2) })
+            .then_expect_events(vec![]);
+        OtpTest::with(())
+            .given(vec![issued()])
+            .when(OtpCommand::RecordDeliveryFailure { attempts: 5, reason: "smtp: 550".into(), at: t(9) })
+            .then_expect_events(vec![OtpEvent::OtpDeliveryFailed {
+                attempts: 5,
+                reason: "smtp: 550".into(),
+                failed_at: t(9),
+            }]);
+        OtpTest::with(())
+            .given_no_previous_events()
+            .when(OtpCommand::RecordDelivery { attempts: 1, at: t(1) })
+            .then_expect_error(OtpError::NotFound);
     }
 
     #[test]

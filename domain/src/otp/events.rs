@@ -39,6 +39,8 @@ pub enum OtpEvent {
     /// whose id is the challenge id.
     OtpIssued {
         challenge_id: Uuid,
+        /// The sealed delivery record carrying the code.
+        delivery_id: Uuid,
         subject_id: Uuid,
         purpose: OtpPurpose,
         channel: OtpChannel,
@@ -58,6 +60,18 @@ pub enum OtpEvent {
     OtpChallengeLocked {
         locked_at: DateTime<Utc>,
     },
+    /// The code reached the provider after `attempts` tries.
+    OtpDelivered {
+        attempts: u32,
+        delivered_at: DateTime<Utc>,
+    },
+    /// Delivery finally failed after `attempts` tries; the client sees it on
+    /// the challenge and can ask for a new code.
+    OtpDeliveryFailed {
+        attempts: u32,
+        reason: String,
+        failed_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for OtpEvent {
@@ -67,6 +81,8 @@ impl DomainEvent for OtpEvent {
             Self::OtpVerified { .. } => "OtpVerified",
             Self::OtpVerificationFailed { .. } => "OtpVerificationFailed",
             Self::OtpChallengeLocked { .. } => "OtpChallengeLocked",
+            Self::OtpDelivered { .. } => "OtpDelivered",
+            Self::OtpDeliveryFailed { .. } => "OtpDeliveryFailed",
         }
         .to_owned()
     }

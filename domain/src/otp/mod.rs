@@ -11,6 +11,6 @@ mod aggregate;
 mod commands;
 mod events;
 
-pub use aggregate::{ChallengeStatus, OtpChallenge, OtpError, MAX_FAILED_ATTEMPTS};
+pub use aggregate::{ChallengeStatus, DeliveryStatus, OtpChallenge, OtpError, MAX_FAILED_ATTEMPTS};
 pub use commands::OtpCommand;
 pub use events::{OtpChannel, OtpEvent, OtpPurpose};

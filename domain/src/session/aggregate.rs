@@ -104,22 +104,14 @@ impl Aggregate for Session {
                 // The idle lifetime is state, not part of the event contract.
                 self.idle_ttl_secs = idle_ttl_secs;
             }
-            SessionCommand::Refresh {
-                presented_hash,
-                new_hash,
-                at,
-            } => {
+            SessionCommand::Refresh { presented_hash, new_hash, at } => {
                 match self.status {
                     SessionStatus::Absent => return Err(SessionError::NotFound),
                     SessionStatus::Revoked => return Err(SessionError::Revoked),
                     SessionStatus::Active => {}
                 }
                 if self.spent_hashes.iter().any(|h| h.ct_eq(&presented_hash)) {
-                    sink.write(
-                        SessionEvent::RefreshTokenReuseDetected { detected_at: at },
-                        self,
-                    )
-                    .await;
+                    sink.write(SessionEvent::RefreshTokenReuseDetected { detected_at: at }, self).await;
                     let revoked = SessionEvent::SessionRevoked {
                         reason: RevocationReason::RefreshTokenReuse,
                         revoked_at: at,
@@ -127,15 +119,11 @@ impl Aggregate for Session {
                     sink.write(revoked, self).await;
                     return Ok(());
                 }
-                if !self
-                    .current_hash
-                    .as_ref()
-                    .is_some_and(|h| h.ct_eq(&presented_hash))
-                {
+                if !self.current_hash.as_ref().is_some_and(|h| h.ct_eq(&presented_hash)) {
                     return Err(SessionError::InvalidRefreshToken);
                 }
-                let expired = self.expires_at.is_none_or(|e| at >= e)
-                    || self.idle_expires_at.is_none_or(|e| at >= e);
+                let expired =
+                    self.expires_at.is_none_or(|e| at >= e) || self.idle_expires_at.is_none_or(|e| at >= e);
                 if expired {
                     return Err(SessionError::Expired);
                 }
@@ -154,14 +142,7 @@ impl Aggregate for Session {
                 // Revoking twice is harmless and changes nothing.
                 SessionStatus::Revoked => {}
                 SessionStatus::Active => {
-                    sink.write(
-                        SessionEvent::SessionRevoked {
-                            reason,
-                            revoked_at: at,
-                        },
-                        self,
-                    )
-                    .await;
+                    sink.write(SessionEvent::SessionRevoked { reason, revoked_at: at }, self).await;
                 }
             },
         }
@@ -186,12 +167,7 @@ impl Aggregate for Session {
                 self.idle_expires_at = Some(idle_expires_at);
                 self.expires_at = Some(expires_at);
             }
-            SessionEvent::SessionRefreshed {
-                refresh_hash,
-                generation,
-                idle_expires_at,
-                ..
-            } => {
+            SessionEvent::SessionRefreshed { refresh_hash, generation, idle_expires_at, .. } => {
                 if let Some(old) = self.current_hash.replace(refresh_hash) {
                     self.spent_hashes.push(old);
                 }
@@ -256,11 +232,7 @@ mod tests {
     fn refresh_rotates() {
         SessionTest::with(())
             .given(vec![started()])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r0"),
-                new_hash: d("r1"),
-                at: t(100),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r0"), new_hash: d("r1"), at: t(100) })
             .then_expect_events(vec![refreshed("r1", 1, 100)]);
     }
 
@@ -268,15 +240,9 @@ mod tests {
     fn reuse_of_a_spent_token_revokes_the_family() {
         SessionTest::with(())
             .given(vec![started(), refreshed("r1", 1, 100)])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r0"),
-                new_hash: d("r2"),
-                at: t(200),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r0"), new_hash: d("r2"), at: t(200) })
             .then_expect_events(vec![
-                SessionEvent::RefreshTokenReuseDetected {
-                    detected_at: t(200),
-                },
+                SessionEvent::RefreshTokenReuseDetected { detected_at: t(200) },
                 SessionEvent::SessionRevoked {
                     reason: RevocationReason::RefreshTokenReuse,
                     revoked_at: t(200),
@@ -295,11 +261,7 @@ mod tests {
                     revoked_at: t(200),
                 },
             ])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r1"),
-                new_hash: d("r2"),
-                at: t(300),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r1"), new_hash: d("r2"), at: t(300) })
             .then_expect_error(SessionError::Revoked);
     }
 
@@ -307,11 +269,7 @@ mod tests {
     fn unknown_token_is_refused_without_revoking() {
         SessionTest::with(())
             .given(vec![started()])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("zz"),
-                new_hash: d("r1"),
-                at: t(100),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("zz"), new_hash: d("r1"), at: t(100) })
             .then_expect_error(SessionError::InvalidRefreshToken);
     }
 
@@ -319,11 +277,7 @@ mod tests {
     fn idle_and_absolute_expiry() {
         SessionTest::with(())
             .given(vec![started()])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r0"),
-                new_hash: d("r1"),
-                at: t(30 * DAY),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r0"), new_hash: d("r1"), at: t(30 * DAY) })
             .then_expect_error(SessionError::Expired);
         // Refreshing every 20 days keeps it alive until the absolute limit.
         SessionTest::with(())
@@ -334,11 +288,7 @@ mod tests {
                 refreshed("r3", 3, 60 * DAY),
                 refreshed("r4", 4, 80 * DAY),
             ])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r4"),
-                new_hash: d("r5"),
-                at: t(90 * DAY),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r4"), new_hash: d("r5"), at: t(90 * DAY) })
             .then_expect_error(SessionError::Expired);
     }
 
@@ -349,11 +299,7 @@ mod tests {
         s.apply(refreshed("r1", 1, 80 * DAY));
         SessionTest::with(())
             .given(vec![started(), refreshed("r1", 1, 80 * DAY)])
-            .when(SessionCommand::Refresh {
-                presented_hash: d("r1"),
-                new_hash: d("r2"),
-                at: t(85 * DAY),
-            })
+            .when(SessionCommand::Refresh { presented_hash: d("r1"), new_hash: d("r2"), at: t(85 * DAY) })
             .then_expect_events(vec![SessionEvent::SessionRefreshed {
                 refresh_hash: d("r2"),
                 generation: 2,
@@ -366,10 +312,7 @@ mod tests {
     fn revoke_is_idempotent() {
         SessionTest::with(())
             .given(vec![started()])
-            .when(SessionCommand::Revoke {
-                reason: RevocationReason::Logout,
-                at: t(5),
-            })
+            .when(SessionCommand::Revoke { reason: RevocationReason::Logout, at: t(5) })
             .then_expect_events(vec![SessionEvent::SessionRevoked {
                 reason: RevocationReason::Logout,
                 revoked_at: t(5),
@@ -377,15 +320,9 @@ mod tests {
         SessionTest::with(())
             .given(vec![
                 started(),
-                SessionEvent::SessionRevoked {
-                    reason: RevocationReason::Logout,
-                    revoked_at: t(5),
-                },
+                SessionEvent::SessionRevoked { reason: RevocationReason::Logout, revoked_at: t(5) },
             ])
-            .when(SessionCommand::Revoke {
-                reason: RevocationReason::Logout,
-                at: t(6),
-            })
+            .when(SessionCommand::Revoke { reason: RevocationReason::Logout, at: t(6) })
             .then_expect_events(vec![]);
     }
 }

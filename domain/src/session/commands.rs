@@ -20,14 +20,7 @@ pub enum SessionCommand {
     },
     /// Rotate: `presented_hash` must be the current token's hash;
     /// `new_hash` becomes current.
-    Refresh {
-        presented_hash: Digest,
-        new_hash: Digest,
-        at: DateTime<Utc>,
-    },
+    Refresh { presented_hash: Digest, new_hash: Digest, at: DateTime<Utc> },
     /// End the session.
-    Revoke {
-        reason: RevocationReason,
-        at: DateTime<Utc>,
-    },
+    Revoke { reason: RevocationReason, at: DateTime<Utc> },
 }

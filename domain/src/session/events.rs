@@ -49,7 +49,9 @@ pub enum SessionEvent {
         idle_expires_at: DateTime<Utc>,
     },
     /// A spent refresh token was presented again: the family is compromised.
-    RefreshTokenReuseDetected { detected_at: DateTime<Utc> },
+    RefreshTokenReuseDetected {
+        detected_at: DateTime<Utc>,
+    },
     SessionRevoked {
         reason: RevocationReason,
         revoked_at: DateTime<Utc>,

@@ -92,12 +92,9 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
-            UserCommand::NoteDuplicateRegistration { notice_id, at } => {
+            UserCommand::NoteDuplicateRegistration { delivery_id, at } => {
                 self.require_registered()?;
-                let event = UserEvent::DuplicateRegistrationAttempted {
-                    notice_id,
-                    attempted_at: at,
-                };
+                let event = UserEvent::DuplicateRegistrationAttempted { delivery_id, attempted_at: at };
                 sink.write(event, self).await;
             }
             UserCommand::VerifyEmail { challenge_id, at } => {
@@ -108,20 +105,9 @@ impl Aggregate for User {
                 if self.email_challenge_id != Some(challenge_id) {
                     return Err(UserError::WrongChallenge);
                 }
-                sink.write(
-                    UserEvent::EmailVerified {
-                        challenge_id,
-                        verified_at: at,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(UserEvent::EmailVerified { challenge_id, verified_at: at }, self).await;
             }
-            UserCommand::StartLogin {
-                challenge_id,
-                password,
-                at,
-            } => {
+            UserCommand::StartLogin { challenge_id, password, at } => {
                 self.require_registered()?;
                 let hash = self.password_hash.clone().unwrap_or_default();
                 if !services.passwords.verify(&hash, password.expose()).await {
@@ -137,29 +123,14 @@ impl Aggregate for User {
                 if !self.email_verified {
                     return Err(UserError::EmailNotVerified);
                 }
-                sink.write(
-                    UserEvent::LoginPasswordAccepted {
-                        challenge_id,
-                        accepted_at: at,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(UserEvent::LoginPasswordAccepted { challenge_id, accepted_at: at }, self).await;
             }
             UserCommand::UpdateProfile { name, bio, at } => {
                 self.require_registered()?;
                 if name.is_none() && bio.is_none() {
                     return Ok(());
                 }
-                sink.write(
-                    UserEvent::ProfileUpdated {
-                        name,
-                        bio,
-                        updated_at: at,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(UserEvent::ProfileUpdated { name, bio, updated_at: at }, self).await;
             }
         }
         Ok(())
@@ -181,14 +152,10 @@ impl Aggregate for User {
                 self.email_challenge_id = Some(email_challenge_id);
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::ProfileUpdated { .. } => {
-            }
+            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::ProfileUpdated { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::LoginPasswordAccepted { .. } => self.consecutive_login_failures = 0,
-            UserEvent::LoginPasswordRejected {
-                consecutive_failures,
-                ..
-            } => {
+            UserEvent::LoginPasswordRejected { consecutive_failures, .. } => {
                 self.consecutive_login_failures = consecutive_failures;
             }
         }
@@ -233,10 +200,7 @@ mod tests {
         }
     }
     fn verified() -> UserEvent {
-        UserEvent::EmailVerified {
-            challenge_id: challenge(),
-            verified_at: t(1),
-        }
+        UserEvent::EmailVerified { challenge_id: challenge(), verified_at: t(1) }
     }
     fn framework() -> UserTest {
         TestFramework::with(UserServices::new(PlainVerifier))
@@ -280,26 +244,17 @@ mod tests {
     async fn verify_email_needs_the_issued_challenge() {
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::VerifyEmail {
-                challenge_id: Uuid::from_u128(9),
-                at: t(1),
-            })
+            .when_async(UserCommand::VerifyEmail { challenge_id: Uuid::from_u128(9), at: t(1) })
             .await
             .then_expect_error(UserError::WrongChallenge);
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::VerifyEmail {
-                challenge_id: challenge(),
-                at: t(1),
-            })
+            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), at: t(1) })
             .await
             .then_expect_events(vec![verified()]);
         framework()
             .given(vec![registered(), verified()])
-            .when_async(UserCommand::VerifyEmail {
-                challenge_id: challenge(),
-                at: t(2),
-            })
+            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), at: t(2) })
             .await
             .then_expect_error(UserError::EmailAlreadyVerified);
     }
@@ -327,10 +282,7 @@ mod tests {
             .given(vec![
                 registered(),
                 verified(),
-                UserEvent::LoginPasswordRejected {
-                    consecutive_failures: 1,
-                    rejected_at: t(2),
-                },
+                UserEvent::LoginPasswordRejected { consecutive_failures: 1, rejected_at: t(2) },
             ])
             .when_async(UserCommand::StartLogin {
                 challenge_id: Uuid::from_u128(7),
@@ -373,11 +325,7 @@ mod tests {
     async fn unknown_user_cannot_log_in_or_update() {
         framework()
             .given_no_previous_events()
-            .when_async(UserCommand::UpdateProfile {
-                name: None,
-                bio: Some(Sealed("b".into())),
-                at: t(1),
-            })
+            .when_async(UserCommand::UpdateProfile { name: None, bio: Some(Sealed("b".into())), at: t(1) })
             .await
             .then_expect_error(UserError::NotFound);
     }
@@ -386,11 +334,7 @@ mod tests {
     async fn profile_update_emits_changed_fields_only() {
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::UpdateProfile {
-                name: None,
-                bio: Some(Sealed("b".into())),
-                at: t(4),
-            })
+            .when_async(UserCommand::UpdateProfile { name: None, bio: Some(Sealed("b".into())), at: t(4) })
             .await
             .then_expect_events(vec![UserEvent::ProfileUpdated {
                 name: None,
@@ -399,11 +343,7 @@ mod tests {
             }]);
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::UpdateProfile {
-                name: None,
-                bio: None,
-                at: t(4),
-            })
+            .when_async(UserCommand::UpdateProfile { name: None, bio: None, at: t(4) })
             .await
             .then_expect_events(vec![]);
     }

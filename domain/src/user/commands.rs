@@ -21,24 +21,13 @@ pub enum UserCommand {
         at: DateTime<Utc>,
     },
     /// Someone tried to register this account's email again; the owner is
-    /// told by mail (`notice_id` names the delivery record). No enumeration.
-    NoteDuplicateRegistration { notice_id: Uuid, at: DateTime<Utc> },
+    /// told by mail (`delivery_id` names the delivery record). No enumeration.
+    NoteDuplicateRegistration { delivery_id: Uuid, at: DateTime<Utc> },
     /// The email verification challenge was answered correctly.
-    VerifyEmail {
-        challenge_id: Uuid,
-        at: DateTime<Utc>,
-    },
+    VerifyEmail { challenge_id: Uuid, at: DateTime<Utc> },
     /// First login step: check the password; on success the caller issues
     /// the two-factor challenge `challenge_id`.
-    StartLogin {
-        challenge_id: Uuid,
-        password: Password,
-        at: DateTime<Utc>,
-    },
+    StartLogin { challenge_id: Uuid, password: Password, at: DateTime<Utc> },
     /// Change profile fields; `None` leaves a field unchanged.
-    UpdateProfile {
-        name: Option<Sealed>,
-        bio: Option<Sealed>,
-        at: DateTime<Utc>,
-    },
+    UpdateProfile { name: Option<Sealed>, bio: Option<Sealed>, at: DateTime<Utc> },
 }

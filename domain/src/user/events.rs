@@ -19,7 +19,7 @@ pub enum UserEvent {
         registered_at: DateTime<Utc>,
     },
     DuplicateRegistrationAttempted {
-        notice_id: Uuid,
+        delivery_id: Uuid,
         attempted_at: DateTime<Utc>,
     },
     EmailVerified {

@@ -10,16 +10,14 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{insert_event, TestDb};
+use crate::helpers::{insert_event, settle, TestDb};
 
 async fn read_ids(pool: &PgPool, cursor: &mut Cursor) -> Vec<String> {
     let rows = tail::read_after(pool, *cursor, 100, None).await.unwrap();
     if let Some((last, _)) = rows.last() {
         *cursor = *last;
     }
-    rows.into_iter()
-        .map(|(_, e)| format!("{}#{}", e.aggregate_id, e.sequence))
-        .collect()
+    rows.into_iter().map(|(_, e)| format!("{}#{}", e.aggregate_id, e.sequence)).collect()
 }
 
 #[tokio::test]
@@ -29,6 +27,7 @@ async fn open_transaction_holds_back_later_commits_and_none_is_skipped() {
     let mut cursor = Cursor::ZERO;
 
     insert_event(pool, "test", "early", 1, "Happened", json!({})).await;
+    settle(pool).await;
     assert_eq!(read_ids(pool, &mut cursor).await, ["early#1"]);
 
     // T1 appends and stays open; T2 and T3 append after it and commit.
@@ -42,10 +41,8 @@ async fn open_transaction_holds_back_later_commits_and_none_is_skipped() {
     assert!(tail::has_unsettled_after(pool, cursor, None).await.unwrap());
 
     t1.commit().await.unwrap();
-    assert_eq!(
-        read_ids(pool, &mut cursor).await,
-        ["slow#1", "fast#1", "fast#2"]
-    );
+    settle(pool).await;
+    assert_eq!(read_ids(pool, &mut cursor).await, ["slow#1", "fast#1", "fast#2"]);
     assert!(read_ids(pool, &mut cursor).await.is_empty());
     assert!(!tail::has_unsettled_after(pool, cursor, None).await.unwrap());
     db.drop().await;
@@ -63,6 +60,7 @@ async fn rolled_back_transaction_leaves_a_gap_that_is_not_waited_for() {
     assert!(read_ids(pool, &mut cursor).await.is_empty());
 
     t1.rollback().await.unwrap();
+    settle(pool).await;
     assert_eq!(read_ids(pool, &mut cursor).await, ["kept#1"]);
     db.drop().await;
 }
@@ -73,10 +71,9 @@ async fn envelopes_are_built_from_the_stored_rows() {
     let pool = &db.pool;
     insert_event(pool, "user", "u1", 1, "UserRegistered", json!({"a": 1})).await;
     insert_event(pool, "session", "s1", 1, "SessionStarted", json!({"b": 2})).await;
+    settle(pool).await;
 
-    let rows = tail::read_after(pool, Cursor::ZERO, 10, None)
-        .await
-        .unwrap();
+    let rows = tail::read_after(pool, Cursor::ZERO, 10, None).await.unwrap();
     assert_eq!(rows.len(), 2);
     let (cursor, user) = &rows[0];
     assert!(cursor.txid > 0);
@@ -91,9 +88,7 @@ async fn envelopes_are_built_from_the_stored_rows() {
     assert!(rows[0].0 < rows[1].0);
 
     let only_sessions = ["session".to_owned()];
-    let rows = tail::read_after(pool, Cursor::ZERO, 10, Some(&only_sessions))
-        .await
-        .unwrap();
+    let rows = tail::read_after(pool, Cursor::ZERO, 10, Some(&only_sessions)).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].1.aggregate_id, "s1");
 
@@ -106,26 +101,14 @@ async fn envelopes_are_built_from_the_stored_rows() {
 async fn checkpoints_round_trip() {
     let db = TestDb::new().await;
     let pool = &db.pool;
-    assert_eq!(
-        tail::load_checkpoint(pool, "x").await.unwrap(),
-        Cursor::ZERO
-    );
-    let first = Cursor {
-        txid: 12_345,
-        position: 7,
-    };
+    assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), Cursor::ZERO);
+    let first = Cursor { txid: 12_345, position: 7 };
     tail::store_checkpoint(pool, "x", first).await.unwrap();
     assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), first);
-    let second = Cursor {
-        txid: 1 << 40,
-        position: 9,
-    };
+    let second = Cursor { txid: 1 << 40, position: 9 };
     tail::store_checkpoint(pool, "x", second).await.unwrap();
     assert_eq!(tail::load_checkpoint(pool, "x").await.unwrap(), second);
-    assert_eq!(
-        tail::load_checkpoint(pool, "y").await.unwrap(),
-        Cursor::ZERO
-    );
+    assert_eq!(tail::load_checkpoint(pool, "y").await.unwrap(), Cursor::ZERO);
     db.drop().await;
 }
 
@@ -143,30 +126,15 @@ async fn read_after_uses_the_cursor_index() {
     .await
     .unwrap();
     sqlx::query("ANALYZE events").execute(pool).await.unwrap();
-    let middle = tail::read_after(pool, Cursor::ZERO, 10_000, None)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .0;
+    settle(pool).await;
+    let middle = tail::read_after(pool, Cursor::ZERO, 10_000, None).await.unwrap().last().unwrap().0;
 
     for cursor in [Cursor::ZERO, middle] {
         for filtered in [false, true] {
             let sql = format!("EXPLAIN {}", tail::read_after_sql(filtered));
-            let query = sqlx::query_scalar::<_, String>(&sql)
-                .bind(cursor.txid)
-                .bind(cursor.position);
-            let query = if filtered {
-                query.bind(vec!["user".to_owned()])
-            } else {
-                query
-            };
-            let plan = query
-                .bind(100_i64)
-                .fetch_all(pool)
-                .await
-                .unwrap()
-                .join("\n");
+            let query = sqlx::query_scalar::<_, String>(&sql).bind(cursor.txid).bind(cursor.position);
+            let query = if filtered { query.bind(vec!["user".to_owned()]) } else { query };
+            let plan = query.bind(100_i64).fetch_all(pool).await.unwrap().join("\n");
             assert!(
                 plan.contains("events_cursor_idx") && !plan.contains("Sort"),
                 "filtered={filtered} cursor={cursor:?}:\n{plan}"
@@ -203,9 +171,7 @@ async fn randomized_writers_are_seen_exactly_once() {
                 }
                 if finished
                     && rows.is_empty()
-                    && !tail::has_unsettled_after(&pool, cursor, None)
-                        .await
-                        .unwrap()
+                    && !tail::has_unsettled_after(&pool, cursor, None).await.unwrap()
                 {
                     return seen;
                 }
@@ -230,15 +196,7 @@ async fn randomized_writers_are_seen_exactly_once() {
                     for sequence in 1..=count {
                         let pause = rng.gen_range(0..4);
                         tokio::time::sleep(Duration::from_millis(pause)).await;
-                        insert_event(
-                            &mut *tx,
-                            "test",
-                            &aggregate,
-                            sequence,
-                            "Happened",
-                            json!({}),
-                        )
-                        .await;
+                        insert_event(&mut *tx, "test", &aggregate, sequence, "Happened", json!({})).await;
                         rows.push((aggregate.clone(), sequence));
                     }
                     let pause = rng.gen_range(0..6);
@@ -277,9 +235,7 @@ async fn randomized_writers_are_seen_exactly_once() {
     assert_eq!(actual, expected, "seen rows differ from committed rows");
     let mut last_sequence = BTreeMap::new();
     for (aggregate, sequence) in &seen {
-        let previous = last_sequence
-            .insert(aggregate.clone(), *sequence)
-            .unwrap_or(0);
+        let previous = last_sequence.insert(aggregate.clone(), *sequence).unwrap_or(0);
         assert_eq!(*sequence, previous + 1, "{aggregate} out of order");
     }
     assert!(!committed.is_empty() && !rolled_back.is_empty());

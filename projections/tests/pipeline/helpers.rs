@@ -11,18 +11,16 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
-        let (pool, url) = testing::create_test_database(&testing::base_url())
-            .await
-            .expect("create test database");
+        let (pool, url) =
+            testing::create_test_database(&testing::base_url()).await.expect("create test database");
         Self { pool, url }
     }
 
-    /// Closes the pool and drops the database.
+    /// Closes the pool and drops the database (connections still checked
+    /// out, e.g. by a live listener, are terminated by the drop).
     pub async fn drop(self) {
-        self.pool.close().await;
-        testing::drop_test_database(&self.url)
-            .await
-            .expect("drop test database");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pool.close()).await;
+        testing::drop_test_database(&self.url).await.expect("drop test database");
     }
 }
 
@@ -79,5 +77,27 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every committed event is below the cluster-wide xid horizon,
+/// i.e. readable by the tail. Transactions of *other* databases (other
+/// tests creating and migrating theirs) hold the horizon back for a moment;
+/// never call this while one of the test's own transactions is open.
+pub async fn settle(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events \
+             WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !pending {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "events never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

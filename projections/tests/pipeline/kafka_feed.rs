@@ -14,16 +14,11 @@ use serde_json::json;
 use crate::helpers::{kafka_brokers, unique_prefix};
 
 async fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &options,
-        )
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
         .await
         .expect("broker reachable at KAFKA_BROKERS");
     for result in results {
@@ -58,23 +53,14 @@ fn envelope(aggregate_id: &str, sequence: i64) -> Envelope {
 
 async fn publish(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
     producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(value),
-            Duration::from_secs(10),
-        )
+        .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)
         .expect("delivered");
 }
 
 async fn publish_envelope(producer: &FutureProducer, topic: &str, env: &Envelope) {
-    publish(
-        producer,
-        topic,
-        &env.aggregate_id,
-        &serde_json::to_vec(env).unwrap(),
-    )
-    .await;
+    publish(producer, topic, &env.aggregate_id, &serde_json::to_vec(env).unwrap()).await;
 }
 
 /// Reads from `feed` until `count` envelopes arrived or 30 s passed.
@@ -82,11 +68,7 @@ async fn collect(feed: &mut KafkaFeed, count: usize) -> Vec<Envelope> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut all = Vec::new();
     while all.len() < count && tokio::time::Instant::now() < deadline {
-        all.extend(
-            feed.next_batch(100, Duration::from_millis(500))
-                .await
-                .unwrap(),
-        );
+        all.extend(feed.next_batch(100, Duration::from_millis(500)).await.unwrap());
     }
     all
 }
@@ -96,20 +78,13 @@ async fn drain_for(feed: &mut KafkaFeed, period: Duration) -> Vec<Envelope> {
     let deadline = tokio::time::Instant::now() + period;
     let mut all = Vec::new();
     while tokio::time::Instant::now() < deadline {
-        all.extend(
-            feed.next_batch(100, Duration::from_millis(200))
-                .await
-                .unwrap(),
-        );
+        all.extend(feed.next_batch(100, Duration::from_millis(200)).await.unwrap());
     }
     all
 }
 
 fn ids(batch: &[Envelope]) -> Vec<String> {
-    batch
-        .iter()
-        .map(|e| format!("{}#{}", e.aggregate_id, e.sequence))
-        .collect()
+    batch.iter().map(|e| format!("{}#{}", e.aggregate_id, e.sequence)).collect()
 }
 
 #[tokio::test]
@@ -134,16 +109,10 @@ async fn committed_envelopes_are_not_seen_again_by_the_same_group() {
     let received = collect(&mut feed, sent.len()).await;
     assert_eq!(received.len(), sent.len(), "got {:?}", ids(&received));
     for aggregate in ["a", "b"] {
-        let sequences: Vec<i64> = received
-            .iter()
-            .filter(|e| e.aggregate_id == aggregate)
-            .map(|e| e.sequence)
-            .collect();
-        let expected: Vec<i64> = sent
-            .iter()
-            .filter(|e| e.aggregate_id == aggregate)
-            .map(|e| e.sequence)
-            .collect();
+        let sequences: Vec<i64> =
+            received.iter().filter(|e| e.aggregate_id == aggregate).map(|e| e.sequence).collect();
+        let expected: Vec<i64> =
+            sent.iter().filter(|e| e.aggregate_id == aggregate).map(|e| e.sequence).collect();
         assert_eq!(sequences, expected, "per-aggregate order of {aggregate}");
     }
     for env in &received {
@@ -156,16 +125,8 @@ async fn committed_envelopes_are_not_seen_again_by_the_same_group() {
     let late = envelope("b", 3);
     publish_envelope(&producer, &topic, &late).await;
     let received = collect(&mut again, 1).await;
-    let received = [
-        received,
-        drain_for(&mut again, Duration::from_secs(2)).await,
-    ]
-    .concat();
-    assert_eq!(
-        ids(&received),
-        ["b#3"],
-        "committed envelopes were redelivered"
-    );
+    let received = [received, drain_for(&mut again, Duration::from_secs(2)).await].concat();
+    assert_eq!(ids(&received), ["b#3"], "committed envelopes were redelivered");
 }
 
 #[tokio::test]
@@ -184,9 +145,7 @@ async fn rollback_redelivers_the_uncommitted_envelopes() {
     let again = collect(&mut feed, 3).await;
     assert_eq!(ids(&again), ["a#1", "a#2", "a#3"]);
     feed.commit().await.unwrap();
-    assert!(drain_for(&mut feed, Duration::from_secs(1))
-        .await
-        .is_empty());
+    assert!(drain_for(&mut feed, Duration::from_secs(1)).await.is_empty());
 }
 
 #[test]

@@ -6,13 +6,10 @@ use projections::feed::EventFeed;
 use projections::pg_feed::{PgFeed, PgFeedConfig};
 use serde_json::json;
 
-use crate::helpers::{insert_event, TestDb};
+use crate::helpers::{insert_event, settle, TestDb};
 
 fn ids(batch: &[domain::envelope::Envelope]) -> Vec<String> {
-    batch
-        .iter()
-        .map(|e| format!("{}#{}", e.aggregate_id, e.sequence))
-        .collect()
+    batch.iter().map(|e| format!("{}#{}", e.aggregate_id, e.sequence)).collect()
 }
 
 #[tokio::test]
@@ -22,39 +19,31 @@ async fn delivers_in_order_and_resumes_from_its_checkpoint() {
     for (aggregate, sequence) in [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)] {
         insert_event(pool, "test", aggregate, sequence, "Happened", json!({})).await;
     }
+    settle(pool).await;
     let config = PgFeedConfig::new("resume");
     let wait = Duration::from_millis(200);
 
     let mut feed = PgFeed::new(pool.clone(), config.clone()).await.unwrap();
-    assert_eq!(
-        ids(&feed.next_batch(3, wait).await.unwrap()),
-        ["a#1", "b#1", "a#2"]
-    );
+    assert_eq!(ids(&feed.next_batch(3, wait).await.unwrap()), ["a#1", "b#1", "a#2"]);
     feed.commit().await.unwrap();
-    assert_eq!(
-        ids(&feed.next_batch(3, wait).await.unwrap()),
-        ["b#2", "a#3"]
-    );
+    assert_eq!(ids(&feed.next_batch(3, wait).await.unwrap()), ["b#2", "a#3"]);
     drop(feed); // without committing the second batch
 
     let mut feed = PgFeed::new(pool.clone(), config.clone()).await.unwrap();
-    assert_eq!(
-        ids(&feed.next_batch(10, wait).await.unwrap()),
-        ["b#2", "a#3"]
-    );
+    assert_eq!(ids(&feed.next_batch(10, wait).await.unwrap()), ["b#2", "a#3"]);
     feed.commit().await.unwrap();
     drop(feed);
 
     let mut feed = PgFeed::new(pool.clone(), config).await.unwrap();
     assert!(feed.next_batch(10, wait).await.unwrap().is_empty());
     insert_event(pool, "test", "a", 4, "Happened", json!({})).await;
+    settle(pool).await;
     assert_eq!(ids(&feed.next_batch(10, wait).await.unwrap()), ["a#4"]);
 
     // Another consumer has its own cursor.
-    let mut other = PgFeed::new(pool.clone(), PgFeedConfig::new("other"))
-        .await
-        .unwrap();
+    let mut other = PgFeed::new(pool.clone(), PgFeedConfig::new("other")).await.unwrap();
     assert_eq!(other.next_batch(100, wait).await.unwrap().len(), 6);
+    drop((feed, other));
     db.drop().await;
 }
 
@@ -65,21 +54,13 @@ async fn rollback_redelivers_the_uncommitted_envelopes() {
     for sequence in 1..=3 {
         insert_event(pool, "test", "a", sequence, "Happened", json!({})).await;
     }
-    let mut feed = PgFeed::new(pool.clone(), PgFeedConfig::new("rb"))
-        .await
-        .unwrap();
+    let mut feed = PgFeed::new(pool.clone(), PgFeedConfig::new("rb")).await.unwrap();
     let wait = Duration::from_millis(200);
     assert_eq!(ids(&feed.next_batch(1, wait).await.unwrap()), ["a#1"]);
     feed.commit().await.unwrap();
-    assert_eq!(
-        ids(&feed.next_batch(5, wait).await.unwrap()),
-        ["a#2", "a#3"]
-    );
+    assert_eq!(ids(&feed.next_batch(5, wait).await.unwrap()), ["a#2", "a#3"]);
     feed.rollback().await.unwrap();
-    assert_eq!(
-        ids(&feed.next_batch(5, wait).await.unwrap()),
-        ["a#2", "a#3"]
-    );
+    assert_eq!(ids(&feed.next_batch(5, wait).await.unwrap()), ["a#2", "a#3"]);
     db.drop().await;
 }
 
@@ -90,31 +71,25 @@ async fn filters_by_aggregate_type() {
     insert_event(pool, "user", "u", 1, "UserRegistered", json!({})).await;
     insert_event(pool, "session", "s", 1, "SessionStarted", json!({})).await;
     insert_event(pool, "user", "u", 2, "EmailVerified", json!({})).await;
+    settle(pool).await;
     let config = PgFeedConfig::new("users").aggregate_types(["user"]);
     let mut feed = PgFeed::new(pool.clone(), config).await.unwrap();
-    let batch = feed
-        .next_batch(10, Duration::from_millis(200))
-        .await
-        .unwrap();
+    let batch = feed.next_batch(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(ids(&batch), ["u#1", "u#2"]);
+    drop(feed);
     db.drop().await;
 }
 
 #[tokio::test]
 async fn an_empty_wait_lasts_about_max_wait() {
     let db = TestDb::new().await;
-    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("idle"))
-        .await
-        .unwrap();
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("idle")).await.unwrap();
     let started = Instant::now();
-    assert!(feed
-        .next_batch(10, Duration::from_millis(300))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(feed.next_batch(10, Duration::from_millis(300)).await.unwrap().is_empty());
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    drop(feed);
     db.drop().await;
 }
 
@@ -124,11 +99,7 @@ async fn wakes_on_notify_well_under_the_poll_interval() {
     let config = PgFeedConfig::new("fast").poll_interval(Duration::from_secs(10));
     let mut feed = PgFeed::new(db.pool.clone(), config).await.unwrap();
     // Settle the first (empty) read, then insert while the feed waits.
-    assert!(feed
-        .next_batch(10, Duration::ZERO)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(feed.next_batch(10, Duration::ZERO).await.unwrap().is_empty());
 
     let pool = db.pool.clone();
     let writer = tokio::spawn(async move {
@@ -141,9 +112,6 @@ async fn wakes_on_notify_well_under_the_poll_interval() {
     let inserted = writer.await.unwrap();
     assert_eq!(ids(&batch), ["n#1"]);
     let latency = received.saturating_duration_since(inserted);
-    assert!(
-        latency < Duration::from_millis(500),
-        "woken after {latency:?}"
-    );
+    assert!(latency < Duration::from_millis(500), "woken after {latency:?}");
     db.drop().await;
 }

@@ -9,14 +9,12 @@ use async_trait::async_trait;
 use domain::envelope::Envelope;
 use projections::feed::EventFeed;
 use projections::pg_feed::{PgFeed, PgFeedConfig};
-use projections::runtime::{
-    Applied, ProjectionError, ProjectionRunner, Projector, RunError, RunOptions,
-};
+use projections::runtime::{Applied, ProjectionError, ProjectionRunner, Projector, RunError, RunOptions};
 use projections::tail::{self, Cursor};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::helpers::{eventually, insert_event, TestDb};
+use crate::helpers::{eventually, insert_event, settle, TestDb};
 
 /// Counts the events applied per aggregate in its own table and records
 /// their sequences; fails on demand `failures` times for aggregate `poison`.
@@ -31,10 +29,7 @@ impl Counter {
     }
 
     fn failing(poison: &'static str, failures: usize) -> Arc<Self> {
-        Arc::new(Self {
-            failures: AtomicUsize::new(failures),
-            poison,
-        })
+        Arc::new(Self { failures: AtomicUsize::new(failures), poison })
     }
 }
 
@@ -69,10 +64,7 @@ impl Projector for Counter {
         .execute(&mut *conn)
         .await?;
         if env.aggregate_id == self.poison
-            && self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            && self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
         {
             return Err(anyhow::anyhow!("poisoned on purpose").into());
         }
@@ -123,41 +115,17 @@ async fn duplicate_and_older_envelopes_change_the_read_model_once() {
     let db = TestDb::new().await;
     create_table(&db.pool).await;
     let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
-    let once = Applied {
-        applied: 1,
-        skipped: 0,
-    };
-    let duplicate = Applied {
-        applied: 0,
-        skipped: 1,
-    };
+    let once = Applied { applied: 1, skipped: 0 };
+    let duplicate = Applied { applied: 0, skipped: 1 };
 
-    assert_eq!(
-        runner.apply_envelope(&envelope("a", 1)).await.unwrap(),
-        once
-    );
-    assert_eq!(
-        runner.apply_envelope(&envelope("a", 1)).await.unwrap(),
-        duplicate
-    );
-    assert_eq!(
-        runner.apply_envelope(&envelope("a", 2)).await.unwrap(),
-        once
-    );
-    assert_eq!(
-        runner.apply_envelope(&envelope("a", 1)).await.unwrap(),
-        duplicate
-    );
-    assert_eq!(
-        runner.apply_envelope(&envelope("a", 2)).await.unwrap(),
-        duplicate
-    );
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), once);
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), duplicate);
+    assert_eq!(runner.apply_envelope(&envelope("a", 2)).await.unwrap(), once);
+    assert_eq!(runner.apply_envelope(&envelope("a", 1)).await.unwrap(), duplicate);
+    assert_eq!(runner.apply_envelope(&envelope("a", 2)).await.unwrap(), duplicate);
     let mut other = envelope("a", 3);
     other.aggregate_type = "elsewhere".into();
-    assert_eq!(
-        runner.apply_envelope(&other).await.unwrap(),
-        Applied::default()
-    );
+    assert_eq!(runner.apply_envelope(&other).await.unwrap(), Applied::default());
 
     assert_eq!(counts(&db.pool).await, [("a".to_owned(), 2, vec![1, 2])]);
     assert_eq!(checkpoint(&db.pool, "a").await, Some(2));
@@ -171,14 +139,7 @@ async fn a_failed_projection_leaves_neither_change_nor_checkpoint() {
     let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("p", 1)]);
 
     let error = runner.apply_envelope(&envelope("p", 1)).await.unwrap_err();
-    assert!(matches!(
-        error,
-        RunError::Projector {
-            projector: "counter",
-            sequence: 1,
-            ..
-        }
-    ));
+    assert!(matches!(error, RunError::Projector { projector: "counter", sequence: 1, .. }));
     assert!(counts(&db.pool).await.is_empty());
     assert_eq!(checkpoint(&db.pool, "p").await, None);
 
@@ -205,32 +166,20 @@ async fn run_once_applies_a_batch_then_commits_the_feed() {
     let db = TestDb::new().await;
     create_table(&db.pool).await;
     let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
-    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("runner"))
-        .await
-        .unwrap();
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("runner")).await.unwrap();
     for sequence in 1..=3 {
         insert_event(&db.pool, "test", "a", sequence, "Happened", json!({})).await;
     }
     insert_event(&db.pool, "user", "u", 1, "Ignored", json!({})).await;
+    settle(&db.pool).await;
 
-    let n = runner
-        .run_once(&mut feed, 10, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let n = runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(n, 4);
     assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3])]);
-    let stored = tail::load_checkpoint(&db.pool, "feed:runner")
-        .await
-        .unwrap();
+    let stored = tail::load_checkpoint(&db.pool, "feed:runner").await.unwrap();
     assert_eq!(stored, feed.returned());
     assert_ne!(stored, Cursor::ZERO);
-    assert_eq!(
-        runner
-            .run_once(&mut feed, 10, Duration::ZERO)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(runner.run_once(&mut feed, 10, Duration::ZERO).await.unwrap(), 0);
     db.drop().await;
 }
 
@@ -239,38 +188,25 @@ async fn a_failed_batch_is_redelivered_after_rollback_and_applied_once() {
     let db = TestDb::new().await;
     create_table(&db.pool).await;
     let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 1)]);
-    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("retry"))
-        .await
-        .unwrap();
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("retry")).await.unwrap();
     insert_event(&db.pool, "test", "a", 1, "Happened", json!({})).await;
     insert_event(&db.pool, "test", "b", 1, "Happened", json!({})).await;
     insert_event(&db.pool, "test", "c", 1, "Happened", json!({})).await;
+    settle(&db.pool).await;
 
-    assert!(runner
-        .run_once(&mut feed, 10, Duration::from_secs(1))
-        .await
-        .is_err());
+    assert!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.is_err());
     assert_eq!(
         tail::load_checkpoint(&db.pool, "feed:retry").await.unwrap(),
         Cursor::ZERO,
         "feed must not be committed after a failure"
     );
     feed.rollback().await.unwrap();
-    assert_eq!(
-        runner
-            .run_once(&mut feed, 10, Duration::from_secs(1))
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap(), 3);
     assert_eq!(
         counts(&db.pool).await,
-        [
-            ("a".to_owned(), 1, vec![1]),
-            ("b".to_owned(), 1, vec![1]),
-            ("c".to_owned(), 1, vec![1]),
-        ]
+        [("a".to_owned(), 1, vec![1]), ("b".to_owned(), 1, vec![1]), ("c".to_owned(), 1, vec![1]),]
     );
+    drop(feed);
     db.drop().await;
 }
 
@@ -283,34 +219,18 @@ async fn rebuild_resets_and_replays_from_the_store() {
         insert_event(&db.pool, "test", aggregate, sequence, "Happened", json!({})).await;
     }
     insert_event(&db.pool, "user", "u", 1, "Ignored", json!({})).await;
-    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live"))
-        .await
-        .unwrap();
-    runner
-        .run_once(&mut feed, 100, Duration::from_secs(1))
-        .await
-        .unwrap();
+    settle(&db.pool).await;
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
+    runner.run_once(&mut feed, 100, Duration::from_secs(1)).await.unwrap();
     // Damage the read model behind the runner's back.
-    sqlx::query("UPDATE test_counts SET applied = 99")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE test_counts SET applied = 99").execute(&db.pool).await.unwrap();
 
     let stats = runner.rebuild("counter", 2).await.unwrap();
     assert_eq!(stats.read, 5);
     assert_eq!(stats.applied, 4);
-    assert_eq!(
-        counts(&db.pool).await,
-        [
-            ("a".to_owned(), 3, vec![1, 2, 3]),
-            ("b".to_owned(), 1, vec![1])
-        ]
-    );
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3]), ("b".to_owned(), 1, vec![1])]);
     assert_eq!(checkpoint(&db.pool, "a").await, Some(3));
-    assert!(matches!(
-        runner.rebuild("nope", 10).await,
-        Err(RunError::UnknownProjector(_))
-    ));
+    assert!(matches!(runner.rebuild("nope", 10).await, Err(RunError::UnknownProjector(_))));
     db.drop().await;
 }
 
@@ -318,15 +238,13 @@ async fn rebuild_resets_and_replays_from_the_store() {
 async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
     let db = TestDb::new().await;
     create_table(&db.pool).await;
-    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 2)])
-        .with_options(RunOptions {
+    let runner =
+        ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 2)]).with_options(RunOptions {
             max_wait: Duration::from_millis(200),
             min_backoff: Duration::from_millis(10),
             ..RunOptions::default()
         });
-    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("loop"))
-        .await
-        .unwrap();
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("loop")).await.unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move { runner.run(&mut feed, shutdown).await });
 
@@ -343,13 +261,7 @@ async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
         "runner did not recover"
     );
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(counts(&db.pool)
-        .await
-        .iter()
-        .all(|(_, applied, _)| *applied == 1));
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert!(counts(&db.pool).await.iter().all(|(_, applied, _)| *applied == 1));
     db.drop().await;
 }
