@@ -16,6 +16,7 @@ use commands::passwords::PasswordHasher;
 use commands::tokens::TokenIssuer;
 use commands::{IdentityConfig, IdentityService, Keyring};
 use domain::envelope::AGGREGATE_TYPES;
+use projections::challenges::ChallengesProjector;
 use projections::feed::EventFeed;
 use projections::kafka_feed::{KafkaFeed, KafkaFeedConfig};
 use projections::pg_feed::{PgFeed, PgFeedConfig};
@@ -26,8 +27,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use workers::notify::{Mailer, Notifier};
+use workers::notify::{Mailer, Notifier, RetryPolicy};
 use workers::relay::Relay;
+use workers::sms::SmsSender;
 
 use crate::config::Settings;
 use crate::state::AppState;
@@ -73,6 +75,7 @@ impl App {
         let hasher = PasswordHasher::new(settings.password_hash_concurrency.unwrap_or(cores))?;
         let config = IdentityConfig {
             email_otp_ttl_secs: settings.email_otp_ttl_secs,
+            sms_otp_ttl_secs: settings.sms_otp_ttl_secs,
             refresh_idle_ttl_secs: settings.refresh_idle_ttl_secs,
             refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
         };
@@ -91,7 +94,7 @@ impl App {
     }
 
     fn projectors() -> Vec<Arc<dyn Projector>> {
-        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
+        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector), Arc::new(ChallengesProjector)]
     }
 
     /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka).
@@ -145,8 +148,15 @@ impl App {
     /// Bad mail configuration, or the feed cannot be created.
     pub async fn run_notifier(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mailer = Mailer::new(self.settings.smtp_url.as_deref(), self.settings.mail_dir.clone())?;
+        let sms = SmsSender::new(self.settings.twilio()?.as_ref(), self.settings.sms_dir.clone())?;
         let deliveries = DeliveryStore::new(self.pool.clone(), self.keys.delivery.clone());
-        let notifier = Notifier::new(deliveries, mailer, &self.settings.mail_from)?;
+        let policy = RetryPolicy {
+            max_attempts: self.settings.delivery_max_attempts,
+            base_delay: Duration::from_millis(self.settings.delivery_retry_base_ms),
+            ..RetryPolicy::default()
+        };
+        let notifier = Notifier::new(self.pool.clone(), deliveries, mailer, sms, &self.settings.mail_from)?
+            .with_policy(policy);
         let mut feed = self.feed("notify").await?;
         notifier.run(feed.as_mut(), shutdown).await;
         Ok(())

@@ -44,6 +44,29 @@ pub struct Settings {
     /// Sender of all mail.
     #[arg(long, env = "MAIL_FROM", default_value = "streamforge <no-reply@streamforge.local>")]
     pub mail_from: String,
+    /// Twilio REST API base URL (tests point it at a fake).
+    #[arg(long, env = "TWILIO_API_BASE", default_value = workers::sms::DEFAULT_TWILIO_API_BASE)]
+    pub twilio_api_base: String,
+    /// Twilio account SID (`AC…`); with `TWILIO_AUTH_TOKEN` and `TWILIO_FROM`
+    /// SMS go through Twilio, with none of the three into `SMS_DIR`.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token (HTTP basic-auth password).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+    /// Sender of SMS: a Twilio number in E.164 or a messaging service id.
+    #[arg(long, env = "TWILIO_FROM")]
+    pub twilio_from: Option<String>,
+    /// Directory of SMS files (`<delivery id>.sms`) when Twilio is not configured.
+    #[arg(long, env = "SMS_DIR", default_value = "./var/sms")]
+    pub sms_dir: PathBuf,
+    /// Attempts per message (mail or SMS) before it is recorded as failed.
+    #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value_t = workers::notify::DEFAULT_MAX_ATTEMPTS)]
+    pub delivery_max_attempts: u32,
+    /// Wait after a message's first failed attempt, in milliseconds; doubled
+    /// after each further failure, capped at 5 minutes.
+    #[arg(long, env = "DELIVERY_RETRY_BASE_MS", default_value_t = 2_000)]
+    pub delivery_retry_base_ms: u64,
     /// Base64 of 32 random bytes; generated into `KEY_DIR` in development.
     #[arg(long, env = "STREAMFORGE_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
@@ -65,6 +88,9 @@ pub struct Settings {
     /// Email OTP lifetime in seconds.
     #[arg(long, env = "EMAIL_OTP_TTL_SECS", default_value_t = 600)]
     pub email_otp_ttl_secs: i64,
+    /// SMS OTP lifetime in seconds (5 min; seed 003).
+    #[arg(long, env = "SMS_OTP_TTL_SECS", default_value_t = 300)]
+    pub sms_otp_ttl_secs: i64,
     /// Refresh-token idle lifetime in seconds (30 days).
     #[arg(long, env = "REFRESH_IDLE_TTL_SECS", default_value_t = 30 * 86_400)]
     pub refresh_idle_ttl_secs: i64,
@@ -89,6 +115,25 @@ impl Settings {
         }
         use clap::Parser;
         Ok(Only::try_parse_from(["streamforge"])?.s)
+    }
+
+    /// Twilio settings when SID, token and sender are all set; `None` when
+    /// none is (SMS go to files).
+    ///
+    /// # Errors
+    /// When only some of the three are set.
+    pub fn twilio(&self) -> anyhow::Result<Option<workers::sms::TwilioConfig>> {
+        match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
+            (Some(sid), Some(token), Some(from)) => Ok(Some(workers::sms::TwilioConfig {
+                api_base: self.twilio_api_base.clone(),
+                account_sid: sid.clone(),
+                auth_token: token.clone(),
+                from: from.clone(),
+                timeout: workers::sms::DEFAULT_TWILIO_TIMEOUT,
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!("TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM must be set together"),
+        }
     }
 
     fn production(&self) -> bool {

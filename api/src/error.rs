@@ -29,11 +29,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<&'static str>,
+    /// Seconds, sent as `Retry-After` (429).
+    pub retry_after: Option<i64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, retry_after: None }
     }
 
     /// 401 `unauthorized`.
@@ -56,6 +58,11 @@ impl IntoResponse for ApiError {
             field: self.field.map(str::to_owned),
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -71,6 +78,7 @@ impl From<InvalidValue> for ApiError {
             code: "validation_failed",
             message: e.to_string(),
             field: Some(e.field),
+            retry_after: None,
         }
     }
 }
@@ -90,6 +98,14 @@ impl From<IdentityError> for ApiError {
             E::SessionRevoked => (StatusCode::UNAUTHORIZED, "session_revoked"),
             E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             E::Conflict => (StatusCode::CONFLICT, "conflict"),
+            E::Throttled { retry_after_secs } => {
+                let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", e.to_string());
+                err.retry_after = Some(*retry_after_secs);
+                return err;
+            }
+            E::InvalidResetToken => (StatusCode::UNAUTHORIZED, "invalid_reset_token"),
+            E::PhoneUnavailable => (StatusCode::CONFLICT, "phone_unavailable"),
+            E::PhoneNotVerified => (StatusCode::CONFLICT, "phone_not_verified"),
             E::Internal(cause) => return Self::internal(cause),
         };
         Self::new(status, code, e.to_string())

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let app = Router::new()
         .merge(routes::auth::router())
+        .merge(routes::challenges::router())
         .merge(routes::users::router())
         .merge(routes::meta::router())
         .with_state(state)

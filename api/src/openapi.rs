@@ -4,14 +4,16 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, meta, users};
+use crate::routes::{auth, challenges, meta, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "streamforge", description = "Identity and social audio backend (event-sourced CQRS)."),
     paths(
         auth::register, auth::verify_email, auth::login, auth::verify_otp, auth::refresh,
-        auth::logout, auth::session, users::get_me, users::put_me,
+        auth::logout, auth::session, auth::request_otp, auth::resend_otp,
+        auth::password_reset_request, auth::password_reset_verify, auth::password_reset_complete,
+        users::add_phone, users::verify_phone, users::set_two_factor, challenges::get_challenge, users::get_me, users::put_me,
         meta::jwks, meta::live, meta::ready,
     ),
     components(schemas(crate::error::ErrorBody)),

@@ -26,6 +26,24 @@ pub const ACCESS_TOKEN_TTL_SECS: i64 = 15 * 60;
 /// JOSE `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
+/// JOSE `typ` of password-reset tokens: distinct, so a reset token can never
+/// pass as an access token nor the reverse (RFC 8725 §3.11).
+pub const RESET_TOKEN_TYP: &str = "reset+jwt";
+/// Reset-token lifetime in seconds (10 min).
+pub const RESET_TOKEN_TTL_SECS: i64 = 10 * 60;
+
+/// Claims of a password-reset token; `jti` is single use (the `User`
+/// aggregate remembers it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResetClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: Uuid,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: Uuid,
+}
+
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AccessClaims {
@@ -119,8 +137,48 @@ impl TokenIssuer {
     /// # Errors
     /// [`TokenError::Expired`] or [`TokenError::Invalid`].
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.verify_typed(token, ACCESS_TOKEN_TYP)
+    }
+
+    /// Issues a password-reset token for `user` with id `jti`.
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`].
+    pub fn issue_reset(
+        &self,
+        user: Uuid,
+        jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(String, i64), TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(RESET_TOKEN_TYP.to_owned());
+        header.kid = Some(self.kid.clone());
+        let iat = now.timestamp();
+        let claims = ResetClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user,
+            exp: iat + RESET_TOKEN_TTL_SECS,
+            iat,
+            jti,
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| TokenError::Signing(e.to_string()))?;
+        Ok((token, RESET_TOKEN_TTL_SECS))
+    }
+
+    /// Verifies a reset token exactly as [`TokenIssuer::verify_access`] but
+    /// for `typ` `reset+jwt`.
+    ///
+    /// # Errors
+    /// [`TokenError::Expired`] or [`TokenError::Invalid`].
+    pub fn verify_reset(&self, token: &str) -> Result<ResetClaims, TokenError> {
+        self.verify_typed(token, RESET_TOKEN_TYP)
+    }
+
+    fn verify_typed<C: serde::de::DeserializeOwned>(&self, token: &str, typ: &str) -> Result<C, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(typ) {
             return Err(TokenError::Invalid);
         }
         let mut v = Validation::new(Algorithm::EdDSA);
@@ -128,9 +186,7 @@ impl TokenIssuer {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v).map(|d| d.claims).map_err(|e| match e
-            .kind()
-        {
+        jsonwebtoken::decode::<C>(token, &self.decoding, &v).map(|d| d.claims).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid,
         })
@@ -235,6 +291,17 @@ mod tests {
         assert!(i.verify_access(&format!("{none_header}.{}.", parts[1])).is_err());
         let jwt_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
         assert!(i.verify_access(&format!("{jwt_header}.{}.{}", parts[1], parts[2])).is_err());
+    }
+
+    #[test]
+    fn reset_and_access_tokens_do_not_cross() {
+        let i = issuer();
+        let (reset, ttl) = i.issue_reset(Uuid::from_u128(1), Uuid::from_u128(9), Utc::now()).unwrap();
+        assert_eq!(ttl, 600);
+        assert_eq!(i.verify_reset(&reset).unwrap().jti, Uuid::from_u128(9));
+        assert!(i.verify_access(&reset).is_err(), "a reset token is not an access token");
+        let (access, _) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        assert!(i.verify_reset(&access).is_err(), "an access token is not a reset token");
     }
 
     #[test]

@@ -7,5 +7,6 @@ pub mod envelope;
 pub mod otp;
 pub mod services;
 pub mod session;
+pub mod throttle;
 pub mod user;
 pub mod values;

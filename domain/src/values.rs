@@ -51,6 +51,43 @@ impl fmt::Debug for EmailAddress {
     }
 }
 
+/// A phone number in E.164 form (`+14155550123`), parsed and validated with
+/// the `phonenumber` crate (libphonenumber metadata). Input must carry the
+/// country code (`+…`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    /// # Errors
+    /// [`InvalidValue`] unless a valid international number.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.is_empty() || s.len() > 32 {
+            return Err(InvalidValue::new("phone", "is required (E.164, e.g. +14155550123)"));
+        }
+        if !s.starts_with('+') {
+            return Err(InvalidValue::new("phone", "must start with + and the country code"));
+        }
+        let n =
+            phonenumber::parse(None, s).map_err(|_| InvalidValue::new("phone", "is not a phone number"))?;
+        if !phonenumber::is_valid(&n) {
+            return Err(InvalidValue::new("phone", "is not a valid phone number"));
+        }
+        Ok(Self(n.format().mode(phonenumber::Mode::E164).to_string()))
+    }
+
+    /// E.164 form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PhoneNumber(<redacted>)")
+    }
+}
+
 /// A password as typed. 8–256 characters (ASVS 6.2.1/6.2.9: at least 8, allow
 /// at least 64, no truncation; the upper bound caps hashing cost), no
 /// composition rules, not one of the bundled common passwords (ASVS 6.2.4).
@@ -231,6 +268,15 @@ mod tests {
         assert!(EmailAddress::parse("not-an-email").is_err());
         assert!(EmailAddress::parse("").is_err());
         assert!(EmailAddress::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn phone_numbers_are_e164() {
+        assert_eq!(PhoneNumber::parse(" +44 20 7946 0958 ").unwrap().as_str(), "+442079460958");
+        assert_eq!(PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(), "+14155552671");
+        assert!(PhoneNumber::parse("4155552671").is_err(), "country code required");
+        assert!(PhoneNumber::parse("+1 555").is_err());
+        assert!(PhoneNumber::parse("+abc").is_err());
     }
 
     #[test]

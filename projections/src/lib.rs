@@ -15,6 +15,7 @@
 //! Among streamforge's crates this one depends on `domain` only (for the
 //! envelope); it must never depend on `commands`, `workers` or `api`.
 
+pub mod challenges;
 pub mod db;
 pub mod feed;
 pub mod kafka_feed;

@@ -62,7 +62,56 @@ impl Projector for ProfilesProjector {
                 .execute(conn)
                 .await?;
             }
+            UserEvent::UserRegisteredWithPhone { user_id, phone, registered_at, .. } => {
+                sqlx::query(
+                    "INSERT INTO rm_profiles (user_id, phone_sealed, phone_verified, two_factor_channel,
+                                              created_at, updated_at)
+                     VALUES ($1, $2, true, 'sms', $3, $3)
+                     ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(phone.0)
+                .bind(registered_at)
+                .execute(conn)
+                .await?;
+            }
+            UserEvent::PhoneAdded { phone, added_at, .. } => {
+                sqlx::query(
+                    "UPDATE rm_profiles SET phone_sealed = $2, phone_verified = false,
+                            two_factor_channel = CASE WHEN two_factor_channel = 'sms' THEN 'email'
+                                                      ELSE two_factor_channel END,
+                            updated_at = $3
+                     WHERE user_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(phone.0)
+                .bind(added_at)
+                .execute(conn)
+                .await?;
+            }
+            UserEvent::PhoneVerified { verified_at, .. } => {
+                sqlx::query(
+                    "UPDATE rm_profiles SET phone_verified = true, updated_at = $2 WHERE user_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(verified_at)
+                .execute(conn)
+                .await?;
+            }
+            UserEvent::TwoFactorChannelChanged { channel, changed_at } => {
+                sqlx::query(
+                    "UPDATE rm_profiles SET two_factor_channel = $2, updated_at = $3 WHERE user_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(channel.as_str())
+                .bind(changed_at)
+                .execute(conn)
+                .await?;
+            }
             UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::EmailChallengeReplaced { .. }
+            | UserEvent::PasswordReset { .. }
+            | UserEvent::PasswordResetRequested { .. }
             | UserEvent::LoginPasswordAccepted { .. }
             | UserEvent::LoginPasswordRejected { .. } => {}
         }
@@ -84,10 +133,14 @@ pub(crate) fn aggregate_uuid(env: &Envelope) -> Result<Uuid, ProjectionError> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProfileRow {
     pub user_id: Uuid,
-    pub email_sealed: String,
-    pub name_sealed: String,
+    pub email_sealed: Option<String>,
+    pub name_sealed: Option<String>,
     pub bio_sealed: Option<String>,
     pub email_verified: bool,
+    pub phone_sealed: Option<String>,
+    pub phone_verified: bool,
+    /// `email` or `sms`.
+    pub two_factor_channel: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -98,7 +151,8 @@ pub struct ProfileRow {
 /// Database errors.
 pub async fn find_profile(pool: &PgPool, user_id: Uuid) -> Result<Option<ProfileRow>, sqlx::Error> {
     sqlx::query_as::<_, ProfileRow>(
-        "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, created_at, updated_at
+        "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, phone_sealed,
+                phone_verified, two_factor_channel, created_at, updated_at
          FROM rm_profiles WHERE user_id = $1",
     )
     .bind(user_id)

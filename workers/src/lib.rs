@@ -8,3 +8,4 @@
 pub mod kafka;
 pub mod notify;
 pub mod relay;
+pub mod sms;

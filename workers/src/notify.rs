@@ -1,55 +1,129 @@
-//! The notifier: reacts to events that name a sealed delivery record
-//! (`OtpIssued` → the challenge id, `DuplicateRegistrationAttempted` → the
-//! notice id), opens the record, sends the message, and deletes the record
-//! (ARCHITECTURE decided 6). A record that is gone was already sent (or
-//! expired), so a redelivered event sends nothing twice after success.
+//! The notifier: reacts to events that name a sealed delivery record (every
+//! such event carries `payload.delivery_id`: `OtpIssued`, notices such as
+//! `DuplicateRegistrationAttempted`), opens the record, sends the message by
+//! mail or SMS, and deletes the record (ARCHITECTURE decided 6).
 //!
-//! Mail goes through SMTP (lettre, `SMTP_URL` = `smtp://host:port`,
-//! `smtps://…` or `smtp://…?tls=required`) or, without `SMTP_URL`, into
-//! `.eml` files under `MAIL_DIR`. Logs carry ids only, never the recipient
-//! or the code.
+//! # Durable delivery
+//!
+//! A record is *claimed* before each send: one statement bumps its
+//! `attempts` and pushes its `next_attempt_at` a lease ahead
+//! ([`RetryPolicy::lease`]), under `FOR UPDATE SKIP LOCKED`, so several
+//! notifiers never send it at the same time and a crash mid-send makes it
+//! due again after the lease instead of losing it.
+//!
+//! - [`Notifier::handle`] (one envelope) claims records whose first attempt
+//!   has not run (`attempts = 0`) and tries once. A retryable failure
+//!   schedules the next attempt (exponential back-off,
+//!   [`RetryPolicy::delay_after`]) and moves on, so one bad recipient never
+//!   blocks the feed.
+//! - [`Notifier::retry_due`] claims due records that already had an attempt
+//!   (the retry loop).
+//! - After a success the record is deleted *first*, then the challenge's
+//!   `RecordDelivery` is executed: a redelivered event finds no record and
+//!   sends nothing twice.
+//! - An event carrying a new code of a challenge (resend) drops the pending
+//!   deliveries of its older codes (those claimed by events of a lower
+//!   sequence), so a late send or failure of an old code cannot decide the
+//!   challenge's delivery outcome.
+//! - After a permanent error, [`RetryPolicy::max_attempts`] attempts, or
+//!   when the code expired before it could be sent, the record is deleted and
+//!   `RecordDeliveryFailure` is executed (`OtpDeliveryFailed`); a failed
+//!   notice is only logged.
+//!
+//! Mail goes through SMTP (lettre with rustls, `SMTP_URL` =
+//! `smtp://host:port`, `smtps://…` or `smtp://…?tls=required`) or, without
+//! `SMTP_URL`, into `.eml` files under `MAIL_DIR`; SMS through Twilio or
+//! files ([`crate::sms`]). Logs and stored failure reasons carry ids, status
+//! codes and provider error codes only — never a recipient, a body or a code.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use commands::deliveries::{Delivery, DeliveryStore};
+use chrono::Utc;
+use commands::deliveries::{Delivery, DeliveryError, DeliveryStore};
+use commands::executor::{ExecError, Executor};
 use domain::envelope::Envelope;
+use domain::otp::{OtpChallenge, OtpCommand};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use projections::feed::EventFeed;
+use projections::runtime::ErrorChain;
+use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Notifier failures.
+use crate::sms::SmsSender;
+
+/// Default [`RetryPolicy::max_attempts`] (`DELIVERY_MAX_ATTEMPTS`).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+/// Default [`RetryPolicy::base_delay`]: 2 s (`DELIVERY_RETRY_BASE_MS`).
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(2);
+/// Default [`RetryPolicy::max_delay`]: 5 min.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
+/// Default [`RetryPolicy::lease`]: 60 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// Default [`RetryPolicy::poll_interval`]: 500 ms.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Aggregate type whose deliveries have their outcome recorded on the
+/// aggregate (`OtpDelivered` / `OtpDeliveryFailed`).
+const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
+
+/// Notifier failures: infrastructure only. A failed send is not an error of
+/// the notifier; it is scheduled again or recorded (see the module docs).
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("invalid mail configuration: {0}")]
+    /// Invalid mail, SMS or sender configuration; not retryable.
+    #[error("invalid notifier configuration: {0}")]
     Config(String),
+    /// A delivery record could not be read or deleted.
     #[error("delivery record error")]
-    Delivery(#[from] commands::deliveries::DeliveryError),
-    #[error("cannot build the message: {0}")]
-    Message(String),
-    #[error("SMTP send failed: {0}")]
-    Smtp(String),
-    #[error("cannot write the mail file")]
-    File(#[from] std::io::Error),
-    #[error("channel `{0}` has no sender configured")]
-    UnsupportedChannel(String),
+    Delivery(#[from] DeliveryError),
+    /// A claim or schedule statement on `deliveries` failed.
+    #[error("delivery database error")]
+    Database(#[from] sqlx::Error),
+    /// The event feed failed.
     #[error("event feed failed")]
     Feed(#[from] projections::feed::FeedError),
+}
+
+/// Why one send did not go through. The reason is secret-free: a channel
+/// prefix and status or provider error codes (`smtp: 451`,
+/// `twilio: 400 code 21211`), never a recipient or a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth another attempt later: SMTP 4xx, HTTP 5xx/408/429, network
+    /// errors, timeouts.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying will not help: SMTP 5xx, other HTTP 4xx, malformed recipient,
+    /// unsupported channel.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    /// The secret-free reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Retryable(r) | Self::Permanent(r) => r,
+        }
+    }
 }
 
 /// Where mail goes.
 pub enum Mailer {
     /// A real SMTP server.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// RFC 5322 files (`<event id>.eml`) in a directory, for development.
+    /// RFC 5322 files (`<delivery id>.eml`) in a directory, for development.
     Files(PathBuf),
 }
 
 impl Mailer {
-    /// SMTP when `smtp_url` is set, else files under `mail_dir`.
+    /// SMTP when `smtp_url` is set (each SMTP command times out after 10 s),
+    /// else files under `mail_dir`.
     ///
     /// # Errors
     /// [`NotifyError::Config`] for an unparsable URL.
@@ -66,21 +140,44 @@ impl Mailer {
         }
     }
 
-    async fn send(&self, message: Message, file_stem: &str) -> Result<(), NotifyError> {
+    async fn send(&self, message: Message, file_stem: &str) -> Result<(), SendError> {
         match self {
-            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| NotifyError::Smtp(e.to_string())),
-            Self::Files(dir) => {
-                tokio::fs::create_dir_all(dir).await?;
-                let tmp = dir.join(format!("{file_stem}.eml.tmp"));
-                tokio::fs::write(&tmp, message.formatted()).await?;
-                tokio::fs::rename(&tmp, dir.join(format!("{file_stem}.eml"))).await?;
-                Ok(())
-            }
+            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify_smtp(&e)),
+            Self::Files(dir) => write_mail_file(dir, file_stem, &message.formatted())
+                .await
+                .map_err(|e| SendError::Retryable(format!("mail file: {}", e.kind()))),
         }
     }
 }
 
-/// Subject and plain-text body of a delivery.
+async fn write_mail_file(dir: &std::path::Path, stem: &str, content: &[u8]) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!("{stem}.eml.tmp"));
+    tokio::fs::write(&tmp, content).await?;
+    tokio::fs::rename(&tmp, dir.join(format!("{stem}.eml"))).await
+}
+
+/// Classifies an SMTP failure: a 5xx reply or a client-side error is
+/// permanent; 4xx replies, connection, TLS and timeout errors are retryable.
+/// The reason keeps the reply code only (the server's text may quote the
+/// recipient).
+pub fn classify_smtp(e: &lettre::transport::smtp::Error) -> SendError {
+    let reason = match e.status() {
+        Some(code) => format!("smtp: {code}"),
+        None if e.is_timeout() => "smtp: timeout".to_owned(),
+        None if e.is_tls() => "smtp: tls error".to_owned(),
+        None if e.is_client() => "smtp: client error".to_owned(),
+        None if e.is_response() => "smtp: unreadable response".to_owned(),
+        None => "smtp: connection failed".to_owned(),
+    };
+    if e.is_permanent() || e.is_client() {
+        SendError::Permanent(reason)
+    } else {
+        SendError::Retryable(reason)
+    }
+}
+
+/// Subject and plain-text body of a mail delivery.
 pub fn render(d: &Delivery) -> (String, String) {
     let code = d.code.as_deref().unwrap_or("");
     let expiry =
@@ -109,7 +206,42 @@ pub fn render(d: &Delivery) -> (String, String) {
              If it was you, sign in instead or reset your password. If not, you can ignore this mail.\n"
                 .to_owned(),
         ),
+        "welcome" => (
+            "Welcome to streamforge".to_owned(),
+            "Your email address is verified and your streamforge account is ready.\n\n\
+             Sign in any time with your email and password.\n"
+                .to_owned(),
+        ),
+        "password_changed" => (
+            "Your streamforge password was changed".to_owned(),
+            "The password of your streamforge account was just changed, and every session was signed out.\n\n\
+             If this was you, nothing else to do. If not, reset your password now: someone else may know it.\n"
+                .to_owned(),
+        ),
+        "refresh_token_reuse" => (
+            "Unusual sign-in activity on your streamforge account".to_owned(),
+            "A sign-in token of your streamforge account was used twice, which can mean it was copied.\n\
+             We signed out that session on every device that used it.\n\n\
+             If you do not recognise this, change your password.\n"
+                .to_owned(),
+        ),
         other => (format!("streamforge: {other}"), "You have a new notice from streamforge.\n".to_owned()),
+    }
+}
+
+/// Text of an SMS delivery (short; one-time codes read "… code is 123456").
+pub fn render_sms(d: &Delivery) -> String {
+    let code = d.code.as_deref().unwrap_or("");
+    let expiry =
+        d.expires_at.map(|e| format!(" It expires at {} UTC.", e.format("%H:%M"))).unwrap_or_default();
+    match d.template.as_str() {
+        "otp_email_verification" | "otp_phone_verification" => {
+            format!("Your streamforge verification code is {code}.{expiry}")
+        }
+        "otp_two_factor" | "otp_login" => format!("Your streamforge sign-in code is {code}.{expiry}"),
+        "otp_password_reset" => format!("Your streamforge password reset code is {code}.{expiry}"),
+        _ if d.code.is_some() => format!("Your streamforge code is {code}.{expiry}"),
+        _ => format!("streamforge: {}", render(d).0),
     }
 }
 
@@ -119,72 +251,371 @@ pub fn delivery_id(env: &Envelope) -> Option<Uuid> {
     env.payload.get("delivery_id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok())
 }
 
-/// Sends the messages events ask for.
-pub struct Notifier {
-    deliveries: DeliveryStore,
-    mailer: Mailer,
-    from: Mailbox,
+/// Attempts and back-off of deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before a retryable failure becomes final (default
+    /// [`DEFAULT_MAX_ATTEMPTS`]; at least 1).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt (default [`DEFAULT_RETRY_BASE`]);
+    /// doubled after each further failure.
+    pub base_delay: Duration,
+    /// Longest wait between attempts (default [`DEFAULT_RETRY_MAX`]).
+    pub max_delay: Duration,
+    /// How long a claimed record stays invisible to other claims while it is
+    /// being sent (default [`DEFAULT_LEASE`]); a send is abandoned as a
+    /// retryable timeout after half of it, and a notifier that crashed
+    /// mid-send has its record retried after it.
+    pub lease: Duration,
+    /// How often [`Notifier::run`] looks for due retries and how long it
+    /// waits for events per step (default [`DEFAULT_POLL_INTERVAL`]).
+    pub poll_interval: Duration,
 }
 
-/// What [`Notifier::handle`] did.
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            base_delay: DEFAULT_RETRY_BASE,
+            max_delay: DEFAULT_RETRY_MAX,
+            lease: DEFAULT_LEASE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Wait before the next attempt after `attempts` failed ones:
+    /// `base_delay · 2^(attempts − 1)`, capped at `max_delay`.
+    pub fn delay_after(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(31);
+        self.base_delay.saturating_mul(1u32 << doublings).min(self.max_delay)
+    }
+}
+
+/// What the notifier did with one envelope or one claimed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
+    /// Sent; the record is deleted and the outcome recorded.
     Sent,
-    /// The record is gone: already sent or expired.
+    /// A retryable failure; the next attempt is scheduled.
+    RetryScheduled,
+    /// Finally failed (permanent error or attempts exhausted); the record is
+    /// deleted and the failure recorded.
+    Failed,
+    /// The code expired before it could be sent; deleted, recorded as failed.
+    Expired,
+    /// The record is gone: already sent, failed or purged.
     AlreadyGone,
+    /// The record is in the retry loop's hands (or another notifier's).
+    Deferred,
     /// The event asks for nothing.
     Ignored,
 }
 
+/// A claimed record, as returned by the claim statements.
+#[derive(Debug, sqlx::FromRow)]
+struct Claim {
+    delivery_id: Uuid,
+    attempts: i32,
+    expired: bool,
+    source_type: Option<String>,
+    source_id: Option<String>,
+}
+
+impl Claim {
+    fn attempts(&self) -> u32 {
+        u32::try_from(self.attempts).unwrap_or(0)
+    }
+
+    /// The challenge whose delivery this is, if it is an OTP delivery.
+    fn challenge(&self) -> Option<&str> {
+        (self.source_type.as_deref() == Some(OTP_AGGREGATE_TYPE))
+            .then_some(self.source_id.as_deref())
+            .flatten()
+    }
+}
+
+/// First claim of a record, by the event that names it.
+const CLAIM_NEW: &str = "UPDATE deliveries SET attempts = attempts + 1, \
+         next_attempt_at = now() + make_interval(secs => $2), \
+         source_type = $3, source_id = $4, source_sequence = $5 \
+     WHERE delivery_id = (SELECT delivery_id FROM deliveries \
+                          WHERE delivery_id = $1 AND attempts = 0 FOR UPDATE SKIP LOCKED) \
+     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id";
+
+/// Claims of due retries.
+const CLAIM_DUE: &str = "UPDATE deliveries SET attempts = attempts + 1, \
+         next_attempt_at = now() + make_interval(secs => $2) \
+     WHERE delivery_id IN (SELECT delivery_id FROM deliveries \
+                           WHERE attempts > 0 AND next_attempt_at <= now() \
+                           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id";
+
+/// Pending deliveries of a challenge's older codes.
+const SUPERSEDE: &str = "DELETE FROM deliveries \
+     WHERE source_type = 'otp_challenge' AND source_id = $1 AND source_sequence < $2";
+
+const SCHEDULE_RETRY: &str = "UPDATE deliveries \
+     SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE delivery_id = $1";
+
+/// Orphans: records whose event never came (the command failed and the
+/// clean-up too), an hour past their expiry. Records with attempts are
+/// always finished by the retry loop, which records their outcome.
+const PURGE_ORPHANS: &str =
+    "DELETE FROM deliveries WHERE attempts = 0 AND expires_at < now() - interval '1 hour'";
+
+/// Sends the messages events ask for.
+pub struct Notifier {
+    pool: PgPool,
+    deliveries: DeliveryStore,
+    mailer: Mailer,
+    sms: SmsSender,
+    from: Mailbox,
+    otps: Executor<OtpChallenge>,
+    policy: RetryPolicy,
+}
+
 impl Notifier {
-    /// `from` is the sender mailbox, e.g. `streamforge <no-reply@streamforge.local>`.
+    /// A notifier with the default [`RetryPolicy`]. `pool` is the database of
+    /// the `deliveries` table and the event store; `from` is the sender
+    /// mailbox, e.g. `streamforge <no-reply@streamforge.local>`.
     ///
     /// # Errors
     /// [`NotifyError::Config`] when `from` is not a mailbox.
-    pub fn new(deliveries: DeliveryStore, mailer: Mailer, from: &str) -> Result<Self, NotifyError> {
+    pub fn new(
+        pool: PgPool,
+        deliveries: DeliveryStore,
+        mailer: Mailer,
+        sms: SmsSender,
+        from: &str,
+    ) -> Result<Self, NotifyError> {
         let from =
             from.parse().map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
-        Ok(Self { deliveries, mailer, from })
+        let otps = Executor::new(pool.clone(), ());
+        Ok(Self { pool, deliveries, mailer, sms, from, otps, policy: RetryPolicy::default() })
     }
 
-    /// Handles one envelope.
+    /// Replaces the [`RetryPolicy`] (`max_attempts` below 1 counts as 1).
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = RetryPolicy { max_attempts: policy.max_attempts.max(1), ..policy };
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// Handles one envelope: claims the record it names (first attempt
+    /// only) and tries to send it once.
     ///
     /// # Errors
-    /// [`NotifyError`] when the send fails; the record is kept so a retry
-    /// sends it.
+    /// [`NotifyError`] on database failures; the envelope should then be
+    /// delivered again (a claimed record is retried after its lease anyway).
     #[tracing::instrument(skip_all, fields(event_id = %env.event_id, event_type = %env.event_type))]
     pub async fn handle(&self, env: &Envelope) -> Result<Handled, NotifyError> {
         let Some(id) = delivery_id(env) else {
             return Ok(Handled::Ignored);
         };
-        let Some(delivery) = self.deliveries.get(id).await? else {
-            tracing::debug!(delivery_id = %id, "delivery record gone; nothing to send");
-            return Ok(Handled::AlreadyGone);
-        };
-        if delivery.channel != "email" {
-            return Err(NotifyError::UnsupportedChannel(delivery.channel));
+        if env.aggregate_type == OTP_AGGREGATE_TYPE {
+            // A new code (resend) replaces the challenge's older ones: a late
+            // send or failure of an old code must not decide the outcome.
+            let superseded = sqlx::query(SUPERSEDE)
+                .bind(&env.aggregate_id)
+                .bind(env.sequence)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if superseded > 0 {
+                tracing::info!(superseded, "dropped pending deliveries of older codes");
+            }
         }
-        let to: Mailbox = delivery
-            .to
-            .parse()
-            .map_err(|e: lettre::address::AddressError| NotifyError::Message(e.to_string()))?;
-        let (subject, body) = render(&delivery);
-        let message = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN)
-            .body(body)
-            .map_err(|e| NotifyError::Message(e.to_string()))?;
-        self.mailer.send(message, &env.event_id.to_string()).await?;
-        self.deliveries.delete(id).await?;
-        tracing::info!(delivery_id = %id, template = %delivery.template, "message sent");
-        Ok(Handled::Sent)
+        let claim: Option<Claim> = sqlx::query_as(CLAIM_NEW)
+            .bind(id)
+            .bind(self.policy.lease.as_secs_f64())
+            .bind(&env.aggregate_type)
+            .bind(&env.aggregate_id)
+            .bind(env.sequence)
+            .fetch_optional(&self.pool)
+            .await?;
+        match claim {
+            Some(claim) => self.attempt(claim).await,
+            None => {
+                let exists: Option<i32> =
+                    sqlx::query_scalar("SELECT attempts FROM deliveries WHERE delivery_id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                if exists.is_some() {
+                    tracing::debug!(delivery_id = %id, "delivery already attempted; left to the retry loop");
+                    Ok(Handled::Deferred)
+                } else {
+                    tracing::debug!(delivery_id = %id, "delivery record gone; nothing to send");
+                    Ok(Handled::AlreadyGone)
+                }
+            }
+        }
+    }
+
+    /// One step of the retry loop: claims up to `max` due records that
+    /// already had an attempt and tries each once. Returns what happened to
+    /// each, in claim order.
+    ///
+    /// # Errors
+    /// [`NotifyError`] on database failures; records claimed but not
+    /// finished are retried after their lease.
+    #[tracing::instrument(skip_all)]
+    pub async fn retry_due(&self, max: usize) -> Result<Vec<Handled>, NotifyError> {
+        let claims: Vec<Claim> = sqlx::query_as(CLAIM_DUE)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .bind(self.policy.lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut done = Vec::with_capacity(claims.len());
+        for claim in claims {
+            done.push(self.attempt(claim).await?);
+        }
+        Ok(done)
+    }
+
+    /// One attempt on a claimed record.
+    #[tracing::instrument(skip_all, fields(delivery_id = %claim.delivery_id, attempt = claim.attempts))]
+    async fn attempt(&self, claim: Claim) -> Result<Handled, NotifyError> {
+        let id = claim.delivery_id;
+        if claim.expired {
+            self.deliveries.delete(id).await?;
+            tracing::warn!("code expired before it could be sent; dropped");
+            self.record_failure(&claim, "expired before delivery").await;
+            return Ok(Handled::Expired);
+        }
+        let delivery = match self.deliveries.get(id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(Handled::AlreadyGone),
+            Err(DeliveryError::Corrupt) => {
+                self.deliveries.delete(id).await?;
+                tracing::error!("delivery record cannot be opened; dropped");
+                self.record_failure(&claim, "record unreadable").await;
+                return Ok(Handled::Failed);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let send_timeout = self.policy.lease / 2;
+        let sent = match tokio::time::timeout(send_timeout, self.send(id, &delivery)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Retryable(format!("{}: timeout", delivery.channel))),
+        };
+        let attempts = claim.attempts();
+        match sent {
+            Ok(()) => {
+                // Deleted before the success is recorded: a redelivered event
+                // finds nothing to send.
+                self.delete_after_send(id).await?;
+                tracing::info!(attempts, template = %delivery.template, channel = %delivery.channel, "message sent");
+                self.record_success(&claim).await;
+                Ok(Handled::Sent)
+            }
+            Err(SendError::Retryable(reason)) if attempts < self.policy.max_attempts => {
+                let delay = self.policy.delay_after(attempts);
+                sqlx::query(SCHEDULE_RETRY)
+                    .bind(id)
+                    .bind(delay.as_secs_f64())
+                    .bind(&reason)
+                    .execute(&self.pool)
+                    .await?;
+                tracing::warn!(attempts, %reason, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "send failed; retry scheduled");
+                Ok(Handled::RetryScheduled)
+            }
+            Err(e) => {
+                self.deliveries.delete(id).await?;
+                let permanent = matches!(e, SendError::Permanent(_));
+                tracing::warn!(attempts, reason = %e, permanent, "delivery failed for good");
+                self.record_failure(&claim, e.reason()).await;
+                Ok(Handled::Failed)
+            }
+        }
+    }
+
+    /// Deletes a sent record, retrying briefly: a record left behind would
+    /// be sent again after its lease.
+    async fn delete_after_send(&self, id: Uuid) -> Result<(), NotifyError> {
+        let mut pause = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.deliveries.delete(id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 5 => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot delete a sent record; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, id: Uuid, d: &Delivery) -> Result<(), SendError> {
+        let stem = id.to_string();
+        match d.channel.as_str() {
+            "email" => {
+                let to: Mailbox =
+                    d.to.parse()
+                        .map_err(|_| SendError::Permanent("email: invalid recipient address".into()))?;
+                let (subject, body) = render(d);
+                let message = Message::builder()
+                    .from(self.from.clone())
+                    .to(to)
+                    .subject(subject)
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(body)
+                    .map_err(|_| SendError::Permanent("email: cannot build the message".into()))?;
+                self.mailer.send(message, &stem).await
+            }
+            "sms" => self.sms.send(&d.to, &render_sms(d), &stem).await,
+            other => Err(SendError::Permanent(format!("unsupported channel `{other}`"))),
+        }
+    }
+
+    async fn record_success(&self, claim: &Claim) {
+        let Some(challenge) = claim.challenge() else { return };
+        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: Utc::now() };
+        self.record(challenge, cmd, "RecordDelivery").await;
+    }
+
+    async fn record_failure(&self, claim: &Claim, reason: &str) {
+        let Some(challenge) = claim.challenge() else { return };
+        let cmd = OtpCommand::RecordDeliveryFailure {
+            attempts: claim.attempts(),
+            reason: reason.to_owned(),
+            at: Utc::now(),
+        };
+        self.record(challenge, cmd, "RecordDeliveryFailure").await;
+    }
+
+    /// Executes an outcome command on the challenge. The record is already
+    /// deleted, so a failure here cannot be retried by redelivery: logged.
+    async fn record(&self, challenge: &str, cmd: OtpCommand, name: &str) {
+        let mut metadata = HashMap::new();
+        metadata.insert("command".to_owned(), name.to_owned());
+        metadata.insert("source".to_owned(), "notifier".to_owned());
+        match self.otps.execute(challenge, cmd, metadata).await {
+            Ok(_) => {}
+            Err(ExecError::Domain(e)) => {
+                tracing::warn!(challenge_id = %challenge, error = %e, command = name, "outcome not recorded");
+            }
+            Err(e) => {
+                tracing::error!(challenge_id = %challenge, error = %e, command = name, "outcome not recorded");
+            }
+        }
     }
 
     /// Handles one batch from `feed`, then acknowledges it. Returns how many
-    /// envelopes were read. Stops at the first failure without acknowledging,
-    /// so the batch is redelivered.
+    /// envelopes were read. A failed send does not fail the step (it is
+    /// scheduled or recorded); a database failure stops at that envelope
+    /// without acknowledging — roll the feed back before the next step
+    /// ([`Notifier::run`] does).
     ///
     /// # Errors
     /// [`NotifyError`].
@@ -204,32 +635,99 @@ impl Notifier {
         Ok(batch.len())
     }
 
-    /// Runs until `shutdown` turns true; failures are logged and retried
-    /// with a growing pause (max 30 s). Expired records are purged hourly.
-    pub async fn run(&self, feed: &mut dyn EventFeed, mut shutdown: watch::Receiver<bool>) {
+    /// Deletes orphaned records (see the purge rule on `deliveries`).
+    /// Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`NotifyError::Database`].
+    pub async fn purge_orphans(&self) -> Result<u64, NotifyError> {
+        Ok(sqlx::query(PURGE_ORPHANS).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped): feed
+    /// steps ([`Notifier::run_once`], waiting up to the poll interval for
+    /// events), the retry loop ([`Notifier::retry_due`]) every poll interval,
+    /// and [`Notifier::purge_orphans`] hourly. Steps are never cancelled
+    /// mid-send; failures are logged with their cause chain, the feed is
+    /// rolled back, and the step retried after a growing pause (max 30 s).
+    pub async fn run(&self, feed: &mut dyn EventFeed, shutdown: watch::Receiver<bool>) {
+        let poll = self.policy.poll_interval.max(Duration::from_millis(10));
         let mut backoff = Duration::from_millis(100);
+        let mut last_retry: Option<tokio::time::Instant> = None;
         let mut last_purge = tokio::time::Instant::now();
         while !*shutdown.borrow() {
-            tokio::select! {
-                r = self.run_once(feed, 100, Duration::from_millis(500)) => match r {
-                    Ok(_) => backoff = Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(|s| s.to_string()), "notifier step failed; will retry");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {},
-                            _ = shutdown.changed() => {},
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+            match self.run_once(&mut *feed, 100, poll).await {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::error!(error = %ErrorChain(&e), "notifier step failed; will retry");
+                    if let Err(e) = feed.rollback().await {
+                        tracing::error!(error = %ErrorChain(&e), "feed rollback failed");
                     }
-                },
-                _ = shutdown.changed() => {},
+                    let mut s = shutdown.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        _ = s.changed() => {},
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+            if last_retry.is_none_or(|t| t.elapsed() >= poll) {
+                last_retry = Some(tokio::time::Instant::now());
+                if let Err(e) = self.retry_due(100).await {
+                    tracing::error!(error = %ErrorChain(&e), "retry step failed");
+                }
             }
             if last_purge.elapsed() > Duration::from_secs(3600) {
                 last_purge = tokio::time::Instant::now();
-                if let Err(e) = self.deliveries.purge_expired(chrono::Utc::now()).await {
-                    tracing::warn!(error = %e, "purging expired delivery records failed");
+                match self.purge_orphans().await {
+                    Ok(n) if n > 0 => tracing::info!(purged = n, "purged orphaned delivery records"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %ErrorChain(&e), "purging delivery records failed"),
                 }
             }
         }
+        tracing::info!("notifier stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay_after(1), Duration::from_secs(2));
+        assert_eq!(p.delay_after(2), Duration::from_secs(4));
+        assert_eq!(p.delay_after(5), Duration::from_secs(32));
+        assert_eq!(p.delay_after(8), Duration::from_secs(256));
+        assert_eq!(p.delay_after(9), Duration::from_secs(300));
+        assert_eq!(p.delay_after(u32::MAX), Duration::from_secs(300));
+    }
+
+    fn delivery(template: &str, code: Option<&str>) -> Delivery {
+        Delivery {
+            channel: "sms".into(),
+            to: "+15005550006".into(),
+            template: template.into(),
+            code: code.map(str::to_owned),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn notices_have_their_own_templates() {
+        for t in ["welcome", "password_changed", "refresh_token_reuse", "duplicate_registration"] {
+            let (subject, body) = render(&delivery(t, None));
+            assert!(!subject.starts_with("streamforge: "), "{t} falls back to the generic notice");
+            assert!(!body.contains("new notice"), "{t}");
+        }
+    }
+
+    #[test]
+    fn sms_carry_the_code() {
+        assert!(render_sms(&delivery("otp_login", Some("123456"))).contains("code is 123456"));
+        assert!(render_sms(&delivery("otp_unknown", Some("654321"))).contains("code is 654321"));
+        assert!(render_sms(&delivery("welcome", None)).starts_with("streamforge: Welcome"));
     }
 }

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commands::identity::{RequestMeta, TokenPair};
 use domain::session::RevocationReason;
-use domain::values::{DisplayName, EmailAddress, OtpCode, Password};
+use domain::values::{DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -32,6 +32,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/refresh", post(refresh))
         .route("/api/auth/logout", post(logout))
         .route("/api/auth/session", get(session))
+        .route("/api/auth/request-otp", post(request_otp))
+        .route("/api/auth/otp/resend", post(resend_otp))
+        .route("/api/auth/password-reset/request", post(password_reset_request))
+        .route("/api/auth/password-reset/verify", post(password_reset_verify))
+        .route("/api/auth/password-reset/complete", post(password_reset_complete))
 }
 
 pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
@@ -314,4 +319,145 @@ pub async fn session(
         idle_expires_at: row.idle_expires_at,
         expires_at: row.expires_at,
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RequestOtpRequest {
+    /// E.164 with country code.
+    #[schema(example = "+14155550123")]
+    pub phone: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeResponse {
+    /// Answer it at `/api/auth/verify-otp`.
+    pub challenge_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Phone sign-up / login without a password (seed 003): a 6-digit code by
+/// SMS (5 min). The first correct code creates the account. At most 3 codes
+/// per number per hour, 30 s apart.
+#[utoipa::path(post, path = "/api/auth/request-otp", tag = "auth", request_body = RequestOtpRequest,
+    responses((status = 202, body = ChallengeResponse), (status = 422, description = "invalid phone", body = ErrorBody),
+        (status = 429, description = "too_many_attempts; see Retry-After", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn request_otp(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<RequestOtpRequest>,
+) -> Result<(StatusCode, Json<ChallengeResponse>), ApiError> {
+    let phone = PhoneNumber::parse(&req.phone)?;
+    let c = state.identity.request_phone_otp(&phone, &meta(&headers, None)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ChallengeResponse { challenge_id: c.challenge_id, expires_at: c.expires_at }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResendRequest {
+    pub challenge_id: Uuid,
+}
+
+/// Send a new code for a pending challenge (the old code stops working).
+/// Same answer for unknown challenges; 429 within the cooldown or past 3 per hour.
+#[utoipa::path(post, path = "/api/auth/otp/resend", tag = "auth", request_body = ResendRequest,
+    responses((status = 202, description = "accepted"), (status = 422, body = ErrorBody),
+        (status = 429, description = "too_many_attempts; see Retry-After", body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn resend_otp(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<ResendRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.identity.resend(req.challenge_id, &meta(&headers, None)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResetRequest {
+    pub email: String,
+}
+
+/// Ask for a password-reset code by mail. Always 202 (no enumeration).
+#[utoipa::path(post, path = "/api/auth/password-reset/request", tag = "auth", request_body = ResetRequest,
+    responses((status = 202, description = "accepted"), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn password_reset_request(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    let email = EmailAddress::parse(&req.email)?;
+    let identity = state.identity.clone();
+    let meta = meta(&headers, None);
+    // Done after answering, so the response time says nothing about the account.
+    tokio::spawn(async move {
+        if let Err(e) = identity.request_password_reset(&email, &meta).await {
+            tracing::error!(error = %e, "password reset request failed");
+        }
+    });
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResetVerifyRequest {
+    pub email: String,
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResetTokenResponse {
+    /// JWT with `typ` `reset+jwt`; single use.
+    pub reset_token: String,
+    /// Lifetime in seconds.
+    pub expires_in: i64,
+}
+
+/// Exchange the mailed reset code for a short-lived reset token.
+#[utoipa::path(post, path = "/api/auth/password-reset/verify", tag = "auth", request_body = ResetVerifyRequest,
+    responses((status = 200, body = ResetTokenResponse),
+        (status = 400, description = "invalid_code / code_expired", body = ErrorBody),
+        (status = 403, description = "challenge_locked", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn password_reset_verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<ResetVerifyRequest>,
+) -> Result<Json<ResetTokenResponse>, ApiError> {
+    let email = EmailAddress::parse(&req.email)?;
+    let code = OtpCode::parse(&req.code)?;
+    let (reset_token, expires_in) =
+        state.identity.verify_password_reset(&email, &code, &meta(&headers, None)).await?;
+    Ok(Json(ResetTokenResponse { reset_token, expires_in }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResetCompleteRequest {
+    pub reset_token: String,
+    /// 8–256 characters, not a common password.
+    pub new_password: String,
+}
+
+/// Set a new password; every session of the account ends and a notice is mailed.
+#[utoipa::path(post, path = "/api/auth/password-reset/complete", tag = "auth", request_body = ResetCompleteRequest,
+    responses((status = 204, description = "password changed"),
+        (status = 401, description = "invalid_reset_token", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn password_reset_complete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<ResetCompleteRequest>,
+) -> Result<StatusCode, ApiError> {
+    let password = Password::parse(&req.new_password).map_err(|e| {
+        let mut err = ApiError::from(e);
+        err.field = Some("new_password");
+        err
+    })?;
+    state.identity.complete_password_reset(&req.reset_token, &password, &meta(&headers, None)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

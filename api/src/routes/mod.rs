@@ -1,5 +1,6 @@
 //! HTTP routes, one module per area; each exports `router()`.
 
 pub mod auth;
+pub mod challenges;
 pub mod meta;
 pub mod users;

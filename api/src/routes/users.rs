@@ -3,10 +3,11 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::values::{Bio, DisplayName, Sealed};
+use domain::otp::OtpChannel;
+use domain::values::{Bio, DisplayName, OtpCode, PhoneNumber, Sealed};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,25 +19,38 @@ use crate::routes::auth::meta;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/users/me", get(get_me).put(put_me))
+    Router::new()
+        .route("/api/users/me", get(get_me).put(put_me))
+        .route("/api/users/me/phone", post(add_phone))
+        .route("/api/users/me/phone/verify", post(verify_phone))
+        .route("/api/users/me/two-factor", put(set_two_factor))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProfileResponse {
     pub user_id: Uuid,
-    pub email: String,
-    pub name: String,
+    /// `null` for accounts made by phone.
+    pub email: Option<String>,
+    pub name: Option<String>,
     pub bio: Option<String>,
     pub email_verified: bool,
+    /// E.164.
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    /// `email` or `sms`.
+    pub two_factor_channel: String,
     pub created_at: DateTime<Utc>,
 }
 
-async fn open(state: &AppState, user: Uuid, sealed: String) -> Result<String, ApiError> {
+/// Opens a sealed field; an erased subject reads as "not found".
+async fn open(state: &AppState, user: Uuid, sealed: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(sealed) = sealed else { return Ok(None) };
     state
         .identity
         .vault
         .open(user, &Sealed(sealed))
         .await?
+        .map(Some)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))
 }
 
@@ -44,16 +58,15 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
     let row = projections::profiles::find_profile(&state.read, user_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))?;
-    let bio = match row.bio_sealed {
-        Some(b) => Some(open(state, user_id, b).await?),
-        None => None,
-    };
     Ok(ProfileResponse {
         user_id,
         email: open(state, user_id, row.email_sealed).await?,
         name: open(state, user_id, row.name_sealed).await?,
-        bio,
+        bio: open(state, user_id, row.bio_sealed).await?,
         email_verified: row.email_verified,
+        phone: open(state, user_id, row.phone_sealed).await?,
+        phone_verified: row.phone_verified,
+        two_factor_channel: row.two_factor_channel,
         created_at: row.created_at,
     })
 }
@@ -105,10 +118,98 @@ pub async fn put_me(
     // The read model may not have the change yet: answer with it applied.
     let mut profile = load_profile(&state, user.user_id).await?;
     if let Some(n) = name {
-        profile.name = n.as_str().to_owned();
+        profile.name = Some(n.as_str().to_owned());
     }
     if let Some(b) = bio {
         profile.bio = Some(b.as_str().to_owned());
     }
     Ok(Json(profile))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddPhoneRequest {
+    /// E.164 with country code, e.g. `+14155550123`.
+    #[schema(example = "+14155550123")]
+    pub phone: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PhoneChallengeResponse {
+    pub challenge_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Attach a phone number; a 6-digit code is sent by SMS (5 min).
+#[utoipa::path(post, path = "/api/users/me/phone", tag = "users", security(("bearer" = [])), request_body = AddPhoneRequest,
+    responses((status = 202, body = PhoneChallengeResponse), (status = 401, body = ErrorBody),
+        (status = 409, description = "phone_unavailable", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, description = "too_many_attempts", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn add_phone(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ValidJson(req): ValidJson<AddPhoneRequest>,
+) -> Result<(StatusCode, Json<PhoneChallengeResponse>), ApiError> {
+    let phone = PhoneNumber::parse(&req.phone)?;
+    let c = state.identity.add_phone(user.user_id, &phone, &meta(&headers, Some(user.user_id))).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PhoneChallengeResponse { challenge_id: c.challenge_id, expires_at: c.expires_at }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyPhoneRequest {
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+/// Verify the pending phone number with the SMS code.
+#[utoipa::path(post, path = "/api/users/me/phone/verify", tag = "users", security(("bearer" = [])), request_body = VerifyPhoneRequest,
+    responses((status = 204, description = "verified"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn verify_phone(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ValidJson(req): ValidJson<VerifyPhoneRequest>,
+) -> Result<StatusCode, ApiError> {
+    let code = OtpCode::parse(&req.code)?;
+    state.identity.verify_phone(user.user_id, &code, &meta(&headers, Some(user.user_id))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where two-factor codes go.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TwoFactorChannel {
+    Email,
+    /// Needs a verified phone.
+    Sms,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TwoFactorRequest {
+    pub channel: TwoFactorChannel,
+}
+
+/// Choose where two-factor codes are sent.
+#[utoipa::path(put, path = "/api/users/me/two-factor", tag = "users", security(("bearer" = [])), request_body = TwoFactorRequest,
+    responses((status = 204, description = "changed"), (status = 401, body = ErrorBody),
+        (status = 409, description = "phone_not_verified", body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn set_two_factor(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ValidJson(req): ValidJson<TwoFactorRequest>,
+) -> Result<StatusCode, ApiError> {
+    let channel = match req.channel {
+        TwoFactorChannel::Email => OtpChannel::Email,
+        TwoFactorChannel::Sms => OtpChannel::Sms,
+    };
+    state.identity.set_two_factor_channel(user.user_id, channel, &meta(&headers, Some(user.user_id))).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -146,17 +146,24 @@ impl TestApp {
 
     /// Waits (≤ 15 s) for the `n`-th mail to `to` and returns it.
     pub async fn wait_mail(&self, to: &str, n: usize) -> ReceivedMail {
+        self.wait_mail_with(to, "", n).await
+    }
+
+    /// Waits (≤ 15 s) for the `n`-th mail to `to` whose text contains `needle`.
+    pub async fn wait_mail_with(&self, to: &str, needle: &str, n: usize) -> ReceivedMail {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             {
                 let inbox = self.inbox.lock().unwrap();
-                let mine: Vec<&ReceivedMail> =
-                    inbox.iter().filter(|m| m.to.iter().any(|t| t == to)).collect();
+                let mine: Vec<&ReceivedMail> = inbox
+                    .iter()
+                    .filter(|m| m.to.iter().any(|t| t == to) && m.data.replace("=\r\n", "").contains(needle))
+                    .collect();
                 if mine.len() >= n {
                     return mine[n - 1].clone();
                 }
             }
-            assert!(Instant::now() < deadline, "mail #{n} to {to} did not arrive");
+            assert!(Instant::now() < deadline, "mail #{n} to {to} with {needle:?} did not arrive");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

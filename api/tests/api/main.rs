@@ -2,6 +2,8 @@
 //! Postgres (a fresh database per test), the tansu Kafka broker
 //! (`KAFKA_BROKERS`, default 127.0.0.1:9092) and a real SMTP listener.
 
+mod abuse;
+mod challenges;
 mod flow;
 mod helpers;
 mod http_edges;

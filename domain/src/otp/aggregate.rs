@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{OtpChannel, OtpCommand, OtpEvent, OtpPurpose};
-use crate::values::Digest;
+use crate::values::{Digest, Sealed};
 
 /// Wrong codes that lock a challenge (seed 003; SECURITY.md).
 pub const MAX_FAILED_ATTEMPTS: u32 = 3;
@@ -56,6 +56,9 @@ pub enum ChallengeStatus {
 pub struct OtpChallenge {
     pub id: Option<Uuid>,
     pub subject_id: Option<Uuid>,
+    pub attempts_key: Option<String>,
+    pub recipient: Option<Sealed>,
+    pub issued_at: Option<DateTime<Utc>>,
     pub purpose: Option<OtpPurpose>,
     pub channel: Option<OtpChannel>,
     pub code_mac: Option<Digest>,
@@ -93,6 +96,8 @@ impl Aggregate for OtpChallenge {
                 challenge_id,
                 delivery_id,
                 subject_id,
+                attempts_key,
+                recipient,
                 purpose,
                 channel,
                 code_mac,
@@ -109,12 +114,27 @@ impl Aggregate for OtpChallenge {
                     challenge_id,
                     delivery_id,
                     subject_id,
+                    attempts_key,
+                    recipient,
                     purpose,
                     channel,
                     code_mac,
                     issued_at,
                     expires_at,
                 };
+                sink.write(event, self).await;
+            }
+            OtpCommand::Reissue { delivery_id, code_mac, issued_at, expires_at } => {
+                match self.status {
+                    ChallengeStatus::Absent => return Err(OtpError::NotFound),
+                    ChallengeStatus::Verified => return Err(OtpError::AlreadyUsed),
+                    ChallengeStatus::Locked => return Err(OtpError::Locked),
+                    ChallengeStatus::Pending => {}
+                }
+                if expires_at <= issued_at {
+                    return Err(OtpError::InvalidExpiry);
+                }
+                let event = OtpEvent::OtpReissued { delivery_id, code_mac, issued_at, expires_at };
                 sink.write(event, self).await;
             }
             OtpCommand::Verify { candidate_mac, at } => {
@@ -164,15 +184,33 @@ impl Aggregate for OtpChallenge {
     fn apply(&mut self, event: OtpEvent) {
         match event {
             OtpEvent::OtpIssued {
-                challenge_id, subject_id, purpose, channel, code_mac, expires_at, ..
+                challenge_id,
+                subject_id,
+                attempts_key,
+                recipient,
+                purpose,
+                channel,
+                code_mac,
+                issued_at,
+                expires_at,
+                ..
             } => {
+                self.recipient = Some(recipient);
                 self.id = Some(challenge_id);
                 self.subject_id = Some(subject_id);
+                self.attempts_key = Some(attempts_key);
                 self.purpose = Some(purpose);
                 self.channel = Some(channel);
                 self.code_mac = Some(code_mac);
+                self.issued_at = Some(issued_at);
                 self.expires_at = Some(expires_at);
                 self.status = ChallengeStatus::Pending;
+            }
+            OtpEvent::OtpReissued { code_mac, issued_at, expires_at, .. } => {
+                self.code_mac = Some(code_mac);
+                self.issued_at = Some(issued_at);
+                self.expires_at = Some(expires_at);
+                self.delivery = DeliveryStatus::Pending;
             }
             OtpEvent::OtpVerified { .. } => self.status = ChallengeStatus::Verified,
             OtpEvent::OtpVerificationFailed { failed_attempts, .. } => {
@@ -200,6 +238,8 @@ mod tests {
             challenge_id: Uuid::from_u128(5),
             delivery_id: Uuid::from_u128(5),
             subject_id: Uuid::from_u128(1),
+            attempts_key: "user:1".into(),
+            recipient: Sealed("r".into()),
             purpose: OtpPurpose::TwoFactor,
             channel: OtpChannel::Email,
             code_mac: Digest("good".into()),
@@ -219,6 +259,8 @@ mod tests {
                 challenge_id: Uuid::from_u128(5),
                 delivery_id: Uuid::from_u128(5),
                 subject_id: Uuid::from_u128(1),
+                attempts_key: "user:1".into(),
+                recipient: Sealed("r".into()),
                 purpose: OtpPurpose::TwoFactor,
                 channel: OtpChannel::Email,
                 code_mac: Digest("good".into()),
@@ -232,6 +274,8 @@ mod tests {
                 challenge_id: Uuid::from_u128(5),
                 delivery_id: Uuid::from_u128(5),
                 subject_id: Uuid::from_u128(1),
+                attempts_key: "user:1".into(),
+                recipient: Sealed("r".into()),
                 purpose: OtpPurpose::TwoFactor,
                 channel: OtpChannel::Email,
                 code_mac: Digest("other".into()),
@@ -313,6 +357,40 @@ mod tests {
             .given_no_previous_events()
             .when(OtpCommand::RecordDelivery { attempts: 1, at: t(1) })
             .then_expect_error(OtpError::NotFound);
+    }
+
+    #[test]
+    fn resend_replaces_the_code_but_not_the_attempts() {
+        let reissued = OtpEvent::OtpReissued {
+            delivery_id: Uuid::from_u128(6),
+            code_mac: Digest("new".into()),
+            issued_at: t(60),
+            expires_at: t(660),
+        };
+        OtpTest::with(())
+            .given(vec![issued()])
+            .when(OtpCommand::Reissue {
+                delivery_id: Uuid::from_u128(6),
+                code_mac: Digest("new".into()),
+                issued_at: t(60),
+                expires_at: t(660),
+            })
+            .then_expect_events(vec![reissued.clone()]);
+        OtpTest::with(())
+            .given(vec![
+                issued(),
+                OtpEvent::OtpVerificationFailed { failed_attempts: 2, failed_at: t(10) },
+                reissued.clone(),
+            ])
+            .when(verify("good", 70))
+            .then_expect_events(vec![
+                OtpEvent::OtpVerificationFailed { failed_attempts: 3, failed_at: t(70) },
+                OtpEvent::OtpChallengeLocked { locked_at: t(70) },
+            ]);
+        OtpTest::with(())
+            .given(vec![issued(), reissued])
+            .when(verify("new", 70))
+            .then_expect_events(vec![OtpEvent::OtpVerified { verified_at: t(70) }]);
     }
 
     #[test]

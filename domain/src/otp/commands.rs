@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{OtpChannel, OtpPurpose};
-use crate::values::Digest;
+use crate::values::{Digest, Sealed};
 
 /// Commands on an `OtpChallenge`.
 #[derive(Debug, Clone)]
@@ -13,12 +13,21 @@ pub enum OtpCommand {
         challenge_id: Uuid,
         delivery_id: Uuid,
         subject_id: Uuid,
+        /// Key of the subject's failure counter (`Throttle`), e.g.
+        /// `user:<id>` or `phone:<lookup hash>`; NIST: not reset by new codes.
+        attempts_key: String,
+        /// Where the code goes (email or E.164 phone), sealed with the
+        /// subject's key: used for resends and for phone sign-up.
+        recipient: Sealed,
         purpose: OtpPurpose,
         channel: OtpChannel,
         code_mac: Digest,
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     },
+    /// Resend: a new code replaces the old one on the same challenge (the
+    /// attempt count carries on, a locked challenge stays locked).
+    Reissue { delivery_id: Uuid, code_mac: Digest, issued_at: DateTime<Utc>, expires_at: DateTime<Utc> },
     /// Check a submitted code, given as its keyed hash computed the same way.
     Verify { candidate_mac: Digest, at: DateTime<Utc> },
     /// The notifier handed the code to the provider (SMTP server / Twilio).

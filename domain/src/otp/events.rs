@@ -3,22 +3,24 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::values::Digest;
+use crate::values::{Digest, Sealed};
 
 /// What a challenge proves once answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtpPurpose {
     EmailVerification,
+    PhoneVerification,
     TwoFactor,
     Login,
     PasswordReset,
 }
 
 /// Where the code is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtpChannel {
+    #[default]
     Email,
     Sms,
 }
@@ -42,8 +44,19 @@ pub enum OtpEvent {
         /// The sealed delivery record carrying the code.
         delivery_id: Uuid,
         subject_id: Uuid,
+        /// Key of the subject's OTP failure counter (`Throttle` stream).
+        attempts_key: String,
+        /// Where the code goes, sealed with the subject's key.
+        recipient: Sealed,
         purpose: OtpPurpose,
         channel: OtpChannel,
+        code_mac: Digest,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// A new code replaced the old one (resend).
+    OtpReissued {
+        delivery_id: Uuid,
         code_mac: Digest,
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
@@ -78,6 +91,7 @@ impl DomainEvent for OtpEvent {
     fn event_type(&self) -> String {
         match self {
             Self::OtpIssued { .. } => "OtpIssued",
+            Self::OtpReissued { .. } => "OtpReissued",
             Self::OtpVerified { .. } => "OtpVerified",
             Self::OtpVerificationFailed { .. } => "OtpVerificationFailed",
             Self::OtpChallengeLocked { .. } => "OtpChallengeLocked",

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{UserCommand, UserEvent};
+use crate::otp::OtpChannel;
 use crate::services::UserServices;
 use crate::values::Sealed;
 
@@ -21,6 +22,10 @@ pub enum UserError {
     EmailAlreadyVerified,
     #[error("the verification challenge does not belong to this account")]
     WrongChallenge,
+    #[error("SMS needs a verified phone number")]
+    PhoneNotVerified,
+    #[error("the password reset token was already used")]
+    ResetAlreadyUsed,
 }
 
 impl UserError {
@@ -32,6 +37,8 @@ impl UserError {
             Self::EmailNotVerified => "email_not_verified",
             Self::EmailAlreadyVerified => "email_already_verified",
             Self::WrongChallenge => "wrong_challenge",
+            Self::PhoneNotVerified => "phone_not_verified",
+            Self::ResetAlreadyUsed => "reset_token_used",
         }
     }
 }
@@ -47,6 +54,16 @@ pub struct User {
     pub email_challenge_id: Option<Uuid>,
     pub registered_at: Option<DateTime<Utc>>,
     pub consecutive_login_failures: u32,
+    /// Sealed phone number, verified or pending.
+    pub phone: Option<Sealed>,
+    pub phone_verified: bool,
+    pub phone_challenge_id: Option<Uuid>,
+    /// Where two-factor codes go.
+    pub two_factor_channel: OtpChannel,
+    /// The latest password-reset challenge.
+    pub reset_challenge_id: Option<Uuid>,
+    /// `jti`s of reset tokens already used (single use).
+    pub used_reset_ids: Vec<Uuid>,
 }
 
 impl User {
@@ -97,7 +114,7 @@ impl Aggregate for User {
                 let event = UserEvent::DuplicateRegistrationAttempted { delivery_id, attempted_at: at };
                 sink.write(event, self).await;
             }
-            UserCommand::VerifyEmail { challenge_id, at } => {
+            UserCommand::VerifyEmail { challenge_id, delivery_id, at } => {
                 self.require_registered()?;
                 if self.email_verified {
                     return Err(UserError::EmailAlreadyVerified);
@@ -105,7 +122,66 @@ impl Aggregate for User {
                 if self.email_challenge_id != Some(challenge_id) {
                     return Err(UserError::WrongChallenge);
                 }
-                sink.write(UserEvent::EmailVerified { challenge_id, verified_at: at }, self).await;
+                sink.write(UserEvent::EmailVerified { challenge_id, verified_at: at, delivery_id }, self)
+                    .await;
+            }
+            UserCommand::RegisterWithPhone { user_id, phone, phone_hash, challenge_id, at } => {
+                if self.id.is_some() {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let event = UserEvent::UserRegisteredWithPhone {
+                    user_id,
+                    phone,
+                    phone_hash,
+                    challenge_id,
+                    registered_at: at,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::ReplaceEmailChallenge { challenge_id, at } => {
+                self.require_registered()?;
+                if self.email_verified {
+                    return Err(UserError::EmailAlreadyVerified);
+                }
+                sink.write(UserEvent::EmailChallengeReplaced { challenge_id, replaced_at: at }, self).await;
+            }
+            UserCommand::AddPhone { phone, phone_hash, challenge_id, at } => {
+                self.require_registered()?;
+                sink.write(UserEvent::PhoneAdded { phone, phone_hash, challenge_id, added_at: at }, self)
+                    .await;
+            }
+            UserCommand::VerifyPhone { challenge_id, at } => {
+                self.require_registered()?;
+                if self.phone_challenge_id != Some(challenge_id) {
+                    return Err(UserError::WrongChallenge);
+                }
+                if !self.phone_verified {
+                    sink.write(UserEvent::PhoneVerified { challenge_id, verified_at: at }, self).await;
+                }
+            }
+            UserCommand::SetTwoFactorChannel { channel, at } => {
+                self.require_registered()?;
+                if channel == OtpChannel::Sms && !self.phone_verified {
+                    return Err(UserError::PhoneNotVerified);
+                }
+                if channel == OtpChannel::Email && !self.email_verified {
+                    return Err(UserError::EmailNotVerified);
+                }
+                if channel != self.two_factor_channel {
+                    sink.write(UserEvent::TwoFactorChannelChanged { channel, changed_at: at }, self).await;
+                }
+            }
+            UserCommand::RequestPasswordReset { challenge_id, at } => {
+                self.require_registered()?;
+                sink.write(UserEvent::PasswordResetRequested { challenge_id, requested_at: at }, self).await;
+            }
+            UserCommand::ResetPassword { reset_id, password_hash, delivery_id, at } => {
+                self.require_registered()?;
+                if self.used_reset_ids.contains(&reset_id) {
+                    return Err(UserError::ResetAlreadyUsed);
+                }
+                let event = UserEvent::PasswordReset { reset_id, password_hash, delivery_id, reset_at: at };
+                sink.write(event, self).await;
             }
             UserCommand::StartLogin { challenge_id, password, at } => {
                 self.require_registered()?;
@@ -152,7 +228,35 @@ impl Aggregate for User {
                 self.email_challenge_id = Some(email_challenge_id);
                 self.registered_at = Some(registered_at);
             }
+            UserEvent::UserRegisteredWithPhone { user_id, phone, registered_at, .. } => {
+                self.id = Some(user_id);
+                self.phone = Some(phone);
+                self.phone_verified = true;
+                self.two_factor_channel = OtpChannel::Sms;
+                self.registered_at = Some(registered_at);
+            }
             UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::ProfileUpdated { .. } => {}
+            UserEvent::EmailChallengeReplaced { challenge_id, .. } => {
+                self.email_challenge_id = Some(challenge_id)
+            }
+            UserEvent::PhoneAdded { phone, challenge_id, .. } => {
+                self.phone = Some(phone);
+                self.phone_verified = false;
+                self.phone_challenge_id = Some(challenge_id);
+                if self.two_factor_channel == OtpChannel::Sms {
+                    self.two_factor_channel = OtpChannel::Email;
+                }
+            }
+            UserEvent::PhoneVerified { .. } => self.phone_verified = true,
+            UserEvent::TwoFactorChannelChanged { channel, .. } => self.two_factor_channel = channel,
+            UserEvent::PasswordResetRequested { challenge_id, .. } => {
+                self.reset_challenge_id = Some(challenge_id);
+            }
+            UserEvent::PasswordReset { reset_id, password_hash, .. } => {
+                self.password_hash = Some(password_hash);
+                self.used_reset_ids.push(reset_id);
+                self.consecutive_login_failures = 0;
+            }
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::LoginPasswordAccepted { .. } => self.consecutive_login_failures = 0,
             UserEvent::LoginPasswordRejected { consecutive_failures, .. } => {
@@ -200,7 +304,7 @@ mod tests {
         }
     }
     fn verified() -> UserEvent {
-        UserEvent::EmailVerified { challenge_id: challenge(), verified_at: t(1) }
+        UserEvent::EmailVerified { challenge_id: challenge(), verified_at: t(1), delivery_id: None }
     }
     fn framework() -> UserTest {
         TestFramework::with(UserServices::new(PlainVerifier))
@@ -244,17 +348,21 @@ mod tests {
     async fn verify_email_needs_the_issued_challenge() {
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::VerifyEmail { challenge_id: Uuid::from_u128(9), at: t(1) })
+            .when_async(UserCommand::VerifyEmail {
+                challenge_id: Uuid::from_u128(9),
+                delivery_id: None,
+                at: t(1),
+            })
             .await
             .then_expect_error(UserError::WrongChallenge);
         framework()
             .given(vec![registered()])
-            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), at: t(1) })
+            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), delivery_id: None, at: t(1) })
             .await
             .then_expect_events(vec![verified()]);
         framework()
             .given(vec![registered(), verified()])
-            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), at: t(2) })
+            .when_async(UserCommand::VerifyEmail { challenge_id: challenge(), delivery_id: None, at: t(2) })
             .await
             .then_expect_error(UserError::EmailAlreadyVerified);
     }
@@ -346,5 +454,99 @@ mod tests {
             .when_async(UserCommand::UpdateProfile { name: None, bio: None, at: t(4) })
             .await
             .then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn sms_two_factor_needs_a_verified_phone() {
+        let added = UserEvent::PhoneAdded {
+            phone: Sealed("p".into()),
+            phone_hash: Digest("ph".into()),
+            challenge_id: Uuid::from_u128(8),
+            added_at: t(2),
+        };
+        framework()
+            .given(vec![registered(), verified(), added.clone()])
+            .when_async(UserCommand::SetTwoFactorChannel { channel: OtpChannel::Sms, at: t(3) })
+            .await
+            .then_expect_error(UserError::PhoneNotVerified);
+        framework()
+            .given(vec![
+                registered(),
+                verified(),
+                added,
+                UserEvent::PhoneVerified { challenge_id: Uuid::from_u128(8), verified_at: t(3) },
+            ])
+            .when_async(UserCommand::SetTwoFactorChannel { channel: OtpChannel::Sms, at: t(4) })
+            .await
+            .then_expect_events(vec![UserEvent::TwoFactorChannelChanged {
+                channel: OtpChannel::Sms,
+                changed_at: t(4),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn a_reset_token_works_once() {
+        let reset = UserEvent::PasswordReset {
+            reset_id: Uuid::from_u128(11),
+            password_hash: "hash:new password!!".into(),
+            delivery_id: None,
+            reset_at: t(5),
+        };
+        framework()
+            .given(vec![registered(), verified()])
+            .when_async(UserCommand::ResetPassword {
+                reset_id: Uuid::from_u128(11),
+                password_hash: "hash:new password!!".into(),
+                delivery_id: None,
+                at: t(5),
+            })
+            .await
+            .then_expect_events(vec![reset.clone()]);
+        framework()
+            .given(vec![registered(), verified(), reset.clone()])
+            .when_async(UserCommand::ResetPassword {
+                reset_id: Uuid::from_u128(11),
+                password_hash: "hash:other".into(),
+                delivery_id: None,
+                at: t(6),
+            })
+            .await
+            .then_expect_error(UserError::ResetAlreadyUsed);
+        // The new password logs in.
+        framework()
+            .given(vec![registered(), verified(), reset])
+            .when_async(UserCommand::StartLogin {
+                challenge_id: Uuid::from_u128(7),
+                password: Password::parse_for_login("new password!!").unwrap(),
+                at: t(7),
+            })
+            .await
+            .then_expect_events(vec![UserEvent::LoginPasswordAccepted {
+                challenge_id: Uuid::from_u128(7),
+                accepted_at: t(7),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn phone_registration_has_no_password() {
+        let by_phone = UserEvent::UserRegisteredWithPhone {
+            user_id: uid(),
+            phone: Sealed("p".into()),
+            phone_hash: Digest("ph".into()),
+            challenge_id: challenge(),
+            registered_at: t(0),
+        };
+        framework()
+            .given(vec![by_phone])
+            .when_async(UserCommand::StartLogin {
+                challenge_id: Uuid::from_u128(7),
+                password: Password::parse_for_login("anything at all").unwrap(),
+                at: t(1),
+            })
+            .await
+            .then_expect_events(vec![UserEvent::LoginPasswordRejected {
+                consecutive_failures: 1,
+                rejected_at: t(1),
+            }]);
     }
 }

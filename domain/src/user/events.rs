@@ -3,10 +3,12 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::otp::OtpChannel;
 use crate::values::{Digest, Sealed};
 
-/// Events of the `User` aggregate. Personal fields are [`Sealed`]; the
-/// password appears only as an argon2id PHC hash (ARCHITECTURE decided 6, 7).
+/// Events of the `User` aggregate. Personal fields are [`Sealed`]; passwords
+/// appear only as argon2id PHC hashes (ARCHITECTURE decided 6, 7). Events
+/// that ask for a message carry the delivery record's id as `delivery_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered {
@@ -18,13 +20,28 @@ pub enum UserEvent {
         email_challenge_id: Uuid,
         registered_at: DateTime<Utc>,
     },
+    /// Account created by a verified phone number; it has no password.
+    UserRegisteredWithPhone {
+        user_id: Uuid,
+        phone: Sealed,
+        phone_hash: Digest,
+        challenge_id: Uuid,
+        registered_at: DateTime<Utc>,
+    },
     DuplicateRegistrationAttempted {
         delivery_id: Uuid,
         attempted_at: DateTime<Utc>,
     },
+    EmailChallengeReplaced {
+        challenge_id: Uuid,
+        replaced_at: DateTime<Utc>,
+    },
     EmailVerified {
         challenge_id: Uuid,
         verified_at: DateTime<Utc>,
+        /// The welcome mail.
+        #[serde(default)]
+        delivery_id: Option<Uuid>,
     },
     /// Password accepted; a two-factor challenge `challenge_id` follows.
     LoginPasswordAccepted {
@@ -41,17 +58,51 @@ pub enum UserEvent {
         bio: Option<Sealed>,
         updated_at: DateTime<Utc>,
     },
+    PhoneAdded {
+        phone: Sealed,
+        phone_hash: Digest,
+        challenge_id: Uuid,
+        added_at: DateTime<Utc>,
+    },
+    PhoneVerified {
+        challenge_id: Uuid,
+        verified_at: DateTime<Utc>,
+    },
+    TwoFactorChannelChanged {
+        channel: OtpChannel,
+        changed_at: DateTime<Utc>,
+    },
+    PasswordResetRequested {
+        challenge_id: Uuid,
+        requested_at: DateTime<Utc>,
+    },
+    /// The password was replaced through the reset flow; every session of
+    /// the account is revoked by the caller; `delivery_id` names the notice.
+    PasswordReset {
+        reset_id: Uuid,
+        password_hash: String,
+        #[serde(default)]
+        delivery_id: Option<Uuid>,
+        reset_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
+            Self::UserRegisteredWithPhone { .. } => "UserRegisteredWithPhone",
             Self::DuplicateRegistrationAttempted { .. } => "DuplicateRegistrationAttempted",
+            Self::EmailChallengeReplaced { .. } => "EmailChallengeReplaced",
             Self::EmailVerified { .. } => "EmailVerified",
             Self::LoginPasswordAccepted { .. } => "LoginPasswordAccepted",
             Self::LoginPasswordRejected { .. } => "LoginPasswordRejected",
             Self::ProfileUpdated { .. } => "ProfileUpdated",
+            Self::PhoneAdded { .. } => "PhoneAdded",
+            Self::PhoneVerified { .. } => "PhoneVerified",
+            Self::TwoFactorChannelChanged { .. } => "TwoFactorChannelChanged",
+            Self::PasswordResetRequested { .. } => "PasswordResetRequested",
+            Self::PasswordReset { .. } => "PasswordReset",
         }
         .to_owned()
     }

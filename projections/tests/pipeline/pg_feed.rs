@@ -115,3 +115,37 @@ async fn wakes_on_notify_well_under_the_poll_interval() {
     assert!(latency < Duration::from_millis(500), "woken after {latency:?}");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn survives_losing_its_listen_connection() {
+    let db = TestDb::new().await;
+    let config = PgFeedConfig::new("resilient").poll_interval(Duration::from_secs(10));
+    let mut feed = PgFeed::new(db.pool.clone(), config).await.unwrap();
+    assert!(feed.next_batch(10, Duration::ZERO).await.unwrap().is_empty());
+
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true], "one LISTEN connection");
+
+    let pool = db.pool.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        insert_event(&pool, "test", "r", 1, "Happened", json!({})).await;
+        Instant::now()
+    });
+    let mut batch = Vec::new();
+    let started = Instant::now();
+    while batch.is_empty() && started.elapsed() < Duration::from_secs(8) {
+        batch = feed.next_batch(10, Duration::from_secs(8)).await.unwrap();
+    }
+    let latency = Instant::now().saturating_duration_since(writer.await.unwrap());
+    assert_eq!(ids(&batch), ["r#1"]);
+    assert!(latency < Duration::from_secs(3), "woken after {latency:?}");
+    drop(feed);
+    db.drop().await;
+}

@@ -1,0 +1,344 @@
+//! Password reset, throttles and enumeration (issue 3), end to end over
+//! HTTP with the real SMTP listener.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{code_in, spawn_app, Feed, TestApp};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Registers and verifies `email`; returns the user id.
+async fn verified_account(app: &TestApp, email: &str) -> String {
+    let r = app.register(email, PASSWORD, "Test").await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_owned();
+    let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
+    let r = app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await;
+    assert_eq!(r.status(), 204);
+    id
+}
+
+async fn login(app: &TestApp, email: &str, password: &str, nth: usize) -> Value {
+    let r = app.post("/api/auth/login", json!({"email": email, "password": password})).await;
+    assert_eq!(r.status(), 200);
+    let challenge: Value = r.json().await.unwrap();
+    let code = code_in(&app.wait_mail_with(email, "sign-in code", nth).await);
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn other_code(code: &str) -> String {
+    if code == "000000" {
+        "111111".into()
+    } else {
+        "000000".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_reset_revokes_sessions_and_tokens_are_single_use() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "reset@example.com";
+    verified_account(&app, email).await;
+    app.wait_mail_with(email, "", 2).await; // welcome mail
+    let tokens = login(&app, email, PASSWORD, 1).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    app.wait_for("/api/users/me", &access, |s, _| s == 200).await;
+
+    // Request: 202 for known and unknown addresses alike.
+    for who in [email, "nobody@example.com"] {
+        let r = app.post("/api/auth/password-reset/request", json!({"email": who})).await;
+        assert_eq!(r.status(), 202);
+    }
+    let code = code_in(&app.wait_mail_with(email, "password reset code", 1).await);
+    let r =
+        app.post("/api/auth/password-reset/verify", json!({"email": email, "code": other_code(&code)})).await;
+    assert_eq!(r.status(), 400);
+    let r = app.post("/api/auth/password-reset/verify", json!({"email": email, "code": code})).await;
+    assert_eq!(r.status(), 200);
+    let reset: Value = r.json().await.unwrap();
+    let reset_token = reset["reset_token"].as_str().unwrap().to_owned();
+    assert_eq!(reset["expires_in"], 600);
+
+    // A reset token is not an access token.
+    assert_eq!(app.get_auth("/api/users/me", &reset_token).await.status(), 401);
+    // Creation rules apply to the new password.
+    let r = app
+        .post(
+            "/api/auth/password-reset/complete",
+            json!({"reset_token": reset_token, "new_password": "password"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let new_password = "a brand new long passphrase";
+    let r = app
+        .post(
+            "/api/auth/password-reset/complete",
+            json!({"reset_token": reset_token, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    // Single use.
+    let r = app
+        .post(
+            "/api/auth/password-reset/complete",
+            json!({"reset_token": reset_token, "new_password": "yet another passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_reset_token");
+
+    // Every session ended; a notice was mailed.
+    app.wait_for("/api/users/me", &access, |s, _| s == 401).await;
+    let r = app.post("/api/auth/refresh", json!({"refresh_token": tokens["refresh_token"]})).await;
+    assert_eq!(r.status(), 401);
+    app.wait_mail_with(email, "password", 1).await;
+    let changed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'PasswordReset'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    // Old password refused, new one works.
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(r.status(), 401);
+    login(&app, email, new_password, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_guesses_never_succeed() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "target@example.com";
+    verified_account(&app, email).await;
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+    let challenge: Value = r.json().await.unwrap();
+    let real = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
+    // 9,999 wrong guesses, then the right code as guess 10,000.
+    let mut guesses: Vec<String> =
+        (0..20_000u32).map(|n| format!("{n:06}")).filter(|c| *c != real).take(9_999).collect();
+    guesses.push(real.clone());
+    let url = format!("{}/api/auth/verify-otp", app.base);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let started = Instant::now();
+    for chunk in guesses.chunks(16) {
+        let futures = chunk.iter().map(|code| {
+            app.client
+                .post(&url)
+                .json(&json!({"challenge_id": challenge["challenge_id"], "code": code}))
+                .send()
+        });
+        for r in futures::future::join_all(futures).await {
+            *statuses.entry(r.unwrap().status().as_u16()).or_default() += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(statuses.values().sum::<usize>(), 10_000);
+    assert!(!statuses.contains_key(&200), "a guess succeeded: {statuses:?}");
+    assert!(statuses.keys().all(|s| [400, 403, 409, 429].contains(s)), "{statuses:?}");
+    let evaluated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OtpVerificationFailed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(evaluated <= 3, "only 3 codes may be checked per challenge, {evaluated} were");
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SessionStarted'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0);
+    eprintln!("10,000 guesses in {elapsed:?}: {statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_code_does_not_reset_the_failure_count() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "nist@example.com";
+    verified_account(&app, email).await;
+    // Challenge A: three wrong codes lock it.
+    let a: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": PASSWORD}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let code_a = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
+    for _ in 0..3 {
+        app.post(
+            "/api/auth/verify-otp",
+            json!({"challenge_id": a["challenge_id"], "code": other_code(&code_a)}),
+        )
+        .await;
+    }
+    // Challenge B: a fresh code; the password step is not affected by OTP failures.
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(r.status(), 200, "OTP failures must not lock the password step");
+    let b: Value = r.json().await.unwrap();
+    let code_b = code_in(&app.wait_mail_with(email, "sign-in code", 2).await);
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": b["challenge_id"], "code": other_code(&code_b)}))
+        .await;
+    assert_eq!(r.status(), 400, "4th failure is evaluated");
+    // The 4th failure imposed a delay: even the right code waits.
+    let r =
+        app.post("/api/auth/verify-otp", json!({"challenge_id": b["challenge_id"], "code": code_b})).await;
+    assert_eq!(r.status(), 429);
+    let retry: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "too_many_attempts");
+    let throttled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'AttemptThrottled'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(throttled, 1, "the refusal is an event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_get_growing_delays_for_known_and_unknown_accounts() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "pw@example.com";
+    verified_account(&app, email).await;
+    for who in [email, "ghost@example.com"] {
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            statuses.push(
+                app.post("/api/auth/login", json!({"email": who, "password": "wrong password!"}))
+                    .await
+                    .status()
+                    .as_u16(),
+            );
+        }
+        // 5 free failures, the 6th sets a 1 s delay, the 7th at once is refused.
+        assert_eq!(statuses, vec![401, 401, 401, 401, 401, 401, 429], "{who}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(r.status(), 200, "after the delay the right password works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_per_phone_per_hour_and_resend_cooldown() {
+    let app = spawn_app(Feed::Postgres).await;
+    let phone = "+14155552671";
+    let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    // Resend within the 30 s cooldown: refused with Retry-After.
+    let r = app.post("/api/auth/otp/resend", json!({"challenge_id": first["challenge_id"]})).await;
+    assert_eq!(r.status(), 429);
+    let retry: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry));
+    // Same number again at once: cooldown too.
+    assert_eq!(app.post("/api/auth/request-otp", json!({"phone": phone})).await.status(), 429);
+    // Bad numbers are 422 and send nothing.
+    for bad in ["12345", "+1 555", "not a phone"] {
+        let r = app.post("/api/auth/request-otp", json!({"phone": bad})).await;
+        assert_eq!(r.status(), 422, "{bad}");
+    }
+    // Three recorded codes per hour: simulate the earlier two by moving the
+    // first request back in time is not possible through HTTP, so count
+    // what the store recorded and check the refusals are events.
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RequestRecorded'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let refused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'AttemptThrottled'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((recorded, refused), (1, 2));
+}
+
+/// Mean of `f` over alternating samples of two paths; returns (a, b) in ms.
+async fn timing_gap<FA, FB, A, B>(n: usize, mut a: FA, mut b: FB) -> (f64, f64)
+where
+    FA: FnMut(usize) -> A,
+    FB: FnMut(usize) -> B,
+    A: std::future::Future<Output = u16>,
+    B: std::future::Future<Output = u16>,
+{
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let s = Instant::now();
+        a(i).await;
+        ta.push(s.elapsed().as_secs_f64() * 1000.0);
+        let s = Instant::now();
+        b(i).await;
+        tb.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    // Trimmed means (drop the slowest 10 %) resist scheduler noise.
+    let trimmed = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        let keep = v.len() - v.len() / 10;
+        v[..keep].iter().sum::<f64>() / keep as f64
+    };
+    (trimmed(ta), trimmed(tb))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enumeration_timing_gap_is_under_ten_percent() {
+    let app = spawn_app(Feed::Postgres).await;
+    let known: Vec<String> = (0..8).map(|i| format!("known{i}@example.com")).collect();
+    for e in &known {
+        verified_account(&app, e).await;
+    }
+    let n = 32; // 4 wrong passwords per known account: under the 5 free failures.
+    let (known_ms, unknown_ms) = timing_gap(
+        n,
+        |i| {
+            let body = json!({"email": known[i % known.len()], "password": "wrong password!"});
+            async { app.post("/api/auth/login", body).await.status().as_u16() }
+        },
+        |i| {
+            let body = json!({"email": format!("unknown{i}@example.com"), "password": "wrong password!"});
+            async { app.post("/api/auth/login", body).await.status().as_u16() }
+        },
+    )
+    .await;
+    let gap = (known_ms - unknown_ms).abs() / known_ms.max(unknown_ms);
+    eprintln!("login: known {known_ms:.1} ms, unknown {unknown_ms:.1} ms, gap {:.1} %", gap * 100.0);
+    assert!(
+        gap < 0.10,
+        "login timing gap {:.1} % (known {known_ms:.1} ms, unknown {unknown_ms:.1} ms)",
+        gap * 100.0
+    );
+
+    let (dup_ms, new_ms) = timing_gap(
+        16,
+        |i| {
+            let body = json!({"email": known[i % known.len()], "password": PASSWORD, "name": "X"});
+            async { app.post("/api/auth/register", body).await.status().as_u16() }
+        },
+        |i| {
+            let body = json!({"email": format!("fresh{i}@example.com"), "password": PASSWORD, "name": "X"});
+            async { app.post("/api/auth/register", body).await.status().as_u16() }
+        },
+    )
+    .await;
+    let gap = (dup_ms - new_ms).abs() / dup_ms.max(new_ms);
+    eprintln!("register: existing {dup_ms:.1} ms, new {new_ms:.1} ms, gap {:.1} %", gap * 100.0);
+    assert!(gap < 0.10, "register timing gap {:.1} %", gap * 100.0);
+
+    let (k_ms, u_ms) = timing_gap(
+        16,
+        |i| {
+            let body = json!({"email": known[i % known.len()]});
+            async { app.post("/api/auth/password-reset/request", body).await.status().as_u16() }
+        },
+        |i| {
+            let body = json!({"email": format!("nobody{i}@example.com")});
+            async { app.post("/api/auth/password-reset/request", body).await.status().as_u16() }
+        },
+    )
+    .await;
+    let gap = (k_ms - u_ms).abs() / k_ms.max(u_ms).max(1.0);
+    eprintln!("reset request: known {k_ms:.2} ms, unknown {u_ms:.2} ms");
+    assert!(gap < 0.10 || (k_ms - u_ms).abs() < 1.0, "reset timing gap {:.1} %", gap * 100.0);
+}

@@ -1,0 +1,204 @@
+//! Password + second-factor login, refresh-token rotation, logout, profile.
+
+use chrono::{DateTime, Utc};
+use domain::otp::{OtpChannel, OtpPurpose};
+use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
+use domain::throttle::Policy;
+use domain::user::{UserCommand, UserEvent};
+use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
+use uuid::Uuid;
+
+use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta, TokenPair};
+use crate::executor::ExecError;
+use crate::reservations::{self, ReservationKind};
+use crate::tokens::{new_refresh_token, parse_refresh_token, refresh_hash};
+
+/// A pending second factor, answered with `verify_otp`.
+#[derive(Debug, Clone)]
+pub struct LoginChallenge {
+    pub challenge_id: Uuid,
+    pub channel: OtpChannel,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl IdentityService {
+    /// Password step of login; on success a code is sent on the account's
+    /// two-factor channel and the challenge returned. Unknown email and
+    /// wrong password are the same error after the same work (a dummy
+    /// argon2 verification and the same throttle events). Wrong passwords
+    /// count per account (keyed by the email's lookup hash) with growing
+    /// delays, separately from OTP failures.
+    ///
+    /// # Errors
+    /// `InvalidCredentials`, `EmailNotVerified`, `Throttled`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn start_login(
+        &self,
+        email: &EmailAddress,
+        password: &Password,
+        meta: &RequestMeta,
+    ) -> Result<LoginChallenge, IdentityError> {
+        let key = self.email_key(email);
+        self.check_attempt(Policy::PasswordFailures, &key, meta).await?;
+        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+            .await
+            .map_err(internal)?;
+        let Some(user_id) = owner else {
+            self.hasher.verify_dummy(password.expose()).await;
+            self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+            return Err(IdentityError::InvalidCredentials);
+        };
+        let challenge_id = Uuid::new_v4();
+        let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: Utc::now() };
+        let done = self
+            .users
+            .execute(&user_id.to_string(), cmd, meta.to_map("StartLogin"))
+            .await
+            .map_err(map_user)?;
+        if !done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
+            self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+            return Err(IdentityError::InvalidCredentials);
+        }
+        self.record_success(Policy::PasswordFailures, &key, meta).await?;
+        let user = done.state;
+        let (channel, to, recipient_key) = match (user.two_factor_channel, &user.phone) {
+            (OtpChannel::Sms, Some(sealed)) if user.phone_verified => {
+                let phone = self.open(user_id, sealed).await?;
+                let parsed = PhoneNumber::parse(&phone).map_err(internal)?;
+                (OtpChannel::Sms, phone, self.phone_key(&parsed))
+            }
+            _ => {
+                let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
+                (OtpChannel::Email, self.open(user_id, sealed).await?, key)
+            }
+        };
+        let req = OtpRequest {
+            challenge_id,
+            subject: user_id,
+            purpose: OtpPurpose::TwoFactor,
+            channel,
+            to: &to,
+            recipient_key,
+        };
+        let expires_at = self.issue_otp(req, meta).await?;
+        Ok(LoginChallenge { challenge_id, channel, expires_at })
+    }
+
+    /// Answers a two-factor or phone-login challenge and starts a session.
+    /// A phone-login code for a number with no account creates the account
+    /// (seed 003: sign up with the phone number).
+    ///
+    /// # Errors
+    /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id))]
+    pub async fn verify_otp(
+        &self,
+        challenge_id: Uuid,
+        code: &OtpCode,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, IdentityError> {
+        let challenge =
+            self.answer(challenge_id, code, &[OtpPurpose::TwoFactor, OtpPurpose::Login], meta).await?;
+        let subject = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
+        let user_id = if challenge.purpose == Some(OtpPurpose::Login) {
+            self.complete_phone_login(challenge_id, subject, &challenge, meta).await?
+        } else {
+            subject
+        };
+        self.start_session(user_id, meta).await
+    }
+
+    /// Rotates a refresh token (RFC 9700 §4.14.2). A spent token revokes the
+    /// whole session, mails the owner and answers
+    /// [`IdentityError::RefreshTokenReused`].
+    ///
+    /// # Errors
+    /// `InvalidRefreshToken`, `RefreshTokenReused`, `SessionRevoked`,
+    /// `SessionExpired`, `Conflict`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(&self, token: &str, meta: &RequestMeta) -> Result<TokenPair, IdentityError> {
+        let session_id = parse_refresh_token(token).ok_or(IdentityError::InvalidRefreshToken)?;
+        let next = new_refresh_token(session_id);
+        let now = Utc::now();
+        let cmd = SessionCommand::Refresh {
+            presented_hash: refresh_hash(token),
+            new_hash: next.hash.clone(),
+            at: now,
+        };
+        let done = self
+            .sessions
+            .execute(&session_id.to_string(), cmd, meta.to_map("RefreshSession"))
+            .await
+            .map_err(|e| match e {
+            ExecError::Domain(SessionError::Revoked) => IdentityError::SessionRevoked,
+            ExecError::Domain(SessionError::Expired) => IdentityError::SessionExpired,
+            ExecError::Domain(_) => IdentityError::InvalidRefreshToken,
+            other => other.into(),
+        })?;
+        if done.events.iter().any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. })) {
+            tracing::warn!(session_id = %session_id, "refresh token reuse detected; session revoked");
+            return Err(IdentityError::RefreshTokenReused);
+        }
+        let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
+        let (access_token, expires_in) =
+            self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token: next.token,
+            expires_in,
+            session_id,
+            user_id,
+            refresh_expires_at: done.state.idle_expires_at.unwrap_or(now),
+        })
+    }
+
+    /// Revokes session `session_id` of `user_id` (logout). Idempotent.
+    ///
+    /// # Errors
+    /// `NotFound` when the session is not the user's; `Internal`.
+    #[tracing::instrument(skip_all, fields(session_id = %session_id))]
+    pub async fn revoke_session(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        reason: RevocationReason,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let id = session_id.to_string();
+        let session = self.sessions.load(&id).await?;
+        if session.user_id != Some(user_id) {
+            return Err(IdentityError::NotFound);
+        }
+        let cmd = SessionCommand::Revoke { reason, at: Utc::now() };
+        self.sessions.execute(&id, cmd, meta.to_map("RevokeSession")).await?;
+        Ok(())
+    }
+
+    /// Updates profile fields of `user_id`; `None` leaves a field unchanged.
+    ///
+    /// # Errors
+    /// `NotFound`, `Internal`, `Conflict`.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn update_profile(
+        &self,
+        user_id: Uuid,
+        name: Option<&DisplayName>,
+        bio: Option<&Bio>,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let name = match name {
+            Some(n) => Some(self.vault.seal(user_id, n.as_str()).await.map_err(internal)?),
+            None => None,
+        };
+        let bio = match bio {
+            Some(b) => Some(self.vault.seal(user_id, b.as_str()).await.map_err(internal)?),
+            None => None,
+        };
+        let cmd = UserCommand::UpdateProfile { name, bio, at: Utc::now() };
+        self.users
+            .execute(&user_id.to_string(), cmd, meta.to_map("UpdateProfile"))
+            .await
+            .map_err(map_user)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,559 @@
+//! The identity application service: each flow — registration, email and
+//! phone verification, password + second-factor login, phone passwordless
+//! login, password reset, resend, refresh, logout, profile — is a short
+//! sequence of commands on the `User`, `OtpChallenge`, `Session` and
+//! `Throttle` aggregates. The api's handlers call one method each.
+//!
+//! Abuse control (SECURITY.md): every code check and password check first
+//! asks the subject's `Throttle` (one lockout model: growing delays, then a
+//! lock), and records the outcome; codes sent per recipient are limited per
+//! hour with a cooldown. Throttles are keyed by the recipient's lookup hash
+//! (`email:<hash>`, `phone:<hash>`), so unknown and known subjects behave
+//! alike (no enumeration).
+
+mod email;
+mod login;
+mod phone;
+mod reset;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use domain::otp::{OtpChallenge, OtpChannel, OtpCommand, OtpError, OtpEvent, OtpPurpose};
+use domain::services::UserServices;
+use domain::session::{RevocationReason, Session, SessionCommand};
+use domain::throttle::{Policy, Throttle, ThrottleCommand, ThrottleEvent};
+use domain::user::{User, UserError};
+use domain::values::{Digest, EmailAddress, OtpCode, PhoneNumber, Sealed};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::deliveries::{Delivery, DeliveryStore};
+use crate::executor::{ExecError, Executor};
+use crate::keys::{hmac_hex, Keyring};
+use crate::otp_codes::{candidate_mac, code_mac, generate_code};
+use crate::passwords::PasswordHasher;
+use crate::tokens::{new_refresh_token, TokenIssuer};
+use crate::vault::Vault;
+
+pub use login::LoginChallenge;
+pub use phone::PhoneChallenge;
+
+/// Lifetimes, in seconds.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Email OTP lifetime (10 min; ASVS 6.5.5, seed 001).
+    pub email_otp_ttl_secs: i64,
+    /// SMS OTP lifetime (5 min; seed 003).
+    pub sms_otp_ttl_secs: i64,
+    /// Refresh idle lifetime (30 days; SECURITY.md).
+    pub refresh_idle_ttl_secs: i64,
+    /// Refresh absolute lifetime (90 days; SECURITY.md).
+    pub refresh_absolute_ttl_secs: i64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            email_otp_ttl_secs: 600,
+            sms_otp_ttl_secs: 300,
+            refresh_idle_ttl_secs: 30 * 86_400,
+            refresh_absolute_ttl_secs: 90 * 86_400,
+        }
+    }
+}
+
+/// Flow failures; the api maps each to one status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// 401 `invalid_credentials` — wrong password or unknown account, indistinguishable.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// 403 `email_not_verified`.
+    #[error("the email address is not verified")]
+    EmailNotVerified,
+    /// 400 `invalid_code` — wrong, used or unknown code/challenge.
+    #[error("the code is not valid")]
+    InvalidCode,
+    /// 400 `code_expired`.
+    #[error("the code has expired")]
+    CodeExpired,
+    /// 403 `challenge_locked` — too many wrong codes; request a new one.
+    #[error("too many wrong codes; request a new code")]
+    ChallengeLocked,
+    /// 429 `too_many_attempts` with `Retry-After` (seconds).
+    #[error("too many attempts; retry later")]
+    Throttled { retry_after_secs: i64 },
+    /// 401 `invalid_refresh_token`.
+    #[error("the refresh token is not valid")]
+    InvalidRefreshToken,
+    /// 401 `refresh_token_reused` — the whole session was revoked.
+    #[error("the refresh token was already used; the session has been revoked")]
+    RefreshTokenReused,
+    /// 401 `session_expired`.
+    #[error("the session has expired")]
+    SessionExpired,
+    /// 401 `session_revoked`.
+    #[error("the session has been revoked")]
+    SessionRevoked,
+    /// 401 `invalid_reset_token` — wrong, expired or already used.
+    #[error("the reset token is not valid")]
+    InvalidResetToken,
+    /// 409 `phone_unavailable` — the number belongs to another account.
+    #[error("this phone number cannot be used")]
+    PhoneUnavailable,
+    /// 409 `phone_not_verified` — SMS two-factor needs a verified phone.
+    #[error("verify a phone number first")]
+    PhoneNotVerified,
+    /// 404 `not_found`.
+    #[error("not found")]
+    NotFound,
+    /// 409 `conflict` — concurrent change; retry.
+    #[error("the resource was changed concurrently; retry")]
+    Conflict,
+    /// 500 — logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl<E: std::error::Error> From<ExecError<E>> for IdentityError {
+    fn from(e: ExecError<E>) -> Self {
+        match e {
+            ExecError::Conflict => Self::Conflict,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Internal(e.to_string())
+}
+
+pub(crate) fn map_user(e: ExecError<UserError>) -> IdentityError {
+    match e {
+        ExecError::Domain(UserError::EmailNotVerified) => IdentityError::EmailNotVerified,
+        ExecError::Domain(UserError::NotFound) => IdentityError::NotFound,
+        ExecError::Domain(UserError::PhoneNotVerified) => IdentityError::PhoneNotVerified,
+        ExecError::Domain(UserError::ResetAlreadyUsed) => IdentityError::InvalidResetToken,
+        ExecError::Domain(other) => IdentityError::Internal(other.to_string()),
+        other => other.into(),
+    }
+}
+
+/// Who asked, for event metadata (never personal data).
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    pub actor: Option<Uuid>,
+}
+
+impl RequestMeta {
+    pub(crate) fn to_map(&self, command: &str) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        m.insert("command".to_owned(), command.to_owned());
+        if let Some(r) = &self.request_id {
+            m.insert("request_id".to_owned(), r.clone());
+        }
+        if let Some(a) = self.actor {
+            m.insert("actor".to_owned(), a.to_string());
+        }
+        m
+    }
+}
+
+/// Tokens handed to a client after login or refresh. `Debug` hides secrets.
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: i64,
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    /// When the refresh token stops working unless used (idle expiry).
+    pub refresh_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair").field("session_id", &self.session_id).finish_non_exhaustive()
+    }
+}
+
+/// A code on its way: what [`IdentityService::issue_otp`] needs.
+pub(crate) struct OtpRequest<'a> {
+    pub challenge_id: Uuid,
+    pub subject: Uuid,
+    pub purpose: OtpPurpose,
+    pub channel: OtpChannel,
+    /// Email address or E.164 number (plaintext, sealed on the way).
+    pub to: &'a str,
+    /// `email:<hash>` / `phone:<hash>`: the recipient's throttle key.
+    pub recipient_key: String,
+}
+
+/// The identity write side.
+pub struct IdentityService {
+    pub(crate) pool: PgPool,
+    pub(crate) keys: Keyring,
+    pub(crate) config: IdentityConfig,
+    pub vault: Arc<Vault>,
+    pub hasher: PasswordHasher,
+    pub deliveries: DeliveryStore,
+    pub tokens: Arc<TokenIssuer>,
+    pub(crate) users: Executor<User>,
+    pub(crate) otps: Executor<OtpChallenge>,
+    pub(crate) sessions: Executor<Session>,
+    pub(crate) throttles: Executor<Throttle>,
+    /// Typical duration of the work a new registration does after hashing.
+    pub(crate) register_pad: DurationAverage,
+}
+
+/// A moving average of durations (exponentially weighted, α = 1/8), used to
+/// make a cheap path last as long as the expensive one it must not be told
+/// apart from (SECURITY.md "Enumeration").
+#[derive(Default)]
+pub(crate) struct DurationAverage(std::sync::Mutex<Option<f64>>);
+
+impl DurationAverage {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
+        if let Ok(mut avg) = self.0.lock() {
+            let x = d.as_secs_f64();
+            *avg = Some(avg.map_or(x, |a| a + (x - a) / 8.0));
+        }
+    }
+
+    pub(crate) fn typical(&self) -> std::time::Duration {
+        let secs = self.0.lock().ok().and_then(|a| *a).unwrap_or(0.0);
+        std::time::Duration::from_secs_f64(secs.clamp(0.0, 1.0))
+    }
+}
+
+impl IdentityService {
+    pub fn new(
+        pool: PgPool,
+        keys: Keyring,
+        hasher: PasswordHasher,
+        tokens: Arc<TokenIssuer>,
+        config: IdentityConfig,
+    ) -> Self {
+        Self {
+            vault: Arc::new(Vault::new(pool.clone(), keys.wrap.clone())),
+            deliveries: DeliveryStore::new(pool.clone(), keys.delivery.clone()),
+            users: Executor::new(pool.clone(), UserServices::new(hasher.clone())),
+            otps: Executor::new(pool.clone(), ()),
+            sessions: Executor::new(pool.clone(), ()),
+            throttles: Executor::new(pool.clone(), ()),
+            register_pad: DurationAverage::default(),
+            pool,
+            keys,
+            config,
+            hasher,
+            tokens,
+        }
+    }
+
+    /// Keyed lookup hash of a normalised email (ARCHITECTURE decided 7).
+    pub fn email_hash(&self, email: &EmailAddress) -> Digest {
+        Digest(hmac_hex(&self.keys.lookup, &[b"email:", email.as_str().as_bytes()]))
+    }
+
+    /// Keyed lookup hash of an E.164 phone number.
+    pub fn phone_hash(&self, phone: &PhoneNumber) -> Digest {
+        Digest(hmac_hex(&self.keys.lookup, &[b"phone:", phone.as_str().as_bytes()]))
+    }
+
+    pub(crate) fn email_key(&self, email: &EmailAddress) -> String {
+        format!("email:{}", self.email_hash(email).0)
+    }
+
+    pub(crate) fn phone_key(&self, phone: &PhoneNumber) -> String {
+        format!("phone:{}", self.phone_hash(phone).0)
+    }
+
+    fn otp_ttl(&self, channel: OtpChannel) -> i64 {
+        match channel {
+            OtpChannel::Email => self.config.email_otp_ttl_secs,
+            OtpChannel::Sms => self.config.sms_otp_ttl_secs,
+        }
+    }
+
+    // ---- throttles -------------------------------------------------------
+
+    fn throttled(events: &[ThrottleEvent], now: DateTime<Utc>) -> Option<IdentityError> {
+        events.iter().find_map(|e| match e {
+            ThrottleEvent::AttemptThrottled { retry_after, .. } => {
+                Some(IdentityError::Throttled { retry_after_secs: (*retry_after - now).num_seconds().max(1) })
+            }
+            _ => None,
+        })
+    }
+
+    /// Refuses (429) while `key` is delayed or locked under `policy`.
+    pub(crate) async fn check_attempt(
+        &self,
+        policy: Policy,
+        key: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let now = Utc::now();
+        let cmd = ThrottleCommand::CheckAttempt { policy, at: now };
+        let done = self.throttles.execute(&policy.key(key), cmd, meta.to_map("CheckAttempt")).await?;
+        Self::throttled(&done.events, now).map_or(Ok(()), Err)
+    }
+
+    pub(crate) async fn record_failure(
+        &self,
+        policy: Policy,
+        key: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let cmd = ThrottleCommand::RecordFailure { policy, at: Utc::now() };
+        self.throttles.execute(&policy.key(key), cmd, meta.to_map("RecordFailure")).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn record_success(
+        &self,
+        policy: Policy,
+        key: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let cmd = ThrottleCommand::RecordSuccess { at: Utc::now() };
+        self.throttles.execute(&policy.key(key), cmd, meta.to_map("RecordSuccess")).await?;
+        Ok(())
+    }
+
+    /// Counts a code sent to `key`; 429 past 3 per hour or within the cooldown.
+    pub(crate) async fn record_request(&self, key: &str, meta: &RequestMeta) -> Result<(), IdentityError> {
+        let now = Utc::now();
+        let cmd = ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, at: now };
+        let done =
+            self.throttles.execute(&Policy::OtpRequests.key(key), cmd, meta.to_map("RecordRequest")).await?;
+        Self::throttled(&done.events, now).map_or(Ok(()), Err)
+    }
+
+    // ---- codes -----------------------------------------------------------
+
+    /// Issues a code on a new challenge: the sealed delivery record first,
+    /// then the `OtpIssued` event the notifier reacts to. Returns the expiry.
+    pub(crate) async fn issue_otp(
+        &self,
+        req: OtpRequest<'_>,
+        meta: &RequestMeta,
+    ) -> Result<DateTime<Utc>, IdentityError> {
+        let now = Utc::now();
+        let code = generate_code();
+        let expires_at = now + Duration::seconds(self.otp_ttl(req.channel));
+        self.put_code_delivery(req.challenge_id, req.purpose, req.channel, req.to, &code, expires_at).await?;
+        self.vault.ensure_key(req.subject).await.map_err(internal)?;
+        let recipient = self.vault.seal(req.subject, req.to).await.map_err(internal)?;
+        let cmd = OtpCommand::Request {
+            challenge_id: req.challenge_id,
+            delivery_id: req.challenge_id,
+            subject_id: req.subject,
+            attempts_key: req.recipient_key,
+            recipient,
+            purpose: req.purpose,
+            channel: req.channel,
+            code_mac: code_mac(&self.keys.otp, req.challenge_id, &code),
+            issued_at: now,
+            expires_at,
+        };
+        if let Err(e) = self.otps.execute(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await
+        {
+            let _ = self.deliveries.delete(req.challenge_id).await;
+            return Err(e.into());
+        }
+        Ok(expires_at)
+    }
+
+    async fn put_code_delivery(
+        &self,
+        delivery_id: Uuid,
+        purpose: OtpPurpose,
+        channel: OtpChannel,
+        to: &str,
+        code: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), IdentityError> {
+        let template = match purpose {
+            OtpPurpose::EmailVerification => "otp_email_verification",
+            OtpPurpose::PhoneVerification => "otp_phone_verification",
+            OtpPurpose::TwoFactor => "otp_two_factor",
+            OtpPurpose::Login => "otp_login",
+            OtpPurpose::PasswordReset => "otp_password_reset",
+        };
+        let delivery = Delivery {
+            channel: channel.as_str().to_owned(),
+            to: to.to_owned(),
+            template: template.to_owned(),
+            code: Some(code.to_owned()),
+            expires_at: Some(expires_at),
+        };
+        self.deliveries.put(delivery_id, &delivery, expires_at).await.map_err(internal)
+    }
+
+    /// Stores a notice (no code) for the notifier; returns its delivery id.
+    pub(crate) async fn put_notice(&self, to: &str, template: &str) -> Result<Uuid, IdentityError> {
+        let id = Uuid::new_v4();
+        let delivery = Delivery {
+            channel: "email".into(),
+            to: to.to_owned(),
+            template: template.into(),
+            code: None,
+            expires_at: None,
+        };
+        self.deliveries.put(id, &delivery, Utc::now() + Duration::days(1)).await.map_err(internal)?;
+        Ok(id)
+    }
+
+    /// Answers challenge `challenge_id` with `code`, under the recipient's
+    /// failure throttle. `Ok(state)` only when the code was right; wrong
+    /// codes are recorded on the challenge and on the throttle.
+    pub(crate) async fn answer(
+        &self,
+        challenge_id: Uuid,
+        code: &OtpCode,
+        expected: &[OtpPurpose],
+        meta: &RequestMeta,
+    ) -> Result<OtpChallenge, IdentityError> {
+        let id = challenge_id.to_string();
+        let current = self.otps.load(&id).await?;
+        // A challenge of another purpose (or none) is answered like a wrong code.
+        if !current.purpose.is_some_and(|p| expected.contains(&p)) {
+            return Err(IdentityError::InvalidCode);
+        }
+        let key = current.attempts_key.clone().unwrap_or_else(|| format!("challenge:{challenge_id}"));
+        self.check_attempt(Policy::OtpFailures, &key, meta).await?;
+        let cmd = OtpCommand::Verify {
+            candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code),
+            at: Utc::now(),
+        };
+        let done = self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await.map_err(|e| match e {
+            ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
+            ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
+            ExecError::Domain(_) => IdentityError::InvalidCode,
+            other => other.into(),
+        })?;
+        if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
+            self.record_success(Policy::OtpFailures, &key, meta).await?;
+            return Ok(done.state);
+        }
+        self.record_failure(Policy::OtpFailures, &key, meta).await?;
+        if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
+            Err(IdentityError::ChallengeLocked)
+        } else {
+            Err(IdentityError::InvalidCode)
+        }
+    }
+
+    /// Resends a pending challenge's code (a new code replaces the old),
+    /// under the recipient's 3-per-hour limit and 30 s cooldown. Unknown or
+    /// finished challenges answer the same as a resend (nothing is sent).
+    ///
+    /// # Errors
+    /// `Throttled`, `Internal`.
+    #[tracing::instrument(skip_all, fields(challenge_id = %challenge_id))]
+    pub async fn resend(&self, challenge_id: Uuid, meta: &RequestMeta) -> Result<(), IdentityError> {
+        let id = challenge_id.to_string();
+        let ch = self.otps.load(&id).await?;
+        let (Some(subject), Some(key), Some(sealed), Some(purpose), Some(channel)) =
+            (ch.subject_id, ch.attempts_key.clone(), ch.recipient.clone(), ch.purpose, ch.channel)
+        else {
+            return Ok(());
+        };
+        if ch.status != domain::otp::ChallengeStatus::Pending {
+            return Ok(());
+        }
+        self.record_request(&key, meta).await?;
+        let Some(to) = self.vault.open(subject, &sealed).await.map_err(internal)? else { return Ok(()) };
+        let now = Utc::now();
+        let code = generate_code();
+        let expires_at = now + Duration::seconds(self.otp_ttl(channel));
+        let delivery_id = Uuid::new_v4();
+        self.put_code_delivery(delivery_id, purpose, channel, &to, &code, expires_at).await?;
+        let cmd = OtpCommand::Reissue {
+            delivery_id,
+            code_mac: code_mac(&self.keys.otp, challenge_id, &code),
+            issued_at: now,
+            expires_at,
+        };
+        match self.otps.execute(&id, cmd, meta.to_map("ResendOtp")).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = self.deliveries.delete(delivery_id).await;
+                match e {
+                    ExecError::Domain(_) => Ok(()),
+                    other => Err(other.into()),
+                }
+            }
+        }
+    }
+
+    // ---- sessions ----------------------------------------------------------
+
+    pub(crate) async fn start_session(
+        &self,
+        user_id: Uuid,
+        meta: &RequestMeta,
+    ) -> Result<TokenPair, IdentityError> {
+        let session_id = Uuid::now_v7();
+        let refresh = new_refresh_token(session_id);
+        let now = Utc::now();
+        let cmd = SessionCommand::Start {
+            session_id,
+            user_id,
+            refresh_hash: refresh.hash.clone(),
+            at: now,
+            idle_ttl_secs: self.config.refresh_idle_ttl_secs,
+            absolute_ttl_secs: self.config.refresh_absolute_ttl_secs,
+        };
+        let mut meta = meta.clone();
+        meta.actor = Some(user_id);
+        let done = self.sessions.execute(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
+        let (access_token, expires_in) =
+            self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token: refresh.token,
+            expires_in,
+            session_id,
+            user_id,
+            refresh_expires_at: done.state.idle_expires_at.unwrap_or(now),
+        })
+    }
+
+    /// Revokes every active session of `user_id` (ASVS 7.4.2), as listed by
+    /// the sessions read model. Returns how many were revoked.
+    ///
+    /// # Errors
+    /// `Internal`.
+    pub async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        reason: RevocationReason,
+        meta: &RequestMeta,
+    ) -> Result<usize, IdentityError> {
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT session_id FROM rm_sessions WHERE user_id = $1 AND status = 'active'")
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(internal)?;
+        for id in &ids {
+            let cmd = SessionCommand::Revoke { reason, at: Utc::now() };
+            self.sessions.execute(&id.to_string(), cmd, meta.to_map("RevokeSession")).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// The subject's sealed field opened, or `Internal` if it cannot be.
+    pub(crate) async fn open(&self, subject: Uuid, sealed: &Sealed) -> Result<String, IdentityError> {
+        self.vault
+            .open(subject, sealed)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal("subject key erased"))
+    }
+}
