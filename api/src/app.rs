@@ -186,7 +186,7 @@ impl App {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
-        axum::serve(listener, self.router())
+        axum::serve(listener, self.router().into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             })

@@ -12,11 +12,38 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// How recent the last authentication must be for sensitive changes (email,
+/// phone, password, two-factor settings, passkeys, PIN): 5 minutes
+/// (ASVS 7.5.1).
+pub const STEP_UP_MAX_AGE_SECS: i64 = 300;
+
 /// The authenticated caller.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// When the user last proved a factor (`auth_time` claim), seconds
+    /// since the Unix epoch.
+    pub auth_time: i64,
+}
+
+impl AuthUser {
+    /// 403 `reauthentication_required` unless the user authenticated within
+    /// [`STEP_UP_MAX_AGE_SECS`]; re-authenticate at `/api/auth/reauthenticate`.
+    ///
+    /// # Errors
+    /// The 403 above.
+    pub fn require_recent_auth(&self) -> Result<(), ApiError> {
+        let age = chrono::Utc::now().timestamp() - self.auth_time;
+        if age > STEP_UP_MAX_AGE_SECS {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "reauthentication_required",
+                "confirm your identity again (POST /api/auth/reauthenticate) and retry",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -39,6 +66,6 @@ impl FromRequestParts<AppState> for AuthUser {
         if projections::sessions::is_revoked(&state.read, claims.sid).await? {
             return Err(ApiError::unauthorized("the session has been revoked"));
         }
-        Ok(Self { user_id: claims.sub, session_id: claims.sid })
+        Ok(Self { user_id: claims.sub, session_id: claims.sid, auth_time: claims.auth_time })
     }
 }

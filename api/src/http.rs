@@ -37,12 +37,14 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::auth::router())
         .merge(routes::challenges::router())
         .merge(routes::users::router())
+        .merge(routes::sessions::router())
         .merge(routes::meta::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(peer_ip));
     with_security_headers(app)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             // Path only: query strings may carry personal data.
@@ -51,6 +53,29 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Replaces any client-sent peer header with the connection's IP truncated
+/// to /24 (IPv4) or /48 (IPv6): enough to recognise a network in the
+/// sessions list, not a person.
+async fn peer_ip(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use std::net::IpAddr;
+    req.headers_mut().remove(routes::auth::PEER_PREFIX_HEADER);
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let prefix = peer.map(|ip| match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    });
+    if let Some(v) = prefix.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        req.headers_mut().insert(routes::auth::PEER_PREFIX_HEADER, v);
+    }
+    next.run(req).await
 }
 
 /// Sets each security header unless the route already set its own.

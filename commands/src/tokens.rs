@@ -59,6 +59,9 @@ pub struct AccessClaims {
     pub iat: i64,
     /// Unique token id.
     pub jti: Uuid,
+    /// Last time the user proved a factor, seconds since the Unix epoch
+    /// (RFC 9068 §2.2.1; step-up checks it, ASVS 7.5.1).
+    pub auth_time: i64,
 }
 
 /// Token failures.
@@ -114,6 +117,21 @@ impl TokenIssuer {
         session: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(String, i64), TokenError> {
+        self.issue_access_at(user, session, now, now)
+    }
+
+    /// As [`TokenIssuer::issue_access`] with the time of the last
+    /// authentication, `auth_time`.
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`].
+    pub fn issue_access_at(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        now: DateTime<Utc>,
+        auth_time: DateTime<Utc>,
+    ) -> Result<(String, i64), TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         header.kid = Some(self.kid.clone());
@@ -126,6 +144,7 @@ impl TokenIssuer {
             exp: iat + ACCESS_TOKEN_TTL_SECS,
             iat,
             jti: Uuid::new_v4(),
+            auth_time: auth_time.timestamp(),
         };
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| TokenError::Signing(e.to_string()))?;

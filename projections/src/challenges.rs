@@ -109,7 +109,8 @@ async fn set_delivery(
 pub struct ChallengeRow {
     /// The challenge (aggregate) id.
     pub challenge_id: Uuid,
-    /// `email_verification`, `two_factor`, `login` or `password_reset`.
+    /// `email_verification`, `phone_verification`, `two_factor`, `login` or
+    /// `password_reset`.
     pub purpose: String,
     /// `email` or `sms`.
     pub channel: String,

@@ -17,6 +17,7 @@
 
 pub mod challenges;
 pub mod db;
+pub mod factors;
 pub mod feed;
 pub mod kafka_feed;
 pub mod pg_feed;

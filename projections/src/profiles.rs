@@ -110,6 +110,7 @@ impl Projector for ProfilesProjector {
             }
             UserEvent::DuplicateRegistrationAttempted { .. }
             | UserEvent::EmailChallengeReplaced { .. }
+            | UserEvent::RefreshTokenReuseNoticed { .. }
             | UserEvent::PasswordReset { .. }
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::LoginPasswordAccepted { .. }

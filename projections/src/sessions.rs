@@ -35,12 +35,14 @@ impl Projector for SessionsProjector {
                 started_at,
                 idle_expires_at,
                 expires_at,
+                client,
                 ..
             } => {
                 sqlx::query(
                     "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at,
-                                              last_used_at, idle_expires_at, expires_at)
-                     VALUES ($1, $2, 'active', 0, $3, $3, $4, $5)
+                                              last_used_at, idle_expires_at, expires_at, client_sealed,
+                                              authenticated_at)
+                     VALUES ($1, $2, 'active', 0, $3, $3, $4, $5, $6, $3)
                      ON CONFLICT (session_id) DO NOTHING",
                 )
                 .bind(session_id)
@@ -48,6 +50,17 @@ impl Projector for SessionsProjector {
                 .bind(started_at)
                 .bind(idle_expires_at)
                 .bind(expires_at)
+                .bind(client.map(|c| c.0))
+                .execute(conn)
+                .await?;
+            }
+            SessionEvent::SessionReauthenticated { reauthenticated_at } => {
+                sqlx::query(
+                    "UPDATE rm_sessions SET authenticated_at = $2, last_used_at = GREATEST(last_used_at, $2)
+                     WHERE session_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(reauthenticated_at)
                 .execute(conn)
                 .await?;
             }
@@ -99,6 +112,9 @@ pub struct SessionRow {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
+    /// Sealed JSON client description (see `SessionStarted`).
+    pub client_sealed: Option<String>,
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 /// The session `session_id`, if projected.
@@ -108,7 +124,7 @@ pub struct SessionRow {
 pub async fn find_session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as::<_, SessionRow>(
         "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
-                expires_at, revoked_at, revoked_reason
+                expires_at, revoked_at, revoked_reason, client_sealed, authenticated_at
          FROM rm_sessions WHERE session_id = $1",
     )
     .bind(session_id)
@@ -126,4 +142,22 @@ pub async fn is_revoked(pool: &PgPool, session_id: Uuid) -> Result<bool, sqlx::E
         .fetch_optional(pool)
         .await?;
     Ok(status.as_deref() == Some("revoked"))
+}
+
+/// The sessions of `user_id`, newest first (active and revoked within the
+/// last 30 days), at most 100.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_sessions(pool: &PgPool, user_id: Uuid) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as::<_, SessionRow>(
+        "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
+                expires_at, revoked_at, revoked_reason, client_sealed, authenticated_at
+         FROM rm_sessions
+         WHERE user_id = $1 AND (status = 'active' OR revoked_at > now() - interval '30 days')
+         ORDER BY created_at DESC LIMIT 100",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
 }

@@ -39,10 +39,25 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/password-reset/complete", post(password_reset_complete))
 }
 
+/// Internal header carrying the peer's IP prefix, set by the server from the
+/// connection (any incoming value is removed first; see `http::peer_ip`).
+pub const PEER_PREFIX_HEADER: &str = "x-streamforge-peer-prefix";
+
+fn header_str(headers: &HeaderMap, name: &str, max_chars: usize) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (!v.is_empty()).then(|| v.chars().filter(|c| !c.is_control()).take(max_chars).collect())
+}
+
 pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
     RequestMeta {
         request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
         actor,
+        client: commands::identity::ClientInfo {
+            device_id: header_str(headers, "x-device-id", 64),
+            device_label: header_str(headers, "x-device-label", 100),
+            user_agent: header_str(headers, "user-agent", 256),
+            ip_prefix: header_str(headers, PEER_PREFIX_HEADER, 64),
+        },
     }
 }
 

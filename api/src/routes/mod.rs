@@ -3,4 +3,5 @@
 pub mod auth;
 pub mod challenges;
 pub mod meta;
+pub mod sessions;
 pub mod users;

@@ -151,6 +151,7 @@ pub async fn add_phone(
     user: AuthUser,
     ValidJson(req): ValidJson<AddPhoneRequest>,
 ) -> Result<(StatusCode, Json<PhoneChallengeResponse>), ApiError> {
+    user.require_recent_auth()?;
     let phone = PhoneNumber::parse(&req.phone)?;
     let c = state.identity.add_phone(user.user_id, &phone, &meta(&headers, Some(user.user_id))).await?;
     Ok((
@@ -206,6 +207,7 @@ pub async fn set_two_factor(
     user: AuthUser,
     ValidJson(req): ValidJson<TwoFactorRequest>,
 ) -> Result<StatusCode, ApiError> {
+    user.require_recent_auth()?;
     let channel = match req.channel {
         TwoFactorChannel::Email => OtpChannel::Email,
         TwoFactorChannel::Sms => OtpChannel::Sms,

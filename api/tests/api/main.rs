@@ -2,6 +2,8 @@
 //! Postgres (a fresh database per test), the tansu Kafka broker
 //! (`KAFKA_BROKERS`, default 127.0.0.1:9092) and a real SMTP listener.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod abuse;
 mod challenges;
 mod flow;

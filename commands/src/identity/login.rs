@@ -137,11 +137,15 @@ impl IdentityService {
         })?;
         if done.events.iter().any(|e| matches!(e, SessionEvent::RefreshTokenReuseDetected { .. })) {
             tracing::warn!(session_id = %session_id, "refresh token reuse detected; session revoked");
+            if let Some(user_id) = done.state.user_id {
+                self.notify_reuse(user_id, meta).await;
+            }
             return Err(IdentityError::RefreshTokenReused);
         }
         let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
+        let auth_time = done.state.authenticated_at.unwrap_or(now);
         let (access_token, expires_in) =
-            self.tokens.issue_access(user_id, session_id, now).map_err(internal)?;
+            self.tokens.issue_access_at(user_id, session_id, now, auth_time).map_err(internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token: next.token,
@@ -150,6 +154,19 @@ impl IdentityService {
             user_id,
             refresh_expires_at: done.state.idle_expires_at.unwrap_or(now),
         })
+    }
+
+    /// Mails the owner that a refresh token was replayed (best effort).
+    async fn notify_reuse(&self, user_id: Uuid, meta: &RequestMeta) {
+        let Ok(user) = self.users.load(&user_id.to_string()).await else { return };
+        let Some(sealed) = user.email.as_ref() else { return };
+        let Ok(to) = self.open(user_id, sealed).await else { return };
+        let Ok(delivery_id) = self.put_notice(&to, "refresh_token_reuse").await else { return };
+        let cmd = UserCommand::NoteRefreshTokenReuse { delivery_id, at: Utc::now() };
+        if self.users.execute(&user_id.to_string(), cmd, meta.to_map("NoteRefreshTokenReuse")).await.is_err()
+        {
+            let _ = self.deliveries.delete(delivery_id).await;
+        }
     }
 
     /// Revokes session `session_id` of `user_id` (logout). Idempotent.

@@ -15,6 +15,7 @@ mod email;
 mod login;
 mod phone;
 mod reset;
+mod sessions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::vault::Vault;
 
 pub use login::LoginChallenge;
 pub use phone::PhoneChallenge;
+pub use sessions::Reauthenticated;
 
 /// Lifetimes, in seconds.
 #[derive(Debug, Clone)]
@@ -141,11 +143,26 @@ pub(crate) fn map_user(e: ExecError<UserError>) -> IdentityError {
     }
 }
 
-/// Who asked, for event metadata (never personal data).
+/// Who asked. `request_id` and `actor` go into event metadata; `client`
+/// (personal data) only ever sealed into a new session.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub request_id: Option<String>,
     pub actor: Option<Uuid>,
+    pub client: ClientInfo,
+}
+
+/// The client as it describes itself; stored sealed with the user's key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClientInfo {
+    /// Client-generated device id (`X-Device-Id`), at most 64 characters.
+    pub device_id: Option<String>,
+    /// Human label (`X-Device-Label`), at most 100 characters.
+    pub device_label: Option<String>,
+    /// `User-Agent`, at most 256 characters.
+    pub user_agent: Option<String>,
+    /// The caller's IP truncated to /24 (IPv4) or /48 (IPv6).
+    pub ip_prefix: Option<String>,
 }
 
 impl RequestMeta {
@@ -501,6 +518,13 @@ impl IdentityService {
         let session_id = Uuid::now_v7();
         let refresh = new_refresh_token(session_id);
         let now = Utc::now();
+        let client = if meta.client == ClientInfo::default() {
+            None
+        } else {
+            let json = serde_json::to_string(&meta.client).map_err(internal)?;
+            self.vault.ensure_key(user_id).await.map_err(internal)?;
+            Some(self.vault.seal(user_id, &json).await.map_err(internal)?)
+        };
         let cmd = SessionCommand::Start {
             session_id,
             user_id,
@@ -508,6 +532,7 @@ impl IdentityService {
             at: now,
             idle_ttl_secs: self.config.refresh_idle_ttl_secs,
             absolute_ttl_secs: self.config.refresh_absolute_ttl_secs,
+            client,
         };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);

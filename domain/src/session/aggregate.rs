@@ -60,6 +60,8 @@ pub struct Session {
     pub idle_ttl_secs: i64,
     pub idle_expires_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Last time the user proved a factor (login or step-up).
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 impl Aggregate for Session {
@@ -83,6 +85,7 @@ impl Aggregate for Session {
                 at,
                 idle_ttl_secs,
                 absolute_ttl_secs,
+                client,
             } => {
                 if self.status != SessionStatus::Absent {
                     return Err(SessionError::AlreadyStarted);
@@ -99,6 +102,7 @@ impl Aggregate for Session {
                     started_at: at,
                     idle_expires_at,
                     expires_at,
+                    client,
                 };
                 sink.write(event, self).await;
                 // The idle lifetime is state, not part of the event contract.
@@ -137,6 +141,13 @@ impl Aggregate for Session {
                 };
                 sink.write(event, self).await;
             }
+            SessionCommand::Reauthenticate { at } => match self.status {
+                SessionStatus::Absent => return Err(SessionError::NotFound),
+                SessionStatus::Revoked => return Err(SessionError::Revoked),
+                SessionStatus::Active => {
+                    sink.write(SessionEvent::SessionReauthenticated { reauthenticated_at: at }, self).await;
+                }
+            },
             SessionCommand::Revoke { reason, at } => match self.status {
                 SessionStatus::Absent => return Err(SessionError::NotFound),
                 // Revoking twice is harmless and changes nothing.
@@ -158,8 +169,10 @@ impl Aggregate for Session {
                 started_at,
                 idle_expires_at,
                 expires_at,
+                ..
             } => {
                 self.id = Some(session_id);
+                self.authenticated_at = Some(started_at);
                 self.user_id = Some(user_id);
                 self.status = SessionStatus::Active;
                 self.current_hash = Some(refresh_hash);
@@ -175,6 +188,9 @@ impl Aggregate for Session {
                 self.idle_expires_at = Some(idle_expires_at);
             }
             SessionEvent::RefreshTokenReuseDetected { .. } => {}
+            SessionEvent::SessionReauthenticated { reauthenticated_at } => {
+                self.authenticated_at = Some(reauthenticated_at);
+            }
             SessionEvent::SessionRevoked { .. } => self.status = SessionStatus::Revoked,
         }
     }
@@ -202,6 +218,7 @@ mod tests {
             started_at: t(0),
             idle_expires_at: t(30 * DAY),
             expires_at: t(90 * DAY),
+            client: None,
         }
     }
     fn refreshed(hash: &str, generation: u64, at: i64) -> SessionEvent {
@@ -224,6 +241,7 @@ mod tests {
                 at: t(0),
                 idle_ttl_secs: 30 * DAY,
                 absolute_ttl_secs: 90 * DAY,
+                client: None,
             })
             .then_expect_events(vec![started()]);
     }

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::RevocationReason;
-use crate::values::Digest;
+use crate::values::{Digest, Sealed};
 
 /// Commands on a `Session`.
 #[derive(Debug, Clone)]
@@ -17,7 +17,11 @@ pub enum SessionCommand {
         at: DateTime<Utc>,
         idle_ttl_secs: i64,
         absolute_ttl_secs: i64,
+        /// Sealed client description (see `SessionStarted`).
+        client: Option<Sealed>,
     },
+    /// A fresh proof of a factor inside the session (step-up).
+    Reauthenticate { at: DateTime<Utc> },
     /// Rotate: `presented_hash` must be the current token's hash;
     /// `new_hash` becomes current.
     Refresh { presented_hash: Digest, new_hash: Digest, at: DateTime<Utc> },

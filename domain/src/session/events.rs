@@ -3,7 +3,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::values::Digest;
+use crate::values::{Digest, Sealed};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,14 @@ pub enum SessionEvent {
         started_at: DateTime<Utc>,
         idle_expires_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+        /// Client description (device id and label, user agent, IP prefix)
+        /// as JSON sealed with the user's key: personal data.
+        #[serde(default)]
+        client: Option<Sealed>,
+    },
+    /// The user proved a factor again (step-up, ASVS 7.5.1).
+    SessionReauthenticated {
+        reauthenticated_at: DateTime<Utc>,
     },
     /// The refresh token was rotated; `generation` counts rotations (1 = first).
     SessionRefreshed {
@@ -63,6 +71,7 @@ impl DomainEvent for SessionEvent {
         match self {
             Self::SessionStarted { .. } => "SessionStarted",
             Self::SessionRefreshed { .. } => "SessionRefreshed",
+            Self::SessionReauthenticated { .. } => "SessionReauthenticated",
             Self::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
             Self::SessionRevoked { .. } => "SessionRevoked",
         }

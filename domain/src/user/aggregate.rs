@@ -138,6 +138,10 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
+            UserCommand::NoteRefreshTokenReuse { delivery_id, at } => {
+                self.require_registered()?;
+                sink.write(UserEvent::RefreshTokenReuseNoticed { delivery_id, noticed_at: at }, self).await;
+            }
             UserCommand::ReplaceEmailChallenge { challenge_id, at } => {
                 self.require_registered()?;
                 if self.email_verified {
@@ -235,7 +239,9 @@ impl Aggregate for User {
                 self.two_factor_channel = OtpChannel::Sms;
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::ProfileUpdated { .. } => {}
+            UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::RefreshTokenReuseNoticed { .. }
+            | UserEvent::ProfileUpdated { .. } => {}
             UserEvent::EmailChallengeReplaced { challenge_id, .. } => {
                 self.email_challenge_id = Some(challenge_id)
             }

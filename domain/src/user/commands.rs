@@ -33,6 +33,8 @@ pub enum UserCommand {
     /// Someone tried to register this account's email again; the owner is
     /// told by mail (`delivery_id` names the delivery record). No enumeration.
     NoteDuplicateRegistration { delivery_id: Uuid, at: DateTime<Utc> },
+    /// A spent refresh token was replayed; the owner is told (`delivery_id`).
+    NoteRefreshTokenReuse { delivery_id: Uuid, at: DateTime<Utc> },
     /// A new email verification code was issued on `challenge_id`.
     ReplaceEmailChallenge { challenge_id: Uuid, at: DateTime<Utc> },
     /// The email verification challenge was answered correctly;

@@ -32,6 +32,12 @@ pub enum UserEvent {
         delivery_id: Uuid,
         attempted_at: DateTime<Utc>,
     },
+    /// A session of this account replayed a spent refresh token and was
+    /// revoked; `delivery_id` names the notice mail.
+    RefreshTokenReuseNoticed {
+        delivery_id: Uuid,
+        noticed_at: DateTime<Utc>,
+    },
     EmailChallengeReplaced {
         challenge_id: Uuid,
         replaced_at: DateTime<Utc>,
@@ -93,6 +99,7 @@ impl DomainEvent for UserEvent {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::UserRegisteredWithPhone { .. } => "UserRegisteredWithPhone",
             Self::DuplicateRegistrationAttempted { .. } => "DuplicateRegistrationAttempted",
+            Self::RefreshTokenReuseNoticed { .. } => "RefreshTokenReuseNoticed",
             Self::EmailChallengeReplaced { .. } => "EmailChallengeReplaced",
             Self::EmailVerified { .. } => "EmailVerified",
             Self::LoginPasswordAccepted { .. } => "LoginPasswordAccepted",
