@@ -92,6 +92,11 @@ pub fn brokers() -> String {
 }
 
 pub async fn spawn_app(feed: Feed) -> TestApp {
+    spawn_app_with(feed, |_| {}).await
+}
+
+/// [`spawn_app`] with a last word on the settings (e.g. Twilio's base URL).
+pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -> TestApp {
     api::telemetry::init_for_tests();
     let (pool, url) = projections::db::testing::create_test_database(&projections::db::testing::base_url())
         .await
@@ -110,6 +115,7 @@ pub async fn spawn_app(feed: Feed) -> TestApp {
     settings.master_key = Some(Secret32::generate().to_base64());
     settings.jwt_key = Some(Secret32::generate().to_base64());
     settings.password_hash_concurrency = Some(2);
+    customise(&mut settings);
     let app = App::build(settings).await.expect("app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -9,3 +9,4 @@ mod challenges;
 mod flow;
 mod helpers;
 mod http_edges;
+mod phone;
