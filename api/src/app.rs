@@ -55,6 +55,7 @@ pub struct App {
     pub pool: PgPool,
     pub identity: Arc<IdentityService>,
     pub tokens: Arc<TokenIssuer>,
+    pub passkeys: Arc<commands::passkeys::PasskeyService>,
     keys: Keyring,
 }
 
@@ -81,20 +82,30 @@ impl App {
         };
         let identity =
             Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));
-        Ok(Self { settings, pool, identity, tokens, keys })
+        let passkeys = Arc::new(commands::passkeys::PasskeyService::new(pool.clone(), identity.clone(), &settings.webauthn_config())?);
+        Ok(Self { settings, pool, identity, tokens, keys, passkeys })
     }
 
-    /// The HTTP router.
+    /// The HTTP router, with the per-IP limit on auth routes when configured.
     pub fn router(&self) -> Router {
+        let router = self.router_unlimited();
+        match crate::ratelimit::IpRateLimit::new(self.settings.auth_rate_per_minute, self.settings.auth_rate_burst) {
+            Some(limit) => router.layer(axum::middleware::from_fn_with_state(limit, crate::ratelimit::limit_auth)),
+            None => router,
+        }
+    }
+
+    fn router_unlimited(&self) -> Router {
         crate::http::router(AppState {
             identity: self.identity.clone(),
             read: self.pool.clone(),
             tokens: self.tokens.clone(),
+            passkeys: self.passkeys.clone(),
         })
     }
 
     fn projectors() -> Vec<Arc<dyn Projector>> {
-        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector), Arc::new(ChallengesProjector)]
+        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector), Arc::new(ChallengesProjector), Arc::new(projections::pins::PinsProjector), Arc::new(projections::passkeys::PasskeysProjector)]
     }
 
     /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka).

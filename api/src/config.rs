@@ -85,9 +85,24 @@ pub struct Settings {
     /// JWT `aud`.
     #[arg(long, env = "JWT_AUDIENCE", default_value = "streamforge-api")]
     pub jwt_audience: String,
+    /// WebAuthn relying-party id: the domain passkeys are bound to.
+    #[arg(long, env = "WEBAUTHN_RP_ID", default_value = "localhost")]
+    pub webauthn_rp_id: String,
+    /// WebAuthn origin: the web origin the passkey ceremonies run on.
+    #[arg(long, env = "WEBAUTHN_RP_ORIGIN", default_value = "http://localhost:8080")]
+    pub webauthn_rp_origin: String,
+    /// WebAuthn relying-party name shown by authenticators.
+    #[arg(long, env = "WEBAUTHN_RP_NAME", default_value = "streamforge")]
+    pub webauthn_rp_name: String,
     /// Email OTP lifetime in seconds.
     #[arg(long, env = "EMAIL_OTP_TTL_SECS", default_value_t = 600)]
     pub email_otp_ttl_secs: i64,
+    /// Requests per minute per IP on `/api/auth/*` (0 disables the limit).
+    #[arg(long, env = "AUTH_RATE_PER_MINUTE", default_value_t = 120)]
+    pub auth_rate_per_minute: u32,
+    /// Burst allowed per IP on `/api/auth/*`.
+    #[arg(long, env = "AUTH_RATE_BURST", default_value_t = 30)]
+    pub auth_rate_burst: u32,
     /// SMS OTP lifetime in seconds (5 min; seed 003).
     #[arg(long, env = "SMS_OTP_TTL_SECS", default_value_t = 300)]
     pub sms_otp_ttl_secs: i64,
@@ -133,6 +148,15 @@ impl Settings {
             })),
             (None, None, None) => Ok(None),
             _ => anyhow::bail!("TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM must be set together"),
+        }
+    }
+
+    /// The WebAuthn relying party.
+    pub fn webauthn_config(&self) -> commands::passkeys::PasskeyConfig {
+        commands::passkeys::PasskeyConfig {
+            rp_id: self.webauthn_rp_id.clone(),
+            rp_origin: self.webauthn_rp_origin.clone(),
+            rp_name: self.webauthn_rp_name.clone(),
         }
     }
 

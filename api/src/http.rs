@@ -38,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::challenges::router())
         .merge(routes::users::router())
         .merge(routes::sessions::router())
+        .merge(routes::factors::router())
+        .merge(routes::passkeys::router())
         .merge(routes::meta::router())
         .with_state(state)
         .merge(docs)

@@ -16,4 +16,6 @@ pub struct AppState {
     pub read: PgPool,
     /// Access-token verification and JWKS.
     pub tokens: Arc<TokenIssuer>,
+    /// Passkeys (WebAuthn) write side.
+    pub passkeys: Arc<commands::passkeys::PasskeyService>,
 }

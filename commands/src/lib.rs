@@ -12,6 +12,7 @@ pub mod executor;
 pub mod identity;
 pub mod keys;
 pub mod otp_codes;
+pub mod passkeys;
 pub mod passwords;
 pub mod reservations;
 pub mod tokens;

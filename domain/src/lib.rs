@@ -5,8 +5,11 @@
 
 pub mod envelope;
 pub mod otp;
+pub mod pin;
+pub mod passkey;
 pub mod services;
 pub mod session;
 pub mod throttle;
+pub mod totp;
 pub mod user;
 pub mod values;

@@ -236,6 +236,34 @@ impl fmt::Debug for OtpCode {
     }
 }
 
+/// A device PIN as typed: 4–8 ASCII digits (seed 003, issue 4). Only ever
+/// hashed (argon2id); `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pin(String);
+
+impl Pin {
+    /// # Errors
+    /// [`InvalidValue`] unless 4–8 ASCII digits (surrounding spaces ignored).
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if !(4..=8).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidValue::new("pin", "must be 4 to 8 digits"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The digits, for hashing and verification only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(<redacted>)")
+    }
+}
+
 /// Ciphertext of a personal field, sealed with the subject's data key
 /// (XChaCha20-Poly1305; ARCHITECTURE decided 7). Opaque to the domain; only
 /// the `commands` vault opens it. Serialised as a plain string.
@@ -295,6 +323,17 @@ mod tests {
         assert!(OtpCode::parse("12345").is_err());
         assert!(OtpCode::parse("12345a").is_err());
         assert!(OtpCode::parse("1234567").is_err());
+    }
+
+    #[test]
+    fn pin_is_four_to_eight_digits() {
+        assert!(Pin::parse("1234").is_ok());
+        assert!(Pin::parse(" 12345678 ").is_ok());
+        assert!(Pin::parse("123").is_err());
+        assert!(Pin::parse("123456789").is_err());
+        assert!(Pin::parse("12a4").is_err());
+        assert!(Pin::parse("１２３４").is_err(), "ASCII digits only");
+        assert_eq!(format!("{:?}", Pin::parse("1234").unwrap()), "Pin(<redacted>)");
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub struct TokenResponse {
     pub session_id: Uuid,
 }
 
-fn token_response(pair: TokenPair) -> Response {
+pub(crate) fn token_response(pair: TokenPair) -> Response {
     let max_age = (pair.refresh_expires_at - Utc::now()).num_seconds().max(0);
     let cookie = format!(
         "{REFRESH_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",

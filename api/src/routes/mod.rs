@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod challenges;
+pub mod factors;
 pub mod meta;
+pub mod passkeys;
 pub mod sessions;
 pub mod users;

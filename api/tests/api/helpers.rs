@@ -78,6 +78,8 @@ pub struct TestApp {
     pub inbox: Arc<Mutex<Vec<ReceivedMail>>>,
     pub topic_prefix: String,
     pub brokers: String,
+    /// The app's token issuer, to mint tokens a client could not (e.g. a stale one).
+    pub tokens: Arc<commands::tokens::TokenIssuer>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -115,8 +117,15 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
     settings.master_key = Some(Secret32::generate().to_base64());
     settings.jwt_key = Some(Secret32::generate().to_base64());
     settings.password_hash_concurrency = Some(2);
+    // Files (SMS without Twilio) go to a per-test temporary directory.
+    let scratch = std::env::temp_dir().join(format!("streamforge-test-{run}"));
+    settings.sms_dir = scratch.join("sms");
+    settings.mail_dir = scratch.join("mail");
+    // The IP limit is tested on its own; other tests send thousands of requests.
+    settings.auth_rate_per_minute = 0;
     customise(&mut settings);
     let app = App::build(settings).await.expect("app builds");
+    let tokens = app.tokens.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = watch::channel(false);
@@ -134,7 +143,7 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
         assert!(Instant::now() < deadline, "app did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    TestApp { base, client, pool, inbox, topic_prefix, brokers: brokers(), shutdown: tx }
+    TestApp { base, client, pool, inbox, topic_prefix, brokers: brokers(), tokens, shutdown: tx }
 }
 
 impl TestApp {

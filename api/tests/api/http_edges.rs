@@ -165,3 +165,25 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&app.pool).await.unwrap();
     assert_eq!(events, 0, "bad input changed nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_routes_are_rate_limited_per_ip() {
+    let app = crate::helpers::spawn_app_with(Feed::Postgres, |s| {
+        s.auth_rate_per_minute = 60;
+        s.auth_rate_burst = 5;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = app.post("/api/auth/verify-otp", json!({"challenge_id": uuid::Uuid::new_v4(), "code": "123456"})).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry));
+            assert_eq!(r.json::<Value>().await.unwrap()["code"], "rate_limited");
+        }
+    }
+    assert_eq!(statuses, vec![400, 400, 400, 400, 400, 429, 429]);
+    // Other routes are not limited.
+    assert_eq!(app.client.get(format!("{}/health/live", app.base)).send().await.unwrap().status(), 200);
+}

@@ -5,8 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse;
+mod bench;
 mod challenges;
+mod factors;
 mod flow;
 mod helpers;
 mod http_edges;
+mod passkeys;
 mod phone;

@@ -23,7 +23,8 @@ pub struct LoginChallenge {
 
 impl IdentityService {
     /// Password step of login; on success a code is sent on the account's
-    /// two-factor channel and the challenge returned. Unknown email and
+    /// two-factor channel and the challenge returned — or, when the user has
+    /// TOTP enabled, a `totp` challenge is returned and nothing is sent. Unknown email and
     /// wrong password are the same error after the same work (a dummy
     /// argon2 verification and the same throttle events). Wrong passwords
     /// count per account (keyed by the email's lookup hash) with growing
@@ -60,6 +61,10 @@ impl IdentityService {
             return Err(IdentityError::InvalidCredentials);
         }
         self.record_success(Policy::PasswordFailures, &key, meta).await?;
+        // TOTP replaces the mailed code: nothing is sent (see `totp`).
+        if self.totp_enabled(user_id).await? {
+            return self.issue_totp_challenge(user_id, challenge_id, key, meta).await;
+        }
         let user = done.state;
         let (channel, to, recipient_key) = match (user.two_factor_channel, &user.phone) {
             (OtpChannel::Sms, Some(sealed)) if user.phone_verified => {
@@ -86,7 +91,9 @@ impl IdentityService {
 
     /// Answers a two-factor or phone-login challenge and starts a session.
     /// A phone-login code for a number with no account creates the account
-    /// (seed 003: sign up with the phone number).
+    /// (seed 003: sign up with the phone number). A challenge of channel
+    /// `totp` is answered with the authenticator app's current code, each
+    /// time step once only.
     ///
     /// # Errors
     /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
@@ -97,6 +104,11 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<TokenPair, IdentityError> {
+        let current = self.otps.load(&challenge_id.to_string()).await?;
+        if current.channel == Some(OtpChannel::Totp) {
+            let user_id = self.answer_totp_code(challenge_id, &current, code, meta).await?;
+            return self.start_session(user_id, meta).await;
+        }
         let challenge =
             self.answer(challenge_id, code, &[OtpPurpose::TwoFactor, OtpPurpose::Login], meta).await?;
         let subject = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;

@@ -14,8 +14,10 @@
 mod email;
 mod login;
 mod phone;
+mod pin;
 mod reset;
 mod sessions;
+mod totp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ use crate::vault::Vault;
 pub use login::LoginChallenge;
 pub use phone::PhoneChallenge;
 pub use sessions::Reauthenticated;
+pub use pin::FactorError;
+pub use totp::{totp_code_at, TotpEnrollment};
 
 /// Lifetimes, in seconds.
 #[derive(Debug, Clone)]
@@ -290,7 +294,7 @@ impl IdentityService {
 
     fn otp_ttl(&self, channel: OtpChannel) -> i64 {
         match channel {
-            OtpChannel::Email => self.config.email_otp_ttl_secs,
+            OtpChannel::Email | OtpChannel::Totp => self.config.email_otp_ttl_secs,
             OtpChannel::Sms => self.config.sms_otp_ttl_secs,
         }
     }
@@ -480,7 +484,8 @@ impl IdentityService {
         else {
             return Ok(());
         };
-        if ch.status != domain::otp::ChallengeStatus::Pending {
+        // A TOTP challenge has no code to send (the app shows it).
+        if ch.status != domain::otp::ChallengeStatus::Pending || channel == OtpChannel::Totp {
             return Ok(());
         }
         self.record_request(&key, meta).await?;

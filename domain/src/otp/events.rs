@@ -23,6 +23,10 @@ pub enum OtpChannel {
     #[default]
     Email,
     Sms,
+    /// Nothing is sent: the user answers with a code from an authenticator
+    /// app (RFC 6238) or a recovery code. The challenge's `code_mac` is then
+    /// a server-side proof the TOTP check answers with (see `commands`).
+    Totp,
 }
 
 impl OtpChannel {
@@ -30,6 +34,7 @@ impl OtpChannel {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Totp => "totp",
         }
     }
 }

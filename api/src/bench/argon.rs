@@ -1,0 +1,211 @@
+//! argon2id verifications per second on every core, with the production
+//! parameters (m = 19 MiB, t = 2, p = 1): RustCrypto's `argon2` as the
+//! production code calls it, the same crate reusing its memory between
+//! hashes, and — with the `argon2-compare` feature — the C reference
+//! implementation (phc-winner-argon2 through `argon2-kdf`) and `rust-argon2`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use commands::passwords::{ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST};
+
+/// The password every measurement verifies.
+const PASSWORD: &[u8] = b"correct horse battery staple";
+
+/// An argon2 implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Implementation {
+    /// RustCrypto `argon2` 0.5 through `PasswordVerifier` (what `PasswordHasher::verify_phc` runs).
+    RustCrypto,
+    /// RustCrypto `argon2` 0.5 hashing into a per-thread, reused block buffer.
+    RustCryptoReusedMemory,
+    /// The C reference implementation (phc-winner-argon2 `opt.c`) via `argon2-kdf`.
+    #[cfg(feature = "argon2-compare")]
+    CReference,
+    /// `rust-argon2` 3 (pure Rust).
+    #[cfg(feature = "argon2-compare")]
+    RustArgon2,
+}
+
+impl Implementation {
+    /// Every implementation built into this binary.
+    pub fn all() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut v = vec![Self::RustCrypto, Self::RustCryptoReusedMemory];
+        #[cfg(feature = "argon2-compare")]
+        {
+            v.push(Self::CReference);
+            v.push(Self::RustArgon2);
+        }
+        v
+    }
+
+    /// Human name for reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::RustCrypto => "RustCrypto argon2 0.5 (production path)",
+            Self::RustCryptoReusedMemory => "RustCrypto argon2 0.5, memory reused",
+            #[cfg(feature = "argon2-compare")]
+            Self::CReference => "C reference (phc-winner-argon2 via argon2-kdf)",
+            #[cfg(feature = "argon2-compare")]
+            Self::RustArgon2 => "rust-argon2 3",
+        }
+    }
+}
+
+fn params() -> anyhow::Result<Params> {
+    Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, Some(32)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A PHC hash of the benchmark password with the production parameters.
+///
+/// # Errors
+/// When argon2 rejects the parameters.
+pub fn production_phc() -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params()?)
+        .hash_password(PASSWORD, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One verifier per thread; `verify` returns whether the password matched.
+trait Verifier {
+    fn verify(&mut self) -> bool;
+}
+
+struct RustCryptoVerifier {
+    phc: String,
+}
+
+impl Verifier for RustCryptoVerifier {
+    fn verify(&mut self) -> bool {
+        PasswordHash::new(&self.phc).map(|h| Argon2::default().verify_password(PASSWORD, &h).is_ok()).unwrap_or(false)
+    }
+}
+
+struct ReusedMemoryVerifier {
+    argon: Argon2<'static>,
+    salt: Vec<u8>,
+    expected: Vec<u8>,
+    memory: Vec<Block>,
+}
+
+impl ReusedMemoryVerifier {
+    fn new(phc: &str) -> anyhow::Result<Self> {
+        let parsed = PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let salt = parsed.salt.map(|s| s.to_string()).unwrap_or_default();
+        let mut buf = [0u8; 64];
+        let salt = argon2::password_hash::Salt::from_b64(&salt)
+            .and_then(|s| s.decode_b64(&mut buf).map(<[u8]>::to_vec))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let expected = parsed.hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default();
+        let params = params()?;
+        let blocks = params.block_count();
+        Ok(Self {
+            argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            salt,
+            expected,
+            memory: vec![Block::default(); blocks],
+        })
+    }
+}
+
+impl Verifier for ReusedMemoryVerifier {
+    fn verify(&mut self) -> bool {
+        let mut out = vec![0u8; self.expected.len()];
+        self.argon.hash_password_into_with_memory(PASSWORD, &self.salt, &mut out, &mut self.memory).is_ok()
+            && out == self.expected
+    }
+}
+
+#[cfg(feature = "argon2-compare")]
+struct CReferenceVerifier {
+    hash: argon2_kdf::Hash<'static>,
+}
+
+#[cfg(feature = "argon2-compare")]
+impl Verifier for CReferenceVerifier {
+    fn verify(&mut self) -> bool {
+        self.hash.verify(PASSWORD)
+    }
+}
+
+#[cfg(feature = "argon2-compare")]
+struct RustArgon2Verifier {
+    phc: String,
+}
+
+#[cfg(feature = "argon2-compare")]
+impl Verifier for RustArgon2Verifier {
+    fn verify(&mut self) -> bool {
+        rust_argon2::verify_encoded(&self.phc, PASSWORD).unwrap_or(false)
+    }
+}
+
+fn verifier(implementation: Implementation, phc: &str) -> anyhow::Result<Box<dyn Verifier + Send>> {
+    Ok(match implementation {
+        Implementation::RustCrypto => Box::new(RustCryptoVerifier { phc: phc.to_owned() }),
+        Implementation::RustCryptoReusedMemory => Box::new(ReusedMemoryVerifier::new(phc)?),
+        #[cfg(feature = "argon2-compare")]
+        Implementation::CReference => {
+            let hash = <argon2_kdf::Hash<'static> as std::str::FromStr>::from_str(phc).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Box::new(CReferenceVerifier { hash })
+        }
+        #[cfg(feature = "argon2-compare")]
+        Implementation::RustArgon2 => Box::new(RustArgon2Verifier { phc: phc.to_owned() }),
+    })
+}
+
+/// Verifications per second of `implementation` on `threads` OS threads
+/// for `duration` (after one unmeasured verification per thread).
+///
+/// # Errors
+/// When the verifier cannot be built or a verification fails.
+pub async fn verifies_per_second(
+    implementation: Implementation,
+    phc: &str,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let phc = phc.to_owned();
+    tokio::task::spawn_blocking(move || measure(implementation, &phc, threads, duration)).await?
+}
+
+fn measure(implementation: Implementation, phc: &str, threads: usize, duration: Duration) -> anyhow::Result<f64> {
+    let threads = threads.max(1);
+    let verifiers = (0..threads).map(|_| verifier(implementation, phc)).collect::<anyhow::Result<Vec<_>>>()?;
+    let count = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(std::sync::Barrier::new(threads + 1));
+    let mut handles = Vec::new();
+    for mut v in verifiers {
+        let (count, failed, start) = (count.clone(), failed.clone(), start.clone());
+        handles.push(std::thread::spawn(move || {
+            if !v.verify() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            start.wait();
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                if !v.verify() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Instant::now()
+        }));
+    }
+    start.wait();
+    let began = Instant::now();
+    let mut ended = began;
+    for h in handles {
+        let t = h.join().map_err(|_| anyhow::anyhow!("an argon2 thread panicked"))?;
+        ended = ended.max(t);
+    }
+    anyhow::ensure!(!failed.load(Ordering::Relaxed), "{}: a verification failed", implementation.label());
+    Ok(super::per_second(count.load(Ordering::Relaxed), ended - began))
+}

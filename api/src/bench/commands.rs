@@ -1,0 +1,284 @@
+//! `bench commands`: the VerifyOtp and RefreshSession commands per second
+//! and their p99 through the command layer (`commands::Executor` over
+//! postgres-es: load the aggregate's events, decide, append in a
+//! transaction, with conflict retry) against a plain SQL run of the same
+//! statements — the same `SELECT` of the stream, then `BEGIN; INSERT` of
+//! one event; `COMMIT` — at the same concurrency.
+//!
+//! Each side works on streams of its own, prepared alike: pending OTP
+//! challenges (one `OtpIssued` each; a right code verifies each once) and
+//! sessions (one `SessionStarted`, then one `SessionRefreshed` per refresh,
+//! rotating over 100 sessions per client so streams grow as they do in use).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use commands::keys::Secret32;
+use commands::otp_codes::code_mac;
+use commands::tokens::new_refresh_token;
+use commands::Executor;
+use cqrs_es::DomainEvent as _;
+use domain::otp::{OtpChallenge, OtpChannel, OtpCommand, OtpEvent, OtpPurpose};
+use domain::session::{Session, SessionCommand, SessionEvent};
+use domain::values::{Digest, Sealed};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::data::{insert_events, EventRow};
+use super::{
+    closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Exhausted, Report, Row, Sample,
+};
+
+/// postgres-es's statements (sql_query.rs of postgres-es 0.5).
+const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+const INSERT_EVENT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Sessions per client.
+const SESSIONS_PER_CLIENT: usize = 100;
+/// Prepared challenges per side and second of measurement.
+const CHALLENGES_PER_SECOND: f64 = 5_000.0;
+
+struct Challenges {
+    ids: Vec<(Uuid, String)>,
+    next: AtomicUsize,
+}
+
+impl Challenges {
+    fn take(&self) -> Result<&(Uuid, String), Exhausted> {
+        self.ids.get(self.next.fetch_add(1, Ordering::Relaxed)).ok_or(Exhausted)
+    }
+
+    fn exhausted(&self) -> bool {
+        self.next.load(Ordering::Relaxed) >= self.ids.len()
+    }
+}
+
+struct Sessions {
+    /// (session id, current refresh hash), indexed by `worker + clients * k`.
+    current: Vec<Mutex<(Uuid, Digest)>>,
+    clients: usize,
+}
+
+impl Sessions {
+    fn slot(&self, worker: usize, i: u64) -> &Mutex<(Uuid, Digest)> {
+        let k = usize::try_from(i).unwrap_or(0) % SESSIONS_PER_CLIENT;
+        &self.current[(worker + self.clients * k) % self.current.len()]
+    }
+}
+
+fn metadata(command: &str) -> HashMap<String, String> {
+    HashMap::from([("command".to_owned(), command.to_owned())])
+}
+
+/// Runs the benchmark on `env`.
+///
+/// # Errors
+/// Setup failures.
+pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
+    let pool = env.db.clone();
+    let clients = o.concurrency_or(8);
+    let d = o.duration;
+    let key = Secret32::generate();
+    let per_side = ((CHALLENGES_PER_SECOND * d.as_secs_f64()) as usize).max(200);
+    let otp_cmd = Arc::new(prepare_challenges(&pool, &key, per_side).await?);
+    let otp_sql = Arc::new(prepare_challenges(&pool, &key, per_side).await?);
+    let ses_cmd = Arc::new(prepare_sessions(&pool, clients).await?);
+    let ses_sql = Arc::new(prepare_sessions(&pool, clients).await?);
+    sqlx::query("ANALYZE events").execute(&pool).await?;
+
+    let otps = Arc::new(Executor::<OtpChallenge>::new(pool.clone(), ()));
+    let sessions = Arc::new(Executor::<Session>::new(pool.clone(), ()));
+    let key = Arc::new(key);
+    let (mut v_sql, mut v_cmd, mut r_sql, mut r_cmd) =
+        (Sample::default(), Sample::default(), Sample::default(), Sample::default());
+    for _ in 0..2 {
+        v_sql.merge(verify_sql(&pool, &otp_sql, clients, d / 2).await);
+        v_cmd.merge(verify_cmd(&otps, &key, &otp_cmd, clients, d / 2).await);
+        r_sql.merge(refresh_sql(&pool, &ses_sql, clients, d / 2).await);
+        r_cmd.merge(refresh_cmd(&sessions, &ses_cmd, clients, d / 2).await);
+    }
+
+    let mut r = Report::new("commands");
+    r.note(format!(
+        "{clients} concurrent clients on each side; 2 rounds of {:.1} s per figure, alternating with its baseline",
+        (d / 2).as_secs_f64()
+    ));
+    r.note(format!(
+        "{per_side} pending challenges per side; {} sessions per side ({SESSIONS_PER_CLIENT} per client)",
+        ses_cmd.current.len()
+    ));
+    if otp_cmd.exhausted() || otp_sql.exhausted() {
+        r.note("the prepared challenges ran out before the end of a phase; rates are over the time they lasted");
+    }
+    for (what, s) in [("VerifyOtp command", &v_cmd), ("VerifyOtp SQL", &v_sql), ("RefreshSession command", &r_cmd), ("RefreshSession SQL", &r_sql)] {
+        r.notes.extend(error_note(what, s));
+    }
+    for (name, cmd, sql) in [("VerifyOtp", &v_cmd, &v_sql), ("RefreshSession", &r_cmd, &r_sql)] {
+        r.rows.push(Row::ratio(
+            format!("{name} commands/s ({clients} clients)"),
+            fmt_rate(cmd.rate()),
+            format!("{} (plain SQL)", fmt_rate(sql.rate())),
+            ratio(cmd.rate(), sql.rate()),
+            Check::RatioAtLeast(0.5),
+        ));
+        r.rows.push(Row::info(
+            format!("{name} p99"),
+            fmt_ms(cmd.quantile(0.99)),
+            format!("{} (plain SQL)", fmt_ms(sql.quantile(0.99))),
+            Some(ratio(cmd.quantile(0.99).as_secs_f64(), sql.quantile(0.99).as_secs_f64())),
+        ));
+    }
+    Ok(r)
+}
+
+async fn prepare_challenges(pool: &PgPool, key: &Secret32, n: usize) -> anyhow::Result<Challenges> {
+    let now = Utc::now();
+    let mut ids = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = Uuid::new_v4();
+        let code = format!("{:06}", (i * 7_919) % 1_000_000);
+        let event = OtpEvent::OtpIssued {
+            challenge_id: id,
+            delivery_id: id,
+            subject_id: Uuid::now_v7(),
+            attempts_key: format!("user:{id}"),
+            recipient: Sealed("v1.bench".to_owned()),
+            purpose: OtpPurpose::TwoFactor,
+            channel: OtpChannel::Email,
+            code_mac: code_mac(key, id, &code),
+            issued_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+        };
+        rows.push(EventRow::new("otp_challenge", id.to_string(), 1, &event)?);
+        ids.push((id, code));
+    }
+    insert_events(pool, &rows).await?;
+    Ok(Challenges { ids, next: AtomicUsize::new(0) })
+}
+
+async fn prepare_sessions(pool: &PgPool, clients: usize) -> anyhow::Result<Sessions> {
+    let now = Utc::now();
+    let mut current = Vec::new();
+    let mut rows = Vec::new();
+    for _ in 0..clients * SESSIONS_PER_CLIENT {
+        let session_id = Uuid::now_v7();
+        let hash = new_refresh_token(session_id).hash;
+        let event = SessionEvent::SessionStarted {
+            session_id,
+            user_id: Uuid::now_v7(),
+            refresh_hash: hash.clone(),
+            started_at: now,
+            idle_expires_at: now + chrono::Duration::days(30),
+            expires_at: now + chrono::Duration::days(90),
+            client: None,
+        };
+        rows.push(EventRow::new("session", session_id.to_string(), 1, &event)?);
+        current.push(Mutex::new((session_id, hash)));
+    }
+    insert_events(pool, &rows).await?;
+    Ok(Sessions { current, clients })
+}
+
+/// The plain-SQL side: the stream's `SELECT`, then one `INSERT` in a transaction.
+async fn load_and_append(pool: &PgPool, aggregate_type: &str, id: &str, event: serde_json::Value, event_type: String, version: String) -> anyhow::Result<()> {
+    let rows = sqlx::query(SELECT_EVENTS).bind(aggregate_type).bind(id).fetch_all(pool).await?;
+    let sequence = i64::try_from(rows.len())? + 1;
+    let mut tx = pool.begin().await?;
+    sqlx::query(INSERT_EVENT)
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(sequence)
+        .bind(event_type)
+        .bind(version)
+        .bind(event)
+        .bind(serde_json::json!({"command": "bench"}))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn verify_sql(pool: &PgPool, ch: &Arc<Challenges>, clients: usize, d: Duration) -> Sample {
+    let (pool, ch) = (pool.clone(), ch.clone());
+    closed_loop(clients, d, move |_, _| {
+        let (pool, ch) = (pool.clone(), ch.clone());
+        async move {
+            let (id, _) = ch.take()?;
+            let event = OtpEvent::OtpVerified { verified_at: Utc::now() };
+            let (t, v) = (event.event_type(), event.event_version());
+            load_and_append(&pool, "otp_challenge", &id.to_string(), serde_json::to_value(&event)?, t, v).await
+        }
+    })
+    .await
+}
+
+async fn verify_cmd(
+    otps: &Arc<Executor<OtpChallenge>>,
+    key: &Arc<Secret32>,
+    ch: &Arc<Challenges>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
+    let (otps, key, ch) = (otps.clone(), key.clone(), ch.clone());
+    closed_loop(clients, d, move |_, _| {
+        let (otps, key, ch) = (otps.clone(), key.clone(), ch.clone());
+        async move {
+            let (id, code) = ch.take()?;
+            let cmd = OtpCommand::Verify { candidate_mac: code_mac(&key, *id, code), at: Utc::now() };
+            let done = otps.execute(&id.to_string(), cmd, metadata("VerifyOtp")).await?;
+            anyhow::ensure!(
+                done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })),
+                "the code was not accepted"
+            );
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn refresh_sql(pool: &PgPool, sessions: &Arc<Sessions>, clients: usize, d: Duration) -> Sample {
+    let (pool, sessions) = (pool.clone(), sessions.clone());
+    closed_loop(clients, d, move |worker, i| {
+        let (pool, sessions) = (pool.clone(), sessions.clone());
+        async move {
+            let session_id = sessions.slot(worker, i).lock().map_err(|_| anyhow::anyhow!("poisoned"))?.0;
+            let now = Utc::now();
+            let event = SessionEvent::SessionRefreshed {
+                refresh_hash: new_refresh_token(session_id).hash,
+                generation: i + 1,
+                refreshed_at: now,
+                idle_expires_at: now + chrono::Duration::days(30),
+            };
+            let (t, v) = (event.event_type(), event.event_version());
+            load_and_append(&pool, "session", &session_id.to_string(), serde_json::to_value(&event)?, t, v).await
+        }
+    })
+    .await
+}
+
+async fn refresh_cmd(executor: &Arc<Executor<Session>>, sessions: &Arc<Sessions>, clients: usize, d: Duration) -> Sample {
+    let (executor, sessions) = (executor.clone(), sessions.clone());
+    closed_loop(clients, d, move |worker, i| {
+        let (executor, sessions) = (executor.clone(), sessions.clone());
+        async move {
+            let (session_id, presented) =
+                sessions.slot(worker, i).lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+            let next = new_refresh_token(session_id).hash;
+            let cmd = SessionCommand::Refresh { presented_hash: presented, new_hash: next.clone(), at: Utc::now() };
+            let done = executor.execute(&session_id.to_string(), cmd, metadata("RefreshSession")).await?;
+            anyhow::ensure!(
+                done.events.iter().any(|e| matches!(e, SessionEvent::SessionRefreshed { .. })),
+                "the refresh was refused"
+            );
+            *sessions.slot(worker, i).lock().map_err(|_| anyhow::anyhow!("poisoned"))? = (session_id, next);
+            Ok(())
+        }
+    })
+    .await
+}

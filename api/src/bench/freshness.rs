@@ -1,0 +1,210 @@
+//! `bench freshness`: commit → read model visible, through Kafka, at half
+//! the maximum write rate. The process runs the relay and the projector
+//! roles (`App::run`) against the broker; the writes are `StartSession`
+//! commands (`commands::Executor<Session>`), each visible once its
+//! `rm_sessions` row exists. First the maximum write rate is measured in
+//! closed loop; then, once the read model has caught up, writes are issued
+//! at half that rate in open loop while a watcher polls the read model every
+//! millisecond for the sessions committed but not yet seen. A latency runs
+//! from the command's return (after `COMMIT`) to the end of the poll that
+//! first saw the row, so it errs on the long side by up to one poll.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use commands::tokens::new_refresh_token;
+use commands::Executor;
+use domain::session::{Session, SessionCommand};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{
+    closed_loop, error_note, fmt_ms, fmt_rate, open_loop, quantile, ratio, BenchEnv, BenchOptions, Check, Report,
+    Row,
+};
+use crate::app::{App, Roles};
+
+/// The target: p99 commit → visible.
+pub const LIMIT: Duration = Duration::from_millis(50);
+
+/// Longest wait for a committed write to become visible.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+async fn start_session(sessions: &Executor<Session>) -> anyhow::Result<Uuid> {
+    let session_id = Uuid::now_v7();
+    let cmd = SessionCommand::Start {
+        session_id,
+        user_id: Uuid::now_v7(),
+        refresh_hash: new_refresh_token(session_id).hash,
+        at: Utc::now(),
+        idle_ttl_secs: 30 * 86_400,
+        absolute_ttl_secs: 90 * 86_400,
+        client: None,
+    };
+    let meta = HashMap::from([("command".to_owned(), "StartSession".to_owned())]);
+    sessions.execute(&session_id.to_string(), cmd, meta).await?;
+    Ok(session_id)
+}
+
+/// Runs the benchmark on `env`.
+///
+/// # Errors
+/// Setup failures, broker unreachable, the projector never catching up.
+pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
+    let mut settings = env.settings.clone();
+    settings.kafka_brokers = Some(o.brokers.clone());
+    let app = App::build(settings).await?;
+    let (stop, stopped) = watch::channel(false);
+    let roles = Roles { http: false, relay: true, project: true, notify: false };
+    let runner = {
+        let app = app.clone();
+        tokio::spawn(async move { app.run(roles, None, stopped).await })
+    };
+    let result = measure(&app, o).await;
+    let _ = stop.send(true);
+    match tokio::time::timeout(Duration::from_secs(20), runner).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %format!("{e:#}"), "a role stopped with an error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("the relay and projector did not stop within 20 s"),
+    }
+    result
+}
+
+async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
+    let pool = app.pool.clone();
+    let d = o.duration;
+    let clients = o.concurrency_or(8);
+    let sessions = Arc::new(Executor::<Session>::new(pool.clone(), ()));
+
+    // Warm-up: topics created, consumer group joined, first envelope through.
+    let first = start_session(&sessions).await?;
+    wait_until(&pool, "SELECT count(*) FROM rm_sessions WHERE session_id = $1", Some(first), 1, Duration::from_secs(60))
+        .await?;
+
+    let max = {
+        let sessions = sessions.clone();
+        closed_loop(clients, d / 2, move |_, _| {
+            let sessions = sessions.clone();
+            async move { start_session(&sessions).await.map(|_| ()) }
+        })
+        .await
+    };
+    let written = i64::try_from(max.ok + 1)?;
+    let catch_up = Instant::now();
+    wait_until(&pool, "SELECT count(*) FROM rm_sessions WHERE $1::uuid IS NULL", None, written, Duration::from_secs(120))
+        .await?;
+    let catch_up = catch_up.elapsed();
+
+    let rate = max.rate() / 2.0;
+    let pending: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_visible(pool.clone(), pending.clone(), done.clone()));
+    let open = {
+        let (sessions, pending) = (sessions.clone(), pending.clone());
+        open_loop(rate, d, move |_| {
+            let (sessions, pending) = (sessions.clone(), pending.clone());
+            async move {
+                let id = start_session(&sessions).await?;
+                let committed = Instant::now();
+                pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(id, committed);
+                Ok(())
+            }
+        })
+        .await
+    };
+    done.store(true, Ordering::Relaxed);
+    let visible = watcher.await??;
+    let unseen = pending.lock().map(|p| p.len()).unwrap_or(0);
+
+    let p50 = quantile(&visible, 0.5);
+    let p99 = quantile(&visible, 0.99);
+    let mut r = Report::new("freshness");
+    r.note(format!(
+        "relay + projector in process, broker {}, consumer fetch.wait.max.ms={}, producer linger.ms={}",
+        o.brokers,
+        app.settings.kafka_fetch_wait_max_ms,
+        workers::kafka::DEFAULT_LINGER_MS
+    ));
+    r.note(format!(
+        "maximum write rate: {} StartSession commands ({clients} clients, {:.1} s); read model caught up {:.2} s later",
+        fmt_rate(max.rate()),
+        (d / 2).as_secs_f64(),
+        catch_up.as_secs_f64()
+    ));
+    r.note(format!(
+        "measured at {} (half of it) for {:.1} s: {} writes, {} seen",
+        fmt_rate(open.rate()),
+        d.as_secs_f64(),
+        open.ok,
+        visible.len()
+    ));
+    r.notes.extend(error_note("max-rate writes", &max));
+    r.notes.extend(error_note("open-loop writes", &open));
+    r.rows.push(Row::info(
+        "commit → read model visible, p50",
+        fmt_ms(p50),
+        format!("{} (limit)", fmt_ms(LIMIT)),
+        Some(ratio(p50.as_secs_f64(), LIMIT.as_secs_f64())),
+    ));
+    r.rows.push(Row::ratio(
+        "commit → read model visible, p99",
+        fmt_ms(p99),
+        format!("{} (limit)", fmt_ms(LIMIT)),
+        ratio(p99.as_secs_f64(), LIMIT.as_secs_f64()),
+        Check::RatioAtMost(1.0),
+    ));
+    r.rows.push(Row::zero(format!("writes not visible within {} s", GIVE_UP.as_secs()), u64::try_from(unseen)?));
+    Ok(r)
+}
+
+/// Waits until `sql` (bound to `id`) counts at least `n`.
+async fn wait_until(pool: &PgPool, sql: &str, id: Option<Uuid>, n: i64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let count: i64 = sqlx::query_scalar(sql).bind(id).fetch_one(pool).await?;
+        if count >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the read model did not catch up within {within:?} ({count} of {n})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `rm_sessions` every millisecond for the pending ids; returns the
+/// latencies of those seen. Ends when `done` is set and nothing is pending,
+/// or [`GIVE_UP`] after `done`.
+async fn watch_visible(
+    pool: PgPool,
+    pending: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let mut done_at: Option<Instant> = None;
+    loop {
+        let ids: Vec<Uuid> = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.keys().copied().collect();
+        if done.load(Ordering::Relaxed) {
+            let since = *done_at.get_or_insert_with(Instant::now);
+            if ids.is_empty() || since.elapsed() > GIVE_UP {
+                return Ok(latencies);
+            }
+        }
+        if !ids.is_empty() {
+            let seen: Vec<Uuid> = sqlx::query_scalar("SELECT session_id FROM rm_sessions WHERE session_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&pool)
+                .await?;
+            let now = Instant::now();
+            let mut p = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for id in seen {
+                if let Some(committed) = p.remove(&id) {
+                    latencies.push(now - committed);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

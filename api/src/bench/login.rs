@@ -1,0 +1,204 @@
+//! `bench login`: password logins per second (`IdentityService::start_login`
+//! with the right password, closed loop) against H, the argon2id
+//! verifications per second the same process reaches on every core with
+//! the production parameters; latency at 0.5 × H in open loop; RSS idle and
+//! peak; and H beside the other argon2 implementations built in.
+
+use std::sync::Arc;
+
+use commands::identity::RequestMeta;
+use domain::values::{DisplayName, EmailAddress, OtpCode, Password};
+use futures::{StreamExt as _, TryStreamExt as _};
+use uuid::Uuid;
+
+use super::argon::{self, Implementation};
+use super::{
+    closed_loop, cores, error_note, fmt_ms, fmt_rate, open_loop, ratio, reset_peak_rss, rss_kib, BenchEnv,
+    BenchOptions, Check, Report, Row, Sample,
+};
+use crate::app::App;
+
+const PASSWORD: &str = "bench-password-correct-horse";
+/// Accounts per closed-loop client (logins rotate over them, as real users do).
+const ACCOUNTS_PER_CLIENT: usize = 4;
+
+struct Account {
+    email: EmailAddress,
+    password: Password,
+}
+
+/// Runs the benchmark on `env`.
+///
+/// # Errors
+/// Setup failures.
+pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
+    let cores = cores();
+    let d = o.duration;
+    let app = App::build(env.settings.clone()).await?;
+    let (idle_rss, _) = rss_kib();
+    let concurrency = o.concurrency_or(2 * cores);
+    let accounts = Arc::new(register_accounts(&app, concurrency * ACCOUNTS_PER_CLIENT).await?);
+
+    let phc = argon::production_phc()?;
+    // H and the logins alternate (two rounds each) so outside load hits both alike.
+    let mut h_count = 0.0;
+    let mut logins = Sample::default();
+    let mut peak_rss = 0;
+    for _ in 0..2 {
+        h_count += argon::verifies_per_second(Implementation::RustCrypto, &phc, cores, d / 2).await?;
+        reset_peak_rss();
+        logins.merge(login_closed_loop(&app, &accounts, concurrency, d / 2).await);
+        peak_rss = peak_rss.max(rss_kib().1);
+    }
+    let h = h_count / 2.0;
+
+    let target_rate = 0.5 * h;
+    let open = {
+        let identity = app.identity.clone();
+        let accounts = accounts.clone();
+        open_loop(target_rate, d, move |i| {
+            let identity = identity.clone();
+            let accounts = accounts.clone();
+            async move {
+                let a = &accounts[usize::try_from(i).unwrap_or(0) % accounts.len()];
+                identity.start_login(&a.email, &a.password, &RequestMeta::default()).await?;
+                Ok(())
+            }
+        })
+        .await
+    };
+
+    let mut alternatives = Vec::new();
+    for imp in Implementation::all().into_iter().skip(1) {
+        alternatives.push((imp, argon::verifies_per_second(imp, &phc, cores, d).await?));
+    }
+
+    let mut r = Report::new("login");
+    r.note(format!(
+        "{cores} cores; argon2id m={} KiB t={} p={}; hashing pool = {cores} permits",
+        commands::passwords::ARGON2_M_COST_KIB,
+        commands::passwords::ARGON2_T_COST,
+        commands::passwords::ARGON2_P_COST
+    ));
+    r.note(format!(
+        "closed loop: {concurrency} clients over {} verified accounts, 2 × {:.1} s alternating with 2 × {:.1} s of H",
+        accounts.len(),
+        (d / 2).as_secs_f64(),
+        (d / 2).as_secs_f64()
+    ));
+    r.note(format!("open loop: {:.1} logins/s (0.5 × H) for {:.1} s", target_rate, d.as_secs_f64()));
+    r.notes.extend(error_note("closed loop", &logins));
+    r.notes.extend(error_note("open loop", &open));
+
+    let c_ref = alternatives.iter().find(|(imp, _)| imp.label().starts_with("C reference")).map(|(_, x)| *x);
+    match c_ref {
+        Some(c) => r.rows.push(Row::ratio(
+            format!("H: argon2id verifies/s, {}, {cores} threads", Implementation::RustCrypto.label()),
+            fmt_rate(h),
+            format!("{} (C reference, same parameters, {cores} threads)", fmt_rate(c)),
+            ratio(h, c),
+            Check::RatioAtLeast(1.0),
+        )),
+        None => r.rows.push(Row::info(
+            format!("H: argon2id verifies/s, {}, {cores} threads", Implementation::RustCrypto.label()),
+            fmt_rate(h),
+            "C reference not built in (`--features argon2-compare`)".to_owned(),
+            None,
+        )),
+    }
+    r.rows.push(Row::ratio(
+        format!("password logins/s, closed loop, {concurrency} clients"),
+        fmt_rate(logins.rate()),
+        format!("{} (H)", fmt_rate(h)),
+        ratio(logins.rate(), h),
+        Check::RatioAtLeast(0.8),
+    ));
+    // One verification's time on an idle core: what a lone login cannot go below.
+    let one_verify = std::time::Duration::from_secs_f64(if h > 0.0 { cores as f64 / h } else { 0.0 });
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let lat = open.quantile(p);
+        r.rows.push(Row::info(
+            format!("login latency {name} at 0.5 × H ({})", fmt_rate(open.rate())),
+            fmt_ms(lat),
+            format!("{} (one argon2id verify)", fmt_ms(one_verify)),
+            Some(ratio(lat.as_secs_f64(), one_verify.as_secs_f64())),
+        ));
+    }
+    for (imp, x) in &alternatives {
+        r.rows.push(Row::info(
+            format!("argon2id verifies/s, {}, {cores} threads", imp.label()),
+            fmt_rate(*x),
+            format!("{} (H)", fmt_rate(h)),
+            Some(ratio(*x, h)),
+        ));
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    r.rows.push(Row::info("RSS idle (app built, before load)", format!("{:.1} MiB", mib(idle_rss)), "–".into(), None));
+    r.rows.push(Row::info(
+        "RSS peak during the closed-loop logins",
+        format!("{:.1} MiB", mib(peak_rss)),
+        format!("{:.1} MiB (idle)", mib(idle_rss)),
+        Some(ratio(peak_rss as f64, idle_rss as f64)),
+    ));
+    Ok(r)
+}
+
+async fn login_closed_loop(
+    app: &App,
+    accounts: &Arc<Vec<Account>>,
+    concurrency: usize,
+    d: std::time::Duration,
+) -> Sample {
+    let identity = app.identity.clone();
+    let accounts = accounts.clone();
+    closed_loop(concurrency, d, move |worker, i| {
+        let identity = identity.clone();
+        let accounts = accounts.clone();
+        async move {
+            let k = worker * ACCOUNTS_PER_CLIENT + usize::try_from(i).unwrap_or(0) % ACCOUNTS_PER_CLIENT;
+            let a = &accounts[k % accounts.len()];
+            identity.start_login(&a.email, &a.password, &RequestMeta::default()).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Registers `n` accounts and verifies their emails with the mailed codes
+/// (read from the delivery records; no notifier runs).
+async fn register_accounts(app: &App, n: usize) -> anyhow::Result<Vec<Account>> {
+    let tag = Uuid::new_v4().simple().to_string();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let tag = &tag;
+            async move {
+                let email = EmailAddress::parse(&format!("login-{i}-{}@bench.streamforge.test", &tag[..8]))?;
+                let password = Password::parse(PASSWORD)?;
+                let meta = RequestMeta::default();
+                let name = DisplayName::parse(&format!("Bench {i}"))?;
+                let user_id = app.identity.register(&email, &password, &name, &meta).await?;
+                let payload: serde_json::Value = sqlx::query_scalar(
+                    "SELECT payload::jsonb FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence = 1",
+                )
+                .bind(user_id.to_string())
+                .fetch_one(&app.pool)
+                .await?;
+                let challenge = payload["UserRegistered"]["email_challenge_id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| anyhow::anyhow!("registration without email challenge"))?;
+                let delivery = app
+                    .identity
+                    .deliveries
+                    .get(challenge)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no delivery record for the verification code"))?;
+                let code = OtpCode::parse(delivery.code.as_deref().unwrap_or_default())?;
+                app.identity.verify_email(&email, &code, &meta).await?;
+                anyhow::Ok(Account { email, password })
+            }
+        })
+        .buffer_unordered(cores().max(2))
+        .try_collect()
+        .await
+}

@@ -1,0 +1,170 @@
+//! `bench queries`: `GET /api/users/me` requests per second and p99 on the
+//! real router (`App::router`: bearer check with the revocation lookup,
+//! profile from `rm_profiles`, personal fields opened with the subject key,
+//! every middleware) against a bare axum + sqlx handler that does the same
+//! JWT check and selects the same row, both served in this process on
+//! loopback and driven by the same client loop, in alternating rounds, over
+//! a dataset of N seeded users (`streamforge seed`); requests pick among the
+//! tokens of up to 10,000 of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use commands::tokens::TokenIssuer;
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::data::{seed_users, SeedShape, SEED_PASSWORD};
+use super::{closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample};
+use crate::app::App;
+
+/// Default number of seeded users.
+pub const DEFAULT_USERS: usize = 100_000;
+/// Most distinct callers.
+const MAX_CALLERS: usize = 10_000;
+
+/// Runs the benchmark on `env`.
+///
+/// # Errors
+/// Setup failures, a server answering something else than 200 to the
+/// first request.
+pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
+    let app = App::build(env.settings.clone()).await?;
+    let keys = commands::Keyring::derive(&env.settings.master_key()?);
+    let users = o.users.unwrap_or(DEFAULT_USERS).max(1);
+    let hash = commands::passwords::PasswordHasher::new(1)?.hash(SEED_PASSWORD).await?;
+    let bar = ProgressBar::new(u64::try_from(users)?);
+    let seeded = seed_users(&app.pool, &keys, &hash, users, SeedShape::USERS, &bar).await?;
+    bar.finish_and_clear();
+    sqlx::query("VACUUM ANALYZE rm_profiles, rm_sessions, subject_keys").execute(&app.pool).await?;
+
+    let now = chrono::Utc::now();
+    let step = (seeded.len() / MAX_CALLERS).max(1);
+    let tokens: Vec<String> = seeded
+        .iter()
+        .step_by(step)
+        .take(MAX_CALLERS)
+        .map(|u| app.tokens.issue_access(u.user_id, u.session_id, now).map(|(t, _)| t))
+        .collect::<Result<_, _>>()?;
+    let tokens = Arc::new(tokens);
+
+    let (stop, stopped) = watch::channel(false);
+    let real = TcpListener::bind("127.0.0.1:0").await?;
+    let real_url = format!("http://{}/api/users/me", real.local_addr()?);
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        tokio::spawn(async move { app.serve_http(real, stopped).await });
+    }
+    let bare = TcpListener::bind("127.0.0.1:0").await?;
+    let bare_url = format!("http://{}/api/users/me", bare.local_addr()?);
+    {
+        let router = bare_router(app.pool.clone(), app.tokens.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            axum::serve(bare, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    let clients = o.concurrency_or(16);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).timeout(Duration::from_secs(10)).build()?;
+    for url in [&real_url, &bare_url] {
+        let first = tokens.first().ok_or_else(|| anyhow::anyhow!("no user"))?;
+        let status = client.get(url.as_str()).bearer_auth(first).send().await?.status();
+        anyhow::ensure!(status == StatusCode::OK, "{url} answered {status}");
+    }
+    let d = o.duration;
+    let (mut bare_s, mut real_s) = (Sample::default(), Sample::default());
+    for _ in 0..2 {
+        bare_s.merge(drive(&client, &bare_url, &tokens, clients, d / 2).await);
+        real_s.merge(drive(&client, &real_url, &tokens, clients, d / 2).await);
+    }
+    let _ = stop.send(true);
+
+    let mut r = Report::new("queries");
+    r.note(format!(
+        "{} seeded users; requests spread over {} of them; {clients} keep-alive clients (reqwest) in the same process",
+        seeded.len(),
+        tokens.len()
+    ));
+    r.note(format!("2 rounds of {:.1} s per side, alternating, after one warm-up request each", (d / 2).as_secs_f64()));
+    r.notes.extend(error_note("GET /api/users/me", &real_s));
+    r.notes.extend(error_note("bare handler", &bare_s));
+    r.rows.push(Row::ratio(
+        format!("GET /api/users/me req/s ({clients} clients)"),
+        fmt_rate(real_s.rate()),
+        format!("{} (bare axum + sqlx)", fmt_rate(bare_s.rate())),
+        ratio(real_s.rate(), bare_s.rate()),
+        Check::RatioAtLeast(0.7),
+    ));
+    r.rows.push(Row::info(
+        "GET /api/users/me p99",
+        fmt_ms(real_s.quantile(0.99)),
+        format!("{} (bare axum + sqlx)", fmt_ms(bare_s.quantile(0.99))),
+        Some(ratio(real_s.quantile(0.99).as_secs_f64(), bare_s.quantile(0.99).as_secs_f64())),
+    ));
+    Ok(r)
+}
+
+async fn drive(client: &reqwest::Client, url: &str, tokens: &Arc<Vec<String>>, clients: usize, d: Duration) -> Sample {
+    let (client, url, tokens) = (client.clone(), url.to_owned(), tokens.clone());
+    closed_loop(clients, d, move |worker, i| {
+        let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());
+        async move {
+            // A spread, repeatable walk over the callers.
+            let k = (worker as u64).wrapping_mul(7_919).wrapping_add(i.wrapping_mul(104_729));
+            let token = &tokens[usize::try_from(k % tokens.len() as u64).unwrap_or(0)];
+            let response = client.get(url.as_str()).bearer_auth(token).send().await?;
+            let status = response.status();
+            let body = response.bytes().await?;
+            anyhow::ensure!(status == StatusCode::OK, "status {status}");
+            anyhow::ensure!(!body.is_empty(), "empty body");
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[derive(Clone)]
+struct Bare {
+    pool: PgPool,
+    tokens: Arc<TokenIssuer>,
+}
+
+fn bare_router(pool: PgPool, tokens: Arc<TokenIssuer>) -> Router {
+    Router::new().route("/api/users/me", get(bare_me)).with_state(Bare { pool, tokens })
+}
+
+/// The baseline: JWT check, one `SELECT`, the row as JSON (fields still sealed).
+async fn bare_me(State(s): State<Bare>, headers: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(StatusCode::UNAUTHORIZED)?;
+    let claims = s.tokens.verify_access(token).map_err(|_| StatusCode::UNAUTHORIZED)?;
+    let row = projections::profiles::find_profile(&s.pool, claims.sub)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
+    Ok(Json(serde_json::json!({
+        "user_id": row.user_id,
+        "email": row.email_sealed,
+        "name": row.name_sealed,
+        "bio": row.bio_sealed,
+        "email_verified": row.email_verified,
+        "phone": row.phone_sealed,
+        "phone_verified": row.phone_verified,
+        "two_factor_channel": row.two_factor_channel,
+        "created_at": row.created_at,
+    })))
+}

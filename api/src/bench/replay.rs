@@ -1,0 +1,177 @@
+//! `bench replay`: rebuild of the `profiles` and `sessions` projections
+//! (`ProjectionRunner::rebuild`, both at once) from N stored events, in
+//! events per second, against a bulk insert (multi-row `INSERT … SELECT
+//! FROM UNNEST`, 10,000 rows per statement) of the very rows the rebuild
+//! produced — read-model rows and projector checkpoints — into empty copies
+//! of the tables, expressed in the same events per second.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use projections::profiles::ProfilesProjector;
+use projections::runtime::{ProjectionRunner, Projector};
+use projections::sessions::SessionsProjector;
+use sqlx::PgPool;
+
+use super::data::{seed_users, SeedShape};
+use super::{fmt_rate, per_second, ratio, BenchEnv, BenchOptions, Check, Report, Row};
+
+/// Default number of events.
+pub const DEFAULT_EVENTS: usize = 1_000_000;
+/// Events per read of the rebuild.
+const REBUILD_BATCH: usize = 1_000;
+/// Rows per bulk statement of the baseline.
+const BULK_ROWS: i64 = 10_000;
+
+/// Runs the benchmark on `env`.
+///
+/// # Errors
+/// Setup failures, a failed rebuild.
+pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
+    let pool = env.db.clone();
+    let keys = commands::Keyring::derive(&env.settings.master_key()?);
+    let shape = SeedShape::REPLAY;
+    let users = o.events.unwrap_or(DEFAULT_EVENTS).div_ceil(shape.events_per_user()).max(1);
+    let bar = ProgressBar::new(u64::try_from(users)?);
+    let seeding = Instant::now();
+    seed_users(&pool, &keys, "$argon2id$v=19$m=19456,t=2,p=1$bench$bench", users, shape, &bar).await?;
+    bar.finish_and_clear();
+    let seeding = seeding.elapsed();
+    let n = users * shape.events_per_user();
+    sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+
+    let projectors: Vec<Arc<dyn Projector>> = vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)];
+    let runner = ProjectionRunner::new(pool.clone(), projectors);
+    let started = Instant::now();
+    let (profiles, sessions) =
+        tokio::join!(runner.rebuild("profiles", REBUILD_BATCH), runner.rebuild("sessions", REBUILD_BATCH));
+    let rebuild_time = started.elapsed();
+    let (profiles, sessions) = (profiles?, sessions?);
+    let rebuild_rate = per_second(u64::try_from(n)?, rebuild_time);
+
+    let (rows, bulk_time) = bulk_baseline(&pool).await?;
+    let bulk_rate = per_second(u64::try_from(n)?, bulk_time);
+
+    let mut r = Report::new("replay");
+    r.note(format!(
+        "{n} events ({users} users × {}: UserRegistered, EmailVerified, ProfileUpdated, SessionStarted, 3 × SessionRefreshed, SessionRevoked); seeded in {:.1} s",
+        shape.events_per_user(),
+        seeding.as_secs_f64()
+    ));
+    r.note(format!(
+        "rebuild: profiles applied {} and sessions {} of {} events read each, in {:.2} s (both at once, reads of {REBUILD_BATCH})",
+        profiles.applied,
+        sessions.applied,
+        profiles.read,
+        rebuild_time.as_secs_f64()
+    ));
+    r.note(format!(
+        "bulk insert: {rows} rows (rm_profiles, rm_sessions, projection_checkpoints) in {:.2} s",
+        bulk_time.as_secs_f64()
+    ));
+    r.rows.push(Row::ratio(
+        "rebuild profiles + sessions, events/s",
+        fmt_rate(rebuild_rate),
+        format!("{} (bulk insert of the same rows)", fmt_rate(bulk_rate)),
+        ratio(rebuild_rate, bulk_rate),
+        Check::RatioAtLeast(0.5),
+    ));
+    Ok(r)
+}
+
+/// Copies the rebuilt rows into memory, then times their bulk insert into
+/// empty copies of the three tables. Returns the row count and the time.
+async fn bulk_baseline(pool: &PgPool) -> anyhow::Result<(i64, std::time::Duration)> {
+    for t in ["rm_profiles", "rm_sessions", "projection_checkpoints"] {
+        sqlx::query(&format!("CREATE TABLE bench_{t} (LIKE {t} INCLUDING ALL)")).execute(pool).await?;
+    }
+    type Profile = (
+        uuid::Uuid,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        Option<String>,
+        bool,
+        String,
+    );
+    let profiles: Vec<Profile> = sqlx::query_as(
+        "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, created_at, updated_at,
+                phone_sealed, phone_verified, two_factor_channel FROM rm_profiles",
+    )
+    .fetch_all(pool)
+    .await?;
+    let sessions: Vec<projections::sessions::SessionRow> = sqlx::query_as(
+        "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
+                expires_at, revoked_at, revoked_reason, client_sealed, authenticated_at FROM rm_sessions",
+    )
+    .fetch_all(pool)
+    .await?;
+    let checkpoints: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT projector, aggregate_type, aggregate_id, sequence FROM projection_checkpoints")
+            .fetch_all(pool)
+            .await?;
+    let rows = i64::try_from(profiles.len() + sessions.len() + checkpoints.len())?;
+    let chunk = usize::try_from(BULK_ROWS)?;
+
+    let started = Instant::now();
+    for c in profiles.chunks(chunk) {
+        sqlx::query(
+            "INSERT INTO bench_rm_profiles (user_id, email_sealed, name_sealed, bio_sealed, email_verified,
+                 created_at, updated_at, phone_sealed, phone_verified, two_factor_channel)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                 $6::timestamptz[], $7::timestamptz[], $8::text[], $9::bool[], $10::text[])",
+        )
+        .bind(c.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.1.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.2.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.3.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.4).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.5).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.6).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.7.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.8).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.9.as_str()).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    }
+    for c in sessions.chunks(chunk) {
+        sqlx::query(
+            "INSERT INTO bench_rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
+                 idle_expires_at, expires_at, revoked_at, revoked_reason, client_sealed, authenticated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[],
+                 $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[],
+                 $11::text[], $12::timestamptz[])",
+        )
+        .bind(c.iter().map(|r| r.session_id).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.user_id).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.generation).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.last_used_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.idle_expires_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.revoked_at).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.revoked_reason.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.client_sealed.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.authenticated_at).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    }
+    for c in checkpoints.chunks(chunk) {
+        sqlx::query(
+            "INSERT INTO bench_projection_checkpoints (projector, aggregate_type, aggregate_id, sequence)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])",
+        )
+        .bind(c.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    }
+    Ok((rows, started.elapsed()))
+}

@@ -1,0 +1,71 @@
+//! Per-IP rate limit on every `/api/auth/*` route (governor, GCRA): an
+//! extra layer on top of the per-account and per-recipient throttles, which
+//! are the real defence (SECURITY.md "Count failures per account, not only
+//! per IP"). Over the limit: 429 `rate_limited` with `Retry-After` seconds.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
+
+/// The limiter shared by the HTTP workers of one process.
+pub struct IpRateLimit {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+}
+
+impl IpRateLimit {
+    /// `per_minute` requests per IP per minute, bursts of `burst`; `None`
+    /// if either is 0 (disabled).
+    pub fn new(per_minute: u32, burst: u32) -> Option<Arc<Self>> {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute)?).allow_burst(NonZeroU32::new(burst)?);
+        let this = Arc::new(Self { limiter: RateLimiter::keyed(quota), clock: DefaultClock::default() });
+        // Forget idle IPs so the table stays small.
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { break };
+                this.limiter.retain_recent();
+                this.limiter.shrink_to_fit();
+            }
+        });
+        Some(this)
+    }
+
+    /// `Err(seconds to wait)` when `ip` is over its quota.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            not_until.wait_time_from(self.clock.now()).as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+}
+
+/// Middleware: limits `/api/auth/*` by the connection's IP.
+pub async fn limit_auth(State(limit): State<Arc<IpRateLimit>>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/api/auth/") {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    match limit.check(ip) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this address");
+            err.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+            err.into_response()
+        }
+    }
+}

@@ -1,0 +1,27 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::DeviceId;
+use crate::values::Pin;
+
+/// Commands on a `DevicePin`.
+#[derive(Debug, Clone)]
+pub enum PinCommand {
+    /// Set (or replace, or re-enable) the PIN of `device_id`. `pin_hash` is
+    /// the argon2id PHC hash of the peppered PIN. `authenticated_at` is when
+    /// the user last proved a full factor in the session asking (the access
+    /// token's `auth_time`): a disabled PIN is only re-enabled by an
+    /// authentication after it was disabled.
+    Set {
+        user_id: Uuid,
+        device_id: DeviceId,
+        pin_hash: String,
+        authenticated_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Check a PIN typed on the device (verified against the stored hash by
+    /// [`super::PinServices`]).
+    Verify { candidate: Pin, at: DateTime<Utc> },
+    /// Remove the PIN of this device.
+    Remove { at: DateTime<Utc> },
+}
