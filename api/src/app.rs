@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use uuid::Uuid;
 use workers::notify::{Mailer, Notifier, RetryPolicy};
 use workers::relay::Relay;
 use workers::sms::SmsSender;
@@ -56,6 +57,8 @@ pub struct App {
     pub identity: Arc<IdentityService>,
     pub tokens: Arc<TokenIssuer>,
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
+    /// Revoked sessions this node knows of (see [`crate::revocations`]).
+    pub revoked: Arc<crate::revocations::RevokedSessions>,
     keys: Keyring,
 }
 
@@ -82,15 +85,25 @@ impl App {
         };
         let identity =
             Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));
-        let passkeys = Arc::new(commands::passkeys::PasskeyService::new(pool.clone(), identity.clone(), &settings.webauthn_config())?);
-        Ok(Self { settings, pool, identity, tokens, keys, passkeys })
+        let passkeys = Arc::new(commands::passkeys::PasskeyService::new(
+            pool.clone(),
+            identity.clone(),
+            &settings.webauthn_config(),
+        )?);
+        let revoked = Arc::new(crate::revocations::RevokedSessions::default());
+        Ok(Self { settings, pool, identity, tokens, keys, passkeys, revoked })
     }
 
     /// The HTTP router, with the per-IP limit on auth routes when configured.
     pub fn router(&self) -> Router {
         let router = self.router_unlimited();
-        match crate::ratelimit::IpRateLimit::new(self.settings.auth_rate_per_minute, self.settings.auth_rate_burst) {
-            Some(limit) => router.layer(axum::middleware::from_fn_with_state(limit, crate::ratelimit::limit_auth)),
+        match crate::ratelimit::IpRateLimit::new(
+            self.settings.auth_rate_per_minute,
+            self.settings.auth_rate_burst,
+        ) {
+            Some(limit) => {
+                router.layer(axum::middleware::from_fn_with_state(limit, crate::ratelimit::limit_auth))
+            }
             None => router,
         }
     }
@@ -101,11 +114,18 @@ impl App {
             read: self.pool.clone(),
             tokens: self.tokens.clone(),
             passkeys: self.passkeys.clone(),
+            revoked: self.revoked.clone(),
         })
     }
 
     fn projectors() -> Vec<Arc<dyn Projector>> {
-        vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector), Arc::new(ChallengesProjector), Arc::new(projections::pins::PinsProjector), Arc::new(projections::passkeys::PasskeysProjector)]
+        vec![
+            Arc::new(ProfilesProjector),
+            Arc::new(SessionsProjector),
+            Arc::new(ChallengesProjector),
+            Arc::new(projections::pins::PinsProjector),
+            Arc::new(projections::passkeys::PasskeysProjector),
+        ]
     }
 
     /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka).
@@ -187,6 +207,54 @@ impl App {
         Ok(())
     }
 
+    /// Follows `session` events from the head of the feed into
+    /// [`App::revoked`] until shutdown (every HTTP node runs one).
+    ///
+    /// # Errors
+    /// When the feed cannot be created.
+    pub async fn run_revocation_follower(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let node = Uuid::new_v4().simple().to_string();
+        let consumer = format!("revocations-{node}");
+        let mut feed: Box<dyn EventFeed> = match &self.settings.kafka_brokers {
+            Some(brokers) => {
+                let topic = format!("{}session", self.settings.kafka_topic_prefix);
+                let mut cfg = KafkaFeedConfig::new(
+                    brokers.clone(),
+                    format!("{}-{consumer}", self.settings.kafka_group_prefix),
+                    [topic],
+                );
+                cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
+                cfg.extra.push(("auto.offset.reset".to_owned(), "latest".to_owned()));
+                Box::new(KafkaFeed::new(&cfg)?)
+            }
+            None => {
+                // Start at the head: earlier revocations come from the read model.
+                let head: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT txid::text::bigint, position FROM events ORDER BY txid DESC, position DESC LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                let cursor = head.map_or(projections::tail::Cursor::ZERO, |(txid, position)| {
+                    projections::tail::Cursor { txid, position }
+                });
+                projections::tail::store_checkpoint(&self.pool, &PgFeed::checkpoint_name(&consumer), cursor)
+                    .await?;
+                Box::new(
+                    PgFeed::new(self.pool.clone(), PgFeedConfig::new(&consumer).aggregate_types(["session"]))
+                        .await?,
+                )
+            }
+        };
+        self.revoked.follow(feed.as_mut(), &self.pool, shutdown).await;
+        if self.settings.kafka_brokers.is_none() {
+            let _ = sqlx::query("DELETE FROM tail_checkpoints WHERE name = $1")
+                .bind(PgFeed::checkpoint_name(&consumer))
+                .execute(&self.pool)
+                .await;
+        }
+        Ok(())
+    }
+
     /// Serves HTTP on `listener` until shutdown.
     ///
     /// # Errors
@@ -228,6 +296,8 @@ impl App {
             };
             let (app, s) = (self.clone(), shutdown.clone());
             tasks.spawn(async move { app.serve_http(listener, s).await.context("http") });
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.run_revocation_follower(s).await.context("revocations") });
         }
         if roles.relay {
             let (app, s) = (self.clone(), shutdown.clone());

@@ -63,7 +63,9 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens
             .verify_access(token.trim())
             .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
-        if projections::sessions::is_revoked(&state.read, claims.sid).await? {
+        if state.revoked.contains(claims.sid)
+            || projections::sessions::is_revoked(&state.read, claims.sid).await?
+        {
             return Err(ApiError::unauthorized("the session has been revoked"));
         }
         Ok(Self { user_id: claims.sub, session_id: claims.sid, auth_time: claims.auth_time })

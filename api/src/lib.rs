@@ -14,6 +14,7 @@ pub mod extract;
 pub mod http;
 pub mod openapi;
 pub mod ratelimit;
+pub mod revocations;
 pub mod routes;
 pub mod state;
 pub mod telemetry;

@@ -63,7 +63,11 @@ pub async fn limit_auth(State(limit): State<Arc<IpRateLimit>>, req: Request, nex
     match limit.check(ip) {
         Ok(()) => next.run(req).await,
         Err(wait) => {
-            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this address");
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address",
+            );
             err.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
             err.into_response()
         }

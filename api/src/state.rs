@@ -16,6 +16,8 @@ pub struct AppState {
     pub read: PgPool,
     /// Access-token verification and JWKS.
     pub tokens: Arc<TokenIssuer>,
+    /// Sessions revoked recently, learned from the event feed (every node).
+    pub revoked: Arc<crate::revocations::RevokedSessions>,
     /// Passkeys (WebAuthn) write side.
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
 }

@@ -30,8 +30,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Webauthn,
-    WebauthnBuilder,
+    CredentialID, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, Url,
+    Webauthn, WebauthnBuilder, WebauthnError,
 };
 pub use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
@@ -165,9 +165,9 @@ impl PasskeyService {
             None => user_id.to_string(),
         };
         let current = self.passkeys.load(&user_id.to_string()).await.map_err(exec_error)?;
-        let exclude: Vec<_> =
+        let exclude: Vec<CredentialID> =
             current.passkeys.iter().filter_map(|p| URL_SAFE_NO_PAD.decode(&p.credential_id).ok()).collect();
-        let exclude = (!exclude.is_empty()).then(|| exclude.into_iter().map(Into::into).collect());
+        let exclude = (!exclude.is_empty()).then_some(exclude);
         let (ccr, state) =
             self.webauthn.start_passkey_registration(user_id, &name, &name, exclude).map_err(internal)?;
         let mut options = serde_json::to_value(&ccr).map_err(internal)?;
@@ -197,10 +197,22 @@ impl PasskeyService {
             .await?
             .ok_or(PasskeyError::InvalidCeremony)?;
         let state: PasskeyRegistration = serde_json::from_value(ceremony.state).map_err(internal)?;
-        let passkey = self.webauthn.finish_passkey_registration(credential, &state).map_err(|e| {
-            tracing::info!(error = %e, "passkey registration refused");
-            PasskeyError::Rejected
-        })?;
+        let passkey = match self.webauthn.finish_passkey_registration(credential, &state) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(error = %e, "passkey registration refused");
+                // webauthn-rs refuses an excluded (already registered)
+                // credential with this error; tell that case apart.
+                let claimed = URL_SAFE_NO_PAD.encode(&credential.raw_id);
+                let current = self.passkeys.load(&user_id.to_string()).await.map_err(exec_error)?;
+                if matches!(e, WebauthnError::CredentialAlteredAlgFromRequest)
+                    && current.find(&claimed).is_some()
+                {
+                    return Err(PasskeyError::AlreadyRegistered);
+                }
+                return Err(PasskeyError::Rejected);
+            }
+        };
         let credential_id = URL_SAFE_NO_PAD.encode(passkey.cred_id());
         let public = serde_json::to_value(&passkey).map_err(internal)?;
         // The library keeps the registration counter inside the credential.
@@ -228,7 +240,8 @@ impl PasskeyService {
         };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        if let Err(e) = self.passkeys.execute(&user_id.to_string(), cmd, meta.to_map("RegisterPasskey")).await {
+        if let Err(e) = self.passkeys.execute(&user_id.to_string(), cmd, meta.to_map("RegisterPasskey")).await
+        {
             if !matches!(e, ExecError::Domain(DomainError::AlreadyRegistered)) {
                 self.release_credential(&credential_id, user_id).await?;
             }
@@ -313,7 +326,8 @@ impl PasskeyService {
             let state: PasskeyAuthentication = serde_json::from_value(ceremony.state).map_err(internal)?;
             self.webauthn.finish_passkey_authentication(credential, &state)
         } else {
-            let state: DiscoverableAuthentication = serde_json::from_value(ceremony.state).map_err(internal)?;
+            let state: DiscoverableAuthentication =
+                serde_json::from_value(ceremony.state).map_err(internal)?;
             self.webauthn.finish_discoverable_authentication_v2(credential, state, &passkey)
         };
         let result = verified.map_err(|e| {
@@ -326,15 +340,14 @@ impl PasskeyService {
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
         let cmd = PasskeyCommand::Use { credential_id, counter: result.counter(), at: Utc::now() };
-        let done = self
-            .passkeys
-            .execute(&user_id.to_string(), cmd, meta.to_map("UsePasskey"))
-            .await
-            .map_err(|e| match e {
-                // Removed between loading and using.
-                ExecError::Domain(_) => PasskeyError::Rejected,
-                other => exec_error(other),
-            })?;
+        let done =
+            self.passkeys.execute(&user_id.to_string(), cmd, meta.to_map("UsePasskey")).await.map_err(
+                |e| match e {
+                    // Removed between loading and using.
+                    ExecError::Domain(_) => PasskeyError::Rejected,
+                    other => exec_error(other),
+                },
+            )?;
         if done.events.iter().any(|e| matches!(e, PasskeyEvent::PasskeyCounterRegressed { .. })) {
             tracing::warn!("passkey sign counter did not increase: possible cloned authenticator");
             return Err(PasskeyError::CounterRegressed);
@@ -349,11 +362,19 @@ impl PasskeyService {
     /// # Errors
     /// `NotFound`, `Identity(Conflict | Internal)`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub async fn remove(&self, user_id: Uuid, credential_id: &str, meta: &RequestMeta) -> Result<(), PasskeyError> {
+    pub async fn remove(
+        &self,
+        user_id: Uuid,
+        credential_id: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), PasskeyError> {
         let cmd = PasskeyCommand::Remove { credential_id: credential_id.to_owned(), at: Utc::now() };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        self.passkeys.execute(&user_id.to_string(), cmd, meta.to_map("RemovePasskey")).await.map_err(exec_error)?;
+        self.passkeys
+            .execute(&user_id.to_string(), cmd, meta.to_map("RemovePasskey"))
+            .await
+            .map_err(exec_error)?;
         self.release_credential(credential_id, user_id).await
     }
 
@@ -511,7 +532,8 @@ mod tests {
 
     #[test]
     fn registration_options_prefer_a_discoverable_credential() {
-        let mut v = serde_json::json!({"publicKey": {"authenticatorSelection": {"requireResidentKey": false}}});
+        let mut v =
+            serde_json::json!({"publicKey": {"authenticatorSelection": {"requireResidentKey": false}}});
         prefer_discoverable(&mut v);
         assert_eq!(v["publicKey"]["authenticatorSelection"]["residentKey"], "preferred");
     }

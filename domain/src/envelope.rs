@@ -96,4 +96,5 @@ impl Envelope {
 }
 
 /// Aggregate types that exist, i.e. the topics the relay creates at start.
-pub const AGGREGATE_TYPES: &[&str] = &["user", "otp_challenge", "session", "throttle", "passkeys", "totp", "device_pin"];
+pub const AGGREGATE_TYPES: &[&str] =
+    &["user", "otp_challenge", "session", "throttle", "passkeys", "totp", "device_pin"];

@@ -5,8 +5,8 @@
 
 pub mod envelope;
 pub mod otp;
-pub mod pin;
 pub mod passkey;
+pub mod pin;
 pub mod services;
 pub mod session;
 pub mod throttle;

@@ -83,7 +83,9 @@ struct RustCryptoVerifier {
 
 impl Verifier for RustCryptoVerifier {
     fn verify(&mut self) -> bool {
-        PasswordHash::new(&self.phc).map(|h| Argon2::default().verify_password(PASSWORD, &h).is_ok()).unwrap_or(false)
+        PasswordHash::new(&self.phc)
+            .map(|h| Argon2::default().verify_password(PASSWORD, &h).is_ok())
+            .unwrap_or(false)
     }
 }
 
@@ -152,7 +154,8 @@ fn verifier(implementation: Implementation, phc: &str) -> anyhow::Result<Box<dyn
         Implementation::RustCryptoReusedMemory => Box::new(ReusedMemoryVerifier::new(phc)?),
         #[cfg(feature = "argon2-compare")]
         Implementation::CReference => {
-            let hash = <argon2_kdf::Hash<'static> as std::str::FromStr>::from_str(phc).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let hash = <argon2_kdf::Hash<'static> as std::str::FromStr>::from_str(phc)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             Box::new(CReferenceVerifier { hash })
         }
         #[cfg(feature = "argon2-compare")]
@@ -175,9 +178,15 @@ pub async fn verifies_per_second(
     tokio::task::spawn_blocking(move || measure(implementation, &phc, threads, duration)).await?
 }
 
-fn measure(implementation: Implementation, phc: &str, threads: usize, duration: Duration) -> anyhow::Result<f64> {
+fn measure(
+    implementation: Implementation,
+    phc: &str,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let threads = threads.max(1);
-    let verifiers = (0..threads).map(|_| verifier(implementation, phc)).collect::<anyhow::Result<Vec<_>>>()?;
+    let verifiers =
+        (0..threads).map(|_| verifier(implementation, phc)).collect::<anyhow::Result<Vec<_>>>()?;
     let count = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let start = Arc::new(std::sync::Barrier::new(threads + 1));

@@ -29,11 +29,13 @@ use uuid::Uuid;
 
 use super::data::{insert_events, EventRow};
 use super::{
-    closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Exhausted, Report, Row, Sample,
+    closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Exhausted, Report, Row,
+    Sample,
 };
 
 /// postgres-es's statements (sql_query.rs of postgres-es 0.5).
-const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+const SELECT_EVENTS: &str =
+    "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
 const INSERT_EVENT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
 VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -113,9 +115,16 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ses_cmd.current.len()
     ));
     if otp_cmd.exhausted() || otp_sql.exhausted() {
-        r.note("the prepared challenges ran out before the end of a phase; rates are over the time they lasted");
+        r.note(
+            "the prepared challenges ran out before the end of a phase; rates are over the time they lasted",
+        );
     }
-    for (what, s) in [("VerifyOtp command", &v_cmd), ("VerifyOtp SQL", &v_sql), ("RefreshSession command", &r_cmd), ("RefreshSession SQL", &r_sql)] {
+    for (what, s) in [
+        ("VerifyOtp command", &v_cmd),
+        ("VerifyOtp SQL", &v_sql),
+        ("RefreshSession command", &r_cmd),
+        ("RefreshSession SQL", &r_sql),
+    ] {
         r.notes.extend(error_note(what, s));
     }
     for (name, cmd, sql) in [("VerifyOtp", &v_cmd, &v_sql), ("RefreshSession", &r_cmd, &r_sql)] {
@@ -186,7 +195,14 @@ async fn prepare_sessions(pool: &PgPool, clients: usize) -> anyhow::Result<Sessi
 }
 
 /// The plain-SQL side: the stream's `SELECT`, then one `INSERT` in a transaction.
-async fn load_and_append(pool: &PgPool, aggregate_type: &str, id: &str, event: serde_json::Value, event_type: String, version: String) -> anyhow::Result<()> {
+async fn load_and_append(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+    event: serde_json::Value,
+    event_type: String,
+    version: String,
+) -> anyhow::Result<()> {
     let rows = sqlx::query(SELECT_EVENTS).bind(aggregate_type).bind(id).fetch_all(pool).await?;
     let sequence = i64::try_from(rows.len())? + 1;
     let mut tx = pool.begin().await?;
@@ -212,7 +228,8 @@ async fn verify_sql(pool: &PgPool, ch: &Arc<Challenges>, clients: usize, d: Dura
             let (id, _) = ch.take()?;
             let event = OtpEvent::OtpVerified { verified_at: Utc::now() };
             let (t, v) = (event.event_type(), event.event_version());
-            load_and_append(&pool, "otp_challenge", &id.to_string(), serde_json::to_value(&event)?, t, v).await
+            load_and_append(&pool, "otp_challenge", &id.to_string(), serde_json::to_value(&event)?, t, v)
+                .await
         }
     })
     .await
@@ -256,13 +273,19 @@ async fn refresh_sql(pool: &PgPool, sessions: &Arc<Sessions>, clients: usize, d:
                 idle_expires_at: now + chrono::Duration::days(30),
             };
             let (t, v) = (event.event_type(), event.event_version());
-            load_and_append(&pool, "session", &session_id.to_string(), serde_json::to_value(&event)?, t, v).await
+            load_and_append(&pool, "session", &session_id.to_string(), serde_json::to_value(&event)?, t, v)
+                .await
         }
     })
     .await
 }
 
-async fn refresh_cmd(executor: &Arc<Executor<Session>>, sessions: &Arc<Sessions>, clients: usize, d: Duration) -> Sample {
+async fn refresh_cmd(
+    executor: &Arc<Executor<Session>>,
+    sessions: &Arc<Sessions>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
     let (executor, sessions) = (executor.clone(), sessions.clone());
     closed_loop(clients, d, move |worker, i| {
         let (executor, sessions) = (executor.clone(), sessions.clone());
@@ -270,7 +293,8 @@ async fn refresh_cmd(executor: &Arc<Executor<Session>>, sessions: &Arc<Sessions>
             let (session_id, presented) =
                 sessions.slot(worker, i).lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
             let next = new_refresh_token(session_id).hash;
-            let cmd = SessionCommand::Refresh { presented_hash: presented, new_hash: next.clone(), at: Utc::now() };
+            let cmd =
+                SessionCommand::Refresh { presented_hash: presented, new_hash: next.clone(), at: Utc::now() };
             let done = executor.execute(&session_id.to_string(), cmd, metadata("RefreshSession")).await?;
             anyhow::ensure!(
                 done.events.iter().any(|e| matches!(e, SessionEvent::SessionRefreshed { .. })),

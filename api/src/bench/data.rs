@@ -228,7 +228,11 @@ fn generate(
             bio_sealed = Some(bio.clone());
             user_event(
                 &mut b,
-                &UserEvent::ProfileUpdated { name: Some(name_sealed.clone()), bio: Some(bio), updated_at: at },
+                &UserEvent::ProfileUpdated {
+                    name: Some(name_sealed.clone()),
+                    bio: Some(bio),
+                    updated_at: at,
+                },
             )?;
         }
         let sid = session_id.to_string();
@@ -315,7 +319,11 @@ impl Batch {
         tx.commit().await
     }
 
-    async fn write_read_models(&self, conn: &mut sqlx::PgConnection, shape: SeedShape) -> Result<(), sqlx::Error> {
+    async fn write_read_models(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        shape: SeedShape,
+    ) -> Result<(), sqlx::Error> {
         let p = &self.profiles;
         sqlx::query(
             "INSERT INTO rm_profiles (user_id, email_sealed, name_sealed, bio_sealed, email_verified, created_at, updated_at)

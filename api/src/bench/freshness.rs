@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    closed_loop, error_note, fmt_ms, fmt_rate, open_loop, quantile, ratio, BenchEnv, BenchOptions, Check, Report,
-    Row,
+    closed_loop, error_note, fmt_ms, fmt_rate, open_loop, quantile, ratio, BenchEnv, BenchOptions, Check,
+    Report, Row,
 };
 use crate::app::{App, Roles};
 
@@ -82,8 +82,14 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
 
     // Warm-up: topics created, consumer group joined, first envelope through.
     let first = start_session(&sessions).await?;
-    wait_until(&pool, "SELECT count(*) FROM rm_sessions WHERE session_id = $1", Some(first), 1, Duration::from_secs(60))
-        .await?;
+    wait_until(
+        &pool,
+        "SELECT count(*) FROM rm_sessions WHERE session_id = $1",
+        Some(first),
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
 
     let max = {
         let sessions = sessions.clone();
@@ -95,8 +101,14 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
     };
     let written = i64::try_from(max.ok + 1)?;
     let catch_up = Instant::now();
-    wait_until(&pool, "SELECT count(*) FROM rm_sessions WHERE $1::uuid IS NULL", None, written, Duration::from_secs(120))
-        .await?;
+    wait_until(
+        &pool,
+        "SELECT count(*) FROM rm_sessions WHERE $1::uuid IS NULL",
+        None,
+        written,
+        Duration::from_secs(120),
+    )
+    .await?;
     let catch_up = catch_up.elapsed();
 
     let rate = max.rate() / 2.0;
@@ -157,19 +169,31 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
         ratio(p99.as_secs_f64(), LIMIT.as_secs_f64()),
         Check::RatioAtMost(1.0),
     ));
-    r.rows.push(Row::zero(format!("writes not visible within {} s", GIVE_UP.as_secs()), u64::try_from(unseen)?));
+    r.rows.push(Row::zero(
+        format!("writes not visible within {} s", GIVE_UP.as_secs()),
+        u64::try_from(unseen)?,
+    ));
     Ok(r)
 }
 
 /// Waits until `sql` (bound to `id`) counts at least `n`.
-async fn wait_until(pool: &PgPool, sql: &str, id: Option<Uuid>, n: i64, within: Duration) -> anyhow::Result<()> {
+async fn wait_until(
+    pool: &PgPool,
+    sql: &str,
+    id: Option<Uuid>,
+    n: i64,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let count: i64 = sqlx::query_scalar(sql).bind(id).fetch_one(pool).await?;
         if count >= n {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the read model did not catch up within {within:?} ({count} of {n})");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the read model did not catch up within {within:?} ({count} of {n})"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -185,7 +209,8 @@ async fn watch_visible(
     let mut latencies = Vec::new();
     let mut done_at: Option<Instant> = None;
     loop {
-        let ids: Vec<Uuid> = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.keys().copied().collect();
+        let ids: Vec<Uuid> =
+            pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.keys().copied().collect();
         if done.load(Ordering::Relaxed) {
             let since = *done_at.get_or_insert_with(Instant::now);
             if ids.is_empty() || since.elapsed() > GIVE_UP {
@@ -193,10 +218,11 @@ async fn watch_visible(
             }
         }
         if !ids.is_empty() {
-            let seen: Vec<Uuid> = sqlx::query_scalar("SELECT session_id FROM rm_sessions WHERE session_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&pool)
-                .await?;
+            let seen: Vec<Uuid> =
+                sqlx::query_scalar("SELECT session_id FROM rm_sessions WHERE session_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&pool)
+                    .await?;
             let now = Instant::now();
             let mut p = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             for id in seen {

@@ -133,7 +133,12 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ));
     }
     let mib = |kib: u64| kib as f64 / 1024.0;
-    r.rows.push(Row::info("RSS idle (app built, before load)", format!("{:.1} MiB", mib(idle_rss)), "–".into(), None));
+    r.rows.push(Row::info(
+        "RSS idle (app built, before load)",
+        format!("{:.1} MiB", mib(idle_rss)),
+        "–".into(),
+        None,
+    ));
     r.rows.push(Row::info(
         "RSS peak during the closed-loop logins",
         format!("{:.1} MiB", mib(peak_rss)),

@@ -23,8 +23,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use ::commands::keys::Secret32;
+use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinSet;
@@ -439,7 +439,13 @@ pub struct Row {
 
 impl Row {
     /// A row held to a ratio target.
-    pub fn ratio(figure: impl Into<String>, value: String, baseline: String, ratio: f64, check: Check) -> Self {
+    pub fn ratio(
+        figure: impl Into<String>,
+        value: String,
+        baseline: String,
+        ratio: f64,
+        check: Check,
+    ) -> Self {
         Self { figure: figure.into(), value, baseline, ratio: Some(ratio), check }
     }
 
@@ -526,7 +532,14 @@ impl fmt::Display for Report {
                 Some(false) => "MISS",
                 None => "info",
             };
-            writeln!(f, "| {} | {} | {} | {ratio} | {} | {result} |", r.figure, r.value, r.baseline, r.target())?;
+            writeln!(
+                f,
+                "| {} | {} | {} | {ratio} | {} | {result} |",
+                r.figure,
+                r.value,
+                r.baseline,
+                r.target()
+            )?;
         }
         Ok(())
     }
@@ -558,7 +571,12 @@ pub fn ratio(a: f64, b: f64) -> f64 {
 /// A note about failed operations of a phase, if any.
 pub fn error_note(what: &str, s: &Sample) -> Option<String> {
     (s.errors > 0).then(|| {
-        format!("{what}: {} of {} operations failed; first: {}", s.errors, s.errors + s.ok, s.first_error.as_deref().unwrap_or("?"))
+        format!(
+            "{what}: {} of {} operations failed; first: {}",
+            s.errors,
+            s.errors + s.ok,
+            s.first_error.as_deref().unwrap_or("?")
+        )
     })
 }
 

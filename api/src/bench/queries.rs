@@ -21,7 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::data::{seed_users, SeedShape, SEED_PASSWORD};
-use super::{closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample};
+use super::{
+    closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample,
+};
 use crate::app::App;
 
 /// Default number of seeded users.
@@ -76,7 +78,10 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     }
 
     let clients = o.concurrency_or(16);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).timeout(Duration::from_secs(10)).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .timeout(Duration::from_secs(10))
+        .build()?;
     for url in [&real_url, &bare_url] {
         let first = tokens.first().ok_or_else(|| anyhow::anyhow!("no user"))?;
         let status = client.get(url.as_str()).bearer_auth(first).send().await?.status();
@@ -96,7 +101,10 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         seeded.len(),
         tokens.len()
     ));
-    r.note(format!("2 rounds of {:.1} s per side, alternating, after one warm-up request each", (d / 2).as_secs_f64()));
+    r.note(format!(
+        "2 rounds of {:.1} s per side, alternating, after one warm-up request each",
+        (d / 2).as_secs_f64()
+    ));
     r.notes.extend(error_note("GET /api/users/me", &real_s));
     r.notes.extend(error_note("bare handler", &bare_s));
     r.rows.push(Row::ratio(
@@ -115,7 +123,13 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-async fn drive(client: &reqwest::Client, url: &str, tokens: &Arc<Vec<String>>, clients: usize, d: Duration) -> Sample {
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    tokens: &Arc<Vec<String>>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
     let (client, url, tokens) = (client.clone(), url.to_owned(), tokens.clone());
     closed_loop(clients, d, move |worker, i| {
         let (client, url, tokens) = (client.clone(), url.clone(), tokens.clone());

@@ -35,8 +35,15 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let keys = commands::Keyring::derive(&env.settings.master_key()?);
     let shape = SeedShape::REPLAY;
     let users = o.events.unwrap_or(DEFAULT_EVENTS).div_ceil(shape.events_per_user()).max(1);
-    seed_users(&pool, &keys, "$argon2id$v=19$m=19456,t=2,p=1$bench$bench", users, shape, &ProgressBar::hidden())
-        .await?;
+    seed_users(
+        &pool,
+        &keys,
+        "$argon2id$v=19$m=19456,t=2,p=1$bench$bench",
+        users,
+        shape,
+        &ProgressBar::hidden(),
+    )
+    .await?;
     let n = users * shape.events_per_user();
 
     let relay_prefix = env.settings.kafka_topic_prefix.clone();
@@ -125,13 +132,19 @@ fn headers(e: &Envelope) -> OwnedHeaders {
 
 /// Produces every pre-encoded envelope and waits for every acknowledgement;
 /// returns messages per second.
-async fn produce_raw(brokers: &str, envelopes: &[Envelope], encoded: &[(String, Vec<u8>)]) -> anyhow::Result<f64> {
+async fn produce_raw(
+    brokers: &str,
+    envelopes: &[Envelope],
+    encoded: &[(String, Vec<u8>)],
+) -> anyhow::Result<f64> {
     let producer: FutureProducer = workers::kafka::producer(brokers)?;
     let started = Instant::now();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     for (e, (topic, value)) in envelopes.iter().zip(encoded) {
-        let mut record =
-            FutureRecord::to(topic).key(e.aggregate_id.as_str()).payload(value.as_slice()).headers(headers(e));
+        let mut record = FutureRecord::to(topic)
+            .key(e.aggregate_id.as_str())
+            .payload(value.as_slice())
+            .headers(headers(e));
         loop {
             match producer.send_result(record) {
                 Ok(f) => {
@@ -180,7 +193,8 @@ async fn consume_all(
     stored: &[Envelope],
 ) -> anyhow::Result<EndToEnd> {
     let group = format!("{group_prefix}-relay-check-{}", Uuid::new_v4().simple());
-    let mut feed = KafkaFeed::new(&KafkaFeedConfig::for_aggregate_types(brokers, group, prefix, AGGREGATE_TYPES))?;
+    let mut feed =
+        KafkaFeed::new(&KafkaFeedConfig::for_aggregate_types(brokers, group, prefix, AGGREGATE_TYPES))?;
     let expected: HashSet<Uuid> = stored.iter().map(|e| e.event_id).collect();
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(stored.len());
     let mut last_sequence: HashMap<String, i64> = HashMap::new();

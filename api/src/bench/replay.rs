@@ -41,8 +41,7 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let n = users * shape.events_per_user();
     sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
 
-    let projectors: Vec<Arc<dyn Projector>> = vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)];
-    let runner = ProjectionRunner::new(pool.clone(), projectors);
+    let runner = ProjectionRunner::new(pool.clone(), runner_projectors());
     let started = Instant::now();
     let (profiles, sessions) =
         tokio::join!(runner.rebuild("profiles", REBUILD_BATCH), runner.rebuild("sessions", REBUILD_BATCH));
@@ -52,6 +51,10 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
 
     let (rows, bulk_time) = bulk_baseline(&pool).await?;
     let bulk_rate = per_second(u64::try_from(n)?, bulk_time);
+
+    let batched_time = batched_rebuild(&pool, runner_projectors().as_slice()).await?;
+    let batched_rate = per_second(u64::try_from(n)?, batched_time);
+    let same = same_rows(&pool).await?;
 
     let mut r = Report::new("replay");
     r.note(format!(
@@ -77,7 +80,90 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ratio(rebuild_rate, bulk_rate),
         Check::RatioAtLeast(0.5),
     ));
+    r.rows.push(Row::info(
+        format!("prototype: same projectors, {BATCHED_EVENTS} events per transaction, events/s"),
+        fmt_rate(batched_rate),
+        format!("{} (bulk insert of the same rows)", fmt_rate(bulk_rate)),
+        Some(ratio(batched_rate, bulk_rate)),
+    ));
+    r.rows.push(Row::zero("prototype rows differing from the rebuild's", u64::from(!same)));
     Ok(r)
+}
+
+fn runner_projectors() -> Vec<Arc<dyn Projector>> {
+    vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
+}
+
+/// Events per transaction of the batched prototype.
+const BATCHED_EVENTS: usize = 1_000;
+
+/// What a rebuild that commits once per [`BATCHED_EVENTS`] events would
+/// reach with the same `Projector::apply` code: reset, then per read batch
+/// one transaction applying every envelope to every projector that handles
+/// it, and one statement storing the batch's checkpoints (the highest
+/// sequence per projector and aggregate). A fresh rebuild has no
+/// checkpoints to consult, so none are locked per event.
+async fn batched_rebuild(
+    pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
+) -> anyhow::Result<std::time::Duration> {
+    let mut tx = pool.begin().await?;
+    for p in projectors {
+        p.reset(&mut tx).await?;
+        sqlx::query("DELETE FROM projection_checkpoints WHERE projector = $1")
+            .bind(p.name())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let started = Instant::now();
+    let mut cursor = projections::tail::Cursor::ZERO;
+    loop {
+        let rows = projections::tail::read_after(pool, cursor, BATCHED_EVENTS, None).await?;
+        let Some((last, _)) = rows.last() else { break };
+        cursor = *last;
+        let mut tx = pool.begin().await?;
+        let mut last_seq: std::collections::HashMap<(&'static str, String, String), i64> =
+            std::collections::HashMap::new();
+        for (_, e) in &rows {
+            for p in projectors.iter().filter(|p| p.handles(&e.aggregate_type)) {
+                p.apply(&mut tx, e).await?;
+                let k = (p.name(), e.aggregate_type.clone(), e.aggregate_id.clone());
+                let s = last_seq.entry(k).or_insert(e.sequence);
+                *s = (*s).max(e.sequence);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projector, aggregate_type, aggregate_id, sequence)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])
+             ON CONFLICT (projector, aggregate_type, aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence",
+        )
+        .bind(last_seq.keys().map(|k| k.0).collect::<Vec<_>>())
+        .bind(last_seq.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+        .bind(last_seq.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
+        .bind(last_seq.values().copied().collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if rows.len() < BATCHED_EVENTS {
+            break;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Whether the tables now hold exactly the rows copied into `bench_*`.
+async fn same_rows(pool: &PgPool) -> anyhow::Result<bool> {
+    let mut same = true;
+    for t in ["rm_profiles", "rm_sessions", "projection_checkpoints"] {
+        let differing: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM ((TABLE {t} EXCEPT ALL TABLE bench_{t}) UNION ALL (TABLE bench_{t} EXCEPT ALL TABLE {t})) d"
+        ))
+        .fetch_one(pool)
+        .await?;
+        same &= differing == 0;
+    }
+    Ok(same)
 }
 
 /// Copies the rebuilt rows into memory, then times their bulk insert into
@@ -110,10 +196,11 @@ async fn bulk_baseline(pool: &PgPool) -> anyhow::Result<(i64, std::time::Duratio
     )
     .fetch_all(pool)
     .await?;
-    let checkpoints: Vec<(String, String, String, i64)> =
-        sqlx::query_as("SELECT projector, aggregate_type, aggregate_id, sequence FROM projection_checkpoints")
-            .fetch_all(pool)
-            .await?;
+    let checkpoints: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT projector, aggregate_type, aggregate_id, sequence FROM projection_checkpoints",
+    )
+    .fetch_all(pool)
+    .await?;
     let rows = i64::try_from(profiles.len() + sessions.len() + checkpoints.len())?;
     let chunk = usize::try_from(BULK_ROWS)?;
 

@@ -26,7 +26,10 @@ fn assert_has_ratios(report: &Report) {
     println!("{text}");
     assert!(text.contains("| figure | value | baseline | ratio | target | result |"), "{text}");
     assert!(!report.rows.is_empty(), "{text}");
-    assert!(report.rows.iter().any(|r| r.ratio.is_some_and(|x| x.is_finite() && x > 0.0)), "no ratio: {text}");
+    assert!(
+        report.rows.iter().any(|r| r.ratio.is_some_and(|x| x.is_finite() && x > 0.0)),
+        "no ratio: {text}"
+    );
     assert!(report.rows.iter().any(|r| r.pass().is_some()), "no judged row: {text}");
     assert!(!report.notes.iter().any(|n| n.contains("operations failed")), "{text}");
 }

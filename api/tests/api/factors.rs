@@ -169,8 +169,8 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "reauthentication_required");
     // …a full login after it can.
     let again = login(&app, email, 2).await;
-    let r =
-        post_auth(&app, "/api/auth/pin", &access(&again), json!({"device_id": "phone-A", "pin": "5937"})).await;
+    let r = post_auth(&app, "/api/auth/pin", &access(&again), json!({"device_id": "phone-A", "pin": "5937"}))
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(verify_pin(&app, "phone-A", "5937").await.status(), 200);
     wait_quick_factor(&app, &fresh, "phone-A", true).await;
@@ -225,11 +225,12 @@ async fn totp_replaces_the_mailed_code_steps_and_recovery_codes_work_once() {
     assert!(uri.contains(&format!("secret={secret}")) && uri.contains("issuer=streamforge"), "{uri}");
     assert!(enrollment["qr_svg"].as_str().unwrap().contains("<svg"));
     // The secret is sealed in the event, never in clear.
-    let leaked: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
-        .bind(&secret)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let leaked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
+            .bind(&secret)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(leaked, 0);
 
     // Confirm: a wrong code is refused, the app's current code enables TOTP.
@@ -276,7 +277,8 @@ async fn totp_replaces_the_mailed_code_steps_and_recovery_codes_work_once() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_code");
     let replays: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'TotpCodeRejected' AND payload::text LIKE '%\"replayed\":true%'",
+        "SELECT count(*) FROM events
+         WHERE event_type = 'TotpCodeRejected' AND (payload->'TotpCodeRejected'->>'replayed')::boolean",
     )
     .fetch_one(&app.pool)
     .await
@@ -311,10 +313,16 @@ async fn totp_replaces_the_mailed_code_steps_and_recovery_codes_work_once() {
     assert_eq!(r.status(), 200);
     assert_eq!(count_events(&app, "RecoveryCodeUsed").await, 2);
     let r = app
-        .post("/api/auth/verify-recovery-code", json!({"challenge_id": challenge["challenge_id"], "code": "123456"}))
+        .post(
+            "/api/auth/verify-recovery-code",
+            json!({"challenge_id": challenge["challenge_id"], "code": "123456"}),
+        )
         .await;
     assert_eq!(r.status(), 422);
 
+    // A TOTP challenge has nothing to resend.
+    let r = app.post("/api/auth/otp/resend", json!({"challenge_id": challenge["challenge_id"]})).await;
+    assert_eq!(r.status(), 202);
     // No sign-in code was mailed for any TOTP login.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(mails(&app, email, "sign-in code"), 1);

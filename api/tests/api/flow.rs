@@ -324,3 +324,41 @@ async fn a_code_of_another_purpose_cannot_log_in() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_code");
 }
+
+async fn revocation_reaches_a_second_node(feed: Feed) {
+    let app = spawn_app(feed).await;
+    let (node_b, _stop_b) = app.second_node().await;
+    let email = "two-nodes@example.com";
+    assert_eq!(app.register(email, PASSWORD, "Two").await.status(), 201);
+    let code = code_in(&app.wait_mail(email, 1).await);
+    assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
+    let tokens = login(&app, email, 1).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let on_b = |path: &str| app.client.get(format!("{node_b}{path}")).bearer_auth(&access).send();
+    // Node B accepts the token (once the profile is projected)…
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while on_b("/api/users/me").await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and refuses it within 2 s of a logout on node A.
+    let r =
+        app.client.post(format!("{}/api/auth/logout", app.base)).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let started = std::time::Instant::now();
+    while on_b("/api/users/me").await.unwrap().status() != 401 {
+        assert!(started.elapsed() < Duration::from_secs(2), "node B still accepts a revoked session");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("revocation seen by node B after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_a_second_node_through_kafka() {
+    revocation_reaches_a_second_node(Feed::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_a_second_node_through_postgres() {
+    revocation_reaches_a_second_node(Feed::Postgres).await;
+}

@@ -80,6 +80,8 @@ pub struct TestApp {
     pub brokers: String,
     /// The app's token issuer, to mint tokens a client could not (e.g. a stale one).
     pub tokens: Arc<commands::tokens::TokenIssuer>,
+    /// The settings it runs with (same database and keys for a second node).
+    pub settings: Settings,
     shutdown: watch::Sender<bool>,
 }
 
@@ -124,7 +126,7 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
     // The IP limit is tested on its own; other tests send thousands of requests.
     settings.auth_rate_per_minute = 0;
     customise(&mut settings);
-    let app = App::build(settings).await.expect("app builds");
+    let app = App::build(settings.clone()).await.expect("app builds");
     let tokens = app.tokens.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -143,10 +145,36 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
         assert!(Instant::now() < deadline, "app did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    TestApp { base, client, pool, inbox, topic_prefix, brokers: brokers(), tokens, shutdown: tx }
+    TestApp { base, client, pool, inbox, topic_prefix, brokers: brokers(), tokens, settings, shutdown: tx }
 }
 
 impl TestApp {
+    /// A second API node (HTTP role only) on the same database and keys.
+    pub async fn second_node(&self) -> (String, watch::Sender<bool>) {
+        let app = App::build(self.settings.clone()).await.expect("second node builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = watch::channel(false);
+        let roles = Roles { http: true, relay: false, project: false, notify: false };
+        tokio::spawn(async move {
+            let _ = app.run(roles, Some(listener), rx).await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .ok()
+            != Some(true)
+        {
+            assert!(Instant::now() < deadline, "second node did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (base, tx)
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.client.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap()
     }

@@ -175,7 +175,9 @@ async fn auth_routes_are_rate_limited_per_ip() {
     .await;
     let mut statuses = Vec::new();
     for _ in 0..7 {
-        let r = app.post("/api/auth/verify-otp", json!({"challenge_id": uuid::Uuid::new_v4(), "code": "123456"})).await;
+        let r = app
+            .post("/api/auth/verify-otp", json!({"challenge_id": uuid::Uuid::new_v4(), "code": "123456"}))
+            .await;
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();

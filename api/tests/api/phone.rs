@@ -74,7 +74,9 @@ async fn phone_signup_and_login_through_twilio() {
     assert!(form.contains(&("From".to_owned(), "+15005550006".to_owned())));
     let code = sms_code(&form);
 
-    let r = app.post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code})).await;
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
     assert_eq!(r.status(), 200);
     let tokens: Value = r.json().await.unwrap();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
@@ -91,19 +93,25 @@ async fn phone_signup_and_login_through_twilio() {
     assert_eq!(r.status(), 202);
     let second: Value = r.json().await.unwrap();
     let code = sms_code(&wait_sms(&server, phone, 2).await);
-    let r = app.post("/api/auth/verify-otp", json!({"challenge_id": second["challenge_id"], "code": code})).await;
+    let r =
+        app.post("/api/auth/verify-otp", json!({"challenge_id": second["challenge_id"], "code": code})).await;
     assert_eq!(r.status(), 200);
     let again: Value = r.json().await.unwrap();
-    let (_, me) = app.wait_for("/api/users/me", again["access_token"].as_str().unwrap(), |s, _| s == 200).await;
+    let (_, me) =
+        app.wait_for("/api/users/me", again["access_token"].as_str().unwrap(), |s, _| s == 200).await;
     assert_eq!(me["user_id"], user_id.as_str());
 
     // The phone number is sealed everywhere.
-    let stored: String = sqlx::query_scalar("SELECT string_agg(payload::text, ' ') FROM events").fetch_one(&app.pool).await.unwrap();
-    assert!(!stored.contains("4155552671"), "plaintext phone in events");
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegisteredWithPhone'")
+    let stored: String = sqlx::query_scalar("SELECT string_agg(payload::text, ' ') FROM events")
         .fetch_one(&app.pool)
         .await
         .unwrap();
+    assert!(!stored.contains("4155552671"), "plaintext phone in events");
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegisteredWithPhone'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(users, 1);
 }
 
@@ -116,23 +124,48 @@ async fn sms_as_second_factor_after_verifying_a_phone() {
     assert_eq!(app.register(email, password, "Sam").await.status(), 201);
     let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
     assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
-    let login: Value = app.post("/api/auth/login", json!({"email": email, "password": password})).await.json().await.unwrap();
+    let login: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": password}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let code = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
-    let tokens: Value =
-        app.post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code})).await.json().await.unwrap();
+    let tokens: Value = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let authed = |req: reqwest::RequestBuilder| req.bearer_auth(&access);
 
     // SMS needs a verified phone first.
-    let r = authed(app.client.put(format!("{}/api/users/me/two-factor", app.base))).json(&json!({"channel": "sms"})).send().await.unwrap();
+    let r = authed(app.client.put(format!("{}/api/users/me/two-factor", app.base)))
+        .json(&json!({"channel": "sms"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     let phone = "+442079460958";
-    let r = authed(app.client.post(format!("{}/api/users/me/phone", app.base))).json(&json!({"phone": phone})).send().await.unwrap();
+    let r = authed(app.client.post(format!("{}/api/users/me/phone", app.base)))
+        .json(&json!({"phone": phone}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let code = sms_code(&wait_sms(&server, phone, 1).await);
-    let r = authed(app.client.post(format!("{}/api/users/me/phone/verify", app.base))).json(&json!({"code": code})).send().await.unwrap();
+    let r = authed(app.client.post(format!("{}/api/users/me/phone/verify", app.base)))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = authed(app.client.put(format!("{}/api/users/me/two-factor", app.base))).json(&json!({"channel": "sms"})).send().await.unwrap();
+    let r = authed(app.client.put(format!("{}/api/users/me/two-factor", app.base)))
+        .json(&json!({"channel": "sms"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
 
     // The next login's code goes by SMS, not mail.
@@ -140,6 +173,7 @@ async fn sms_as_second_factor_after_verifying_a_phone() {
     let login: Value = r.json().await.unwrap();
     assert_eq!(login["channel"], "sms");
     let code = sms_code(&wait_sms(&server, phone, 2).await);
-    let r = app.post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code})).await;
+    let r =
+        app.post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code})).await;
     assert_eq!(r.status(), 200);
 }

@@ -42,8 +42,8 @@ use crate::vault::Vault;
 
 pub use login::LoginChallenge;
 pub use phone::PhoneChallenge;
-pub use sessions::Reauthenticated;
 pub use pin::FactorError;
+pub use sessions::Reauthenticated;
 pub use totp::{totp_code_at, TotpEnrollment};
 
 /// Lifetimes, in seconds.

@@ -149,7 +149,8 @@ impl IdentityService {
         let now = Utc::now();
         let authenticated_at = session.authenticated_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
         let id = pin_aggregate_id(user_id, device);
-        let pin_hash = self.hasher.hash(&peppered(&self.pin_pepper(), &id, pin.expose())).await.map_err(internal)?;
+        let pin_hash =
+            self.hasher.hash(&peppered(&self.pin_pepper(), &id, pin.expose())).await.map_err(internal)?;
         let cmd = PinCommand::Set { user_id, device_id: device.clone(), pin_hash, authenticated_at, at: now };
         self.pin_executor(&id).execute(&id, cmd, meta.to_map("SetPin")).await.map_err(map_pin)?;
         sqlx::query(
@@ -214,7 +215,12 @@ impl IdentityService {
     /// # Errors
     /// `PinNotSet`, `Identity(Conflict | Internal)`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub async fn remove_pin(&self, user_id: Uuid, device: &DeviceId, meta: &RequestMeta) -> Result<(), FactorError> {
+    pub async fn remove_pin(
+        &self,
+        user_id: Uuid,
+        device: &DeviceId,
+        meta: &RequestMeta,
+    ) -> Result<(), FactorError> {
         let id = pin_aggregate_id(user_id, device);
         let cmd = PinCommand::Remove { at: Utc::now() };
         self.pin_executor(&id).execute(&id, cmd, meta.to_map("RemovePin")).await.map_err(map_pin)?;

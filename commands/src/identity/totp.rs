@@ -112,15 +112,15 @@ pub fn totp_code_at(secret_base32: &str, unix_secs: u64) -> Option<String> {
 }
 
 fn svg_qr(data: &str) -> Result<String, IdentityError> {
-    let code = qrcode::QrCode::with_error_correction_level(data.as_bytes(), qrcode::EcLevel::M).map_err(internal)?;
+    let code =
+        qrcode::QrCode::with_error_correction_level(data.as_bytes(), qrcode::EcLevel::M).map_err(internal)?;
     Ok(code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).quiet_zone(true).build())
 }
 
 fn new_recovery_code() -> RecoveryCode {
     let mut rng = rand::rngs::OsRng;
-    let raw: String = (0..8)
-        .map(|_| char::from(RECOVERY_ALPHABET[rng.gen_range(0..RECOVERY_ALPHABET.len())]))
-        .collect();
+    let raw: String =
+        (0..8).map(|_| char::from(RECOVERY_ALPHABET[rng.gen_range(0..RECOVERY_ALPHABET.len())])).collect();
     // Built from the alphabet, so it always parses; a fresh draw otherwise.
     match RecoveryCode::parse(&raw) {
         Ok(code) => code,
@@ -156,7 +156,11 @@ impl IdentityService {
     /// # Errors
     /// `TotpAlreadyEnabled`, `Identity(NotFound | Internal | Conflict)`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub async fn start_totp_enrollment(&self, user_id: Uuid, meta: &RequestMeta) -> Result<TotpEnrollment, FactorError> {
+    pub async fn start_totp_enrollment(
+        &self,
+        user_id: Uuid,
+        meta: &RequestMeta,
+    ) -> Result<TotpEnrollment, FactorError> {
         let user = self.users.load(&user_id.to_string()).await.map_err(IdentityError::from)?;
         if user.id.is_none() {
             return Err(IdentityError::NotFound.into());
@@ -176,7 +180,10 @@ impl IdentityService {
         self.vault.ensure_key(user_id).await.map_err(internal)?;
         let sealed = self.vault.seal(user_id, &secret_base32).await.map_err(internal)?;
         let cmd = TotpCommand::StartEnrollment { user_id, secret: sealed, at: Utc::now() };
-        self.totps().execute(&user_id.to_string(), cmd, meta.to_map("StartTotpEnrollment")).await.map_err(map_totp)?;
+        self.totps()
+            .execute(&user_id.to_string(), cmd, meta.to_map("StartTotpEnrollment"))
+            .await
+            .map_err(map_totp)?;
         Ok(TotpEnrollment { secret: secret_base32, otpauth_uri, qr_svg })
     }
 
@@ -198,7 +205,11 @@ impl IdentityService {
         let id = user_id.to_string();
         let state = self.totps().load(&id).await.map_err(IdentityError::from)?;
         let Some(sealed) = state.secret.clone().filter(|_| !state.is_enabled()) else {
-            return Err(if state.is_enabled() { FactorError::TotpAlreadyEnabled } else { FactorError::TotpNotPending });
+            return Err(if state.is_enabled() {
+                FactorError::TotpAlreadyEnabled
+            } else {
+                FactorError::TotpNotPending
+            });
         };
         self.check_attempt(Policy::OtpFailures, &key, meta).await?;
         let secret = self.open(user_id, &sealed).await?;
@@ -230,7 +241,10 @@ impl IdentityService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn disable_totp(&self, user_id: Uuid, meta: &RequestMeta) -> Result<(), FactorError> {
         let cmd = TotpCommand::Disable { at: Utc::now() };
-        self.totps().execute(&user_id.to_string(), cmd, meta.to_map("DisableTotp")).await.map_err(map_totp)?;
+        self.totps()
+            .execute(&user_id.to_string(), cmd, meta.to_map("DisableTotp"))
+            .await
+            .map_err(map_totp)?;
         Ok(())
     }
 
@@ -322,7 +336,8 @@ impl IdentityService {
         let accepted = match (&totp.secret, totp.is_enabled(), answer) {
             (Some(sealed), true, Answer::Code(code)) => {
                 let secret = self.open(user_id, sealed).await?;
-                let cmd = TotpCommand::UseCode { matched_step: matched_step(&secret, code.expose(), now), at: now };
+                let cmd =
+                    TotpCommand::UseCode { matched_step: matched_step(&secret, code.expose(), now), at: now };
                 let done = self.totps().execute(&id, cmd, meta.to_map("UseTotpCode")).await?;
                 done.events.iter().any(|e| matches!(e, TotpEvent::TotpCodeAccepted { .. }))
             }
@@ -341,17 +356,21 @@ impl IdentityService {
             // TOTP was turned off after the challenge was issued.
             _ => false,
         };
-        let candidate_mac =
-            if accepted { self.totp_proof(challenge_id) } else { code_mac(&self.keys.otp, challenge_id, "totp-refused") };
+        let candidate_mac = if accepted {
+            self.totp_proof(challenge_id)
+        } else {
+            code_mac(&self.keys.otp, challenge_id, "totp-refused")
+        };
         let cmd = OtpCommand::Verify { candidate_mac, at: now };
-        let done = self.otps.execute(&challenge_id.to_string(), cmd, meta.to_map("VerifyOtp")).await.map_err(|e| {
-            match e {
-                ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
-                ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
-                ExecError::Domain(_) => IdentityError::InvalidCode,
-                other => other.into(),
-            }
-        })?;
+        let done =
+            self.otps.execute(&challenge_id.to_string(), cmd, meta.to_map("VerifyOtp")).await.map_err(
+                |e| match e {
+                    ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
+                    ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
+                    ExecError::Domain(_) => IdentityError::InvalidCode,
+                    other => other.into(),
+                },
+            )?;
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
             self.record_success(Policy::OtpFailures, &key, &meta).await?;
             return Ok(user_id);
@@ -380,7 +399,9 @@ mod tests {
     #[test]
     fn rfc6238_vectors() {
         let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
-        for (t, code) in [(59, "287082"), (1_111_111_109, "081804"), (1_234_567_890, "005924"), (2_000_000_000, "279037")] {
+        for (t, code) in
+            [(59, "287082"), (1_111_111_109, "081804"), (1_234_567_890, "005924"), (2_000_000_000, "279037")]
+        {
             assert_eq!(totp_code_at(secret, t).as_deref(), Some(code), "T={t}");
         }
     }
@@ -401,7 +422,8 @@ mod tests {
 
     #[test]
     fn recovery_codes_look_right_and_vary() {
-        let codes: std::collections::HashSet<String> = (0..50).map(|_| new_recovery_code().formatted()).collect();
+        let codes: std::collections::HashSet<String> =
+            (0..50).map(|_| new_recovery_code().formatted()).collect();
         assert_eq!(codes.len(), 50);
         assert!(codes.iter().all(|c| c.len() == 9 && c.as_bytes()[4] == b'-'));
     }

@@ -203,7 +203,10 @@ mod tests {
 
     #[test]
     fn register_records_the_public_credential() {
-        PasskeysTest::with(()).given_no_previous_events().when(register("a")).then_expect_events(vec![registered("a", 0)]);
+        PasskeysTest::with(())
+            .given_no_previous_events()
+            .when(register("a"))
+            .then_expect_events(vec![registered("a", 0)]);
     }
 
     #[test]
@@ -232,7 +235,10 @@ mod tests {
     #[test]
     fn the_number_of_passkeys_is_capped() {
         let given: Vec<PasskeyEvent> = (0..MAX_PASSKEYS).map(|i| registered(&format!("k{i}"), 0)).collect();
-        PasskeysTest::with(()).given(given).when(register("one-more")).then_expect_error(PasskeyError::TooMany);
+        PasskeysTest::with(())
+            .given(given)
+            .when(register("one-more"))
+            .then_expect_error(PasskeyError::TooMany);
     }
 
     #[test]

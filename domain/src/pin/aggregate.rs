@@ -85,12 +85,17 @@ impl Aggregate for DevicePin {
                 if self.user_id.is_some_and(|owner| owner != user_id) {
                     return Err(PinError::WrongOwner);
                 }
-                if self.status == PinStatus::Disabled && self.disabled_at.is_none_or(|d| authenticated_at <= d)
+                if self.status == PinStatus::Disabled
+                    && self.disabled_at.is_none_or(|d| authenticated_at <= d)
                 {
                     return Err(PinError::ReauthenticationRequired);
                 }
-                let event =
-                    PinEvent::PinSet { user_id, device_id: device_id.as_str().to_owned(), pin_hash, set_at: at };
+                let event = PinEvent::PinSet {
+                    user_id,
+                    device_id: device_id.as_str().to_owned(),
+                    pin_hash,
+                    set_at: at,
+                };
                 sink.write(event, self).await;
             }
             PinCommand::Verify { candidate, at } => {
@@ -204,7 +209,11 @@ mod tests {
 
     #[tokio::test]
     async fn set_stores_the_hash_only() {
-        framework().given_no_previous_events().when_async(set_cmd(0, 0)).await.then_expect_events(vec![set_at(0)]);
+        framework()
+            .given_no_previous_events()
+            .when_async(set_cmd(0, 0))
+            .await
+            .then_expect_events(vec![set_at(0)]);
     }
 
     #[tokio::test]
@@ -223,10 +232,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_fifth_wrong_pin_disables() {
-        framework().given(four_failures()).when_async(verify("9999", 5)).await.then_expect_events(vec![
-            failed(5, 5),
-            PinEvent::PinDisabled { disabled_at: t(5) },
-        ]);
+        framework()
+            .given(four_failures())
+            .when_async(verify("9999", 5))
+            .await
+            .then_expect_events(vec![failed(5, 5), PinEvent::PinDisabled { disabled_at: t(5) }]);
     }
 
     #[tokio::test]
@@ -251,7 +261,11 @@ mod tests {
             .await
             .then_expect_error(PinError::ReauthenticationRequired);
         // …a full login after it can, and the count starts over.
-        framework().given(given.clone()).when_async(set_cmd(8, 10)).await.then_expect_events(vec![set_at(10)]);
+        framework()
+            .given(given.clone())
+            .when_async(set_cmd(8, 10))
+            .await
+            .then_expect_events(vec![set_at(10)]);
         given.push(set_at(10));
         framework()
             .given(given)

@@ -73,7 +73,12 @@ impl Aggregate for Totp {
     type Error = TotpError;
     type Services = ();
 
-    async fn handle(&mut self, command: TotpCommand, _services: &(), sink: &EventSink<Self>) -> Result<(), TotpError> {
+    async fn handle(
+        &mut self,
+        command: TotpCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TotpError> {
         match command {
             TotpCommand::StartEnrollment { user_id, secret, at } => {
                 if self.status == TotpStatus::Enabled {
@@ -232,7 +237,11 @@ mod tests {
         // The same step again, and an earlier one, are replays.
         for step in [101, 100] {
             TotpTest::with(())
-                .given(vec![started(), enabled(), TotpEvent::TotpCodeAccepted { step: 101, accepted_at: t(40) }])
+                .given(vec![
+                    started(),
+                    enabled(),
+                    TotpEvent::TotpCodeAccepted { step: 101, accepted_at: t(40) },
+                ])
                 .when(use_code(Some(step), 41))
                 .then_expect_events(vec![TotpEvent::TotpCodeRejected { replayed: true, rejected_at: t(41) }]);
         }
@@ -249,7 +258,10 @@ mod tests {
             .given(vec![started(), enabled()])
             .when(use_code(None, 40))
             .then_expect_events(vec![TotpEvent::TotpCodeRejected { replayed: false, rejected_at: t(40) }]);
-        TotpTest::with(()).given(vec![started()]).when(use_code(Some(5), 40)).then_expect_error(TotpError::NotEnabled);
+        TotpTest::with(())
+            .given(vec![started()])
+            .when(use_code(Some(5), 40))
+            .then_expect_error(TotpError::NotEnabled);
     }
 
     #[test]
@@ -257,7 +269,11 @@ mod tests {
         TotpTest::with(())
             .given(vec![started(), enabled()])
             .when(TotpCommand::UseRecoveryCode { code: d("r2"), at: t(50) })
-            .then_expect_events(vec![TotpEvent::RecoveryCodeUsed { code: d("r2"), remaining: 1, used_at: t(50) }]);
+            .then_expect_events(vec![TotpEvent::RecoveryCodeUsed {
+                code: d("r2"),
+                remaining: 1,
+                used_at: t(50),
+            }]);
         TotpTest::with(())
             .given(vec![
                 started(),

@@ -53,12 +53,18 @@ impl RecoveryCode {
                 other => other,
             };
             if !c.is_ascii() || !RECOVERY_ALPHABET.contains(&(c as u8)) || out.len() >= 8 {
-                return Err(InvalidValue { field: "code", reason: "must be a recovery code like ABCD-EFGH".into() });
+                return Err(InvalidValue {
+                    field: "code",
+                    reason: "must be a recovery code like ABCD-EFGH".into(),
+                });
             }
             out.push(c);
         }
         if out.len() != 8 {
-            return Err(InvalidValue { field: "code", reason: "must be a recovery code like ABCD-EFGH".into() });
+            return Err(InvalidValue {
+                field: "code",
+                reason: "must be a recovery code like ABCD-EFGH".into(),
+            });
         }
         Ok(Self(out))
     }
