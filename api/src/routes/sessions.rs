@@ -126,7 +126,7 @@ pub async fn list_devices(
             }),
         }
     }
-    devices.sort_by(|a, b| b.last_used_at.cmp(&a.last_used_at));
+    devices.sort_by_key(|d| std::cmp::Reverse(d.last_used_at));
     Ok(Json(devices))
 }
 

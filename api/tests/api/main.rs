@@ -13,3 +13,4 @@ mod helpers;
 mod http_edges;
 mod passkeys;
 mod phone;
+mod sessions;

@@ -425,6 +425,20 @@ async fn registering_a_passkey_needs_a_recent_authentication_and_a_new_credentia
     assert!(!text.contains(&secret));
     assert!(!text.contains("Laptop"), "the label is sealed");
 
+    // Documented.
+    let doc: Value =
+        app.client.get(format!("{}/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    for (method, path) in [
+        ("post", "/api/auth/passkeys/register/start"),
+        ("post", "/api/auth/passkeys/register/finish"),
+        ("post", "/api/auth/passkeys/login/start"),
+        ("post", "/api/auth/passkeys/login/finish"),
+        ("get", "/api/users/me/passkeys"),
+        ("delete", "/api/users/me/passkeys/{credential_id}"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+    }
+
     // Listed (label opened), and offered as a quick factor.
     let (_, list) = app
         .wait_for("/api/users/me/passkeys", &account.access, |s, b| {
