@@ -186,6 +186,7 @@ async fn prepare_sessions(pool: &PgPool, clients: usize) -> anyhow::Result<Sessi
             idle_expires_at: now + chrono::Duration::days(30),
             expires_at: now + chrono::Duration::days(90),
             client: None,
+            quick_factor: false,
         };
         rows.push(EventRow::new("session", session_id.to_string(), 1, &event)?);
         current.push(Mutex::new((session_id, hash)));

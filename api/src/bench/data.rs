@@ -252,6 +252,7 @@ fn generate(
                 idle_expires_at,
                 expires_at,
                 client: None,
+                quick_factor: false,
             },
         )?);
         let mut last_used = started;

@@ -44,6 +44,7 @@ async fn start_session(sessions: &Executor<Session>) -> anyhow::Result<Uuid> {
         idle_ttl_secs: 30 * 86_400,
         absolute_ttl_secs: 90 * 86_400,
         client: None,
+        quick_factor: false,
     };
     let meta = HashMap::from([("command".to_owned(), "StartSession".to_owned())]);
     sessions.execute(&session_id.to_string(), cmd, meta).await?;

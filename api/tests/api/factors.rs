@@ -207,6 +207,19 @@ async fn login_challenge(app: &TestApp, email: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totp_replaces_the_mailed_code_steps_and_recovery_codes_work_once() {
     let app = spawn_app(Feed::Postgres).await;
+    let doc: Value =
+        app.client.get(format!("{}/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    for (method, path) in [
+        ("post", "/api/auth/pin"),
+        ("delete", "/api/auth/pin"),
+        ("post", "/api/auth/pin/verify"),
+        ("post", "/api/users/me/totp"),
+        ("delete", "/api/users/me/totp"),
+        ("post", "/api/users/me/totp/confirm"),
+        ("post", "/api/auth/verify-recovery-code"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+    }
     let email = "totp@example.com";
     let user_id = verified_account(&app, email).await;
     let tokens = login(&app, email, 1).await;

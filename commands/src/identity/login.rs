@@ -155,7 +155,7 @@ impl IdentityService {
             return Err(IdentityError::RefreshTokenReused);
         }
         let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
-        let auth_time = done.state.authenticated_at.unwrap_or(now);
+        let auth_time = done.state.authenticated_at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
         let (access_token, expires_in) =
             self.tokens.issue_access_at(user_id, session_id, now, auth_time).map_err(internal)?;
         Ok(TokenPair {

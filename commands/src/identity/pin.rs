@@ -188,7 +188,6 @@ impl IdentityService {
         let id = pin_aggregate_id(owner, device);
         let cmd = PinCommand::Verify { candidate: pin.clone(), at: Utc::now() };
         let mut meta = meta.clone();
-        meta.actor = Some(owner);
         let done = match self.pin_executor(&id).execute(&id, cmd, meta.to_map("VerifyPin")).await {
             Ok(done) => done,
             Err(ExecError::Domain(_)) => {
@@ -207,7 +206,7 @@ impl IdentityService {
         if meta.client.device_id.is_none() {
             meta.client.device_id = Some(device.as_str().to_owned());
         }
-        Ok(self.start_session(owner, &meta).await?)
+        Ok(self.start_quick_session(owner, &meta).await?)
     }
 
     /// Removes the PIN of `device` for `user_id`.

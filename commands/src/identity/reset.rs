@@ -1,6 +1,6 @@
 //! Password reset by emailed code and short-lived, single-use reset token
 //! (seed 001): request → verify → complete. Completing revokes every
-//! session (ASVS 7.4.2) and mails a notice.
+//! session (ASVS 7.4.2), removes the device PINs and mails a notice.
 
 use chrono::Utc;
 use domain::otp::{OtpChannel, OtpPurpose};
@@ -123,6 +123,19 @@ impl IdentityService {
             return Err(map_user(e));
         }
         self.revoke_all_sessions(user_id, RevocationReason::PasswordReset, &meta).await?;
+        // Device PINs are quick factors of the old credentials: they go too.
+        let devices: Vec<String> = sqlx::query_scalar("SELECT device_id FROM device_pins WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)?;
+        for device in devices {
+            if let Ok(device) = domain::pin::DeviceId::parse(&device) {
+                if let Err(e) = self.remove_pin(user_id, &device, &meta).await {
+                    tracing::warn!(error = ?e, "removing a device PIN after password reset failed");
+                }
+            }
+        }
         if let Some(sealed) = &user.email {
             let email = EmailAddress::parse(&self.open(user_id, sealed).await?).map_err(internal)?;
             self.record_success(Policy::PasswordFailures, &self.email_key(&email), &meta).await?;

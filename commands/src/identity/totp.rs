@@ -329,8 +329,6 @@ impl IdentityService {
         let key = current.attempts_key.clone().unwrap_or_else(|| format!("challenge:{challenge_id}"));
         self.check_attempt(Policy::OtpFailures, &key, meta).await?;
 
-        let mut meta = meta.clone();
-        meta.actor = Some(user_id);
         let id = user_id.to_string();
         let totp = self.totps().load(&id).await?;
         let accepted = match (&totp.secret, totp.is_enabled(), answer) {
@@ -372,10 +370,10 @@ impl IdentityService {
                 },
             )?;
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
-            self.record_success(Policy::OtpFailures, &key, &meta).await?;
+            self.record_success(Policy::OtpFailures, &key, meta).await?;
             return Ok(user_id);
         }
-        self.record_failure(Policy::OtpFailures, &key, &meta).await?;
+        self.record_failure(Policy::OtpFailures, &key, meta).await?;
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
             Err(IdentityError::ChallengeLocked)
         } else {

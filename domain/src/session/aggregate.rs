@@ -86,6 +86,7 @@ impl Aggregate for Session {
                 idle_ttl_secs,
                 absolute_ttl_secs,
                 client,
+                quick_factor,
             } => {
                 if self.status != SessionStatus::Absent {
                     return Err(SessionError::AlreadyStarted);
@@ -103,6 +104,7 @@ impl Aggregate for Session {
                     idle_expires_at,
                     expires_at,
                     client,
+                    quick_factor,
                 };
                 sink.write(event, self).await;
                 // The idle lifetime is state, not part of the event contract.
@@ -169,10 +171,11 @@ impl Aggregate for Session {
                 started_at,
                 idle_expires_at,
                 expires_at,
+                quick_factor,
                 ..
             } => {
                 self.id = Some(session_id);
-                self.authenticated_at = Some(started_at);
+                self.authenticated_at = (!quick_factor).then_some(started_at);
                 self.user_id = Some(user_id);
                 self.status = SessionStatus::Active;
                 self.current_hash = Some(refresh_hash);
@@ -219,6 +222,7 @@ mod tests {
             idle_expires_at: t(30 * DAY),
             expires_at: t(90 * DAY),
             client: None,
+            quick_factor: false,
         }
     }
     fn refreshed(hash: &str, generation: u64, at: i64) -> SessionEvent {
@@ -242,6 +246,7 @@ mod tests {
                 idle_ttl_secs: 30 * DAY,
                 absolute_ttl_secs: 90 * DAY,
                 client: None,
+                quick_factor: false,
             })
             .then_expect_events(vec![started()]);
     }

@@ -19,6 +19,9 @@ pub enum SessionCommand {
         absolute_ttl_secs: i64,
         /// Sealed client description (see `SessionStarted`).
         client: Option<Sealed>,
+        /// Opened with a quick factor (device PIN): not a fresh
+        /// authentication, so step-up still needs one.
+        quick_factor: bool,
     },
     /// A fresh proof of a factor inside the session (step-up).
     Reauthenticate { at: DateTime<Utc> },

@@ -44,6 +44,9 @@ pub enum SessionEvent {
         /// as JSON sealed with the user's key: personal data.
         #[serde(default)]
         client: Option<Sealed>,
+        /// Opened with a quick factor (device PIN): `auth_time` is not set.
+        #[serde(default)]
+        quick_factor: bool,
     },
     /// The user proved a factor again (step-up, ASVS 7.5.1).
     SessionReauthenticated {
