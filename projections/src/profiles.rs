@@ -113,8 +113,7 @@ impl Projector for ProfilesProjector {
             | UserEvent::RefreshTokenReuseNoticed { .. }
             | UserEvent::PasswordReset { .. }
             | UserEvent::PasswordResetRequested { .. }
-            | UserEvent::LoginPasswordAccepted { .. }
-            | UserEvent::LoginPasswordRejected { .. } => {}
+            | UserEvent::LoginPasswordAccepted { .. } => {}
         }
         Ok(())
     }

@@ -174,8 +174,40 @@ pub async fn verifies_per_second(
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    Ok(measure_rates(implementation, phc, threads, duration).await?.wall)
+}
+
+/// Rates of one measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    /// Verifications per second of wall time, all threads together.
+    pub wall: f64,
+    /// Verifications per second of CPU time the threads got (per core):
+    /// what other processes take from the cores does not count.
+    pub per_cpu_second: f64,
+}
+
+/// Like [`verifies_per_second`], also per CPU-second (from
+/// `/proc/thread-self/schedstat`; 0 where that is unavailable).
+///
+/// # Errors
+/// As [`verifies_per_second`].
+pub async fn measure_rates(
+    implementation: Implementation,
+    phc: &str,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<Rates> {
     let phc = phc.to_owned();
     tokio::task::spawn_blocking(move || measure(implementation, &phc, threads, duration)).await?
+}
+
+/// CPU time this thread has run, in nanoseconds (0 when unknown).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
 }
 
 fn measure(
@@ -183,7 +215,7 @@ fn measure(
     phc: &str,
     threads: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Rates> {
     let threads = threads.max(1);
     let verifiers =
         (0..threads).map(|_| verifier(implementation, phc)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -198,6 +230,7 @@ fn measure(
                 failed.store(true, Ordering::Relaxed);
             }
             start.wait();
+            let cpu = thread_cpu_ns();
             let deadline = Instant::now() + duration;
             while Instant::now() < deadline {
                 if !v.verify() {
@@ -205,16 +238,22 @@ fn measure(
                 }
                 count.fetch_add(1, Ordering::Relaxed);
             }
-            Instant::now()
+            (Instant::now(), thread_cpu_ns().saturating_sub(cpu))
         }));
     }
     start.wait();
     let began = Instant::now();
     let mut ended = began;
+    let mut cpu_ns = 0u64;
     for h in handles {
-        let t = h.join().map_err(|_| anyhow::anyhow!("an argon2 thread panicked"))?;
+        let (t, cpu) = h.join().map_err(|_| anyhow::anyhow!("an argon2 thread panicked"))?;
         ended = ended.max(t);
+        cpu_ns += cpu;
     }
     anyhow::ensure!(!failed.load(Ordering::Relaxed), "{}: a verification failed", implementation.label());
-    Ok(super::per_second(count.load(Ordering::Relaxed), ended - began))
+    let n = count.load(Ordering::Relaxed);
+    Ok(Rates {
+        wall: super::per_second(n, ended - began),
+        per_cpu_second: super::per_second(n, Duration::from_nanos(cpu_ns)),
+    })
 }

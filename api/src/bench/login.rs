@@ -77,15 +77,22 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
 
     // H beside the other implementations, also alternating.
     let implementations = Implementation::all();
-    let mut sums = vec![0.0; implementations.len()];
+    let mut sums = vec![(0.0, 0.0); implementations.len()];
     for _ in 0..2 {
         for (imp, sum) in implementations.iter().zip(sums.iter_mut()) {
-            *sum += argon::verifies_per_second(*imp, &phc, cores, d / 2).await? / 2.0;
+            let rates = argon::measure_rates(*imp, &phc, cores, d / 2).await?;
+            sum.0 += rates.wall / 2.0;
+            sum.1 += rates.per_cpu_second / 2.0;
         }
     }
-    let h_beside = sums[0];
-    let alternatives: Vec<(Implementation, f64)> =
-        implementations.iter().copied().zip(sums.iter().copied()).skip(1).collect();
+    let (h_beside, h_cpu) = sums[0];
+    let alternatives: Vec<(Implementation, f64, f64)> = implementations
+        .iter()
+        .copied()
+        .zip(sums.iter().copied())
+        .skip(1)
+        .map(|(i, (w, c))| (i, w, c))
+        .collect();
 
     let mut r = Report::new("login");
     r.note(format!(
@@ -109,15 +116,26 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     r.notes.extend(error_note("closed loop", &logins));
     r.notes.extend(error_note("open loop", &open));
 
-    let c_ref = alternatives.iter().find(|(imp, _)| imp.label().starts_with("C reference")).map(|(_, x)| *x);
+    let c_ref = alternatives
+        .iter()
+        .find(|(imp, ..)| imp.label().starts_with("C reference"))
+        .map(|(_, w, c)| (*w, *c));
     match c_ref {
-        Some(c) => r.rows.push(Row::ratio(
-            format!("H: argon2id verifies/s, {}, {cores} threads", Implementation::RustCrypto.label()),
-            fmt_rate(h_beside),
-            format!("{} (C reference, same parameters, {cores} threads)", fmt_rate(c)),
-            ratio(h_beside, c),
-            Check::RatioAtLeast(1.0),
-        )),
+        Some((c, c_cpu)) => {
+            r.rows.push(Row::ratio(
+                format!("H: argon2id verifies per CPU-second, {}", Implementation::RustCrypto.label()),
+                fmt_rate(h_cpu),
+                format!("{} (C reference, same parameters)", fmt_rate(c_cpu)),
+                ratio(h_cpu, c_cpu),
+                Check::RatioAtLeast(1.0),
+            ));
+            r.rows.push(Row::info(
+                format!("H: argon2id verifies/s, wall clock, {cores} threads"),
+                fmt_rate(h_beside),
+                format!("{} (C reference, same rounds)", fmt_rate(c)),
+                Some(ratio(h_beside, c)),
+            ));
+        }
         None => r.rows.push(Row::info(
             format!("H: argon2id verifies/s, {}, {cores} threads", Implementation::RustCrypto.label()),
             fmt_rate(h),
@@ -143,12 +161,12 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
             Some(ratio(lat.as_secs_f64(), one_verify.as_secs_f64())),
         ));
     }
-    for (imp, x) in &alternatives {
+    for (imp, _, cpu) in &alternatives {
         r.rows.push(Row::info(
-            format!("argon2id verifies/s, {}, {cores} threads", imp.label()),
-            fmt_rate(*x),
-            format!("{} (H, same rounds)", fmt_rate(h_beside)),
-            Some(ratio(*x, h_beside)),
+            format!("argon2id verifies per CPU-second, {}", imp.label()),
+            fmt_rate(*cpu),
+            format!("{} (RustCrypto, production path)", fmt_rate(h_cpu)),
+            Some(ratio(*cpu, h_cpu)),
         ));
     }
     let mib = |kib: u64| kib as f64 / 1024.0;

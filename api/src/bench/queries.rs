@@ -65,6 +65,7 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     }
     let bare = TcpListener::bind("127.0.0.1:0").await?;
     let bare_url = format!("http://{}/api/users/me", bare.local_addr()?);
+    let bare2_url = format!("http://{}/with-revocation/api/users/me", bare.local_addr()?);
     {
         let router = bare_router(app.pool.clone(), app.tokens.clone());
         let mut stopped = stopped.clone();
@@ -82,16 +83,17 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(10))
         .build()?;
-    for url in [&real_url, &bare_url] {
+    for url in [&real_url, &bare_url, &bare2_url] {
         let first = tokens.first().ok_or_else(|| anyhow::anyhow!("no user"))?;
         let status = client.get(url.as_str()).bearer_auth(first).send().await?.status();
         anyhow::ensure!(status == StatusCode::OK, "{url} answered {status}");
     }
     let d = o.duration;
-    let (mut bare_s, mut real_s) = (Sample::default(), Sample::default());
+    let (mut bare_s, mut real_s, mut bare2_s) = (Sample::default(), Sample::default(), Sample::default());
     for _ in 0..2 {
         bare_s.merge(drive(&client, &bare_url, &tokens, clients, d / 2).await);
         real_s.merge(drive(&client, &real_url, &tokens, clients, d / 2).await);
+        bare2_s.merge(drive(&client, &bare2_url, &tokens, clients, d / 2).await);
     }
     let _ = stop.send(true);
 
@@ -107,6 +109,7 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     ));
     r.notes.extend(error_note("GET /api/users/me", &real_s));
     r.notes.extend(error_note("bare handler", &bare_s));
+    r.notes.extend(error_note("bare handler + revocation lookup", &bare2_s));
     r.rows.push(Row::ratio(
         format!("GET /api/users/me req/s ({clients} clients)"),
         fmt_rate(real_s.rate()),
@@ -119,6 +122,12 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         fmt_ms(real_s.quantile(0.99)),
         format!("{} (bare axum + sqlx)", fmt_ms(bare_s.quantile(0.99))),
         Some(ratio(real_s.quantile(0.99).as_secs_f64(), bare_s.quantile(0.99).as_secs_f64())),
+    ));
+    r.rows.push(Row::info(
+        "bare handler + the revocation lookup, req/s",
+        fmt_rate(bare2_s.rate()),
+        format!("{} (bare axum + sqlx)", fmt_rate(bare_s.rate())),
+        Some(ratio(bare2_s.rate(), bare_s.rate())),
     ));
     Ok(r)
 }
@@ -155,7 +164,31 @@ struct Bare {
 }
 
 fn bare_router(pool: PgPool, tokens: Arc<TokenIssuer>) -> Router {
-    Router::new().route("/api/users/me", get(bare_me)).with_state(Bare { pool, tokens })
+    Router::new()
+        .route("/api/users/me", get(bare_me))
+        .route("/with-revocation/api/users/me", get(bare_me_with_revocation))
+        .with_state(Bare { pool, tokens })
+}
+
+/// The baseline plus the real extractor's revocation lookup: tells how much
+/// of a gap that second round trip explains.
+async fn bare_me_with_revocation(
+    State(s): State<Bare>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(StatusCode::UNAUTHORIZED)?;
+    let claims = s.tokens.verify_access(token).map_err(|_| StatusCode::UNAUTHORIZED)?;
+    if projections::sessions::is_revoked(&s.pool, claims.sid)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+    {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    bare_me(State(s), headers).await
 }
 
 /// The baseline: JWT check, one `SELECT`, the row as JSON (fields still sealed).

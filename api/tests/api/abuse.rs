@@ -311,7 +311,7 @@ async fn enumeration_timing_gap_is_under_ten_percent() {
     );
 
     let (dup_ms, new_ms) = timing_gap(
-        16,
+        24,
         |i| {
             let body = json!({"email": known[i % known.len()], "password": PASSWORD, "name": "X"});
             async { app.post("/api/auth/register", body).await.status().as_u16() }

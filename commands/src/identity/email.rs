@@ -32,31 +32,35 @@ impl IdentityService {
         let user_id = Uuid::now_v7();
         let now = Utc::now();
         let started = std::time::Instant::now();
-        match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id)
+        // Both paths answer at the same moment: no sooner than a typical new
+        // registration's work after hashing, with a 25 % cushion (no timing
+        // oracle; SECURITY.md "Enumeration").
+        let answer_at = started + self.register_pad.typical().mul_f64(1.25);
+        let result = match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id)
             .await
             .map_err(internal)?
         {
             Claim::Taken { owner } => {
-                self.notify_duplicate_registration(owner, email, now, meta).await?;
-                // Answer no sooner than a real registration would (no timing oracle).
-                let typical = self.register_pad.typical();
-                if let Some(rest) = typical.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(rest).await;
-                }
-                return Ok(Uuid::now_v7());
+                self.notify_duplicate_registration(owner, email, now, meta).await.map(|()| Uuid::now_v7())
             }
-            Claim::Claimed => {}
-        }
-        let result =
-            self.register_claimed(user_id, email, email_hash.clone(), password_hash, name, now, meta).await;
-        if result.is_ok() {
-            self.register_pad.observe(started.elapsed());
-        }
-        if result.is_err() {
-            // Release the reservation so the address can be registered again.
-            let _ = reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id).await;
-        }
-        result.map(|()| user_id)
+            Claim::Claimed => {
+                let result = self
+                    .register_claimed(user_id, email, email_hash.clone(), password_hash, name, now, meta)
+                    .await;
+                match &result {
+                    Ok(()) => self.register_pad.observe(started.elapsed()),
+                    // Release the reservation so the address can be registered again.
+                    Err(_) => {
+                        let _ =
+                            reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id)
+                                .await;
+                    }
+                }
+                result.map(|()| user_id)
+            }
+        };
+        tokio::time::sleep_until(answer_at.into()).await;
+        result
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
 use domain::throttle::Policy;
-use domain::user::{UserCommand, UserEvent};
+use domain::user::{UserCommand, UserError, UserEvent};
 use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use uuid::Uuid;
 
@@ -44,21 +44,29 @@ impl IdentityService {
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
             .map_err(internal)?;
+        // A refusal is answered no sooner than a typical refusal of a known
+        // account (25 % cushion), whichever path it took (no timing oracle).
+        let started = std::time::Instant::now();
+        let answer_at = tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25));
         let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
             self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+            tokio::time::sleep_until(answer_at).await;
             return Err(IdentityError::InvalidCredentials);
         };
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: Utc::now() };
-        let done = self
-            .users
-            .execute(&user_id.to_string(), cmd, meta.to_map("StartLogin"))
-            .await
-            .map_err(map_user)?;
+        let done = match self.users.execute(&user_id.to_string(), cmd, meta.to_map("StartLogin")).await {
+            Err(ExecError::Domain(UserError::WrongPassword)) => {
+                self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+                self.login_pad.observe(started.elapsed());
+                tokio::time::sleep_until(answer_at).await;
+                return Err(IdentityError::InvalidCredentials);
+            }
+            other => other.map_err(map_user)?,
+        };
         if !done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
-            self.record_failure(Policy::PasswordFailures, &key, meta).await?;
-            return Err(IdentityError::InvalidCredentials);
+            return Err(internal("login accepted without an event"));
         }
         self.record_success(Policy::PasswordFailures, &key, meta).await?;
         // TOTP replaces the mailed code: nothing is sent (see `totp`).

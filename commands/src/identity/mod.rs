@@ -228,6 +228,8 @@ pub struct IdentityService {
     pub(crate) throttles: Executor<Throttle>,
     /// Typical duration of the work a new registration does after hashing.
     pub(crate) register_pad: DurationAverage,
+    /// Typical duration of a wrong-password login for a known account.
+    pub(crate) login_pad: DurationAverage,
 }
 
 /// A moving average of durations (exponentially weighted, α = 1/8), used to
@@ -266,6 +268,7 @@ impl IdentityService {
             sessions: Executor::new(pool.clone(), ()),
             throttles: Executor::new(pool.clone(), ()),
             register_pad: DurationAverage::default(),
+            login_pad: DurationAverage::default(),
             pool,
             keys,
             config,

@@ -26,6 +26,8 @@ pub enum UserError {
     PhoneNotVerified,
     #[error("the password reset token was already used")]
     ResetAlreadyUsed,
+    #[error("wrong password")]
+    WrongPassword,
 }
 
 impl UserError {
@@ -39,6 +41,7 @@ impl UserError {
             Self::WrongChallenge => "wrong_challenge",
             Self::PhoneNotVerified => "phone_not_verified",
             Self::ResetAlreadyUsed => "reset_token_used",
+            Self::WrongPassword => "invalid_credentials",
         }
     }
 }
@@ -53,7 +56,6 @@ pub struct User {
     pub email_verified: bool,
     pub email_challenge_id: Option<Uuid>,
     pub registered_at: Option<DateTime<Utc>>,
-    pub consecutive_login_failures: u32,
     /// Sealed phone number, verified or pending.
     pub phone: Option<Sealed>,
     pub phone_verified: bool,
@@ -191,12 +193,10 @@ impl Aggregate for User {
                 self.require_registered()?;
                 let hash = self.password_hash.clone().unwrap_or_default();
                 if !services.passwords.verify(&hash, password.expose()).await {
-                    let event = UserEvent::LoginPasswordRejected {
-                        consecutive_failures: self.consecutive_login_failures.saturating_add(1),
-                        rejected_at: at,
-                    };
-                    sink.write(event, self).await;
-                    return Ok(());
+                    // Recorded by the caller on the account's `Throttle`
+                    // stream, the same event an unknown email gets (no
+                    // enumeration by timing or by the log).
+                    return Err(UserError::WrongPassword);
                 }
                 // Checked only after the password, so the answer does not
                 // reveal the account's state to someone without it.
@@ -261,13 +261,9 @@ impl Aggregate for User {
             UserEvent::PasswordReset { reset_id, password_hash, .. } => {
                 self.password_hash = Some(password_hash);
                 self.used_reset_ids.push(reset_id);
-                self.consecutive_login_failures = 0;
             }
             UserEvent::EmailVerified { .. } => self.email_verified = true,
-            UserEvent::LoginPasswordAccepted { .. } => self.consecutive_login_failures = 0,
-            UserEvent::LoginPasswordRejected { consecutive_failures, .. } => {
-                self.consecutive_login_failures = consecutive_failures;
-            }
+            UserEvent::LoginPasswordAccepted { .. } => {}
         }
     }
 }
@@ -391,23 +387,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn login_with_wrong_password_counts_failures() {
+    async fn login_with_wrong_password_is_refused_without_an_event() {
         framework()
-            .given(vec![
-                registered(),
-                verified(),
-                UserEvent::LoginPasswordRejected { consecutive_failures: 1, rejected_at: t(2) },
-            ])
+            .given(vec![registered(), verified()])
             .when_async(UserCommand::StartLogin {
                 challenge_id: Uuid::from_u128(7),
                 password: Password::parse("wrong password here").unwrap(),
                 at: t(3),
             })
             .await
-            .then_expect_events(vec![UserEvent::LoginPasswordRejected {
-                consecutive_failures: 2,
-                rejected_at: t(3),
-            }]);
+            .then_expect_error(UserError::WrongPassword);
     }
 
     #[tokio::test]
@@ -429,10 +418,7 @@ mod tests {
                 at: t(3),
             })
             .await
-            .then_expect_events(vec![UserEvent::LoginPasswordRejected {
-                consecutive_failures: 1,
-                rejected_at: t(3),
-            }]);
+            .then_expect_error(UserError::WrongPassword);
     }
 
     #[tokio::test]
@@ -550,9 +536,6 @@ mod tests {
                 at: t(1),
             })
             .await
-            .then_expect_events(vec![UserEvent::LoginPasswordRejected {
-                consecutive_failures: 1,
-                rejected_at: t(1),
-            }]);
+            .then_expect_error(UserError::WrongPassword);
     }
 }

@@ -54,11 +54,6 @@ pub enum UserEvent {
         challenge_id: Uuid,
         accepted_at: DateTime<Utc>,
     },
-    /// Wrong password. `consecutive_failures` counts since the last success.
-    LoginPasswordRejected {
-        consecutive_failures: u32,
-        rejected_at: DateTime<Utc>,
-    },
     ProfileUpdated {
         name: Option<Sealed>,
         bio: Option<Sealed>,
@@ -103,7 +98,6 @@ impl DomainEvent for UserEvent {
             Self::EmailChallengeReplaced { .. } => "EmailChallengeReplaced",
             Self::EmailVerified { .. } => "EmailVerified",
             Self::LoginPasswordAccepted { .. } => "LoginPasswordAccepted",
-            Self::LoginPasswordRejected { .. } => "LoginPasswordRejected",
             Self::ProfileUpdated { .. } => "ProfileUpdated",
             Self::PhoneAdded { .. } => "PhoneAdded",
             Self::PhoneVerified { .. } => "PhoneVerified",
