@@ -153,7 +153,7 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
         visible.len()
     ));
     r.note(format!(
-        "the projector drained {} events/s during the max-rate phase and its catch-up (one transaction per event and projector)",
+        "the projector drained {} events during the max-rate phase and its catch-up (one transaction per event and projector)",
         fmt_rate(drain_rate)
     ));
     r.notes.extend(error_note("max-rate writes", &max));

@@ -113,7 +113,7 @@ pub fn cores() -> usize {
 /// Setup failures (database, broker) and failures of the benchmark itself.
 pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -> anyhow::Result<Report> {
     let db = BenchDb::create(&settings.database_url, 40).await?;
-    let env = BenchEnv { settings: bench_settings(settings, &db.url, options), db: db.pool.clone() };
+    let env = BenchEnv { settings: bench_settings(settings, &db.url), db: db.pool.clone() };
     let result = match name {
         BenchName::Login => login::run(&env, options).await,
         BenchName::Commands => commands::run(&env, options).await,
@@ -137,7 +137,7 @@ pub struct BenchEnv {
     pub db: PgPool,
 }
 
-fn bench_settings(base: &Settings, url: &str, options: &BenchOptions) -> Settings {
+fn bench_settings(base: &Settings, url: &str) -> Settings {
     let run = Uuid::new_v4().simple().to_string();
     let mut s = base.clone();
     s.database_url = url.to_owned();
@@ -155,7 +155,6 @@ fn bench_settings(base: &Settings, url: &str, options: &BenchOptions) -> Setting
     s.master_key = Some(Secret32::generate().to_base64());
     s.jwt_key = Some(Secret32::generate().to_base64());
     s.environment = "development".to_owned();
-    let _ = options;
     s
 }
 
@@ -526,7 +525,7 @@ impl fmt::Display for Report {
         writeln!(f, "| figure | value | baseline | ratio | target | result |")?;
         writeln!(f, "|---|---:|---:|---:|---|---|")?;
         for r in &self.rows {
-            let ratio = r.ratio.map_or_else(|| "–".to_owned(), |x| format!("{x:.2}"));
+            let ratio = r.ratio.map_or_else(|| "–".to_owned(), fmt_ratio);
             let result = match r.pass() {
                 Some(true) => "PASS",
                 Some(false) => "MISS",
@@ -542,6 +541,15 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A ratio: two decimals, four below 0.1 so that small ones do not read 0.00.
+pub fn fmt_ratio(x: f64) -> String {
+    if x.abs() < 0.1 && x != 0.0 {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.2}")
     }
 }
 
