@@ -76,6 +76,11 @@ impl Vault {
     /// # Errors
     /// [`VaultError::Db`].
     pub async fn ensure_key(&self, subject: Uuid) -> Result<(), VaultError> {
+        // A cached key exists in the table: no write on the hot path (every
+        // code issued and every session started asks).
+        if self.cache.lock().is_ok_and(|c| c.contains_key(&subject)) {
+            return Ok(());
+        }
         let key = Secret32::generate();
         let wrapped = seal_bytes(&self.wrap, subject.as_bytes(), &key.0);
         sqlx::query(
