@@ -9,8 +9,11 @@
 //!   implementations, [`pg_feed::PgFeed`] (Postgres tail, the embedded
 //!   default) and [`kafka_feed::KafkaFeed`] (consumer group, production).
 //! - [`runtime`]: [`runtime::Projector`] and [`runtime::ProjectionRunner`],
-//!   which apply each envelope and its per-aggregate checkpoint in one
-//!   Postgres transaction (decided 5), then acknowledge the feed.
+//!   which apply each feed batch and its per-aggregate checkpoints in one
+//!   Postgres transaction per projector (decided 5), then acknowledge the
+//!   feed; and rebuild read models from the store.
+//! - [`rebuild`]: reading the store's settled events in whole-stream chunks
+//!   for set-based rebuilds ([`runtime::Projector::rebuild_chunk`]).
 //!
 //! Among streamforge's crates this one depends on `domain` only (for the
 //! envelope); it must never depend on `commands`, `workers` or `api`.
@@ -24,6 +27,7 @@ pub mod passkeys;
 pub mod pg_feed;
 pub mod pins;
 pub mod profiles;
+pub mod rebuild;
 pub mod runtime;
 pub mod sessions;
 pub mod tail;

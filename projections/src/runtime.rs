@@ -5,7 +5,24 @@
 //! A duplicated or replayed envelope (`sequence` not above the stored
 //! checkpoint) is a no-op, so at-least-once feeds give exactly-once read
 //! models.
+//!
+//! The live path ([`ProjectionRunner::run_once`]) applies a whole feed batch
+//! per projector in **one** transaction: it locks (creating if needed) the
+//! checkpoints of every aggregate in the batch with one statement, in a
+//! deterministic order so that concurrent runners cannot deadlock on them,
+//! applies in order the envelopes above the checkpoint (tracking it in
+//! memory, so duplicates inside the batch are skipped too), stores the new
+//! checkpoints with one statement and commits once; then the feed is
+//! committed. When that transaction fails, the batch is retried envelope by
+//! envelope (one transaction each), so a poison envelope is named exactly by
+//! [`RunError::Projector`] and a transient failure does not stall the feed.
+//!
+//! A rebuild ([`ProjectionRunner::rebuild`]) reads the settled events of the
+//! store in whole-stream chunks ([`crate::rebuild`]) and hands each chunk to
+//! [`Projector::rebuild_chunk`]: set-based for the projectors that fold
+//! streams in memory (`profiles`, `sessions`), per event otherwise.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +30,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::envelope::Envelope;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::feed::{EventFeed, FeedError};
-use crate::tail::{self, Cursor};
+use crate::rebuild::{self, Horizon, RebuildChunk, StreamReader};
 
 /// A failure of one projector on one envelope.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +105,10 @@ pub enum RunError {
     /// [`ProjectionRunner::rebuild`] was given a name no projector has.
     #[error("no projector named `{0}`")]
     UnknownProjector(String),
+    /// The rebuild's store reader task ended abnormally (panicked or was
+    /// cancelled); nothing after the last committed chunk was written.
+    #[error("rebuild reader task failed")]
+    ReaderTask(#[source] tokio::task::JoinError),
 }
 
 /// One read model's event handler.
@@ -118,30 +139,81 @@ pub trait Projector: Send + Sync {
     /// # Errors
     /// [`ProjectionError`]; the reset is then rolled back.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+
+    /// Rebuild entry point: brings the read model up to date with the
+    /// complete streams of `chunk` (every settled event of each aggregate,
+    /// ascending sequence), inside the runner's transaction, which then
+    /// stores each stream's last sequence as its checkpoint and commits.
+    ///
+    /// Called only after [`Projector::reset`], for streams no earlier chunk
+    /// of the same rebuild held; the result must be exactly what
+    /// [`Projector::apply`] would leave after the same events one by one.
+    /// The default does just that (one `apply` per event, in chunk order);
+    /// a projector whose rows are a function of one stream overrides it to
+    /// fold each stream in memory and write its rows with a few set-based
+    /// statements.
+    ///
+    /// # Errors
+    /// [`ProjectionError`]; the runner then rolls the chunk back and replays
+    /// it through `apply` one event at a time, so that a failing event is
+    /// named exactly in [`RunError::Projector`].
+    async fn rebuild_chunk(&self, conn: &mut PgConnection, chunk: &RebuildChunk) -> Result<(), ProjectionError> {
+        for event in chunk.events() {
+            let envelope = event.to_envelope()?;
+            self.apply(&mut *conn, &envelope).await?;
+        }
+        Ok(())
+    }
 }
 
-/// What [`ProjectionRunner::apply_envelope`] did with one envelope.
+/// What [`ProjectionRunner::apply_envelope`] (per envelope) or
+/// [`ProjectionRunner::apply_batch`] (summed over the batch) did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// Projectors whose read model changed.
+    /// (Projector, envelope) pairs applied to a read model.
     pub applied: usize,
-    /// Projectors that had already applied this sequence (duplicates).
+    /// (Projector, envelope) pairs skipped as already applied (duplicates).
     pub skipped: usize,
+}
+
+impl std::ops::AddAssign for Applied {
+    fn add_assign(&mut self, other: Self) {
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+    }
 }
 
 /// What [`ProjectionRunner::rebuild`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RebuildStats {
-    /// Events read from the store.
+    /// Settled events read from the store (of the aggregate types the
+    /// projector handles only).
     pub read: usize,
-    /// Events applied to the read model.
+    /// Events applied to the read model (all of those read).
     pub applied: usize,
+    /// Aggregates (streams) whose checkpoint the rebuild stored.
+    pub aggregates: usize,
+    /// Chunks (transactions) written.
+    pub chunks: usize,
+    /// Chunks whose set-based write failed and that were replayed event by
+    /// event instead (see [`Projector::rebuild_chunk`]).
+    pub replayed_chunks: usize,
 }
+
+/// Default [`RunOptions::batch_size`].
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+
+/// Default events per chunk of [`ProjectionRunner::rebuild`] (callers pass
+/// their own; this is what the `streamforge` binary and benches use).
+pub const DEFAULT_REBUILD_CHUNK: usize = 10_000;
 
 /// Pacing of [`ProjectionRunner::run`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Envelopes per batch (default 100).
+    /// Most envelopes per batch (default [`DEFAULT_BATCH_SIZE`]). A batch
+    /// takes what the feed already holds after its first envelope, so a
+    /// large maximum costs no latency at light load and lets the runner
+    /// drain a backlog with few transactions.
     pub batch_size: usize,
     /// Longest wait for a batch's first envelope (default 1 s); also bounds
     /// how stale a shutdown check can be.
@@ -156,7 +228,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            batch_size: 100,
+            batch_size: DEFAULT_BATCH_SIZE,
             max_wait: Duration::from_secs(1),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
@@ -193,6 +265,33 @@ const LOCK_CHECKPOINT: &str = "INSERT INTO projection_checkpoints \
 
 const STORE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET sequence = $4 \
      WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3";
+
+/// [`LOCK_CHECKPOINT`] for many aggregates at once (`$2` types, `$3` ids,
+/// distinct pairs). The rows are locked in array order (`ORDER BY` the
+/// ordinality), which the caller makes sorted, so two runners locking
+/// overlapping sets always take the locks in the same order and cannot
+/// deadlock on them.
+const LOCK_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
+     (projector, aggregate_type, aggregate_id, sequence) \
+     SELECT $1, k.t, k.i, -1 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS k(t, i, n) ORDER BY k.n \
+     ON CONFLICT (projector, aggregate_type, aggregate_id) \
+     DO UPDATE SET sequence = projection_checkpoints.sequence \
+     RETURNING aggregate_type, aggregate_id, sequence";
+
+/// [`STORE_CHECKPOINT`] for many aggregates at once (`$2` types, `$3` ids,
+/// `$4` sequences); the rows are already locked by [`LOCK_CHECKPOINTS`].
+const STORE_CHECKPOINTS: &str = "UPDATE projection_checkpoints AS c SET sequence = u.s \
+     FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
+     WHERE c.projector = $1 AND c.aggregate_type = u.t AND c.aggregate_id = u.i";
+
+/// The checkpoints a rebuild chunk leaves (`$2` type, `$3` ids, `$4`
+/// sequences): after the reset there are none, but a higher one is never
+/// lowered.
+const STORE_REBUILT_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
+     (projector, aggregate_type, aggregate_id, sequence) \
+     SELECT $1, t, i, s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
+     ON CONFLICT (projector, aggregate_type, aggregate_id) \
+     DO UPDATE SET sequence = GREATEST(projection_checkpoints.sequence, EXCLUDED.sequence)";
 
 impl ProjectionRunner {
     /// A runner over `projectors` with default [`RunOptions`].
@@ -242,9 +341,56 @@ impl ProjectionRunner {
         Ok(outcome)
     }
 
+    /// Applies `batch` (in feed order) to every projector: per projector,
+    /// the envelopes it handles in **one** transaction with their
+    /// checkpoints (see the module docs); envelopes whose sequence is not
+    /// above the aggregate's checkpoint — stored, or reached earlier in the
+    /// same batch — are skipped. When that transaction fails, the
+    /// projector's envelopes are retried one transaction each.
+    ///
+    /// # Errors
+    /// [`RunError::Projector`] naming the envelope that failed in the
+    /// one-by-one retry. The projectors before it, and that projector's
+    /// envelopes before the failing one, keep their (committed, idempotent)
+    /// changes.
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    pub async fn apply_batch(&self, batch: &[Envelope]) -> Result<Applied, RunError> {
+        let mut outcome = Applied::default();
+        for projector in &self.projectors {
+            let projector = projector.as_ref();
+            let mine: Vec<&Envelope> = batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            match apply_many(&self.pool, projector, &mine).await {
+                Ok(applied) => outcome += applied,
+                Err(error) => {
+                    tracing::warn!(
+                        projector = projector.name(),
+                        envelopes = mine.len(),
+                        error = %ErrorChain(&error),
+                        "batch transaction failed; retrying envelope by envelope"
+                    );
+                    for envelope in mine {
+                        let applied = apply_one(&self.pool, projector, envelope)
+                            .await
+                            .map_err(|source| projector_error(projector, envelope, source))?;
+                        if applied {
+                            outcome.applied += 1;
+                        } else {
+                            outcome.skipped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
     /// One step: takes a batch of at most `max` envelopes from `feed`
-    /// (waiting at most `max_wait` for the first), applies them in order,
-    /// then commits the feed. Returns the number of envelopes in the batch.
+    /// (waiting at most `max_wait` for the first), applies it with
+    /// [`ProjectionRunner::apply_batch`], then commits the feed. Returns the
+    /// number of envelopes in the batch.
     ///
     /// # Errors
     /// [`RunError::Feed`] or [`RunError::Projector`]; the feed is then not
@@ -262,9 +408,7 @@ impl ProjectionRunner {
         if batch.is_empty() {
             return Ok(0);
         }
-        for envelope in &batch {
-            self.apply_envelope(envelope).await?;
-        }
+        self.apply_batch(&batch).await?;
         feed.commit().await?;
         Ok(batch.len())
     }
@@ -312,25 +456,32 @@ impl ProjectionRunner {
     }
 
     /// Rebuilds the read model of projector `name`: in one transaction
-    /// [`Projector::reset`] and delete its checkpoints, then replay every
-    /// settled event of the store through it (`batch_size` per read).
+    /// [`Projector::reset`] and delete its checkpoints; then read every
+    /// settled event (below the [`Horizon`] taken at the start) of the
+    /// aggregate types it handles, in whole-stream chunks of about
+    /// `chunk_size` events, and write each chunk with
+    /// [`Projector::rebuild_chunk`] and its streams' checkpoints in one
+    /// transaction. The next chunk is read while the current one is written.
     ///
     /// Stop the live runners of this projector during a rebuild: a live
-    /// runner applying a newer event first would make the replay skip the
-    /// aggregate's older ones.
+    /// runner applying a newer event first would make the rebuild's
+    /// checkpoint skip it or its older ones. Afterwards a live runner
+    /// resumes correctly: every checkpoint is the last settled sequence of
+    /// its aggregate, and events committed later are above it.
     ///
     /// # Errors
     /// [`RunError::UnknownProjector`], [`RunError::Reset`],
-    /// [`RunError::Store`] or [`RunError::Projector`]; a failed rebuild can
-    /// simply be started again.
+    /// [`RunError::Store`], [`RunError::Projector`] (a chunk that failed
+    /// both set-based and event by event) or [`RunError::ReaderTask`]; a
+    /// failed rebuild can simply be started again.
     #[tracing::instrument(skip_all, fields(projector = name))]
-    pub async fn rebuild(&self, name: &str, batch_size: usize) -> Result<RebuildStats, RunError> {
+    pub async fn rebuild(&self, name: &str, chunk_size: usize) -> Result<RebuildStats, RunError> {
         let projector = self
             .projectors
             .iter()
             .find(|p| p.name() == name)
             .ok_or_else(|| RunError::UnknownProjector(name.to_owned()))?
-            .as_ref();
+            .clone();
         let reset_error = |source| RunError::Reset { projector: projector.name(), source };
         let mut tx = self.pool.begin().await?;
         projector.reset(&mut tx).await.map_err(reset_error)?;
@@ -341,32 +492,136 @@ impl ProjectionRunner {
             .map_err(|e| reset_error(e.into()))?;
         tx.commit().await?;
 
-        let batch_size = batch_size.max(1);
+        let horizon = Horizon::now(&self.pool).await?;
+        let types: Vec<String> = rebuild::aggregate_types(&self.pool)
+            .await?
+            .into_iter()
+            .filter(|t| projector.handles(t))
+            .collect();
+        let (chunks, mut received) = mpsc::channel(2);
+        let mut reader = AbortOnDrop(tokio::spawn(read_chunks(self.pool.clone(), types, horizon, chunk_size, chunks)));
+
         let mut stats = RebuildStats::default();
-        let mut cursor = Cursor::ZERO;
-        loop {
-            let rows = tail::read_after(&self.pool, cursor, batch_size, None).await?;
-            let full = rows.len() == batch_size;
-            for (position, envelope) in rows {
-                cursor = position;
-                stats.read += 1;
-                if !projector.handles(&envelope.aggregate_type) {
-                    continue;
-                }
-                if apply_one(&self.pool, projector, &envelope)
-                    .await
-                    .map_err(|source| projector_error(projector, &envelope, source))?
-                {
-                    stats.applied += 1;
-                }
+        while let Some(chunk) = received.recv().await {
+            let chunk = chunk?;
+            if write_chunk(&self.pool, projector.as_ref(), &chunk).await? {
+                stats.replayed_chunks += 1;
             }
-            if !full {
-                break;
-            }
+            stats.chunks += 1;
+            stats.read += chunk.len();
+            stats.applied += chunk.len();
+            stats.aggregates += chunk.streams().len();
         }
-        tracing::info!(read = stats.read, applied = stats.applied, "rebuild done");
+        if let Err(error) = (&mut reader.0).await {
+            return Err(RunError::ReaderTask(error));
+        }
+        tracing::info!(
+            read = stats.read,
+            aggregates = stats.aggregates,
+            chunks = stats.chunks,
+            replayed_chunks = stats.replayed_chunks,
+            horizon = horizon.0,
+            "rebuild done"
+        );
         Ok(stats)
     }
+}
+
+/// Aborts the task when dropped (a rebuild that fails stops its reader).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The reader side of a rebuild: sends the chunks of every type in turn,
+/// then ends; a database error is sent and ends it. Stops early when the
+/// receiver is gone.
+async fn read_chunks(
+    pool: PgPool,
+    types: Vec<String>,
+    horizon: Horizon,
+    chunk_size: usize,
+    chunks: mpsc::Sender<Result<RebuildChunk, sqlx::Error>>,
+) {
+    for aggregate_type in types {
+        let mut reader = StreamReader::new(aggregate_type, horizon, chunk_size);
+        loop {
+            let next = reader.next_chunk(&pool).await;
+            let last = !matches!(next, Ok(Some(_)));
+            let item = match next {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(error) => Err(error),
+            };
+            if chunks.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes one rebuild chunk with its checkpoints in one transaction:
+/// set-based through [`Projector::rebuild_chunk`], or — when that fails —
+/// replayed through [`Projector::apply`] one event at a time in a new
+/// transaction. Returns whether it had to replay.
+async fn write_chunk(pool: &PgPool, projector: &dyn Projector, chunk: &RebuildChunk) -> Result<bool, RunError> {
+    let set_based = async {
+        let mut tx = pool.begin().await?;
+        projector.rebuild_chunk(&mut tx, chunk).await?;
+        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk).await?;
+        tx.commit().await?;
+        Ok::<_, ProjectionError>(())
+    }
+    .await;
+    let Err(error) = set_based else { return Ok(false) };
+    tracing::warn!(
+        projector = projector.name(),
+        events = chunk.len(),
+        error = %ErrorChain(&error),
+        "rebuild chunk failed; replaying it event by event"
+    );
+    let mut tx = pool.begin().await?;
+    for event in chunk.events() {
+        let applied = async {
+            let envelope = event.to_envelope()?;
+            projector.apply(&mut tx, &envelope).await
+        }
+        .await;
+        applied.map_err(|source| RunError::Projector {
+            projector: projector.name(),
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            source,
+        })?;
+    }
+    store_rebuilt_checkpoints(&mut tx, projector.name(), chunk).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn store_rebuilt_checkpoints(
+    conn: &mut PgConnection,
+    projector: &str,
+    chunk: &RebuildChunk,
+) -> Result<(), sqlx::Error> {
+    let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
+    for (aggregate_type, aggregate_id, sequence) in chunk.checkpoints() {
+        types.push(aggregate_type);
+        ids.push(aggregate_id);
+        sequences.push(sequence);
+    }
+    sqlx::query(STORE_REBUILT_CHECKPOINTS)
+        .bind(projector)
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 enum Step {
@@ -417,6 +672,86 @@ async fn apply_one(
         .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// One projector, many envelopes (those it handles, in feed order), one
+/// transaction; see the module docs.
+#[tracing::instrument(level = "debug", skip_all, fields(projector = projector.name(), envelopes = envelopes.len()))]
+async fn apply_many(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    envelopes: &[&Envelope],
+) -> Result<Applied, ProjectionError> {
+    let mut keys: Vec<(&str, &str)> =
+        envelopes.iter().map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str())).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut tx = pool.begin().await?;
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(LOCK_CHECKPOINTS)
+        .bind(projector.name())
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    // Per aggregate: (stored checkpoint, running checkpoint).
+    let mut checkpoints: HashMap<(String, String), (i64, i64)> =
+        locked.into_iter().map(|(t, i, s)| ((t, i), (s, s))).collect();
+    let mut outcome = Applied::default();
+    for envelope in envelopes {
+        let key = (envelope.aggregate_type.clone(), envelope.aggregate_id.clone());
+        let Some((_, running)) = checkpoints.get_mut(&key) else {
+            // Every key was locked above; a missing one means the statement
+            // did not return it, so do not guess.
+            return Err(ProjectionError::Other(anyhow::anyhow!(
+                "checkpoint of {}/{} was not locked",
+                envelope.aggregate_type,
+                envelope.aggregate_id
+            )));
+        };
+        if envelope.sequence <= *running {
+            outcome.skipped += 1;
+            tracing::debug!(
+                aggregate_id = %envelope.aggregate_id,
+                sequence = envelope.sequence,
+                checkpoint = *running,
+                "already applied; skipped"
+            );
+            continue;
+        }
+        if *running >= 0 && envelope.sequence > *running + 1 {
+            tracing::warn!(
+                aggregate_type = %envelope.aggregate_type,
+                aggregate_id = %envelope.aggregate_id,
+                sequence = envelope.sequence,
+                checkpoint = *running,
+                "sequence gap: events of this aggregate were not seen"
+            );
+        }
+        projector.apply(&mut tx, envelope).await?;
+        *running = envelope.sequence;
+        outcome.applied += 1;
+    }
+    if outcome.applied == 0 {
+        tx.rollback().await?;
+        return Ok(outcome);
+    }
+    let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
+    for ((aggregate_type, aggregate_id), (stored, running)) in &checkpoints {
+        if running != stored {
+            types.push(aggregate_type.as_str());
+            ids.push(aggregate_id.as_str());
+            sequences.push(*running);
+        }
+    }
+    sqlx::query(STORE_CHECKPOINTS)
+        .bind(projector.name())
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// Displays an error with its whole `source()` chain: `a: b: c`.

@@ -10,7 +10,8 @@ use domain::session::{Session, SessionEvent};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::profiles::aggregate_uuid;
+use crate::profiles::{aggregate_uuid, as_stored, Fold};
+use crate::rebuild::{RebuildChunk, Stream};
 use crate::runtime::{ProjectionError, Projector};
 
 /// Projects `session` events into `rm_sessions`.
@@ -96,10 +97,169 @@ impl Projector for SessionsProjector {
         sqlx::query("TRUNCATE rm_sessions").execute(conn).await?;
         Ok(())
     }
+
+    /// Set-based: folds each session stream into its final `rm_sessions`
+    /// row ([`fold_session`]) and inserts the chunk's rows with one `INSERT
+    /// … SELECT FROM UNNEST`. A stream whose row is not keyed by its own
+    /// aggregate id goes through [`Projector::apply`] instead.
+    async fn rebuild_chunk(&self, conn: &mut PgConnection, chunk: &RebuildChunk) -> Result<(), ProjectionError> {
+        let mut rows = SessionColumns::default();
+        let mut per_event = Vec::new();
+        for stream in chunk.streams() {
+            match fold_session(&stream)? {
+                Fold::Row(Some(row)) => rows.push(row),
+                Fold::Row(None) => {}
+                Fold::PerEvent => per_event.push(stream),
+            }
+        }
+        if !rows.session_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
+                                          idle_expires_at, expires_at, revoked_at, revoked_reason,
+                                          client_sealed, authenticated_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[],
+                                      $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
+                                      $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
+                 ON CONFLICT (session_id) DO NOTHING",
+            )
+            .bind(&rows.session_id)
+            .bind(&rows.user_id)
+            .bind(&rows.status)
+            .bind(&rows.generation)
+            .bind(&rows.created_at)
+            .bind(&rows.last_used_at)
+            .bind(&rows.idle_expires_at)
+            .bind(&rows.expires_at)
+            .bind(&rows.revoked_at)
+            .bind(&rows.revoked_reason)
+            .bind(&rows.client_sealed)
+            .bind(&rows.authenticated_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for stream in per_event {
+            for event in stream.events {
+                self.apply(&mut *conn, &event.to_envelope()?).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `rm_sessions` row one session stream leaves, computed in memory with
+/// the same transitions as [`SessionsProjector`]'s `apply` (events before
+/// `SessionStarted` change nothing, a second start is ignored, a
+/// re-authentication moves `last_used_at` only forward). Timestamps are
+/// truncated to Postgres' microseconds first, as binding them would.
+///
+/// # Errors
+/// [`ProjectionError`] where `apply` would fail: an undecodable event, or
+/// an aggregate id that is not a UUID on an update.
+pub fn fold_session(stream: &Stream<'_>) -> Result<Fold<SessionRow>, ProjectionError> {
+    let own_id = Uuid::parse_str(stream.aggregate_id).ok();
+    let update_target =
+        || own_id.ok_or_else(|| ProjectionError::Other(anyhow::anyhow!("aggregate id is not a UUID")));
+    let mut row: Option<SessionRow> = None;
+    for event in stream.events {
+        match event.decode::<SessionEvent>()? {
+            SessionEvent::SessionStarted {
+                session_id,
+                user_id,
+                started_at,
+                idle_expires_at,
+                expires_at,
+                client,
+                ..
+            } => {
+                if own_id != Some(session_id) {
+                    return Ok(Fold::PerEvent);
+                }
+                if row.is_none() {
+                    let started_at = as_stored(started_at)?;
+                    row = Some(SessionRow {
+                        session_id,
+                        user_id,
+                        status: "active".to_owned(),
+                        generation: 0,
+                        created_at: started_at,
+                        last_used_at: started_at,
+                        idle_expires_at: as_stored(idle_expires_at)?,
+                        expires_at: as_stored(expires_at)?,
+                        revoked_at: None,
+                        revoked_reason: None,
+                        client_sealed: client.map(|c| c.0),
+                        authenticated_at: Some(started_at),
+                    });
+                }
+            }
+            SessionEvent::SessionReauthenticated { reauthenticated_at } => {
+                update_target()?;
+                let at = as_stored(reauthenticated_at)?;
+                if let Some(r) = row.as_mut() {
+                    r.authenticated_at = Some(at);
+                    r.last_used_at = r.last_used_at.max(at);
+                }
+            }
+            SessionEvent::SessionRefreshed { generation, refreshed_at, idle_expires_at, .. } => {
+                update_target()?;
+                let (refreshed_at, idle_expires_at) = (as_stored(refreshed_at)?, as_stored(idle_expires_at)?);
+                if let Some(r) = row.as_mut() {
+                    r.generation = i64::try_from(generation).unwrap_or(i64::MAX);
+                    r.last_used_at = refreshed_at;
+                    r.idle_expires_at = idle_expires_at;
+                }
+            }
+            SessionEvent::RefreshTokenReuseDetected { .. } => {}
+            SessionEvent::SessionRevoked { reason, revoked_at } => {
+                update_target()?;
+                let at = as_stored(revoked_at)?;
+                if let Some(r) = row.as_mut() {
+                    "revoked".clone_into(&mut r.status);
+                    r.revoked_at = Some(at);
+                    r.revoked_reason = Some(reason.as_str().to_owned());
+                }
+            }
+        }
+    }
+    Ok(Fold::Row(row))
+}
+
+/// `rm_sessions` rows as column arrays for `UNNEST`.
+#[derive(Default)]
+struct SessionColumns {
+    session_id: Vec<Uuid>,
+    user_id: Vec<Uuid>,
+    status: Vec<String>,
+    generation: Vec<i64>,
+    created_at: Vec<DateTime<Utc>>,
+    last_used_at: Vec<DateTime<Utc>>,
+    idle_expires_at: Vec<DateTime<Utc>>,
+    expires_at: Vec<DateTime<Utc>>,
+    revoked_at: Vec<Option<DateTime<Utc>>>,
+    revoked_reason: Vec<Option<String>>,
+    client_sealed: Vec<Option<String>>,
+    authenticated_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl SessionColumns {
+    fn push(&mut self, r: SessionRow) {
+        self.session_id.push(r.session_id);
+        self.user_id.push(r.user_id);
+        self.status.push(r.status);
+        self.generation.push(r.generation);
+        self.created_at.push(r.created_at);
+        self.last_used_at.push(r.last_used_at);
+        self.idle_expires_at.push(r.idle_expires_at);
+        self.expires_at.push(r.expires_at);
+        self.revoked_at.push(r.revoked_at);
+        self.revoked_reason.push(r.revoked_reason);
+        self.client_sealed.push(r.client_sealed);
+        self.authenticated_at.push(r.authenticated_at);
+    }
 }
 
 /// A row of `rm_sessions`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRow {
     pub session_id: Uuid,
     pub user_id: Uuid,

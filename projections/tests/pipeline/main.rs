@@ -9,4 +9,5 @@ mod cursor;
 mod helpers;
 mod kafka_feed;
 mod pg_feed;
+mod rebuild;
 mod runtime;

@@ -187,19 +187,26 @@ async fn run_once_applies_a_batch_then_commits_the_feed() {
 async fn a_failed_batch_is_redelivered_after_rollback_and_applied_once() {
     let db = TestDb::new().await;
     create_table(&db.pool).await;
-    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 1)]);
+    // Fails in the batch transaction and again in the one-by-one retry.
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 2)]);
     let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("retry")).await.unwrap();
     insert_event(&db.pool, "test", "a", 1, "Happened", json!({})).await;
     insert_event(&db.pool, "test", "b", 1, "Happened", json!({})).await;
     insert_event(&db.pool, "test", "c", 1, "Happened", json!({})).await;
     settle(&db.pool).await;
 
-    assert!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.is_err());
+    let error = runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(&error, RunError::Projector { projector: "counter", aggregate_id, sequence: 1, .. } if aggregate_id == "b"),
+        "the error must name the poison envelope: {error:?}"
+    );
     assert_eq!(
         tail::load_checkpoint(&db.pool, "feed:retry").await.unwrap(),
         Cursor::ZERO,
         "feed must not be committed after a failure"
     );
+    // The one-by-one retry committed the envelope before the poison one.
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 1, vec![1])]);
     feed.rollback().await.unwrap();
     assert_eq!(runner.run_once(&mut feed, 10, Duration::from_secs(1)).await.unwrap(), 3);
     assert_eq!(
@@ -207,6 +214,75 @@ async fn a_failed_batch_is_redelivered_after_rollback_and_applied_once() {
         [("a".to_owned(), 1, vec![1]), ("b".to_owned(), 1, vec![1]), ("c".to_owned(), 1, vec![1]),]
     );
     drop(feed);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_transient_batch_failure_is_recovered_envelope_by_envelope() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 1)]);
+    let batch = [envelope("a", 1), envelope("b", 1), envelope("c", 1), envelope("a", 2)];
+    let applied = runner.apply_batch(&batch).await.unwrap();
+    assert_eq!(applied, Applied { applied: 4, skipped: 0 });
+    assert_eq!(
+        counts(&db.pool).await,
+        [("a".to_owned(), 2, vec![1, 2]), ("b".to_owned(), 1, vec![1]), ("c".to_owned(), 1, vec![1]),]
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_batch_applies_each_sequence_once_even_with_duplicates_inside() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    runner.apply_envelope(&envelope("b", 1)).await.unwrap();
+    let mut other = envelope("x", 1);
+    other.aggregate_type = "elsewhere".into();
+    let batch = [
+        envelope("a", 1),
+        envelope("a", 2),
+        envelope("a", 1),
+        envelope("b", 1),
+        other,
+        envelope("b", 2),
+        envelope("a", 2),
+        envelope("a", 3),
+    ];
+    assert_eq!(runner.apply_batch(&batch).await.unwrap(), Applied { applied: 4, skipped: 3 });
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3]), ("b".to_owned(), 2, vec![1, 2])]);
+    assert_eq!(checkpoint(&db.pool, "a").await, Some(3));
+    assert_eq!(checkpoint(&db.pool, "b").await, Some(2));
+    // The whole batch again: all duplicates, nothing changes.
+    assert_eq!(runner.apply_batch(&batch).await.unwrap(), Applied { applied: 0, skipped: 7 });
+    assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3]), ("b".to_owned(), 2, vec![1, 2])]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn concurrent_batches_over_the_same_aggregates_apply_each_event_once() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::new()]);
+    let ids: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+    // Each runner sees every event, aggregates interleaved in its own order.
+    let batches: Vec<Vec<Envelope>> = (0..6)
+        .map(|r| {
+            let mut order: Vec<&String> = ids.iter().collect();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            order.rotate_left(r * 3);
+            (1..=3).flat_map(|s| order.iter().map(move |id| envelope(id, s))).collect()
+        })
+        .collect();
+    let results = futures::future::join_all(batches.iter().map(|b| runner.apply_batch(b))).await;
+    let applied: usize = results.into_iter().map(|r| r.unwrap().applied).sum();
+    assert_eq!(applied, 60);
+    let rows = counts(&db.pool).await;
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|(_, n, sequences)| *n == 3 && *sequences == [1, 2, 3]), "{rows:?}");
     db.drop().await;
 }
 
@@ -226,8 +302,9 @@ async fn rebuild_resets_and_replays_from_the_store() {
     sqlx::query("UPDATE test_counts SET applied = 99").execute(&db.pool).await.unwrap();
 
     let stats = runner.rebuild("counter", 2).await.unwrap();
-    assert_eq!(stats.read, 5);
+    assert_eq!(stats.read, 4, "only the handled aggregate type is read");
     assert_eq!(stats.applied, 4);
+    assert_eq!(stats.aggregates, 2);
     assert_eq!(counts(&db.pool).await, [("a".to_owned(), 3, vec![1, 2, 3]), ("b".to_owned(), 1, vec![1])]);
     assert_eq!(checkpoint(&db.pool, "a").await, Some(3));
     assert!(matches!(runner.rebuild("nope", 10).await, Err(RunError::UnknownProjector(_))));
@@ -263,5 +340,34 @@ async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     assert!(counts(&db.pool).await.iter().all(|(_, applied, _)| *applied == 1));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_chunk_that_fails_is_replayed_and_a_poison_event_is_named() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    for (aggregate, sequence) in [("a", 1), ("p", 1), ("p", 2), ("z", 1)] {
+        insert_event(&db.pool, "test", aggregate, sequence, "Happened", json!({})).await;
+    }
+    settle(&db.pool).await;
+
+    // Fails once: the chunk is replayed event by event and succeeds.
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("p", 1)]);
+    let stats = runner.rebuild("counter", 100).await.unwrap();
+    assert_eq!(stats.replayed_chunks, 1);
+    assert_eq!(
+        counts(&db.pool).await,
+        [("a".to_owned(), 1, vec![1]), ("p".to_owned(), 2, vec![1, 2]), ("z".to_owned(), 1, vec![1])]
+    );
+    assert_eq!(checkpoint(&db.pool, "p").await, Some(2));
+
+    // Fails set-based and in the replay: the error names the event.
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("p", 2)]);
+    let error = runner.rebuild("counter", 100).await.unwrap_err();
+    assert!(
+        matches!(&error, RunError::Projector { projector: "counter", aggregate_id, sequence: 1, .. } if aggregate_id == "p"),
+        "{error:?}"
+    );
     db.drop().await;
 }

@@ -1,0 +1,516 @@
+//! Set-based rebuilds (`Projector::rebuild_chunk`) of `profiles` and
+//! `sessions`: the read models must come out identical to the per-event
+//! path (the live runner, and the default per-event rebuild), from the same
+//! generated events — sealed fields, phone registrations, profile updates,
+//! re-authentications, refreshes, revocations and odd streams included.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone as _, Utc};
+use cqrs_es::DomainEvent;
+use domain::envelope::Envelope;
+use domain::otp::OtpChannel;
+use domain::session::{RevocationReason, SessionEvent};
+use domain::user::UserEvent;
+use domain::values::{Digest, Sealed};
+use projections::pg_feed::{PgFeed, PgFeedConfig};
+use projections::profiles::{ProfileRow, ProfilesProjector};
+use projections::rebuild::{RebuildChunk, StoredEvent, StreamReader};
+use projections::runtime::{ProjectionError, ProjectionRunner, Projector, RunError};
+use projections::sessions::{SessionRow, SessionsProjector};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
+use rand::{Rng as _, SeedableRng as _};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::helpers::{settle, TestDb, INSERT_EVENT};
+
+/// A projector with the default (per-event) `rebuild_chunk`: the reference.
+struct PerEvent(Arc<dyn Projector>);
+
+#[async_trait]
+impl Projector for PerEvent {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn handles(&self, aggregate_type: &str) -> bool {
+        self.0.handles(aggregate_type)
+    }
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
+        self.0.apply(conn, envelope).await
+    }
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.0.reset(conn).await
+    }
+}
+
+fn set_based() -> Vec<Arc<dyn Projector>> {
+    vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
+}
+
+fn per_event() -> Vec<Arc<dyn Projector>> {
+    set_based().into_iter().map(|p| Arc::new(PerEvent(p)) as Arc<dyn Projector>).collect()
+}
+
+/// One generated event: stream, and the event in stored form.
+struct Gen {
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    event_type: String,
+    payload: serde_json::Value,
+}
+
+fn gen<E: DomainEvent>(aggregate_type: &'static str, aggregate_id: &str, event: &E) -> Gen {
+    Gen {
+        aggregate_type,
+        aggregate_id: aggregate_id.to_owned(),
+        event_type: event.event_type(),
+        payload: serde_json::to_value(event).unwrap(),
+    }
+}
+
+/// A time with sub-microsecond digits (Postgres truncates them), so that
+/// in-memory comparisons must agree with SQL's.
+fn time(rng: &mut StdRng) -> DateTime<Utc> {
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    base + chrono::TimeDelta::nanoseconds(rng.gen_range(0..3_600_000_000_000))
+}
+
+fn sealed(rng: &mut StdRng, what: &str) -> Sealed {
+    Sealed(format!("v1.{what}-{:016x}", rng.gen::<u64>()))
+}
+
+fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
+    let user_id = Uuid::new_v4();
+    let id = user_id.to_string();
+    let mut events = Vec::new();
+    // Odd streams: updates before the registration, a registration of
+    // another user id, a double registration, no registration at all.
+    if odd == 1 {
+        let e = UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng), delivery_id: None };
+        events.push(gen("user", &id, &e));
+    }
+    let registered_user = if odd == 2 { Uuid::new_v4() } else { user_id };
+    if odd != 4 {
+        if rng.gen_bool(0.7) {
+            events.push(gen(
+                "user",
+                &id,
+                &UserEvent::UserRegistered {
+                    user_id: registered_user,
+                    email: sealed(rng, "email"),
+                    email_hash: Digest(format!("{:064x}", rng.gen::<u128>())),
+                    name: sealed(rng, "name"),
+                    password_hash: "$argon2id$test".to_owned(),
+                    email_challenge_id: Uuid::new_v4(),
+                    registered_at: time(rng),
+                },
+            ));
+        } else {
+            events.push(gen(
+                "user",
+                &id,
+                &UserEvent::UserRegisteredWithPhone {
+                    user_id: registered_user,
+                    phone: sealed(rng, "phone"),
+                    phone_hash: Digest("ab".repeat(32)),
+                    challenge_id: Uuid::new_v4(),
+                    registered_at: time(rng),
+                },
+            ));
+        }
+    }
+    if odd == 3 {
+        events.push(gen(
+            "user",
+            &id,
+            &UserEvent::UserRegisteredWithPhone {
+                user_id,
+                phone: sealed(rng, "phone2"),
+                phone_hash: Digest("cd".repeat(32)),
+                challenge_id: Uuid::new_v4(),
+                registered_at: time(rng),
+            },
+        ));
+    }
+    for _ in 0..rng.gen_range(0..8) {
+        let e = match rng.gen_range(0..9) {
+            0 => UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng), delivery_id: None },
+            1 => UserEvent::ProfileUpdated {
+                name: rng.gen_bool(0.5).then(|| sealed(rng, "name")),
+                bio: rng.gen_bool(0.5).then(|| sealed(rng, "bio")),
+                updated_at: time(rng),
+            },
+            2 => UserEvent::PhoneAdded {
+                phone: sealed(rng, "phone"),
+                phone_hash: Digest("ef".repeat(32)),
+                challenge_id: Uuid::new_v4(),
+                added_at: time(rng),
+            },
+            3 => UserEvent::PhoneVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng) },
+            4 => UserEvent::TwoFactorChannelChanged {
+                channel: [OtpChannel::Email, OtpChannel::Sms, OtpChannel::Totp][rng.gen_range(0..3)],
+                changed_at: time(rng),
+            },
+            5 => UserEvent::LoginPasswordAccepted { challenge_id: Uuid::new_v4(), accepted_at: time(rng) },
+            6 => UserEvent::PasswordResetRequested { challenge_id: Uuid::new_v4(), requested_at: time(rng) },
+            7 => UserEvent::DuplicateRegistrationAttempted { delivery_id: Uuid::new_v4(), attempted_at: time(rng) },
+            _ => UserEvent::PasswordReset {
+                reset_id: Uuid::new_v4(),
+                password_hash: "$argon2id$new".to_owned(),
+                delivery_id: None,
+                reset_at: time(rng),
+            },
+        };
+        events.push(gen("user", &id, &e));
+    }
+    events
+}
+
+fn session_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
+    let session_id = Uuid::new_v4();
+    let id = session_id.to_string();
+    let mut events = Vec::new();
+    if odd == 1 {
+        events.push(gen("session", &id, &SessionEvent::SessionRevoked {
+            reason: RevocationReason::Admin,
+            revoked_at: time(rng),
+        }));
+    }
+    if odd != 4 {
+        let started_at = time(rng);
+        let start = |rng: &mut StdRng, session_id| SessionEvent::SessionStarted {
+            session_id,
+            user_id: Uuid::new_v4(),
+            refresh_hash: Digest("00".repeat(32)),
+            started_at,
+            idle_expires_at: started_at + chrono::TimeDelta::days(30),
+            expires_at: started_at + chrono::TimeDelta::days(90),
+            client: rng.gen_bool(0.5).then(|| sealed(rng, "client")),
+            quick_factor: rng.gen_bool(0.2),
+        };
+        let e = start(rng, if odd == 2 { Uuid::new_v4() } else { session_id });
+        events.push(gen("session", &id, &e));
+        if odd == 3 {
+            let e = start(rng, session_id);
+            events.push(gen("session", &id, &e));
+        }
+    }
+    for _ in 0..rng.gen_range(0..7) {
+        let e = match rng.gen_range(0..5) {
+            0 => SessionEvent::SessionReauthenticated { reauthenticated_at: time(rng) },
+            1 | 2 => SessionEvent::SessionRefreshed {
+                refresh_hash: Digest("11".repeat(32)),
+                generation: if rng.gen_bool(0.05) { u64::MAX } else { rng.gen_range(1..100) },
+                refreshed_at: time(rng),
+                idle_expires_at: time(rng),
+            },
+            3 => SessionEvent::RefreshTokenReuseDetected { detected_at: time(rng) },
+            _ => SessionEvent::SessionRevoked {
+                reason: [RevocationReason::Logout, RevocationReason::RefreshTokenReuse, RevocationReason::Erased]
+                    [rng.gen_range(0..3)],
+                revoked_at: time(rng),
+            },
+        };
+        events.push(gen("session", &id, &e));
+    }
+    events
+}
+
+/// Stores the streams, interleaved at random (per-stream order kept), in a
+/// few transactions. Returns the number of events.
+async fn store(pool: &PgPool, rng: &mut StdRng, streams: Vec<Vec<Gen>>) -> usize {
+    let mut queues: Vec<std::collections::VecDeque<(i64, Gen)>> = streams
+        .into_iter()
+        .map(|s| s.into_iter().enumerate().map(|(i, g)| (i64::try_from(i).unwrap() + 1, g)).collect())
+        .collect();
+    let mut order = Vec::new();
+    for (k, q) in queues.iter().enumerate() {
+        order.extend(std::iter::repeat(k).take(q.len()));
+    }
+    order.shuffle(rng);
+    let n = order.len();
+    for part in order.chunks(500) {
+        let mut tx = pool.begin().await.unwrap();
+        for &k in part {
+            let (sequence, g) = queues[k].pop_front().unwrap();
+            sqlx::query(INSERT_EVENT)
+                .bind(g.aggregate_type)
+                .bind(&g.aggregate_id)
+                .bind(sequence)
+                .bind(&g.event_type)
+                .bind("1")
+                .bind(&g.payload)
+                .bind(serde_json::json!({ "request_id": "gen" }))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    n
+}
+
+async fn generate(pool: &PgPool, seed: u64, users: usize) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut streams = Vec::new();
+    for i in 0..users {
+        // Every 10th stream is odd in one of four ways.
+        let odd = if i % 10 == 9 { 1 + (i / 10) % 4 } else { 0 };
+        streams.push(user_stream(&mut rng, odd));
+        streams.push(session_stream(&mut rng, odd));
+    }
+    // A user stream whose id is not a UUID, registered only (apply accepts it).
+    let e = UserEvent::UserRegistered {
+        user_id: Uuid::new_v4(),
+        email: sealed(&mut rng, "email"),
+        email_hash: Digest("12".repeat(32)),
+        name: sealed(&mut rng, "name"),
+        password_hash: "$argon2id$test".to_owned(),
+        email_challenge_id: Uuid::new_v4(),
+        registered_at: time(&mut rng),
+    };
+    streams.push(vec![gen("user", "not-a-uuid", &e)]);
+    // Events no projector here handles.
+    streams.push(vec![Gen {
+        aggregate_type: "throttle",
+        aggregate_id: "t".into(),
+        event_type: "Whatever".into(),
+        payload: serde_json::json!({ "Whatever": {} }),
+    }]);
+    store(pool, &mut rng, streams).await
+}
+
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    profiles: Vec<ProfileRow>,
+    sessions: Vec<SessionRow>,
+    checkpoints: Vec<(String, String, String, i64)>,
+}
+
+async fn snapshot(pool: &PgPool) -> Snapshot {
+    Snapshot {
+        profiles: sqlx::query_as(
+            "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, phone_sealed,
+                    phone_verified, two_factor_channel, created_at, updated_at
+             FROM rm_profiles ORDER BY user_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        sessions: sqlx::query_as(
+            "SELECT session_id, user_id, status, generation, created_at, last_used_at, idle_expires_at,
+                    expires_at, revoked_at, revoked_reason, client_sealed, authenticated_at
+             FROM rm_sessions ORDER BY session_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        checkpoints: sqlx::query_as(
+            "SELECT projector, aggregate_type, aggregate_id, sequence FROM projection_checkpoints
+             ORDER BY projector, aggregate_type, aggregate_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+    }
+}
+
+/// Drains `feed` through `runner` (the live, batched path).
+async fn drain(runner: &ProjectionRunner, feed: &mut PgFeed, batch: usize) {
+    while runner.run_once(feed, batch, Duration::ZERO).await.unwrap() > 0 {}
+}
+
+#[tokio::test]
+async fn set_based_rebuild_equals_the_per_event_paths() {
+    let db = TestDb::new().await;
+    let n = generate(&db.pool, 7, 400).await;
+    settle(&db.pool).await;
+
+    // 1. The live path, in small batches (duplicates across batches too).
+    let live = ProjectionRunner::new(db.pool.clone(), set_based());
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
+    drain(&live, &mut feed, 37).await;
+    let from_live = snapshot(&db.pool).await;
+    assert!(from_live.profiles.len() > 300, "{} profiles", from_live.profiles.len());
+    assert!(from_live.sessions.len() > 300);
+    assert!(from_live.profiles.iter().any(|p| p.bio_sealed.is_some() && p.phone_sealed.is_some()));
+    assert!(from_live.sessions.iter().any(|s| s.status == "revoked"));
+    assert!(from_live.sessions.iter().any(|s| s.generation == i64::MAX));
+
+    // 2. The default per-event rebuild.
+    let reference = ProjectionRunner::new(db.pool.clone(), per_event());
+    for name in ["profiles", "sessions"] {
+        let stats = reference.rebuild(name, 50).await.unwrap();
+        assert_eq!(stats.replayed_chunks, 0);
+    }
+    assert_eq!(snapshot(&db.pool).await, from_live, "per-event rebuild differs from the live path");
+
+    // 3. The set-based rebuild, in several chunk sizes.
+    let runner = ProjectionRunner::new(db.pool.clone(), set_based());
+    for chunk in [2, 50, 100_000] {
+        let (profiles, sessions) = tokio::join!(runner.rebuild("profiles", chunk), runner.rebuild("sessions", chunk));
+        let (profiles, sessions) = (profiles.unwrap(), sessions.unwrap());
+        assert_eq!(profiles.replayed_chunks + sessions.replayed_chunks, 0);
+        assert_eq!(profiles.read + sessions.read, n - 1, "all but the throttle event");
+        assert_eq!(snapshot(&db.pool).await, from_live, "set-based rebuild (chunks of {chunk}) differs");
+    }
+
+    // 4. The live runner resumes after the rebuild without applying anything again.
+    let mut fresh = PgFeed::new(db.pool.clone(), PgFeedConfig::new("after-rebuild")).await.unwrap();
+    drain(&live, &mut fresh, 1000).await;
+    assert_eq!(snapshot(&db.pool).await, from_live);
+    drop((feed, fresh));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rebuild_reads_only_settled_events_and_the_live_runner_takes_the_rest() {
+    let db = TestDb::new().await;
+    let mut rng = StdRng::seed_from_u64(1);
+    let stream = session_stream(&mut rng, 0);
+    store(&db.pool, &mut rng, vec![stream]).await;
+    settle(&db.pool).await;
+
+    // An append still in flight, then a later one committed: neither is settled.
+    let mut open = db.pool.begin().await.unwrap();
+    let held = Uuid::new_v4();
+    let started = |session_id: Uuid| SessionEvent::SessionStarted {
+        session_id,
+        user_id: Uuid::new_v4(),
+        refresh_hash: Digest("00".repeat(32)),
+        started_at: Utc::now(),
+        idle_expires_at: Utc::now(),
+        expires_at: Utc::now(),
+        client: None,
+        quick_factor: false,
+    };
+    let insert = |id: Uuid| {
+        let e = started(id);
+        sqlx::query(INSERT_EVENT)
+            .bind("session")
+            .bind(id.to_string())
+            .bind(1_i64)
+            .bind(e.event_type())
+            .bind("1")
+            .bind(serde_json::to_value(&e).unwrap())
+            .bind(serde_json::json!({}))
+    };
+    insert(held).execute(&mut *open).await.unwrap();
+    let later = Uuid::new_v4();
+    insert(later).execute(&db.pool).await.unwrap();
+
+    let runner = ProjectionRunner::new(db.pool.clone(), set_based());
+    let stats = runner.rebuild("sessions", 100).await.unwrap();
+    assert_eq!(stats.aggregates, 1);
+    let seen: Vec<Uuid> = sqlx::query_scalar("SELECT session_id FROM rm_sessions").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen.contains(&held) && !seen.contains(&later));
+
+    open.commit().await.unwrap();
+    settle(&db.pool).await;
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
+    drain(&runner, &mut feed, 100).await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_sessions").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(count, 3);
+    drop(feed);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_failing_rebuild_names_the_event() {
+    let db = TestDb::new().await;
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut good = user_stream(&mut rng, 0);
+    good.truncate(1);
+    // An update on a stream whose id is not a UUID: `apply` fails on it.
+    let registered = UserEvent::UserRegistered {
+        user_id: Uuid::new_v4(),
+        email: sealed(&mut rng, "email"),
+        email_hash: Digest("12".repeat(32)),
+        name: sealed(&mut rng, "name"),
+        password_hash: "x".to_owned(),
+        email_challenge_id: Uuid::new_v4(),
+        registered_at: time(&mut rng),
+    };
+    let verified = UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(&mut rng), delivery_id: None };
+    let bad = vec![gen("user", "bad-id", &registered), gen("user", "bad-id", &verified)];
+    store(&db.pool, &mut rng, vec![good, bad]).await;
+    settle(&db.pool).await;
+
+    let runner = ProjectionRunner::new(db.pool.clone(), set_based());
+    let error = runner.rebuild("profiles", 100).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RunError::Projector { projector: "profiles", aggregate_id, sequence: 2, .. } if aggregate_id == "bad-id"
+        ),
+        "{error:?}"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_reader_never_splits_a_stream() {
+    let db = TestDb::new().await;
+    for (id, len) in [("a", 3), ("b", 1), ("c", 2), ("d", 5), ("e", 1)] {
+        for sequence in 1..=len {
+            crate::helpers::insert_event(&db.pool, "test", id, sequence, "Happened", serde_json::json!({})).await;
+        }
+    }
+    settle(&db.pool).await;
+    let horizon = projections::rebuild::Horizon::now(&db.pool).await.unwrap();
+    for size in [2, 3, 4, 100] {
+        let mut reader = StreamReader::new("test", horizon, size);
+        let mut seen: Vec<(String, i64)> = Vec::new();
+        while let Some(chunk) = reader.next_chunk(&db.pool).await.unwrap() {
+            let streams: Vec<(String, Vec<i64>)> = chunk
+                .streams()
+                .map(|s| (s.aggregate_id.to_owned(), s.events.iter().map(|e| e.sequence).collect()))
+                .collect();
+            for (id, sequences) in &streams {
+                let expected = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM events WHERE aggregate_type = 'test' AND aggregate_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+                assert_eq!(*sequences, (1..=expected).collect::<Vec<_>>(), "chunk size {size}: {id} split");
+            }
+            seen.extend(chunk.events().iter().map(|e| (e.aggregate_id.clone(), e.sequence)));
+        }
+        assert_eq!(seen.len(), 12, "chunk size {size}");
+    }
+    db.drop().await;
+}
+
+#[test]
+fn stored_events_decode_like_envelopes() {
+    let event = |payload: &str, event_type: &str| StoredEvent {
+        event_id: Uuid::nil(),
+        aggregate_type: "session".into(),
+        aggregate_id: "s".into(),
+        sequence: 1,
+        position: 1,
+        event_type: event_type.into(),
+        event_version: "1".into(),
+        occurred_at: Utc::now(),
+        payload: payload.into(),
+        metadata: "{}".into(),
+    };
+    let ok = event(r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#, "RefreshTokenReuseDetected");
+    assert!(matches!(ok.decode::<SessionEvent>(), Ok(SessionEvent::RefreshTokenReuseDetected { .. })));
+    let envelope = ok.to_envelope().unwrap();
+    assert_eq!(envelope.payload, serde_json::json!({ "detected_at": "2026-01-01T00:00:00Z" }));
+    // A payload tagged with another variant than `event_type` is not taken at its word.
+    let mislabelled = event(r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#, "SessionRevoked");
+    assert!(mislabelled.decode::<SessionEvent>().is_err());
+    assert!(event("not json", "X").decode::<SessionEvent>().is_err());
+    let chunk = RebuildChunk::from_events(vec![ok.clone(), ok]);
+    assert_eq!(chunk.streams().len(), 1);
+    assert_eq!(chunk.checkpoints().collect::<Vec<_>>(), [("session", "s", 1)]);
+}
