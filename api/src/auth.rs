@@ -1,8 +1,11 @@
 //! Bearer authentication: verifies the access token (EdDSA only, `typ`
-//! `at+jwt`, `exp iss aud sub`; RFC 8725) and refuses tokens of sessions the
-//! sessions read model knows as revoked, so logout takes effect as soon as
-//! the revocation is projected (milliseconds; ASVS 7.4.1) rather than at
-//! token expiry.
+//! `at+jwt`, `exp iss aud sub`; RFC 8725) and refuses tokens of revoked
+//! sessions, so logout takes effect within milliseconds (ASVS 7.4.1) rather
+//! than at token expiry. The node's in-memory revocation set
+//! ([`crate::revocations`]) answers alone while it is known complete (seeded
+//! and checked against the event store, feed alive): no database round trip
+//! per request. Otherwise the sessions read model is asked as well (fail
+//! closed).
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -10,6 +13,7 @@ use axum::http::request::Parts;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::revocations::Revocation;
 use crate::state::AppState;
 
 /// How recent the last authentication must be for sensitive changes (email,
@@ -63,9 +67,13 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens
             .verify_access(token.trim())
             .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
-        if state.revoked.contains(claims.sid)
-            || projections::sessions::is_revoked(&state.read, claims.sid).await?
-        {
+        let revoked = match state.revoked.status(claims.sid) {
+            Revocation::Revoked => true,
+            Revocation::NotRevoked => false,
+            // The in-memory set is not known complete: ask the read model.
+            Revocation::Unknown => projections::sessions::is_revoked(&state.read, claims.sid).await?,
+        };
+        if revoked {
             return Err(ApiError::unauthorized("the session has been revoked"));
         }
         Ok(Self { user_id: claims.sub, session_id: claims.sid, auth_time: claims.auth_time })

@@ -2,12 +2,32 @@
 //! each node follows the `session` events from the head of the feed and
 //! keeps the ids of sessions revoked in the last access-token lifetime; the
 //! bearer extractor refuses their tokens at once, before (and independently
-//! of) the sessions read model. Seeded from the read model at start so a
-//! fresh node knows earlier revocations whose tokens are still alive.
+//! of) the sessions read model.
+//!
+//! **Authority.** While the set is *complete* the extractor trusts it alone
+//! and asks the database nothing (issue 5, `bench queries`). Complete means
+//! both of:
+//!
+//! - **verified against the event store** within [`VERIFY_MAX_AGE`]: at
+//!   start every `SessionRevoked` event of the store is loaded (the seed),
+//!   then every [`VERIFY_EVERY`] the events of transactions that have ended
+//!   since are read (a commit-safe `txid` watermark below the snapshot's
+//!   `xmin`, ARCHITECTURE decided 2). So a revocation committed before the
+//!   last check is in the set whatever the feed did — this also closes the
+//!   start-up gaps of the feed (a Kafka consumer starting at `latest` before
+//!   its partitions are assigned; a transaction still open when the
+//!   Postgres feed's head was taken);
+//! - **the feed answered** within [`FEED_MAX_SILENCE`]: the feed is what
+//!   brings a revocation in milliseconds; the store check bounds the delay
+//!   by [`VERIFY_EVERY`] when the feed is slow or loses an event.
+//!
+//! Otherwise (not yet seeded, store check failing, feed failing, follower
+//! stopped) [`RevokedSessions::status`] answers [`Revocation::Unknown`] and
+//! the extractor falls back to the read model (fail closed, never open).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use commands::tokens::ACCESS_TOKEN_TTL_SECS;
@@ -17,22 +37,109 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Revoked session ids with their revocation time. Entries older than an
-/// access token's lifetime (plus a minute) are dropped: their tokens have
-/// expired anyway.
+/// How often the follower checks the event store for revocations it may
+/// have missed (one indexed range read of the transactions ended since the
+/// last check).
+pub const VERIFY_EVERY: Duration = Duration::from_millis(500);
+/// The set is authoritative only if the last successful store check
+/// started less than this long ago.
+pub const VERIFY_MAX_AGE: Duration = Duration::from_secs(2);
+/// The set is authoritative only if the feed answered (a batch or an empty
+/// wait, without error) less than this long ago. The follower waits at most
+/// 500 ms per batch, so a healthy feed answers at least twice as often.
+pub const FEED_MAX_SILENCE: Duration = Duration::from_secs(2);
+
+/// What this node knows about a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Revoked within the last access-token lifetime: refuse.
+    Revoked,
+    /// Not revoked, and the set is authoritative: accept without asking the
+    /// database.
+    NotRevoked,
+    /// The set is not known to be complete: ask the read model.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Revoked session ids with their revocation time.
+    map: HashMap<Uuid, DateTime<Utc>>,
+    /// Start of the last successful store check (the seed counts).
+    verified_at: Option<Instant>,
+    /// Last answer of the feed without error.
+    feed_ok_at: Option<Instant>,
+}
+
+impl Inner {
+    fn authoritative(&self, now: Instant) -> bool {
+        let fresh = |t: Option<Instant>, max: Duration| t.is_some_and(|t| now.saturating_duration_since(t) < max);
+        fresh(self.verified_at, VERIFY_MAX_AGE) && fresh(self.feed_ok_at, FEED_MAX_SILENCE)
+    }
+}
+
+/// Revoked session ids with their revocation time, and whether the set is
+/// complete (see the module docs). Entries older than an access token's
+/// lifetime (plus a minute) are dropped: their tokens have expired anyway.
 #[derive(Default)]
 pub struct RevokedSessions {
-    map: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    inner: Mutex<Inner>,
 }
 
 fn horizon(now: DateTime<Utc>) -> DateTime<Utc> {
     now - chrono::Duration::seconds(ACCESS_TOKEN_TTL_SECS + 60)
 }
 
+/// A `SessionRevoked` payload's `revoked_at`, as stored (`{"SessionRevoked":
+/// {…}}`) or as in an envelope (`{…}`).
+fn revoked_at_in(payload: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let body = payload.get("SessionRevoked").unwrap_or(payload);
+    body.get("revoked_at").and_then(|v| v.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok())
+}
+
+/// One pass over the store: the revocations of transactions with
+/// `txid ≥ $1` that have ended, and the new watermark (the snapshot's
+/// `xmin`: every transaction below it has ended, and its rows are visible
+/// to this very statement). `$2` skips rows recorded before the horizon.
+/// One row with NULL event columns when there is nothing new.
+const STORE_PASS_SQL: &str = "\
+    SELECT s.xmin::text::bigint AS xmin, e.aggregate_id, e.payload, e.recorded_at
+    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
+    LEFT JOIN events e
+      ON e.txid >= $1::text::xid8 AND e.txid < s.xmin
+     AND e.aggregate_type = 'session' AND e.event_type = 'SessionRevoked'
+     AND e.recorded_at >= $2";
+
+type StoreRow = (i64, Option<String>, Option<serde_json::Value>, Option<DateTime<Utc>>);
+
 impl RevokedSessions {
-    /// Whether tokens of `session_id` must be refused.
+    /// Whether tokens of `session_id` must be refused, as far as this set
+    /// knows (revoked ⇒ `true` even when the set is not authoritative).
     pub fn contains(&self, session_id: Uuid) -> bool {
-        self.map.lock().map(|m| m.contains_key(&session_id)).unwrap_or(false)
+        self.inner.lock().map(|m| m.map.contains_key(&session_id)).unwrap_or(true)
+    }
+
+    /// What this node knows about `session_id` now; a poisoned lock answers
+    /// [`Revocation::Unknown`].
+    pub fn status(&self, session_id: Uuid) -> Revocation {
+        self.status_at(session_id, Instant::now())
+    }
+
+    fn status_at(&self, session_id: Uuid, now: Instant) -> Revocation {
+        let Ok(inner) = self.inner.lock() else { return Revocation::Unknown };
+        if inner.map.contains_key(&session_id) {
+            Revocation::Revoked
+        } else if inner.authoritative(now) {
+            Revocation::NotRevoked
+        } else {
+            Revocation::Unknown
+        }
+    }
+
+    /// Whether [`RevokedSessions::status`] can answer without the database
+    /// now (seeded, store checked and feed heard recently).
+    pub fn is_authoritative(&self) -> bool {
+        self.inner.lock().is_ok_and(|i| i.authoritative(Instant::now()))
     }
 
     /// Records a revocation (ignored when older than the horizon).
@@ -40,19 +147,19 @@ impl RevokedSessions {
         if revoked_at < horizon(Utc::now()) {
             return;
         }
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(session_id, revoked_at);
+        if let Ok(mut m) = self.inner.lock() {
+            m.map.insert(session_id, revoked_at);
         }
     }
 
     /// Drops entries past the horizon; returns how many remain.
     pub fn prune(&self, now: DateTime<Utc>) -> usize {
         let h = horizon(now);
-        self.map
+        self.inner
             .lock()
             .map(|mut m| {
-                m.retain(|_, at| *at >= h);
-                m.len()
+                m.map.retain(|_, at| *at >= h);
+                m.map.len()
             })
             .unwrap_or(0)
     }
@@ -62,38 +169,66 @@ impl RevokedSessions {
         if env.aggregate_type != "session" || env.event_type != "SessionRevoked" {
             return;
         }
-        let at = env
-            .payload
-            .get("revoked_at")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
-            .unwrap_or(env.occurred_at);
+        let at = revoked_at_in(&env.payload).unwrap_or(env.occurred_at);
         if let Ok(id) = Uuid::parse_str(&env.aggregate_id) {
             self.insert(id, at);
         }
     }
 
-    /// Loads the revocations the sessions read model knows within the horizon.
+    fn mark_feed_ok(&self, at: Instant) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.feed_ok_at = Some(at);
+        }
+    }
+
+    fn mark_verified(&self, at: Instant) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.verified_at = Some(at);
+        }
+    }
+
+    /// Forgets both health marks: [`RevokedSessions::status`] answers
+    /// `Unknown` for every session not in the set until the next seed.
+    fn mark_unhealthy(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.verified_at = None;
+            i.feed_ok_at = None;
+        }
+    }
+
+    /// Reads the revocations of the transactions with `txid ≥ watermark`
+    /// that have ended, records them and returns the new watermark (`0`
+    /// reads the whole store: the seed). Does not touch the health marks.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn seed(&self, pool: &PgPool) -> Result<usize, sqlx::Error> {
-        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT session_id, revoked_at FROM rm_sessions WHERE status = 'revoked' AND revoked_at >= $1",
-        )
-        .bind(horizon(Utc::now()))
-        .fetch_all(pool)
-        .await?;
-        let n = rows.len();
-        for (id, at) in rows {
+    pub async fn check_store(&self, pool: &PgPool, watermark: i64) -> Result<i64, sqlx::Error> {
+        // 5 minutes of margin below the horizon for clock differences
+        // between the writing node and this one.
+        let since = horizon(Utc::now()) - chrono::Duration::minutes(5);
+        let rows: Vec<StoreRow> =
+            sqlx::query_as(STORE_PASS_SQL).bind(watermark).bind(since).fetch_all(pool).await?;
+        let mut next = watermark;
+        for (xmin, aggregate_id, payload, recorded_at) in rows {
+            next = next.max(xmin);
+            let (Some(id), Some(recorded_at)) = (aggregate_id, recorded_at) else { continue };
+            let Ok(id) = Uuid::parse_str(&id) else { continue };
+            let at = payload.as_ref().and_then(revoked_at_in).unwrap_or(recorded_at);
             self.insert(id, at);
         }
-        Ok(n)
+        Ok(next)
     }
 
-    /// Follows `feed` until shutdown, recording revocations; prunes each minute.
-    pub async fn follow(&self, feed: &mut dyn EventFeed, pool: &PgPool, mut shutdown: watch::Receiver<bool>) {
-        let mut seeded = false;
+    /// Follows `feed` until shutdown, recording revocations; alongside,
+    /// seeds from the event store and re-checks it every [`VERIFY_EVERY`]
+    /// (see the module docs); prunes each minute. When it returns the set
+    /// is no longer authoritative.
+    pub async fn follow(&self, feed: &mut dyn EventFeed, pool: &PgPool, shutdown: watch::Receiver<bool>) {
+        tokio::join!(self.follow_feed(feed, shutdown.clone()), self.follow_store(pool, shutdown));
+        self.mark_unhealthy();
+    }
+
+    async fn follow_feed(&self, feed: &mut dyn EventFeed, mut shutdown: watch::Receiver<bool>) {
         let mut last_prune = tokio::time::Instant::now();
         while !*shutdown.borrow() {
             tokio::select! {
@@ -103,6 +238,7 @@ impl RevokedSessions {
                             self.observe(env);
                         }
                         let _ = feed.commit().await;
+                        self.mark_feed_ok(Instant::now());
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "revocation feed failed; retrying");
@@ -111,19 +247,33 @@ impl RevokedSessions {
                 },
                 _ = shutdown.changed() => {},
             }
-            // Seed once the feed is consuming, so nothing falls between the two.
-            if !seeded {
-                match self.seed(pool).await {
-                    Ok(n) => {
-                        seeded = true;
-                        tracing::debug!(revoked = n, "revocations seeded from the read model");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "seeding revocations failed"),
-                }
-            }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = tokio::time::Instant::now();
                 self.prune(Utc::now());
+            }
+        }
+    }
+
+    async fn follow_store(&self, pool: &PgPool, mut shutdown: watch::Receiver<bool>) {
+        let mut watermark = 0_i64;
+        let mut tick = tokio::time::interval(VERIFY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let started = Instant::now();
+                    match self.check_store(pool, watermark).await {
+                        Ok(next) => {
+                            if watermark == 0 {
+                                tracing::debug!("revocations seeded from the event store");
+                            }
+                            watermark = next;
+                            self.mark_verified(started);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "revocation store check failed; retrying"),
+                    }
+                }
+                _ = shutdown.changed() => {},
             }
         }
     }
@@ -143,5 +293,172 @@ mod tests {
         assert!(!r.contains(b), "older than any live access token");
         assert_eq!(r.prune(Utc::now() + chrono::Duration::hours(1)), 0);
         assert!(!r.contains(a));
+    }
+
+    #[test]
+    fn authoritative_only_while_verified_and_fed() {
+        let r = RevokedSessions::default();
+        let (revoked, live) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        r.insert(revoked, Utc::now());
+        let t0 = Instant::now();
+        // Never seeded: a revoked id is still refused, the rest unknown.
+        assert_eq!(r.status_at(revoked, t0), Revocation::Revoked);
+        assert_eq!(r.status_at(live, t0), Revocation::Unknown);
+        r.mark_feed_ok(t0);
+        assert_eq!(r.status_at(live, t0), Revocation::Unknown, "feed alone is not enough");
+        r.mark_verified(t0);
+        assert_eq!(r.status_at(live, t0), Revocation::NotRevoked);
+        assert_eq!(r.status_at(revoked, t0), Revocation::Revoked);
+        // The store check goes stale while the feed keeps answering.
+        let later = t0 + VERIFY_MAX_AGE;
+        r.mark_feed_ok(later);
+        assert_eq!(r.status_at(live, later), Revocation::Unknown);
+        // The feed goes silent while the store check keeps succeeding.
+        r.mark_verified(later);
+        assert_eq!(r.status_at(live, later), Revocation::NotRevoked);
+        let silent = later + FEED_MAX_SILENCE;
+        r.mark_verified(silent);
+        assert_eq!(r.status_at(live, silent), Revocation::Unknown);
+        // A stopped follower forgets its authority.
+        r.mark_feed_ok(silent);
+        assert_eq!(r.status_at(live, silent), Revocation::NotRevoked);
+        r.mark_unhealthy();
+        assert_eq!(r.status_at(live, silent), Revocation::Unknown);
+    }
+
+    #[test]
+    fn reads_revoked_at_from_stored_and_envelope_payloads() {
+        let at = "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().ok();
+        let body = serde_json::json!({"reason": "logout", "revoked_at": "2026-01-02T03:04:05Z"});
+        assert_eq!(revoked_at_in(&body), at);
+        assert_eq!(revoked_at_in(&serde_json::json!({ "SessionRevoked": body })), at);
+        assert_eq!(revoked_at_in(&serde_json::json!({"reason": "logout"})), None);
+    }
+
+    // ---- against a real database -----------------------------------------
+
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use projections::db::testing::{base_url, create_test_database, drop_test_database};
+    use projections::feed::FeedError;
+
+    async fn append_revocation(
+        executor: impl sqlx::PgExecutor<'_>,
+        session: Uuid,
+        revoked_at: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        let payload = serde_json::json!({"SessionRevoked": {"reason": "logout", "revoked_at": revoked_at}});
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('session', $1, 2, 'SessionRevoked', '1.0', $2, '{}')",
+        )
+        .bind(session.to_string())
+        .bind(payload)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn store_check_sees_every_ended_transaction_once_it_has_ended() {
+        let (pool, url) = create_test_database(&base_url()).await.unwrap();
+        let r = RevokedSessions::default();
+        let (old, seeded, late) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        append_revocation(&pool, old, Utc::now() - chrono::Duration::hours(2)).await.unwrap();
+        append_revocation(&pool, seeded, Utc::now()).await.unwrap();
+        // A revocation whose transaction is still open during the seed.
+        let mut open = pool.begin().await.unwrap();
+        append_revocation(&mut *open, late, Utc::now()).await.unwrap();
+        let watermark = r.check_store(&pool, 0).await.unwrap();
+        assert!(r.contains(seeded), "seed reads the store");
+        assert!(!r.contains(old), "past the horizon");
+        assert!(!r.contains(late), "not committed yet");
+        open.commit().await.unwrap();
+        let next = r.check_store(&pool, watermark).await.unwrap();
+        assert!(r.contains(late), "the open transaction is read once it has ended");
+        assert!(next > watermark);
+        pool.close().await;
+        drop_test_database(&url).await.unwrap();
+    }
+
+    /// A feed that always fails.
+    struct BrokenFeed;
+
+    type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, FeedError>> + Send + 'a>>;
+
+    impl EventFeed for BrokenFeed {
+        fn next_batch<'a, 'b>(&'a mut self, _max: usize, _wait: Duration) -> Fut<'b, Vec<Envelope>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async { Err(FeedError::Config("broken".into())) })
+        }
+        fn commit<'a, 'b>(&'a mut self) -> Fut<'b, ()>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async { Ok(()) })
+        }
+        fn rollback<'a, 'b>(&'a mut self) -> Fut<'b, ()>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    async fn wait_authoritative(r: &RevokedSessions, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if r.is_authoritative() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authoritative_only_while_the_follower_runs_on_a_working_feed() {
+        let (pool, url) = create_test_database(&base_url()).await.unwrap();
+        let revoked = Uuid::new_v4();
+        append_revocation(&pool, revoked, Utc::now()).await.unwrap();
+
+        // A working Postgres feed: seeded from the store, then authoritative.
+        let r = std::sync::Arc::new(RevokedSessions::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = {
+            let (r, pool) = (r.clone(), pool.clone());
+            tokio::spawn(async move {
+                let config = projections::pg_feed::PgFeedConfig::new("revocations-test").aggregate_types(["session"]);
+                let mut feed = projections::pg_feed::PgFeed::new(pool.clone(), config).await.unwrap();
+                r.follow(&mut feed, &pool, stopped).await;
+            })
+        };
+        assert!(wait_authoritative(&r, Duration::from_secs(5)).await);
+        assert_eq!(r.status(revoked), Revocation::Revoked);
+        assert_eq!(r.status(Uuid::new_v4()), Revocation::NotRevoked);
+        let _ = stop.send(true);
+        task.await.unwrap();
+        assert_eq!(r.status(Uuid::new_v4()), Revocation::Unknown, "a stopped follower is not trusted");
+        assert_eq!(r.status(revoked), Revocation::Revoked);
+
+        // A failing feed: the store check alone does not make it authoritative.
+        let r = std::sync::Arc::new(RevokedSessions::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = {
+            let (r, pool) = (r.clone(), pool.clone());
+            tokio::spawn(async move { r.follow(&mut BrokenFeed, &pool, stopped).await })
+        };
+        assert!(!wait_authoritative(&r, Duration::from_millis(1500)).await);
+        assert!(r.contains(revoked), "seeded from the store all the same");
+        let _ = stop.send(true);
+        task.await.unwrap();
+        pool.close().await;
+        drop_test_database(&url).await.unwrap();
     }
 }

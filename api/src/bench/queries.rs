@@ -1,7 +1,8 @@
 //! `bench queries`: `GET /api/users/me` requests per second and p99 on the
-//! real router (`App::router`: bearer check with the revocation lookup,
-//! profile from `rm_profiles`, personal fields opened with the subject key,
-//! every middleware) against a bare axum + sqlx handler that does the same
+//! real router (`App::router`: bearer check against the node's revocation
+//! set — followed from the feed and authoritative once checked against the
+//! store, as on every HTTP node — profile from `rm_profiles`, personal
+//! fields opened with the subject key, every middleware) against a bare axum + sqlx handler that does the same
 //! JWT check and selects the same row, both served in this process on
 //! loopback and driven by the same client loop, in alternating rounds, over
 //! a dataset of N seeded users (`streamforge seed`); requests pick among the
@@ -63,6 +64,16 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         let (app, stopped) = (app.clone(), stopped.clone());
         tokio::spawn(async move { app.serve_http(real, stopped).await });
     }
+    {
+        // Every HTTP node runs the revocation follower (`App::run`).
+        let (app, stopped) = (app.clone(), stopped.clone());
+        tokio::spawn(async move { app.run_revocation_follower(stopped).await });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !app.revoked.is_authoritative() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the revocation set never became authoritative");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bare = TcpListener::bind("127.0.0.1:0").await?;
     let bare_url = format!("http://{}/api/users/me", bare.local_addr()?);
     let bare2_url = format!("http://{}/with-revocation/api/users/me", bare.local_addr()?);
@@ -95,9 +106,14 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         real_s.merge(drive(&client, &real_url, &tokens, clients, d / 2).await);
         bare2_s.merge(drive(&client, &bare2_url, &tokens, clients, d / 2).await);
     }
+    let authoritative_after = app.revoked.is_authoritative();
     let _ = stop.send(true);
 
     let mut r = Report::new("queries");
+    r.note(format!(
+        "revocation set authoritative before and after the rounds: true / {authoritative_after} \
+         (the bearer check then asks no database)"
+    ));
     r.note(format!(
         "{} seeded users; requests spread over {} of them; {clients} keep-alive clients (reqwest) in the same process",
         seeded.len(),
