@@ -2,11 +2,30 @@
 //! cheat sheet; ASVS Appendix C), run with `spawn_blocking` behind a
 //! semaphore sized to the cores so hashing never blocks the async workers
 //! and never queues more work than the CPUs can do (ARCHITECTURE decided 9).
+//!
+//! **Memory.** Each hash needs its m KiB of argon2 blocks. Allocating and
+//! freeing 19 MiB per hash costs page faults and a `memset` per hash, and
+//! glibc, once such a buffer is freed, raises its mmap threshold and keeps
+//! later ones resident in its heaps (RSS grew to 490–990 MiB under logins;
+//! docs/performance.md "login"). So every hash and verification runs into a
+//! block buffer taken from a small pool owned by the [`PasswordHasher`] and
+//! given back afterwards: at most one buffer per permit exists while the
+//! async API is used (2 × 19 MiB on 2 cores), allocated once, never freed.
+//! A buffer is not cleared between uses, as `argon2` itself does not clear
+//! the blocks it frees; argon2 overwrites every block before reading it.
+//!
+//! **Verification** parses the PHC string and checks its parameters exactly
+//! as `argon2::PasswordVerifier` does (algorithm, version, m/t/p, salt and
+//! output length), computes the hash with the PHC's salt and parameters into
+//! the pooled buffer, and compares it with the PHC's hash in constant time
+//! (`password_hash::Output`'s equality). An unknown account is verified
+//! against a dummy hash with the production parameters through the same
+//! code, so both cost the same (SECURITY.md "Enumeration").
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
@@ -16,17 +35,63 @@ pub const ARGON2_M_COST_KIB: u32 = 19 * 1024;
 pub const ARGON2_T_COST: u32 = 2;
 /// argon2id lanes.
 pub const ARGON2_P_COST: u32 = 1;
+/// Largest memory cost a stored hash may ask for, in KiB (256 MiB): a PHC
+/// string asking for more is refused as malformed instead of allocating it.
+pub const MAX_VERIFY_M_COST_KIB: u32 = 256 * 1024;
 
 /// Errors from hashing.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
+    /// argon2 refused the parameters or inputs (message from `argon2`).
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// The semaphore was closed or the blocking task failed.
     #[error("the hashing pool is gone")]
     Pool,
 }
 
-/// Argon2id hasher/verifier on the bounded blocking pool. Cheap to clone.
+/// Reusable argon2 block buffers (see the module docs). Keeps at most
+/// `keep` idle buffers; a buffer beyond that (only when more threads hash
+/// at once than there are permits, i.e. through
+/// [`PasswordHasher::verify_phc_blocking`]) is freed after use.
+struct MemoryPool {
+    free: Mutex<Vec<Vec<Block>>>,
+    keep: usize,
+}
+
+impl MemoryPool {
+    fn new(keep: usize) -> Self {
+        Self { free: Mutex::new(Vec::with_capacity(keep)), keep }
+    }
+
+    /// An idle buffer (possibly shorter than `blocks`; callers grow it), or
+    /// a new empty one.
+    fn take(&self) -> Vec<Block> {
+        self.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or_default()
+    }
+
+    fn give(&self, memory: Vec<Block>) {
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < self.keep {
+                free.push(memory);
+            }
+        }
+    }
+
+    /// Runs `f` with a pooled buffer of at least `blocks` blocks.
+    fn with<R>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
+        let mut memory = self.take();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        let result = f(&mut memory[..blocks]);
+        self.give(memory);
+        result
+    }
+}
+
+/// Argon2id hasher/verifier on the bounded blocking pool. Cheap to clone
+/// (clones share the permits and the buffers).
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
@@ -34,10 +99,80 @@ pub struct PasswordHasher {
     /// A real hash of a random password, verified when the account does not
     /// exist so both paths cost the same (SECURITY.md "Enumeration").
     dummy_hash: Arc<String>,
+    memory: Arc<MemoryPool>,
 }
 
 fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+/// Hashes `password` with a new random salt into PHC string form, using `memory`.
+fn hash_with(params: &Params, password: &[u8], memory: &mut [Block]) -> Result<String, HashError> {
+    let err = |e: &dyn std::fmt::Display| HashError::Hash(e.to_string());
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(|e| err(&e))?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(output_len, |out| {
+        argon2(params)
+            .hash_password_into_with_memory(password, salt_bytes, out, &mut *memory)
+            .map_err(|_| argon2::password_hash::Error::Crypto)
+    })
+    .map_err(|e| err(&e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| err(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
+}
+
+/// What a PHC string asks for, parsed and checked.
+struct Parsed<'a> {
+    argon: Argon2<'static>,
+    blocks: usize,
+    salt: argon2::password_hash::Salt<'a>,
+    expected: Output,
+}
+
+/// Parses and checks `phc` as `argon2::PasswordVerifier` does, plus the
+/// [`MAX_VERIFY_M_COST_KIB`] bound; `None` when anything is wrong.
+fn parse(phc: &PasswordHash<'_>) -> Option<(Argon2<'static>, usize, Output)> {
+    let expected = phc.hash?;
+    let algorithm = Algorithm::try_from(phc.algorithm).ok()?;
+    let version = match phc.version {
+        Some(v) => Version::try_from(v).ok()?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(phc).ok()?;
+    if params.m_cost() > MAX_VERIFY_M_COST_KIB {
+        return None;
+    }
+    let blocks = params.block_count();
+    Some((Argon2::new(algorithm, version, params), blocks, expected))
+}
+
+impl Parsed<'_> {
+    fn from_phc<'a>(phc: &'a PasswordHash<'a>) -> Option<Parsed<'a>> {
+        let (argon, blocks, expected) = parse(phc)?;
+        Some(Parsed { argon, blocks, salt: phc.salt?, expected })
+    }
+
+    /// Computes the candidate's hash into `memory` (≥ `self.blocks`) and
+    /// compares it with the expected output in constant time.
+    fn matches(&self, candidate: &[u8], memory: &mut [Block]) -> bool {
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = self.salt.decode_b64(&mut salt_buf) else { return false };
+        let mut out = [0u8; Output::MAX_LENGTH];
+        let Some(out) = out.get_mut(..self.expected.len()) else { return false };
+        if self.argon.hash_password_into_with_memory(candidate, salt, out, memory).is_err() {
+            return false;
+        }
+        // `Output`'s equality is constant-time (subtle).
+        Output::new(out).is_ok_and(|computed| computed == self.expected)
+    }
 }
 
 impl PasswordHasher {
@@ -55,16 +190,16 @@ impl PasswordHasher {
     /// [`HashError`] if argon2 rejects the parameters.
     pub fn with_params(concurrency: usize, m_kib: u32, t: u32, p: u32) -> Result<Self, HashError> {
         let params = Params::new(m_kib, t, p, None).map_err(|e| HashError::Hash(e.to_string()))?;
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let concurrency = concurrency.max(1);
+        let memory = Arc::new(MemoryPool::new(concurrency));
         let random = Secret::random();
-        let dummy = argon2(&params)
-            .hash_password(random.0.as_bytes(), &salt)
-            .map_err(|e| HashError::Hash(e.to_string()))?
-            .to_string();
+        let dummy =
+            memory.with(params.block_count(), |m| hash_with(&params, random.0.as_bytes(), m))?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
             params,
             dummy_hash: Arc::new(dummy),
+            memory,
         })
     }
 
@@ -74,41 +209,49 @@ impl PasswordHasher {
     /// [`HashError`] when the pool is closed or hashing fails.
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Pool)?;
-        let params = self.params.clone();
+        let (params, memory) = (self.params.clone(), self.memory.clone());
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2(&params)
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| HashError::Hash(e.to_string()))
+            memory.with(params.block_count(), |m| hash_with(&params, password.as_bytes(), m))
         })
         .await
         .map_err(|_| HashError::Pool)?
     }
 
-    /// Verifies `candidate` against a PHC hash (its own parameters apply).
-    /// `false` on mismatch, malformed hash or pool failure.
+    /// Verifies `candidate` against a PHC hash (its own parameters apply)
+    /// on the bounded blocking pool. `false` on mismatch, malformed hash or
+    /// pool failure. An empty `phc` verifies against the dummy hash (same
+    /// cost as a real account) and answers `false`.
     pub async fn verify_phc(&self, phc: &str, candidate: &str) -> bool {
         let Ok(_permit) = self.permits.acquire().await else {
             return false;
         };
-        let phc = if phc.is_empty() { self.dummy_hash.as_str().to_owned() } else { phc.to_owned() };
+        let this = self.clone();
+        let phc = phc.to_owned();
         let candidate = candidate.to_owned();
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc)
-                .map(|h| Argon2::default().verify_password(candidate.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || this.verify_phc_blocking(&phc, &candidate))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// The work of [`PasswordHasher::verify_phc`] on the calling thread,
+    /// without taking a permit: what the blocking pool runs, exposed for
+    /// callers that are already on a dedicated thread (the `bench login`
+    /// measure of H uses it so that H and logins run the same code). Never
+    /// call it from an async task: it blocks for a full argon2 computation.
+    pub fn verify_phc_blocking(&self, phc: &str, candidate: &str) -> bool {
+        let (phc, is_dummy) =
+            if phc.is_empty() { (self.dummy_hash.as_str(), true) } else { (phc, false) };
+        let Ok(hash) = PasswordHash::new(phc) else { return false };
+        let Some(parsed) = Parsed::from_phc(&hash) else { return false };
+        let matched = self.memory.with(parsed.blocks, |m| parsed.matches(candidate.as_bytes(), m));
+        matched && !is_dummy
     }
 
     /// Spends the same work as a real verification and returns `false`;
     /// for unknown accounts.
     pub async fn verify_dummy(&self, candidate: &str) -> bool {
-        let dummy = self.dummy_hash.as_str().to_owned();
-        let _ = self.verify_phc(&dummy, candidate).await;
+        let _ = self.verify_phc("", candidate).await;
         false
     }
 }
@@ -133,6 +276,7 @@ impl domain::services::PasswordVerifier for PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 
     #[tokio::test]
     async fn hash_then_verify() {
@@ -143,5 +287,66 @@ mod tests {
         assert!(!h.verify_phc(&phc, "correct horse batterY").await);
         assert!(!h.verify_phc("garbage", "x").await);
         assert!(!h.verify_dummy("correct horse battery").await);
+    }
+
+    #[test]
+    fn compatible_with_the_stock_argon2_verifier_both_ways() {
+        let h = PasswordHasher::with_params(1, 1024, 1, 1).unwrap();
+        let ours = h.memory.with(h.params.block_count(), |m| hash_with(&h.params, b"pw one", m)).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"pw one", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"pw two", &parsed).is_err());
+        // Hashes made elsewhere, with other parameters and algorithms, verify
+        // with their own parameters through the same (larger) pooled buffer.
+        for (alg, m, t, p) in [(Algorithm::Argon2id, 2048, 2, 1), (Algorithm::Argon2i, 512, 3, 2)] {
+            let params = Params::new(m, t, p, Some(24)).unwrap();
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            let stock = Argon2::new(alg, Version::V0x13, params).hash_password(b"pw", &salt).unwrap().to_string();
+            assert!(h.verify_phc_blocking(&stock, "pw"), "{stock}");
+            assert!(!h.verify_phc_blocking(&stock, "pX"), "{stock}");
+        }
+        // A buffer left by a bigger hash does not disturb a smaller one.
+        assert!(h.verify_phc_blocking(&ours, "pw one"));
+    }
+
+    #[test]
+    fn malformed_or_oversized_hashes_are_refused_without_work() {
+        let h = PasswordHasher::with_params(1, 1024, 1, 1).unwrap();
+        let good = h.memory.with(h.params.block_count(), |m| hash_with(&h.params, b"pw", m)).unwrap();
+        assert!(h.verify_phc_blocking(&good, "pw"));
+        let huge = good.replace("m=1024", &format!("m={}", MAX_VERIFY_M_COST_KIB + 1));
+        assert!(!h.verify_phc_blocking(&huge, "pw"), "no 256 MiB allocation for a bad hash");
+        for bad in ["", "$argon2id$v=19$m=1024,t=1,p=1$", "$argon2id$v=7$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            "$scrypt$ln=1,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo", "$argon2id$v=19$m=1024,t=1,p=1,x=3$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"]
+        {
+            // `""` is the dummy: it costs a verify, and never matches.
+            assert!(!h.verify_phc_blocking(bad, "pw"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_dummy_never_matches_even_its_own_password() {
+        let h = PasswordHasher::with_params(1, 1024, 1, 1).unwrap();
+        // Whatever the candidate, an unknown account is refused.
+        assert!(!h.verify_phc_blocking("", ""));
+        assert!(!h.verify_phc_blocking("", "anything"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn buffers_are_bounded_by_the_permits() {
+        let h = PasswordHasher::with_params(2, 1024, 1, 1).unwrap();
+        let phc = h.hash("pw").await.unwrap();
+        let checks: Vec<_> = (0..8)
+            .map(|i| {
+                let (h, phc) = (h.clone(), phc.clone());
+                tokio::spawn(async move { h.verify_phc(&phc, if i % 2 == 0 { "pw" } else { "no" }).await })
+            })
+            .collect();
+        for (i, c) in checks.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), i % 2 == 0);
+        }
+        let idle = h.memory.free.lock().unwrap();
+        assert!(!idle.is_empty() && idle.len() <= 2, "{} idle buffers", idle.len());
+        assert!(idle.iter().all(|b| b.len() == h.params.block_count()));
     }
 }

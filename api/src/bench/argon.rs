@@ -1,16 +1,19 @@
 //! argon2id verifications per second on every core, with the production
-//! parameters (m = 19 MiB, t = 2, p = 1): RustCrypto's `argon2` as the
-//! production code calls it, the same crate reusing its memory between
-//! hashes, and — with the `argon2-compare` feature — the C reference
-//! implementation (phc-winner-argon2 through `argon2-kdf`) and `rust-argon2`.
+//! parameters (m = 19 MiB, t = 2, p = 1): the production code itself
+//! (`PasswordHasher::verify_phc_blocking`, what `verify_phc` runs on the
+//! blocking pool: RustCrypto's `argon2` into pooled, reused block memory),
+//! the same crate through its stock `PasswordVerifier` (a fresh 19 MiB
+//! buffer per hash, the former production path), and — with the
+//! `argon2-compare` feature — the C reference implementation
+//! (phc-winner-argon2 through `argon2-kdf`) and `rust-argon2`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Block, Params, Version};
-use commands::passwords::{ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST};
+use argon2::{Algorithm, Argon2, Params, Version};
+use commands::passwords::{PasswordHasher, ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST};
 
 /// The password every measurement verifies.
 const PASSWORD: &[u8] = b"correct horse battery staple";
@@ -18,10 +21,14 @@ const PASSWORD: &[u8] = b"correct horse battery staple";
 /// An argon2 implementation under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Implementation {
-    /// RustCrypto `argon2` 0.5 through `PasswordVerifier` (what `PasswordHasher::verify_phc` runs).
+    /// The production path: `PasswordHasher::verify_phc_blocking` (RustCrypto
+    /// `argon2` 0.5 into the hasher's pooled block buffers, constant-time
+    /// compare), on the hasher given to [`measure_rates`].
     RustCrypto,
-    /// RustCrypto `argon2` 0.5 hashing into a per-thread, reused block buffer.
-    RustCryptoReusedMemory,
+    /// RustCrypto `argon2` 0.5 through its stock `PasswordVerifier`: a fresh
+    /// block buffer allocated and freed per hash (the production path before
+    /// issue 5).
+    RustCryptoFreshMemory,
     /// The C reference implementation (phc-winner-argon2 `opt.c`) via `argon2-kdf`.
     #[cfg(feature = "argon2-compare")]
     CReference,
@@ -34,7 +41,7 @@ impl Implementation {
     /// Every implementation built into this binary.
     pub fn all() -> Vec<Self> {
         #[allow(unused_mut)]
-        let mut v = vec![Self::RustCrypto, Self::RustCryptoReusedMemory];
+        let mut v = vec![Self::RustCrypto, Self::RustCryptoFreshMemory];
         #[cfg(feature = "argon2-compare")]
         {
             v.push(Self::CReference);
@@ -46,8 +53,8 @@ impl Implementation {
     /// Human name for reports.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::RustCrypto => "RustCrypto argon2 0.5 (production path)",
-            Self::RustCryptoReusedMemory => "RustCrypto argon2 0.5, memory reused",
+            Self::RustCrypto => "RustCrypto argon2 0.5 (production path, pooled memory)",
+            Self::RustCryptoFreshMemory => "RustCrypto argon2 0.5, stock verifier, fresh memory per hash",
             #[cfg(feature = "argon2-compare")]
             Self::CReference => "C reference (phc-winner-argon2 via argon2-kdf)",
             #[cfg(feature = "argon2-compare")]
@@ -77,50 +84,29 @@ trait Verifier {
     fn verify(&mut self) -> bool;
 }
 
-struct RustCryptoVerifier {
+/// The production code on this thread.
+struct ProductionVerifier {
+    hasher: PasswordHasher,
+    phc: String,
+    password: String,
+}
+
+impl Verifier for ProductionVerifier {
+    fn verify(&mut self) -> bool {
+        self.hasher.verify_phc_blocking(&self.phc, &self.password)
+    }
+}
+
+/// The stock `PasswordVerifier` (fresh memory per hash).
+struct FreshMemoryVerifier {
     phc: String,
 }
 
-impl Verifier for RustCryptoVerifier {
+impl Verifier for FreshMemoryVerifier {
     fn verify(&mut self) -> bool {
         PasswordHash::new(&self.phc)
             .map(|h| Argon2::default().verify_password(PASSWORD, &h).is_ok())
             .unwrap_or(false)
-    }
-}
-
-struct ReusedMemoryVerifier {
-    argon: Argon2<'static>,
-    salt: Vec<u8>,
-    expected: Vec<u8>,
-    memory: Vec<Block>,
-}
-
-impl ReusedMemoryVerifier {
-    fn new(phc: &str) -> anyhow::Result<Self> {
-        let parsed = PasswordHash::new(phc).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let salt = parsed.salt.map(|s| s.to_string()).unwrap_or_default();
-        let mut buf = [0u8; 64];
-        let salt = argon2::password_hash::Salt::from_b64(&salt)
-            .and_then(|s| s.decode_b64(&mut buf).map(<[u8]>::to_vec))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let expected = parsed.hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default();
-        let params = params()?;
-        let blocks = params.block_count();
-        Ok(Self {
-            argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-            salt,
-            expected,
-            memory: vec![Block::default(); blocks],
-        })
-    }
-}
-
-impl Verifier for ReusedMemoryVerifier {
-    fn verify(&mut self) -> bool {
-        let mut out = vec![0u8; self.expected.len()];
-        self.argon.hash_password_into_with_memory(PASSWORD, &self.salt, &mut out, &mut self.memory).is_ok()
-            && out == self.expected
     }
 }
 
@@ -148,10 +134,18 @@ impl Verifier for RustArgon2Verifier {
     }
 }
 
-fn verifier(implementation: Implementation, phc: &str) -> anyhow::Result<Box<dyn Verifier + Send>> {
+fn verifier(
+    implementation: Implementation,
+    phc: &str,
+    hasher: &PasswordHasher,
+) -> anyhow::Result<Box<dyn Verifier + Send>> {
     Ok(match implementation {
-        Implementation::RustCrypto => Box::new(RustCryptoVerifier { phc: phc.to_owned() }),
-        Implementation::RustCryptoReusedMemory => Box::new(ReusedMemoryVerifier::new(phc)?),
+        Implementation::RustCrypto => Box::new(ProductionVerifier {
+            hasher: hasher.clone(),
+            phc: phc.to_owned(),
+            password: String::from_utf8(PASSWORD.to_vec())?,
+        }),
+        Implementation::RustCryptoFreshMemory => Box::new(FreshMemoryVerifier { phc: phc.to_owned() }),
         #[cfg(feature = "argon2-compare")]
         Implementation::CReference => {
             let hash = <argon2_kdf::Hash<'static> as std::str::FromStr>::from_str(phc)
@@ -164,17 +158,20 @@ fn verifier(implementation: Implementation, phc: &str) -> anyhow::Result<Box<dyn
 }
 
 /// Verifications per second of `implementation` on `threads` OS threads
-/// for `duration` (after one unmeasured verification per thread).
+/// for `duration` (after one unmeasured verification per thread);
+/// [`Implementation::RustCrypto`] runs on `hasher` (pass the application's
+/// own, so that H shares its block buffers as logins do).
 ///
 /// # Errors
 /// When the verifier cannot be built or a verification fails.
 pub async fn verifies_per_second(
     implementation: Implementation,
     phc: &str,
+    hasher: &PasswordHasher,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    Ok(measure_rates(implementation, phc, threads, duration).await?.wall)
+    Ok(measure_rates(implementation, phc, hasher, threads, duration).await?.wall)
 }
 
 /// Rates of one measurement.
@@ -195,11 +192,12 @@ pub struct Rates {
 pub async fn measure_rates(
     implementation: Implementation,
     phc: &str,
+    hasher: &PasswordHasher,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<Rates> {
-    let phc = phc.to_owned();
-    tokio::task::spawn_blocking(move || measure(implementation, &phc, threads, duration)).await?
+    let (phc, hasher) = (phc.to_owned(), hasher.clone());
+    tokio::task::spawn_blocking(move || measure(implementation, &phc, &hasher, threads, duration)).await?
 }
 
 /// CPU time this thread has run, in nanoseconds (0 when unknown).
@@ -213,12 +211,13 @@ fn thread_cpu_ns() -> u64 {
 fn measure(
     implementation: Implementation,
     phc: &str,
+    hasher: &PasswordHasher,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<Rates> {
     let threads = threads.max(1);
     let verifiers =
-        (0..threads).map(|_| verifier(implementation, phc)).collect::<anyhow::Result<Vec<_>>>()?;
+        (0..threads).map(|_| verifier(implementation, phc, hasher)).collect::<anyhow::Result<Vec<_>>>()?;
     let count = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let start = Arc::new(std::sync::Barrier::new(threads + 1));

@@ -40,7 +40,7 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<LoginChallenge, IdentityError> {
         let key = self.email_key(email);
-        self.check_attempt(Policy::PasswordFailures, &key, meta).await?;
+        let throttle = self.check_attempt_state(Policy::PasswordFailures, &key, meta).await?;
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
             .map_err(internal)?;
@@ -68,7 +68,13 @@ impl IdentityService {
         if !done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
             return Err(internal("login accepted without an event"));
         }
-        self.record_success(Policy::PasswordFailures, &key, meta).await?;
+        // `RecordSuccess` only resets a failure count: with none at the
+        // check it would load the stream again to write nothing. A failure
+        // recorded concurrently since the check is then left standing (the
+        // stricter outcome) until the next success.
+        if throttle.consecutive_failures > 0 {
+            self.record_success(Policy::PasswordFailures, &key, meta).await?;
+        }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
         if self.totp_enabled(user_id).await? {
             return self.issue_totp_challenge(user_id, challenge_id, key, meta).await;

@@ -320,10 +320,22 @@ impl IdentityService {
         key: &str,
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
+        self.check_attempt_state(policy, key, meta).await.map(|_| ())
+    }
+
+    /// [`IdentityService::check_attempt`], answering the throttle's state as
+    /// loaded for the check (so a caller can tell whether a later
+    /// `RecordSuccess` has anything to reset).
+    pub(crate) async fn check_attempt_state(
+        &self,
+        policy: Policy,
+        key: &str,
+        meta: &RequestMeta,
+    ) -> Result<Throttle, IdentityError> {
         let now = Utc::now();
         let cmd = ThrottleCommand::CheckAttempt { policy, at: now };
         let done = self.throttles.execute(&policy.key(key), cmd, meta.to_map("CheckAttempt")).await?;
-        Self::throttled(&done.events, now).map_or(Ok(()), Err)
+        Self::throttled(&done.events, now).map_or(Ok(done.state), Err)
     }
 
     pub(crate) async fn record_failure(
