@@ -16,6 +16,10 @@ pub const DEFAULT_LINGER_MS: u32 = 5;
 /// (retries included) before its delivery fails.
 pub const DEFAULT_MESSAGE_TIMEOUT_MS: u32 = 30_000;
 
+/// `max.in.flight.requests.per.connection`: the most an idempotent producer
+/// allows (order is kept across retries up to this many requests).
+pub const MAX_IN_FLIGHT_REQUESTS: u32 = 5;
+
 /// Timeout of the topic-creation request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -99,9 +103,12 @@ impl ProducerConfig {
     }
 }
 
-/// An idempotent producer (`enable.idempotence=true`, `acks=all`) with the
-/// default [`ProducerConfig`]. Idempotence keeps per-partition order across
-/// retries, hence per-aggregate order.
+/// An idempotent producer (`enable.idempotence=true`, `acks=all`,
+/// `max.in.flight.requests.per.connection=5`) with the default
+/// [`ProducerConfig`]. Idempotence keeps per-partition order across retries,
+/// hence per-aggregate order, with up to 5 produce requests in flight per
+/// broker connection (librdkafka refuses more with idempotence). The relay
+/// pipelines many batches through these requests.
 ///
 /// # Errors
 /// [`KafkaError`] when librdkafka rejects the configuration (the brokers
@@ -120,6 +127,7 @@ pub fn producer_with(config: &ProducerConfig) -> Result<FutureProducer, KafkaErr
         .set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", MAX_IN_FLIGHT_REQUESTS.to_string())
         .set("socket.nagle.disable", "true")
         .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string());

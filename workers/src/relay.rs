@@ -1,20 +1,47 @@
 //! The relay: publishes every stored event, in commit-safe order, to Kafka
 //! as an envelope (ARCHITECTURE decided 2 and 3).
 //!
-//! Delivery is at least once: a batch's checkpoint (`tail_checkpoints`,
-//! name `relay` by default) is stored only after Kafka acknowledged every
-//! message of the batch, so a crash republishes at most one batch. Run one
-//! relay per checkpoint name; two would publish everything twice.
+//! **Pipelined, at least once.** The relay reads batches after its
+//! checkpoint (`tail_checkpoints`, name `relay` by default) and enqueues
+//! them to the producer without waiting: up to
+//! [`RelayOptions::max_in_flight_batches`] batches and
+//! [`RelayOptions::max_in_flight_messages`] messages are outstanding at
+//! once. A batch's checkpoint is stored only once Kafka acknowledged every
+//! message of that batch *and of every batch before it* (batches complete in
+//! read order), so the checkpoint never passes an unacknowledged event. On
+//! any failure the in-flight state is dropped and the relay starts again
+//! from the stored checkpoint; what was in flight may be published twice
+//! (consumers are idempotent, decided 5).
+//!
+//! **Order.** Messages are enqueued in commit-safe order, keyed by aggregate
+//! id, to an idempotent producer (`acks=all`, at most 5 requests in flight
+//! per connection, see [`crate::kafka`]), which keeps per-partition order
+//! across retries: per-aggregate order holds on the topic.
+//!
+//! **One relay per checkpoint.** [`Relay::run`] publishes only while it
+//! holds the [`LeaderLock`] of its checkpoint: a Postgres session-level
+//! advisory lock taken with `pg_try_advisory_lock` on a dedicated
+//! connection. A standby relay retries every
+//! [`RelayOptions::standby_retry`] and takes over when the leader's session
+//! ends (process killed, connection lost). The leader reads events and
+//! stores its checkpoint *through the lock connection*, so once that
+//! connection is gone it can neither read further events nor move the
+//! checkpoint: it stops publishing (at most its in-flight window, already
+//! enqueued, still goes out) and returns to standby.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::envelope::{Envelope, ENVELOPE_SCHEMA_VERSION};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt as _, StreamExt as _};
 use projections::runtime::ErrorChain;
 use projections::tail::{self, Cursor, EventsListener};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::watch;
 
 /// Default checkpoint name in `tail_checkpoints`.
@@ -30,10 +57,15 @@ pub const HEADER_ENVELOPE_VERSION: &str = "envelope-version";
 /// Pause before retrying to enqueue when the producer queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
-/// A failure of [`Relay::run_once`]; nothing of the batch is checkpointed.
+/// Longest wait for the liveness probe of the lock connection.
+const LOCK_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failure of a relay step; nothing after the last stored checkpoint is
+/// considered published.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// Reading events or storing the checkpoint failed.
+    /// Reading events or storing the checkpoint failed (with a
+    /// [`LeaderLock`]: possibly because its connection is gone).
     #[error("relay database error")]
     Database(#[from] sqlx::Error),
     /// An envelope could not be serialised.
@@ -62,32 +94,162 @@ pub enum RelayError {
     Canceled,
 }
 
-/// Pacing of [`Relay::run`].
+/// Pacing and pipelining of the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayOptions {
-    /// Events per batch (default 500).
+    /// Events per read and per checkpoint (default 1,000; values below 1
+    /// count as 1).
     pub batch_size: usize,
+    /// Batches enqueued and not yet fully acknowledged, at most (default
+    /// 16; values below 1 count as 1, i.e. stop-and-wait).
+    pub max_in_flight_batches: usize,
+    /// Messages enqueued and not yet acknowledged, at most (default 20,000;
+    /// one batch is always allowed). Keep it below the producer's
+    /// `queue.buffering.max.messages` (100,000 by default).
+    pub max_in_flight_messages: usize,
     /// Slow-poll interval when no notification arrives (default 1 s).
     pub poll_interval: Duration,
     /// Re-read interval while committed events wait behind an older open
     /// transaction (default 10 ms).
     pub unsettled_retry: Duration,
-    /// First back-off after a failed batch (default 100 ms), doubled per
+    /// First back-off after a failed step (default 100 ms), doubled per
     /// consecutive failure up to `max_backoff` (default 30 s).
     pub min_backoff: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
+    /// How often a standby relay tries to take the [`LeaderLock`] (default
+    /// 1 s); also the pause after the lock connection could not be opened.
+    pub standby_retry: Duration,
 }
 
 impl Default for RelayOptions {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 1_000,
+            max_in_flight_batches: 16,
+            max_in_flight_messages: 20_000,
             poll_interval: Duration::from_secs(1),
             unsettled_retry: Duration::from_millis(10),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            standby_retry: Duration::from_secs(1),
         }
+    }
+}
+
+/// The advisory-lock key (`pg_try_advisory_lock(bigint)`) that elects the
+/// relay of checkpoint `checkpoint`: FNV-1a 64 of
+/// `streamforge.relay/<checkpoint>`, as a signed 64-bit integer. Stable
+/// across versions and Postgres releases. In `pg_locks` it shows as
+/// `locktype = 'advisory'`, `classid` = high 32 bits, `objid` = low 32
+/// bits, `objsubid = 1`. Two names colliding would only make their relays
+/// exclude each other.
+pub fn leader_lock_key(checkpoint: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = b"streamforge.relay/"
+        .iter()
+        .chain(checkpoint.as_bytes())
+        .fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME));
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Leadership of one relay checkpoint: a session-level advisory lock
+/// ([`leader_lock_key`]) held by a dedicated Postgres connection (not
+/// taken from the pool) for as long as the value lives. Dropping it closes
+/// the connection, which releases the lock at once on the server; so does
+/// the process dying. Not usable behind a transaction-mode connection
+/// pooler (session locks need a session).
+pub struct LeaderLock {
+    conn: PgConnection,
+    key: i64,
+    checkpoint: String,
+}
+
+impl std::fmt::Debug for LeaderLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderLock").field("checkpoint", &self.checkpoint).field("key", &self.key).finish()
+    }
+}
+
+impl LeaderLock {
+    /// Opens a dedicated connection with `pool`'s connect options and tries
+    /// `pg_try_advisory_lock(leader_lock_key(checkpoint))` on it, once.
+    /// `Ok(None)`: another session holds the lock (the connection is
+    /// closed again).
+    ///
+    /// # Errors
+    /// The connection or the query failed.
+    pub async fn try_acquire(pool: &PgPool, checkpoint: &str) -> Result<Option<Self>, sqlx::Error> {
+        let options = pool.connect_options();
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let key = leader_lock_key(checkpoint);
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
+        if locked {
+            Ok(Some(Self { conn, key, checkpoint: checkpoint.to_owned() }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    /// Waits until the lock is taken, retrying every `retry`; `None` when
+    /// `shutdown` becomes `true` (or its sender is dropped) first.
+    /// Connection errors are logged and retried.
+    pub async fn acquire(
+        pool: &PgPool,
+        checkpoint: &str,
+        retry: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Self> {
+        let mut announced = false;
+        loop {
+            if *shutdown.borrow_and_update() {
+                return None;
+            }
+            match Self::try_acquire(pool, checkpoint).await {
+                Ok(Some(lock)) => return Some(lock),
+                Ok(None) => {
+                    if !announced {
+                        tracing::info!(checkpoint, "another relay leads this checkpoint; standing by");
+                        announced = true;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(checkpoint, error = %ErrorChain(&error), "cannot try the relay leader lock");
+                }
+            }
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() { return None },
+                () = tokio::time::sleep(retry) => {}
+            }
+        }
+    }
+
+    /// The checkpoint this lock elects a relay for.
+    pub fn checkpoint(&self) -> &str {
+        &self.checkpoint
+    }
+
+    /// The advisory-lock key ([`leader_lock_key`]).
+    pub fn key(&self) -> i64 {
+        self.key
+    }
+
+    /// Whether the lock is still held: its session answers a query within
+    /// 5 s. A session lock lasts as long as its session, so `true` proves
+    /// it; `false` means the lock must be considered lost (drop it).
+    pub async fn is_held(&mut self) -> bool {
+        let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut self.conn);
+        matches!(tokio::time::timeout(LOCK_PROBE_TIMEOUT, probe).await, Ok(Ok(1)))
+    }
+
+    /// Releases the lock and closes its connection (dropping does the
+    /// same, less politely).
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut self.conn).await;
+        let _ = self.conn.close().await;
     }
 }
 
@@ -111,10 +273,31 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// What one batch did.
-struct BatchOutcome {
-    published: usize,
-    cursor: Cursor,
+/// Bounds of one pipelined pass.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    batch_size: usize,
+    max_in_flight_batches: usize,
+    max_in_flight_messages: usize,
+    /// Stop reading after this many batches (`run_once`).
+    max_batches: Option<usize>,
+}
+
+/// A batch whose every message was acknowledged.
+struct Acked {
+    last: Cursor,
+    count: usize,
+}
+
+type BatchFuture = BoxFuture<'static, Result<Acked, RelayError>>;
+
+/// What a pipelined pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Events acknowledged and checkpointed by this pass.
+    pub published: usize,
+    /// The checkpoint stored at the end of the pass.
+    pub cursor: Cursor,
 }
 
 impl Relay {
@@ -137,7 +320,7 @@ impl Relay {
         self
     }
 
-    /// Replaces the [`RelayOptions`] used by [`Relay::run`].
+    /// Replaces the [`RelayOptions`].
     pub fn with_options(mut self, options: RelayOptions) -> Self {
         self.options = options;
         self
@@ -148,58 +331,172 @@ impl Relay {
         &self.checkpoint
     }
 
-    /// One step: publishes up to `batch` events after the stored
-    /// checkpoint, waits until Kafka acknowledged all of them, then stores
-    /// the checkpoint. Returns how many were published (0: nothing new).
+    /// The options in use.
+    pub fn options(&self) -> RelayOptions {
+        self.options
+    }
+
+    /// One stop-and-wait step, without leader election: publishes up to
+    /// `batch` events after the stored checkpoint, waits until Kafka
+    /// acknowledged all of them, then stores the checkpoint. Returns how
+    /// many were published (0: nothing new).
     ///
     /// # Errors
     /// [`RelayError`]; the checkpoint then stays where it was, so the batch
     /// is published again (possibly in part twice) by the next step.
     pub async fn run_once(&self, batch: usize) -> Result<usize, RelayError> {
-        Ok(self.step(batch).await?.published)
+        let limits = Limits {
+            batch_size: batch.max(1),
+            max_in_flight_batches: 1,
+            max_in_flight_messages: 1,
+            max_batches: Some(1),
+        };
+        let mut conn = self.pool.acquire().await?;
+        Ok(self.pipeline(&mut conn, limits).await?.published)
     }
 
-    #[tracing::instrument(skip_all, fields(checkpoint = %self.checkpoint, published))]
-    async fn step(&self, batch: usize) -> Result<BatchOutcome, RelayError> {
-        let mut cursor = tail::load_checkpoint(&self.pool, &self.checkpoint).await?;
-        let rows = tail::read_after(&self.pool, cursor, batch, None).await?;
-        if rows.is_empty() {
-            return Ok(BatchOutcome { published: 0, cursor });
-        }
-        let encoded = rows
-            .iter()
-            .map(|(_, envelope)| Ok((envelope.topic(&self.topic_prefix), serde_json::to_vec(envelope)?)))
-            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    /// One pipelined pass, without leader election (tests, tools, a relay
+    /// known to be alone): from the stored checkpoint until no settled
+    /// event is left, with up to the configured batches in flight,
+    /// storing each batch's checkpoint once it and all batches before it
+    /// are acknowledged. Waits for every acknowledgement before returning.
+    ///
+    /// # Errors
+    /// [`RelayError`] at the first failure; the in-flight batches are
+    /// abandoned and the checkpoint stays after the last batch that was
+    /// completely acknowledged.
+    pub async fn drain(&self) -> Result<DrainOutcome, RelayError> {
+        let mut conn = self.pool.acquire().await?;
+        self.pipeline(&mut conn, self.limits()).await
+    }
 
+    /// [`Relay::drain`] as the leader: reads and checkpoints through
+    /// `lock`'s connection, so it fails (and publishes nothing further)
+    /// once the lock's session is gone.
+    ///
+    /// # Errors
+    /// As [`Relay::drain`]; a [`RelayError::Database`] may mean the lock
+    /// was lost (check [`LeaderLock::is_held`]).
+    pub async fn drain_as_leader(&self, lock: &mut LeaderLock) -> Result<DrainOutcome, RelayError> {
+        self.pipeline(&mut lock.conn, self.limits()).await
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            batch_size: self.options.batch_size.max(1),
+            max_in_flight_batches: self.options.max_in_flight_batches.max(1),
+            max_in_flight_messages: self.options.max_in_flight_messages.max(1),
+            max_batches: None,
+        }
+    }
+
+    /// The pipeline: reads and enqueues batches while the in-flight bounds
+    /// allow, and stores the checkpoint of the newest batch whose
+    /// acknowledgements (and its predecessors') are all in. It reads again
+    /// after a short read once an acknowledgement came in, and stops when
+    /// a read found nothing new and nothing is in flight.
+    #[tracing::instrument(skip_all, fields(checkpoint = %self.checkpoint, published))]
+    async fn pipeline(&self, conn: &mut PgConnection, limits: Limits) -> Result<DrainOutcome, RelayError> {
+        let mut stored = tail::load_checkpoint(&mut *conn, &self.checkpoint).await?;
+        let mut read_cursor = stored;
+        let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
+        let mut in_flight_messages = 0usize;
+        let mut batches_read = 0usize;
+        let mut published = 0usize;
+        // The last read returned a short batch: wait for an acknowledgement
+        // (time for new commits) before reading again.
+        let mut caught_up = false;
+        let mut topics = TopicNames::new(&self.topic_prefix);
+        let mut buffer = Vec::new();
+
+        loop {
+            let budget_left = limits.max_batches.is_none_or(|max| batches_read < max);
+            let room = in_flight.len() < limits.max_in_flight_batches
+                && (in_flight.is_empty() || in_flight_messages + limits.batch_size <= limits.max_in_flight_messages);
+            let can_read = budget_left && room && !caught_up;
+
+            let mut acked: Option<Cursor> = None;
+            if !can_read {
+                match in_flight.next().await {
+                    None => break,
+                    Some(result) => {
+                        let batch = result?;
+                        in_flight_messages -= batch.count;
+                        published += batch.count;
+                        acked = Some(batch.last);
+                    }
+                }
+            }
+            // Whatever else completed meanwhile: one checkpoint write for all.
+            while let Some(Some(result)) = in_flight.next().now_or_never() {
+                let batch = result?;
+                in_flight_messages -= batch.count;
+                published += batch.count;
+                acked = Some(batch.last);
+            }
+            if let Some(cursor) = acked {
+                tail::store_checkpoint(&mut *conn, &self.checkpoint, cursor).await?;
+                stored = cursor;
+                caught_up = false;
+            }
+            if !can_read {
+                continue;
+            }
+
+            let rows = tail::read_after(&mut *conn, read_cursor, limits.batch_size, None).await?;
+            batches_read += 1;
+            caught_up = rows.len() < limits.batch_size;
+            let Some((last, _)) = rows.last() else {
+                continue;
+            };
+            read_cursor = *last;
+            in_flight_messages += rows.len();
+            in_flight.push_back(self.enqueue_batch(rows, &mut topics, &mut buffer).await?);
+        }
+        tracing::Span::current().record("published", published);
+        Ok(DrainOutcome { published, cursor: stored })
+    }
+
+    /// Enqueues every row and returns the future of the whole batch's
+    /// acknowledgement.
+    async fn enqueue_batch(
+        &self,
+        rows: Vec<(Cursor, Envelope)>,
+        topics: &mut TopicNames,
+        buffer: &mut Vec<u8>,
+    ) -> Result<BatchFuture, RelayError> {
         let mut deliveries = Vec::with_capacity(rows.len());
-        for ((_, envelope), (topic, value)) in rows.iter().zip(&encoded) {
-            let record = FutureRecord::to(topic)
+        for (_, envelope) in &rows {
+            buffer.clear();
+            serde_json::to_writer(&mut *buffer, envelope)?;
+            let record = FutureRecord::to(topics.get(&envelope.aggregate_type))
                 .key(envelope.aggregate_id.as_str())
-                .payload(value.as_slice())
+                .payload(buffer.as_slice())
                 .headers(headers(envelope));
             deliveries.push(self.enqueue(record).await?);
         }
-        for (delivery, ((_, envelope), (topic, _))) in deliveries.into_iter().zip(rows.iter().zip(&encoded)) {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _message))) => {
-                    return Err(RelayError::Delivery {
-                        topic: topic.clone(),
-                        aggregate_type: envelope.aggregate_type.clone(),
-                        aggregate_id: envelope.aggregate_id.clone(),
-                        sequence: envelope.sequence,
-                        source,
-                    })
+        let prefix = self.topic_prefix.clone();
+        Ok(async move {
+            let count = rows.len();
+            for (delivery, (_, envelope)) in deliveries.into_iter().zip(&rows) {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((source, _message))) => {
+                        return Err(RelayError::Delivery {
+                            topic: envelope.topic(&prefix),
+                            aggregate_type: envelope.aggregate_type.clone(),
+                            aggregate_id: envelope.aggregate_id.clone(),
+                            sequence: envelope.sequence,
+                            source,
+                        })
+                    }
+                    Err(_canceled) => return Err(RelayError::Canceled),
                 }
-                Err(_canceled) => return Err(RelayError::Canceled),
             }
+            let last = rows.last().map_or(Cursor::ZERO, |(cursor, _)| *cursor);
+            Ok(Acked { last, count })
         }
-        if let Some((last, _)) = rows.last() {
-            cursor = *last;
-        }
-        tail::store_checkpoint(&self.pool, &self.checkpoint, cursor).await?;
-        tracing::Span::current().record("published", rows.len());
-        Ok(BatchOutcome { published: rows.len(), cursor })
+        .boxed())
     }
 
     /// Enqueues `record`, waiting while the producer queue is full.
@@ -217,28 +514,46 @@ impl Relay {
         }
     }
 
-    /// Runs [`Relay::run_once`] until `shutdown` becomes `true` (or its
-    /// sender is dropped): drains while batches are full, then waits for a
-    /// `NOTIFY` with a slow-poll fallback. A failed step is logged with its
-    /// cause chain and retried after an exponential back-off.
+    /// Runs until `shutdown` becomes `true` (or its sender is dropped):
+    /// stands by until it holds the checkpoint's [`LeaderLock`], then
+    /// leads: drains ([`Relay::drain_as_leader`]), waits for a `NOTIFY`
+    /// with a slow-poll fallback, and again. A failed pass is logged with
+    /// its cause chain and retried from the stored checkpoint after an
+    /// exponential back-off; when the lock's connection is found dead the
+    /// relay stops publishing and stands by again.
     #[tracing::instrument(skip_all, fields(checkpoint = %self.checkpoint))]
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let retry = self.options.standby_retry;
+        while let Some(mut lock) = LeaderLock::acquire(&self.pool, &self.checkpoint, retry, &mut shutdown).await {
+            tracing::info!("relay leads its checkpoint");
+            match self.lead(&mut lock, &mut shutdown).await {
+                Leadership::Shutdown => {
+                    lock.release().await;
+                    break;
+                }
+                Leadership::Lost => {
+                    tracing::warn!("relay lost its leader lock connection; stopped publishing, standing by");
+                    drop(lock);
+                }
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    /// The leader's loop; returns on shutdown or when the lock is lost.
+    async fn lead(&self, lock: &mut LeaderLock, shutdown: &mut watch::Receiver<bool>) -> Leadership {
         let options = self.options;
-        let batch = options.batch_size.max(1);
         let mut listener = EventsListener::new(self.pool.clone());
         let mut backoff = options.min_backoff;
         loop {
             if *shutdown.borrow_and_update() {
-                break;
+                return Leadership::Shutdown;
             }
             // Listen before reading, so a commit right after the read wakes us.
             listener.connect().await;
-            let pause = match self.step(batch).await {
+            let pause = match self.drain_as_leader(lock).await {
                 Ok(outcome) => {
                     backoff = options.min_backoff;
-                    if outcome.published == batch {
-                        continue;
-                    }
                     match tail::has_unsettled_after(&self.pool, outcome.cursor, None).await {
                         Ok(true) => options.unsettled_retry,
                         Ok(false) => options.poll_interval,
@@ -249,26 +564,53 @@ impl Relay {
                     }
                 }
                 Err(error) => {
+                    if matches!(error, RelayError::Database(_)) && !lock.is_held().await {
+                        return Leadership::Lost;
+                    }
                     tracing::error!(
                         error = %ErrorChain(&error),
                         backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                        "relay step failed; retrying"
+                        "relay pass failed; restarting from the stored checkpoint"
                     );
                     let pause = backoff;
                     backoff = (backoff * 2).min(options.max_backoff);
                     tokio::select! {
-                        changed = shutdown.changed() => if changed.is_err() { break },
+                        changed = shutdown.changed() => if changed.is_err() { return Leadership::Shutdown },
                         () = tokio::time::sleep(pause) => {}
                     }
                     continue;
                 }
             };
             tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { break },
+                changed = shutdown.changed() => if changed.is_err() { return Leadership::Shutdown },
                 _ = listener.wait(pause) => {}
             }
         }
-        tracing::info!("relay stopped");
+    }
+}
+
+/// Why [`Relay::lead`] returned.
+enum Leadership {
+    Shutdown,
+    Lost,
+}
+
+/// `<prefix><aggregate_type>`, built once per aggregate type.
+struct TopicNames {
+    prefix: String,
+    names: HashMap<String, String>,
+}
+
+impl TopicNames {
+    fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned(), names: HashMap::new() }
+    }
+
+    fn get(&mut self, aggregate_type: &str) -> &str {
+        if !self.names.contains_key(aggregate_type) {
+            self.names.insert(aggregate_type.to_owned(), format!("{}{aggregate_type}", self.prefix));
+        }
+        self.names.get(aggregate_type).map_or("", String::as_str)
     }
 }
 
@@ -278,4 +620,16 @@ fn headers(envelope: &Envelope) -> OwnedHeaders {
         .insert(Header { key: HEADER_EVENT_TYPE, value: Some(envelope.event_type.as_str()) })
         .insert(Header { key: HEADER_EVENT_VERSION, value: Some(envelope.event_version.as_str()) })
         .insert(Header { key: HEADER_ENVELOPE_VERSION, value: Some(ENVELOPE_SCHEMA_VERSION) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(leader_lock_key("relay"), leader_lock_key("relay"));
+        assert_ne!(leader_lock_key("relay"), leader_lock_key("relay-2"));
+        assert_ne!(leader_lock_key(""), leader_lock_key("relay"));
+    }
 }

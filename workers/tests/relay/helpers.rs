@@ -115,3 +115,83 @@ pub async fn receive(consumer: &StreamConsumer, count: usize, timeout: Duration)
 pub fn key(message: &OwnedMessage) -> String {
     String::from_utf8(message.key().unwrap_or_default().to_vec()).unwrap()
 }
+
+/// Appends `per_aggregate` events to each of `aggregates` aggregates of
+/// type `aggregate_type` (ids `<id_prefix><n>`), interleaved, in
+/// transactions of `per_transaction` events; sequences start after
+/// `first_sequence - 1`.
+pub async fn insert_interleaved(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id_prefix: &str,
+    aggregates: usize,
+    sequences: std::ops::RangeInclusive<i64>,
+    per_transaction: usize,
+) {
+    let mut rows = Vec::new();
+    for sequence in sequences {
+        for n in 0..aggregates {
+            rows.push((format!("{id_prefix}{n}"), sequence));
+        }
+    }
+    for chunk in rows.chunks(per_transaction.max(1)) {
+        let mut tx = pool.begin().await.unwrap();
+        for (id, sequence) in chunk {
+            insert_event(&mut *tx, aggregate_type, id, *sequence, "Changed", serde_json::json!({})).await;
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
+/// How the messages received compare with the events stored.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Stored events never received.
+    pub lost: usize,
+    /// Messages whose event was already received.
+    pub duplicated: usize,
+    /// First deliveries whose sequence is not above the aggregate's previous one.
+    pub out_of_order: usize,
+}
+
+/// Compares `messages` (in the order received; Kafka keeps per-partition
+/// order, so per-aggregate order is that of each aggregate's messages) with
+/// `stored`.
+pub fn compare(stored: &[domain::envelope::Envelope], messages: &[OwnedMessage]) -> Delivered {
+    use std::collections::{HashMap, HashSet};
+    let mut seen = HashSet::new();
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    let mut delivered = Delivered::default();
+    for message in messages {
+        let envelope: domain::envelope::Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        if !seen.insert(envelope.event_id) {
+            delivered.duplicated += 1;
+            continue;
+        }
+        let previous = last.entry((envelope.aggregate_type.clone(), envelope.aggregate_id.clone())).or_insert(0);
+        if envelope.sequence <= *previous {
+            delivered.out_of_order += 1;
+        }
+        *previous = envelope.sequence;
+    }
+    delivered.lost = stored.iter().filter(|e| !seen.contains(&e.event_id)).count();
+    delivered
+}
+
+/// Every settled event, in commit-safe order, with its cursor.
+pub async fn stored(pool: &PgPool) -> Vec<(projections::tail::Cursor, domain::envelope::Envelope)> {
+    projections::tail::read_after(pool, projections::tail::Cursor::ZERO, 1_000_000, None).await.unwrap()
+}
+
+/// Waits until checkpoint `name` reaches `cursor`.
+pub async fn wait_for_checkpoint(pool: &PgPool, name: &str, cursor: projections::tail::Cursor, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let stored = projections::tail::load_checkpoint(pool, name).await.unwrap();
+        if stored == cursor {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "checkpoint `{name}` at {stored:?}, expected {cursor:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -6,4 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
+mod leader;
+mod pipeline;
 mod relay;
