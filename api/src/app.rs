@@ -118,7 +118,8 @@ impl App {
         })
     }
 
-    fn projectors() -> Vec<Arc<dyn Projector>> {
+    /// Every projector of the read models, in the order they run.
+    pub fn projectors() -> Vec<Arc<dyn Projector>> {
         vec![
             Arc::new(ProfilesProjector),
             Arc::new(SessionsProjector),

@@ -12,6 +12,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `axum::Json` with JSON errors: 400 `malformed_json`, 415
 /// `unsupported_media_type`, 413 `payload_too_large`, 422 `invalid_body`.
+/// Every request body of the API is a JSON object: any other JSON value
+/// (an array, which serde would otherwise read into a struct field by
+/// field, a string, a number) is refused with 422 `invalid_body`.
 pub struct ValidJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ValidJson<T>
@@ -22,10 +25,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                payload_too_large()
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+            }
+        })?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(|r| json_rejection(&r))?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
+        Ok(Self(value))
     }
 }
 

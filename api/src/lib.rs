@@ -8,6 +8,7 @@
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -1,7 +1,8 @@
 //! `streamforge` — one binary, one role per subcommand:
-//! `serve` (default: HTTP + relay + projector + notifier), `relay`,
-//! `project`, `notify`, `migrate`; and `bench <name>` / `seed --users N`
-//! (measurements, `docs/performance.md`).
+//! `serve` (default: HTTP + relay + projector + notifier), `api`, `relay`,
+//! `project`, `notify`, `migrate`; and `bench <name>` / `seed --users N` /
+//! `chaos load|verify|replay-check` (measurements and fault tests,
+//! `docs/performance.md`).
 
 use api::app::{shutdown_on_signal, App, Roles};
 use api::config::Settings;
@@ -16,10 +17,12 @@ struct Cli {
     settings: Settings,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// HTTP API plus relay, projector and notifier in one process (default).
     Serve,
+    /// Only the HTTP API (with its revocation follower).
+    Api,
     /// Only the relay: event store → Kafka (needs KAFKA_BROKERS).
     Relay,
     /// Only the projectors: feed → read models.
@@ -45,6 +48,11 @@ enum Command {
         #[arg(long)]
         users: Option<usize>,
     },
+    /// The halves of `scripts/chaos` (fault tests; docs/performance.md).
+    Chaos {
+        #[command(subcommand)]
+        action: ChaosAction,
+    },
     /// Seed N registered, verified, logged-in users into DATABASE_URL.
     Seed {
         /// How many users.
@@ -53,11 +61,49 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Clone)]
+enum ChaosAction {
+    /// Send N identity commands over HTTP from concurrent clients; write a journal.
+    Load {
+        /// API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:18080")]
+        base: String,
+        /// Commands (HTTP calls) in all.
+        #[arg(long, default_value_t = 100_000)]
+        commands: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Journal file (JSON lines).
+        #[arg(long)]
+        journal: std::path::PathBuf,
+        /// File rewritten with the number of commands sent so far.
+        #[arg(long)]
+        progress: Option<std::path::PathBuf>,
+        /// Longest run, in seconds.
+        #[arg(long, default_value_t = 1_200)]
+        max_seconds: u64,
+    },
+    /// Wait for the relay and projectors to catch up; check the journal
+    /// against the store, the topics and the read models.
+    Verify {
+        /// Journal written by `chaos load`.
+        #[arg(long)]
+        journal: std::path::PathBuf,
+        /// Longest wait for the catch-up, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
+    /// With the projectors stopped: rebuild every read model and compare it
+    /// with the live one.
+    ReplayCheck,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    if matches!(cli.command, Some(Command::Bench { .. } | Command::Seed { .. }))
+    if matches!(cli.command, Some(Command::Bench { .. } | Command::Seed { .. } | Command::Chaos { .. }))
         && std::env::var_os("RUST_LOG").is_none()
     {
         // Keep the printed table readable: warnings and errors only.
@@ -75,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Seed { users } => return api::bench::data::seed_command(&cli.settings, users).await,
+        Command::Chaos { action } => return chaos(action, &cli.settings).await,
         Command::Migrate => {
             let pool = projections::db::connect(&cli.settings.database_url).await?;
             pool.close().await;
@@ -82,10 +129,32 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Serve => Roles::ALL,
+        Command::Api => Roles { http: true, relay: false, project: false, notify: false },
         Command::Relay => Roles { http: false, relay: true, project: false, notify: false },
         Command::Project => Roles { http: false, relay: false, project: true, notify: false },
         Command::Notify => Roles { http: false, relay: false, project: false, notify: true },
     };
     let app = App::build(cli.settings).await?;
     app.run(roles, None, shutdown_on_signal()).await
+}
+
+async fn chaos(action: ChaosAction, settings: &Settings) -> anyhow::Result<()> {
+    match action {
+        ChaosAction::Load { base, commands, clients, journal, progress, max_seconds } => {
+            let options = api::chaos::LoadOptions {
+                base,
+                commands,
+                clients,
+                mail_dir: settings.mail_dir.clone(),
+                journal,
+                progress,
+                max_duration: std::time::Duration::from_secs(max_seconds),
+            };
+            api::chaos::load(&options).await
+        }
+        ChaosAction::Verify { journal, timeout_seconds } => {
+            api::chaos::verify(settings, &journal, std::time::Duration::from_secs(timeout_seconds)).await
+        }
+        ChaosAction::ReplayCheck => api::chaos::replay_check(settings).await,
+    }
 }

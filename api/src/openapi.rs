@@ -25,7 +25,7 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags((name = "auth"), (name = "users"), (name = "meta"))
 )]
 pub struct ApiDoc;
@@ -41,5 +41,60 @@ impl Modify for BearerAuth {
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
             ),
         );
+    }
+}
+
+/// Documents the answers every operation of a kind can give, whatever its
+/// handler: for a JSON request body 400 `malformed_json`, 413
+/// `payload_too_large`, 415 `unsupported_media_type` and 422
+/// `invalid_body` (`crate::extract::ValidJson`); for a bearer-protected
+/// operation 401; for `/api/auth/*` 429 `rate_limited` with Retry-After
+/// (`crate::ratelimit`). Schemathesis checks every answer against this.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::HttpMethod;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let rate_limited = path.starts_with("/api/auth/");
+            for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Delete, HttpMethod::Patch] {
+                let operation = match method {
+                    HttpMethod::Get => item.get.as_mut(),
+                    HttpMethod::Post => item.post.as_mut(),
+                    HttpMethod::Put => item.put.as_mut(),
+                    HttpMethod::Delete => item.delete.as_mut(),
+                    HttpMethod::Patch => item.patch.as_mut(),
+                    _ => None,
+                };
+                let Some(operation) = operation else { continue };
+                let mut add = |status: &str, description: &str| {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error(description).into());
+                };
+                if operation.request_body.is_some() {
+                    add("400", "malformed_json: the body is not valid JSON");
+                    add("413", "payload_too_large: the body is over 64 KiB");
+                    add("415", "unsupported_media_type: send Content-Type: application/json");
+                    add("422", "invalid_body or validation_failed");
+                }
+                let bearer = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| !s.is_empty());
+                if bearer {
+                    add("401", "missing, invalid, expired or revoked access token");
+                }
+                if rate_limited {
+                    add("429", "rate_limited (per client IP) or too_many_attempts; see Retry-After");
+                }
+            }
+        }
     }
 }

@@ -42,12 +42,16 @@ pub struct Executed<A: Aggregate> {
     pub state: A,
     /// The events appended (possibly none).
     pub events: Vec<A::Event>,
+    /// Attempts it took: 1, plus one per optimistic-concurrency conflict
+    /// that was retried (at most the executor's maximum).
+    pub attempts: u32,
 }
 
 /// Executes commands of aggregate `A`.
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
+    max_attempts: u32,
 }
 
 impl<A> Executor<A>
@@ -55,9 +59,19 @@ where
     A: Aggregate + Clone,
     A::Command: Clone,
 {
+    /// An executor over the `events` table of `pool`, retrying conflicts up
+    /// to [`MAX_ATTEMPTS`] attempts in all.
     pub fn new(pool: PgPool, services: A::Services) -> Self {
         let repo = PostgresEventRepository::new(pool);
-        Self { store: PersistedEventStore::new_event_store(repo), services }
+        Self { store: PersistedEventStore::new_event_store(repo), services, max_attempts: MAX_ATTEMPTS }
+    }
+
+    /// Replaces the number of attempts per command (at least 1; 1 means a
+    /// conflict is answered with [`ExecError::Conflict`] at once).
+    #[must_use]
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
     }
 
     /// Current state of aggregate `id` (the default state if it has no events).
@@ -73,7 +87,10 @@ where
     ///
     /// # Errors
     /// [`ExecError::Domain`] when refused, [`ExecError::Conflict`] after
-    /// [`MAX_ATTEMPTS`] conflicting attempts, [`ExecError::Store`] otherwise.
+    /// the maximum number of conflicting attempts ([`MAX_ATTEMPTS`] unless
+    /// set by [`Executor::with_max_attempts`]); a conflicting attempt wrote
+    /// nothing (the append is one transaction keyed by the events' primary
+    /// key). [`ExecError::Store`] otherwise.
     #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %id))]
     pub async fn execute(
         &self,
@@ -93,19 +110,27 @@ where
             let events = sink.collect().await;
             let state = ctx.aggregate().clone();
             if events.is_empty() {
-                return Ok(Executed { state, events });
+                return Ok(Executed { state, events, attempts: attempt });
             }
             match self.store.commit(events.clone(), ctx, metadata.clone()).await {
-                Ok(_) => return Ok(Executed { state, events }),
-                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                Ok(_) => return Ok(Executed { state, events, attempts: attempt }),
+                Err(AggregateError::AggregateConflict) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");
-                    tokio::time::sleep(Duration::from_millis(2u64 << attempt)).await;
+                    tokio::time::sleep(retry_delay(attempt)).await;
                 }
                 Err(AggregateError::AggregateConflict) => return Err(ExecError::Conflict),
                 Err(e) => return Err(store_error(e)),
             }
         }
     }
+}
+
+/// Pause before attempt `attempt + 1`: "full jitter" over an exponential
+/// ceiling of 4, 8, 16, 32 … ms, so writers that collided do not collide
+/// again in lock step.
+fn retry_delay(attempt: u32) -> Duration {
+    let ceiling_ms = 2u64 << attempt.min(10);
+    Duration::from_micros(rand::Rng::gen_range(&mut rand::thread_rng(), 500..=ceiling_ms * 1000))
 }
 
 fn store_error<E: std::error::Error>(e: AggregateError<E>) -> ExecError<E> {

@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 
 /// A challenge as the client sees it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChallengeResponse {
+pub struct ChallengeStatusResponse {
     /// The challenge id, as returned when the code was requested.
     pub challenge_id: Uuid,
     /// Where the code goes: `email` or `sms`.
@@ -50,17 +50,17 @@ fn not_found() -> ApiError {
 /// may briefly answer 404.
 #[utoipa::path(get, path = "/api/auth/challenges/{challenge_id}", tag = "auth",
     params(("challenge_id" = Uuid, Path, description = "the id returned with the challenge")),
-    responses((status = 200, body = ChallengeResponse),
+    responses((status = 200, body = ChallengeStatusResponse),
         (status = 404, description = "challenge_not_found (also for ids that are not UUIDs)", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn get_challenge(
     State(state): State<AppState>,
     Path(challenge_id): Path<String>,
-) -> Result<Json<ChallengeResponse>, ApiError> {
+) -> Result<Json<ChallengeStatusResponse>, ApiError> {
     let challenge_id = Uuid::parse_str(&challenge_id).map_err(|_| not_found())?;
     let row =
         projections::challenges::find_challenge(&state.read, challenge_id).await?.ok_or_else(not_found)?;
-    Ok(Json(ChallengeResponse {
+    Ok(Json(ChallengeStatusResponse {
         challenge_id: row.challenge_id,
         channel: row.channel,
         status: row.status,

@@ -133,14 +133,20 @@ pub async fn list_devices(
 /// Revoke one of the caller's sessions.
 #[utoipa::path(delete, path = "/api/users/me/sessions/{session_id}", tag = "sessions", security(("bearer" = [])),
     params(("session_id" = Uuid, Path)),
-    responses((status = 204, description = "revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "revoked"), (status = 401, body = ErrorBody),
+        (status = 404, description = "not_found (also for ids that are not UUIDs)", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn delete_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     user: AuthUser,
-    Path(session_id): Path<Uuid>,
+    Path(session_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // A malformed id names no session of the caller: the same 404 as an
+    // unknown one (JSON, unlike axum's plain-text path rejection).
+    let session_id = Uuid::parse_str(&session_id).map_err(|_| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
+    })?;
     state
         .identity
         .revoke_session(

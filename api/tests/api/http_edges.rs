@@ -99,6 +99,28 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
             422,
             "invalid_body",
         ),
+        // JSON that is not an object (serde would read an array into a
+        // struct field by field; found by schemathesis).
+        (
+            app.client.post(format!("{}/api/auth/passkeys/login/start", app.base)).json(&json!([])),
+            422,
+            "invalid_body",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/register", app.base))
+                .json(&json!(["a@example.com", "correct horse battery", "N"])),
+            422,
+            "invalid_body",
+        ),
+        (
+            app.client
+                .post(format!("{}/api/auth/login", app.base))
+                .header("content-type", "application/vnd.api+json")
+                .body("\"x\""),
+            422,
+            "invalid_body",
+        ),
         (
             app.client
                 .post(format!("{}/api/auth/register", app.base))

@@ -6,6 +6,7 @@
 
 mod abuse;
 mod bench;
+mod concurrency;
 mod challenges;
 mod factors;
 mod flow;
