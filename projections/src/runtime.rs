@@ -166,6 +166,31 @@ pub trait Projector: Send + Sync {
     }
 }
 
+/// A projector that rebuilds through the per-event path: it delegates
+/// everything to the wrapped projector except [`Projector::rebuild_chunk`],
+/// which keeps the default (`apply` per event, one transaction per chunk).
+/// For comparisons of a set-based rebuild with the reference path.
+pub struct PerEventRebuild(pub Arc<dyn Projector>);
+
+#[async_trait]
+impl Projector for PerEventRebuild {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        self.0.handles(aggregate_type)
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
+        self.0.apply(conn, envelope).await
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.0.reset(conn).await
+    }
+}
+
 /// What [`ProjectionRunner::apply_envelope`] (per envelope) or
 /// [`ProjectionRunner::apply_batch`] (summed over the batch) did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

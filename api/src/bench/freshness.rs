@@ -153,8 +153,9 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
         visible.len()
     ));
     r.note(format!(
-        "the projector drained {} events during the max-rate phase and its catch-up (one transaction per event and projector)",
-        fmt_rate(drain_rate)
+        "the projector drained {} events during the max-rate phase and its catch-up (one transaction per feed batch and projector, batches of up to {})",
+        fmt_rate(drain_rate),
+        projections::runtime::DEFAULT_BATCH_SIZE
     ));
     r.notes.extend(error_note("max-rate writes", &max));
     r.notes.extend(error_note("open-loop writes", &open));

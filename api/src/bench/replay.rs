@@ -1,16 +1,21 @@
 //! `bench replay`: rebuild of the `profiles` and `sessions` projections
-//! (`ProjectionRunner::rebuild`, both at once) from N stored events, in
-//! events per second, against a bulk insert (multi-row `INSERT … SELECT
-//! FROM UNNEST`, 10,000 rows per statement) of the very rows the rebuild
-//! produced — read-model rows and projector checkpoints — into empty copies
-//! of the tables, expressed in the same events per second.
+//! (`ProjectionRunner::rebuild`, set-based through
+//! `Projector::rebuild_chunk`, both projectors at once on their own tasks)
+//! from N stored events, in events per second, against a bulk insert
+//! (multi-row `INSERT … SELECT FROM UNNEST`, 10,000 rows per statement) of
+//! the very rows the rebuild produced — read-model rows and projector
+//! checkpoints — into empty copies of the tables, expressed in the same
+//! events per second. For comparison the same rebuild runs through the
+//! per-event path (the default `rebuild_chunk`: `Projector::apply` per
+//! event, one transaction per chunk), and its rows are checked to be
+//! identical to the set-based ones.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use projections::profiles::ProfilesProjector;
-use projections::runtime::{ProjectionRunner, Projector};
+use projections::runtime::{PerEventRebuild, ProjectionRunner, Projector, RebuildStats, DEFAULT_REBUILD_CHUNK};
 use projections::sessions::SessionsProjector;
 use sqlx::PgPool;
 
@@ -19,8 +24,8 @@ use super::{fmt_rate, per_second, ratio, BenchEnv, BenchOptions, Check, Report, 
 
 /// Default number of events.
 pub const DEFAULT_EVENTS: usize = 1_000_000;
-/// Events per read of the rebuild.
-const REBUILD_BATCH: usize = 1_000;
+/// Events per chunk (transaction) of the rebuilds.
+const REBUILD_CHUNK: usize = DEFAULT_REBUILD_CHUNK;
 /// Rows per bulk statement of the baseline.
 const BULK_ROWS: i64 = 10_000;
 
@@ -41,19 +46,20 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let n = users * shape.events_per_user();
     sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
 
-    let runner = ProjectionRunner::new(pool.clone(), runner_projectors());
-    let started = Instant::now();
-    let (profiles, sessions) =
-        tokio::join!(runner.rebuild("profiles", REBUILD_BATCH), runner.rebuild("sessions", REBUILD_BATCH));
-    let rebuild_time = started.elapsed();
-    let (profiles, sessions) = (profiles?, sessions?);
+    let set_based: Vec<Arc<dyn Projector>> = vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)];
+    let (profiles, sessions, rebuild_time) = rebuild_both(&pool, set_based).await?;
     let rebuild_rate = per_second(u64::try_from(n)?, rebuild_time);
 
     let (rows, bulk_time) = bulk_baseline(&pool).await?;
     let bulk_rate = per_second(u64::try_from(n)?, bulk_time);
 
-    let batched_time = batched_rebuild(&pool, runner_projectors().as_slice()).await?;
-    let batched_rate = per_second(u64::try_from(n)?, batched_time);
+    let per_event: Vec<Arc<dyn Projector>> =
+        vec![
+        Arc::new(PerEventRebuild(Arc::new(ProfilesProjector))),
+        Arc::new(PerEventRebuild(Arc::new(SessionsProjector))),
+    ];
+    let (_, _, per_event_time) = rebuild_both(&pool, per_event).await?;
+    let per_event_rate = per_second(u64::try_from(n)?, per_event_time);
     let same = same_rows(&pool).await?;
 
     let mut r = Report::new("replay");
@@ -63,15 +69,22 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         seeding.as_secs_f64()
     ));
     r.note(format!(
-        "rebuild: profiles applied {} and sessions {} of {} events read each, in {:.2} s (both at once, reads of {REBUILD_BATCH})",
-        profiles.applied,
-        sessions.applied,
+        "set-based rebuild: profiles {} events of {} users, sessions {} events of {} sessions, in {:.2} s (both at once, chunks of ~{REBUILD_CHUNK} events, {} + {} transactions)",
         profiles.read,
-        rebuild_time.as_secs_f64()
+        profiles.aggregates,
+        sessions.read,
+        sessions.aggregates,
+        rebuild_time.as_secs_f64(),
+        profiles.chunks,
+        sessions.chunks,
     ));
     r.note(format!(
         "bulk insert: {rows} rows (rm_profiles, rm_sessions, projection_checkpoints) in {:.2} s",
         bulk_time.as_secs_f64()
+    ));
+    r.note(format!(
+        "per-event rebuild (Projector::apply per event, one transaction per chunk): {:.2} s",
+        per_event_time.as_secs_f64()
     ));
     r.rows.push(Row::ratio(
         "rebuild profiles + sessions, events/s",
@@ -81,75 +94,30 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         Check::RatioAtLeast(0.5),
     ));
     r.rows.push(Row::info(
-        format!("prototype: same projectors, {BATCHED_EVENTS} events per transaction, events/s"),
-        fmt_rate(batched_rate),
+        "same rebuild through the per-event path (default rebuild_chunk), events/s",
+        fmt_rate(per_event_rate),
         format!("{} (bulk insert of the same rows)", fmt_rate(bulk_rate)),
-        Some(ratio(batched_rate, bulk_rate)),
+        Some(ratio(per_event_rate, bulk_rate)),
     ));
-    r.rows.push(Row::zero("prototype rows differing from the rebuild's", u64::from(!same)));
+    r.rows.push(Row::zero("rows differing between the set-based and the per-event rebuild", u64::from(!same)));
     Ok(r)
 }
 
-fn runner_projectors() -> Vec<Arc<dyn Projector>> {
-    vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
-}
-
-/// Events per transaction of the batched prototype.
-const BATCHED_EVENTS: usize = 1_000;
-
-/// What a rebuild that commits once per [`BATCHED_EVENTS`] events would
-/// reach with the same `Projector::apply` code: reset, then per read batch
-/// one transaction applying every envelope to every projector that handles
-/// it, and one statement storing the batch's checkpoints (the highest
-/// sequence per projector and aggregate). A fresh rebuild has no
-/// checkpoints to consult, so none are locked per event.
-async fn batched_rebuild(
+/// Rebuilds `profiles` and `sessions` of `projectors` at once, each on its
+/// own task (so both cores work); returns their stats and the wall time.
+async fn rebuild_both(
     pool: &PgPool,
-    projectors: &[Arc<dyn Projector>],
-) -> anyhow::Result<std::time::Duration> {
-    let mut tx = pool.begin().await?;
-    for p in projectors {
-        p.reset(&mut tx).await?;
-        sqlx::query("DELETE FROM projection_checkpoints WHERE projector = $1")
-            .bind(p.name())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+    projectors: Vec<Arc<dyn Projector>>,
+) -> anyhow::Result<(RebuildStats, RebuildStats, Duration)> {
+    let runner = ProjectionRunner::new(pool.clone(), projectors);
     let started = Instant::now();
-    let mut cursor = projections::tail::Cursor::ZERO;
-    loop {
-        let rows = projections::tail::read_after(pool, cursor, BATCHED_EVENTS, None).await?;
-        let Some((last, _)) = rows.last() else { break };
-        cursor = *last;
-        let mut tx = pool.begin().await?;
-        let mut last_seq: std::collections::HashMap<(&'static str, String, String), i64> =
-            std::collections::HashMap::new();
-        for (_, e) in &rows {
-            for p in projectors.iter().filter(|p| p.handles(&e.aggregate_type)) {
-                p.apply(&mut tx, e).await?;
-                let k = (p.name(), e.aggregate_type.clone(), e.aggregate_id.clone());
-                let s = last_seq.entry(k).or_insert(e.sequence);
-                *s = (*s).max(e.sequence);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projector, aggregate_type, aggregate_id, sequence)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])
-             ON CONFLICT (projector, aggregate_type, aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence",
-        )
-        .bind(last_seq.keys().map(|k| k.0).collect::<Vec<_>>())
-        .bind(last_seq.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
-        .bind(last_seq.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
-        .bind(last_seq.values().copied().collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if rows.len() < BATCHED_EVENTS {
-            break;
-        }
-    }
-    Ok(started.elapsed())
+    let spawn = |name: &'static str| {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.rebuild(name, REBUILD_CHUNK).await })
+    };
+    let (profiles, sessions) = (spawn("profiles"), spawn("sessions"));
+    let (profiles, sessions) = (profiles.await??, sessions.await??);
+    Ok((profiles, sessions, started.elapsed()))
 }
 
 /// Whether the tables now hold exactly the rows copied into `bench_*`.
