@@ -111,18 +111,25 @@ pub async fn put_me(
             "give name and/or bio",
         ));
     }
-    state
+    // Answer from the command's result, not the read model: the change is
+    // committed even when the projector has not caught up (or is down).
+    let user_id = user.user_id;
+    let account = state
         .identity
-        .update_profile(user.user_id, name.as_ref(), bio.as_ref(), &meta(&headers, Some(user.user_id)))
+        .update_profile(user_id, name.as_ref(), bio.as_ref(), &meta(&headers, Some(user_id)))
         .await?;
-    // The read model may not have the change yet: answer with it applied.
-    let mut profile = load_profile(&state, user.user_id).await?;
-    if let Some(n) = name {
-        profile.name = Some(n.as_str().to_owned());
-    }
-    if let Some(b) = bio {
-        profile.bio = Some(b.as_str().to_owned());
-    }
+    let sealed = |s: Option<Sealed>| s.map(|s| s.0);
+    let profile = ProfileResponse {
+        user_id,
+        email: open(&state, user_id, sealed(account.email)).await?,
+        name: open(&state, user_id, sealed(account.name)).await?,
+        bio: open(&state, user_id, sealed(account.bio)).await?,
+        email_verified: account.email_verified,
+        phone: open(&state, user_id, sealed(account.phone)).await?,
+        phone_verified: account.phone_verified,
+        two_factor_channel: account.two_factor_channel.as_str().to_owned(),
+        created_at: account.registered_at.unwrap_or_else(Utc::now),
+    };
     Ok(Json(profile))
 }
 

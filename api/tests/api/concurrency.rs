@@ -178,7 +178,15 @@ async fn sixteen_concurrent_profile_updates_over_http() {
                 .send()
                 .await
                 .unwrap();
-            (name, r.status().as_u16())
+            let status = r.status().as_u16();
+            if status == 200 {
+                // Answered from the command's result: the change is there
+                // even before the read model has it.
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["name"], name.as_str());
+                assert_eq!(body["email"], "writers@example.com");
+            }
+            (name, status)
         }));
     }
     let mut statuses: HashMap<u16, usize> = HashMap::new();

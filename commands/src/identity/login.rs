@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
 use domain::throttle::Policy;
-use domain::user::{UserCommand, UserError, UserEvent};
+use domain::user::{User, UserCommand, UserError, UserEvent};
 use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use uuid::Uuid;
 
@@ -218,6 +218,7 @@ impl IdentityService {
     }
 
     /// Updates profile fields of `user_id`; `None` leaves a field unchanged.
+    /// Returns the account's state with the change applied.
     ///
     /// # Errors
     /// `NotFound`, `Internal`, `Conflict`.
@@ -228,7 +229,7 @@ impl IdentityService {
         name: Option<&DisplayName>,
         bio: Option<&Bio>,
         meta: &RequestMeta,
-    ) -> Result<(), IdentityError> {
+    ) -> Result<User, IdentityError> {
         let name = match name {
             Some(n) => Some(self.vault.seal(user_id, n.as_str()).await.map_err(internal)?),
             None => None,
@@ -238,10 +239,11 @@ impl IdentityService {
             None => None,
         };
         let cmd = UserCommand::UpdateProfile { name, bio, at: Utc::now() };
-        self.users
+        let done = self
+            .users
             .execute(&user_id.to_string(), cmd, meta.to_map("UpdateProfile"))
             .await
             .map_err(map_user)?;
-        Ok(())
+        Ok(done.state)
     }
 }

@@ -52,6 +52,10 @@ pub struct User {
     pub id: Option<Uuid>,
     /// Sealed email, to address mail to the account.
     pub email: Option<Sealed>,
+    /// Sealed display name and bio, as last set (answers a profile change
+    /// from the command's own result, without waiting for the read model).
+    pub name: Option<Sealed>,
+    pub bio: Option<Sealed>,
     pub password_hash: Option<String>,
     pub email_verified: bool,
     pub email_challenge_id: Option<Uuid>,
@@ -224,10 +228,12 @@ impl Aggregate for User {
                 password_hash,
                 email_challenge_id,
                 registered_at,
+                name,
                 ..
             } => {
                 self.id = Some(user_id);
                 self.email = Some(email);
+                self.name = Some(name);
                 self.password_hash = Some(password_hash);
                 self.email_challenge_id = Some(email_challenge_id);
                 self.registered_at = Some(registered_at);
@@ -240,8 +246,15 @@ impl Aggregate for User {
                 self.registered_at = Some(registered_at);
             }
             UserEvent::DuplicateRegistrationAttempted { .. }
-            | UserEvent::RefreshTokenReuseNoticed { .. }
-            | UserEvent::ProfileUpdated { .. } => {}
+            | UserEvent::RefreshTokenReuseNoticed { .. } => {}
+            UserEvent::ProfileUpdated { name, bio, .. } => {
+                if name.is_some() {
+                    self.name = name;
+                }
+                if bio.is_some() {
+                    self.bio = bio;
+                }
+            }
             UserEvent::EmailChallengeReplaced { challenge_id, .. } => {
                 self.email_challenge_id = Some(challenge_id)
             }
