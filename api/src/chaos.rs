@@ -452,7 +452,11 @@ pub async fn load(options: &LoadOptions) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 if let Some(path) = &progress {
-                    let _ = tokio::fs::write(path, sent.load(Ordering::Relaxed).to_string()).await;
+                    // Write then rename, so a reader never sees a half-written file.
+                    let tmp = path.with_extension("tmp");
+                    if tokio::fs::write(&tmp, sent.load(Ordering::Relaxed).to_string()).await.is_ok() {
+                        let _ = tokio::fs::rename(&tmp, path).await;
+                    }
                 }
             }
         })
