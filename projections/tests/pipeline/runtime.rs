@@ -337,6 +337,16 @@ async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
         .await,
         "runner did not recover"
     );
+    // The feed is acknowledged within the commit interval / once idle.
+    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(&db.pool).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let pool = pool.clone();
+            async move { tail::load_checkpoint(&pool, "feed:loop").await.unwrap().position == last }
+        })
+        .await,
+        "feed never committed"
+    );
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     assert!(counts(&db.pool).await.iter().all(|(_, applied, _)| *applied == 1));
