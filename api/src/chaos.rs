@@ -765,7 +765,8 @@ struct TopicCheck {
 }
 
 /// Reads every topic from the beginning with a new consumer group until
-/// every stored event arrived or nothing new came for 15 s.
+/// every stored event arrived or nothing new came for 15 s (120 s before
+/// the first message).
 async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<TopicCheck> {
     let brokers = settings.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
     let group = format!("{}-chaos-check-{}", settings.kafka_group_prefix, Uuid::new_v4().simple());
@@ -778,11 +779,29 @@ async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<T
     let by_id: HashMap<Uuid, &Stored> = stored.iter().map(|e| (e.event_id, e)).collect();
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(stored.len());
     let (mut received, mut duplicates, mut foreign, mut mismatched) = (0, 0, 0, 0);
-    let mut last_progress = Instant::now();
-    while seen.len() < by_id.len() && last_progress.elapsed() < Duration::from_secs(15) {
-        let batch: Vec<Envelope> = feed.next_batch(5_000, Duration::from_millis(200)).await?;
+    // A new group may take a while to be given its partitions: up to 120 s
+    // for the first message, then until nothing new comes for 15 s.
+    let started = Instant::now();
+    let mut last_progress: Option<Instant> = None;
+    while seen.len() < by_id.len() {
+        let idle = match last_progress {
+            Some(at) => at.elapsed() > Duration::from_secs(15),
+            None => started.elapsed() > Duration::from_secs(120),
+        };
+        if idle {
+            break;
+        }
+        let batch: Vec<Envelope> = match feed.next_batch(5_000, Duration::from_millis(200)).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(error = %error, "topic read failed; retrying");
+                feed.rollback().await.ok();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         if !batch.is_empty() {
-            last_progress = Instant::now();
+            last_progress = Some(Instant::now());
         }
         for e in batch {
             received += 1;

@@ -104,8 +104,11 @@ struct Span {
 /// A consumer-group feed. Dropping it leaves the group (blocking briefly).
 pub struct KafkaFeed {
     consumer: Arc<StreamConsumer>,
+    config: KafkaFeedConfig,
     group_id: String,
     seen: HashMap<(String, i32), Span>,
+    /// A receive failed: the next batch starts from a new consumer.
+    broken: bool,
 }
 
 impl std::fmt::Debug for KafkaFeed {
@@ -128,10 +131,37 @@ impl KafkaFeed {
         if config.topics.is_empty() {
             return Err(FeedError::Config("Kafka feed without topics".into()));
         }
+        Ok(Self {
+            consumer: Self::subscribe(config)?,
+            config: config.clone(),
+            group_id: config.group_id.clone(),
+            seen: HashMap::new(),
+            broken: false,
+        })
+    }
+
+    fn subscribe(config: &KafkaFeedConfig) -> Result<Arc<StreamConsumer>, FeedError> {
         let consumer: StreamConsumer = config.client_config().create()?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(Self { consumer: Arc::new(consumer), group_id: config.group_id.clone(), seen: HashMap::new() })
+        Ok(Arc::new(consumer))
+    }
+
+    /// Replaces the consumer after a failed receive (e.g. the broker went
+    /// away): the new member joins the group and resumes from the committed
+    /// offsets, which is also where a rollback would go, so the uncommitted
+    /// spans are dropped. Why: after a tansu restart a consumer that lived
+    /// through it never got its partitions back while a new one did at once
+    /// (scripts/chaos, docs/performance.md). The old consumer is closed on a
+    /// blocking thread (closing may wait for the broker).
+    async fn reconnect(&mut self) -> Result<(), FeedError> {
+        let fresh = Self::subscribe(&self.config)?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+        self.seen.clear();
+        self.broken = false;
+        tracing::info!(group = %self.group_id, "Kafka consumer recreated after a receive failure");
+        Ok(())
     }
 
     /// The consumer group of this feed.
@@ -191,6 +221,9 @@ impl EventFeed for KafkaFeed {
         if max == 0 {
             return Ok(batch);
         }
+        if self.broken {
+            self.reconnect().await?;
+        }
         let consumer = Arc::clone(&self.consumer);
         let deadline = Instant::now() + max_wait;
         // Wait (until the deadline) for a first envelope…
@@ -198,7 +231,10 @@ impl EventFeed for KafkaFeed {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, consumer.recv()).await {
                 Err(_elapsed) => return Ok(batch),
-                Ok(Err(error)) => return Err(error.into()),
+                Ok(Err(error)) => {
+                    self.broken = true;
+                    return Err(error.into());
+                }
                 Ok(Ok(message)) => batch.extend(self.accept(&message)),
             }
         }
