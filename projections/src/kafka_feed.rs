@@ -27,6 +27,15 @@ pub const DEFAULT_FETCH_WAIT_MAX_MS: u32 = 5;
 /// `session.timeout.ms` default.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 
+/// `max.poll.interval.ms` default: 45 s, above the runners' longest
+/// back-off (30 s) between two polls. It is also the rebalance timeout a
+/// member announces when it joins: after a broker restart the group
+/// coordinator waits that long for members that died meanwhile before
+/// completing the rebalance. With librdkafka's default (300 s), consumers
+/// stood still for 5 minutes after a tansu restart (scripts/chaos,
+/// docs/performance.md); with 45 s they resume within a minute.
+pub const DEFAULT_MAX_POLL_INTERVAL_MS: u32 = 45_000;
+
 /// Timeout of a rollback seek.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,7 +95,8 @@ impl KafkaFeedConfig {
             .set("enable.partition.eof", "false")
             .set("socket.nagle.disable", "true")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            .set("session.timeout.ms", self.session_timeout_ms.to_string());
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS.to_string());
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -104,11 +114,8 @@ struct Span {
 /// A consumer-group feed. Dropping it leaves the group (blocking briefly).
 pub struct KafkaFeed {
     consumer: Arc<StreamConsumer>,
-    config: KafkaFeedConfig,
     group_id: String,
     seen: HashMap<(String, i32), Span>,
-    /// A receive failed: the next batch starts from a new consumer.
-    broken: bool,
 }
 
 impl std::fmt::Debug for KafkaFeed {
@@ -131,37 +138,10 @@ impl KafkaFeed {
         if config.topics.is_empty() {
             return Err(FeedError::Config("Kafka feed without topics".into()));
         }
-        Ok(Self {
-            consumer: Self::subscribe(config)?,
-            config: config.clone(),
-            group_id: config.group_id.clone(),
-            seen: HashMap::new(),
-            broken: false,
-        })
-    }
-
-    fn subscribe(config: &KafkaFeedConfig) -> Result<Arc<StreamConsumer>, FeedError> {
         let consumer: StreamConsumer = config.client_config().create()?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(Arc::new(consumer))
-    }
-
-    /// Replaces the consumer after a failed receive (e.g. the broker went
-    /// away): the new member joins the group and resumes from the committed
-    /// offsets, which is also where a rollback would go, so the uncommitted
-    /// spans are dropped. Why: after a tansu restart a consumer that lived
-    /// through it never got its partitions back while a new one did at once
-    /// (scripts/chaos, docs/performance.md). The old consumer is closed on a
-    /// blocking thread (closing may wait for the broker).
-    async fn reconnect(&mut self) -> Result<(), FeedError> {
-        let fresh = Self::subscribe(&self.config)?;
-        let old = std::mem::replace(&mut self.consumer, fresh);
-        drop(tokio::task::spawn_blocking(move || drop(old)));
-        self.seen.clear();
-        self.broken = false;
-        tracing::info!(group = %self.group_id, "Kafka consumer recreated after a receive failure");
-        Ok(())
+        Ok(Self { consumer: Arc::new(consumer), group_id: config.group_id.clone(), seen: HashMap::new() })
     }
 
     /// The consumer group of this feed.
@@ -221,9 +201,6 @@ impl EventFeed for KafkaFeed {
         if max == 0 {
             return Ok(batch);
         }
-        if self.broken {
-            self.reconnect().await?;
-        }
         let consumer = Arc::clone(&self.consumer);
         let deadline = Instant::now() + max_wait;
         // Wait (until the deadline) for a first envelope…
@@ -231,10 +208,7 @@ impl EventFeed for KafkaFeed {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, consumer.recv()).await {
                 Err(_elapsed) => return Ok(batch),
-                Ok(Err(error)) => {
-                    self.broken = true;
-                    return Err(error.into());
-                }
+                Ok(Err(error)) => return Err(error.into()),
                 Ok(Ok(message)) => batch.extend(self.accept(&message)),
             }
         }
