@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use domain::envelope::{Envelope, AGGREGATE_TYPES};
-use projections::feed::EventFeed;
-use projections::kafka_feed::{KafkaFeed, KafkaFeedConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -764,63 +762,74 @@ struct TopicCheck {
     mismatched: usize,
 }
 
-/// Reads every topic from the beginning with a new consumer group until
-/// every stored event arrived or nothing new came for 15 s (120 s before
-/// the first message).
+/// Reads every partition of every topic from the beginning, assigned
+/// explicitly (no consumer group: the check must not depend on the group
+/// coordinator it is checking around), until every stored event arrived or
+/// nothing new came for 15 s (60 s before the first message).
 async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<TopicCheck> {
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::Message as _;
+
     let brokers = settings.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
-    let group = format!("{}-chaos-check-{}", settings.kafka_group_prefix, Uuid::new_v4().simple());
-    let mut feed = KafkaFeed::new(&KafkaFeedConfig::for_aggregate_types(
-        brokers,
-        group,
-        &settings.kafka_topic_prefix,
-        AGGREGATE_TYPES,
-    ))?;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{}-chaos-check-{}", settings.kafka_group_prefix, Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for aggregate_type in AGGREGATE_TYPES {
+        let topic = format!("{}{aggregate_type}", settings.kafka_topic_prefix);
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
     let by_id: HashMap<Uuid, &Stored> = stored.iter().map(|e| (e.event_id, e)).collect();
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(stored.len());
     let (mut received, mut duplicates, mut foreign, mut mismatched) = (0, 0, 0, 0);
-    // A new group may take a while to be given its partitions: up to 120 s
-    // for the first message, then until nothing new comes for 15 s.
     let started = Instant::now();
     let mut last_progress: Option<Instant> = None;
     while seen.len() < by_id.len() {
         let idle = match last_progress {
             Some(at) => at.elapsed() > Duration::from_secs(15),
-            None => started.elapsed() > Duration::from_secs(120),
+            None => started.elapsed() > Duration::from_secs(60),
         };
         if idle {
             break;
         }
-        let batch: Vec<Envelope> = match feed.next_batch(5_000, Duration::from_millis(200)).await {
-            Ok(batch) => batch,
-            Err(error) => {
+        let message = match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(error)) => {
                 tracing::warn!(error = %error, "topic read failed; retrying");
-                feed.rollback().await.ok();
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
+            Ok(Ok(message)) => message,
         };
-        if !batch.is_empty() {
-            last_progress = Some(Instant::now());
+        last_progress = Some(Instant::now());
+        received += 1;
+        let Some(e) = message.payload().and_then(|v| serde_json::from_slice::<Envelope>(v).ok()) else {
+            foreign += 1;
+            continue;
+        };
+        let Some(s) = by_id.get(&e.event_id) else {
+            foreign += 1;
+            continue;
+        };
+        if s.aggregate_type != e.aggregate_type
+            || s.aggregate_id != e.aggregate_id
+            || s.sequence != e.sequence
+            || s.event_type != e.event_type
+        {
+            mismatched += 1;
         }
-        for e in batch {
-            received += 1;
-            let Some(s) = by_id.get(&e.event_id) else {
-                foreign += 1;
-                continue;
-            };
-            if s.aggregate_type != e.aggregate_type
-                || s.aggregate_id != e.aggregate_id
-                || s.sequence != e.sequence
-                || s.event_type != e.event_type
-            {
-                mismatched += 1;
-            }
-            if !seen.insert(e.event_id) {
-                duplicates += 1;
-            }
+        if !seen.insert(e.event_id) {
+            duplicates += 1;
         }
-        feed.commit().await?;
     }
     Ok(TopicCheck {
         received,
