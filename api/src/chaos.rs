@@ -248,7 +248,8 @@ impl Client {
 
     fn new_account(&mut self) -> Account {
         self.accounts_made += 1;
-        let email = format!("chaos-{}-{}-{}@example.com", self.id, self.accounts_made, Uuid::new_v4().simple());
+        let email =
+            format!("chaos-{}-{}-{}@example.com", self.id, self.accounts_made, Uuid::new_v4().simple());
         Account { email, user_id: None, verified: false, session: None }
     }
 
@@ -394,7 +395,13 @@ impl Client {
                 let name = format!("C{}-{}", self.id, self.names);
                 record.name = Some(name.clone());
                 let (status, _) = self
-                    .call(record, reqwest::Method::PUT, "/api/users/me", Some(&access), Some(json!({"name": name})))
+                    .call(
+                        record,
+                        reqwest::Method::PUT,
+                        "/api/users/me",
+                        Some(&access),
+                        Some(json!({"name": name})),
+                    )
                     .await;
                 if status == Some(401) {
                     account.session = None;
@@ -655,7 +662,8 @@ pub async fn verify(settings: &Settings, journal_path: &Path, timeout: Duration)
         let event_type = if *op == Op::UpdateProfile { "ProfileUpdated" } else { "SessionRefreshed" };
         let n = count_of(Some(*id), event_type);
         if n < *acked || n > acked + unknown {
-            missing.push(format!("{op:?} {id}: {n} × {event_type}, {acked} acknowledged, {unknown} unanswered"));
+            missing
+                .push(format!("{op:?} {id}: {n} × {event_type}, {acked} acknowledged, {unknown} unanswered"));
         }
     }
     checks.push(check(
@@ -695,7 +703,9 @@ pub async fn verify(settings: &Settings, journal_path: &Path, timeout: Duration)
                 Some((_, generation)) => {
                     let refreshed = i64::try_from(count_of(Some(sid), "SessionRefreshed")).unwrap_or(-1);
                     if *generation != refreshed {
-                        rm_bad.push(format!("session {sid}: generation {generation}, {refreshed} refreshes stored"));
+                        rm_bad.push(format!(
+                            "session {sid}: generation {generation}, {refreshed} refreshes stored"
+                        ));
                     }
                 }
             },
@@ -842,8 +852,14 @@ async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<T
 }
 
 /// Read-model tables compared by [`replay_check`], with the checkpoints.
-pub const READ_MODEL_TABLES: &[&str] =
-    &["rm_profiles", "rm_sessions", "rm_challenges", "rm_passkeys", "rm_device_pins", "projection_checkpoints"];
+pub const READ_MODEL_TABLES: &[&str] = &[
+    "rm_profiles",
+    "rm_sessions",
+    "rm_challenges",
+    "rm_passkeys",
+    "rm_device_pins",
+    "projection_checkpoints",
+];
 
 /// With the projectors stopped: copies every read-model table, rebuilds
 /// every projection from the store, and counts rows that differ (both
@@ -875,9 +891,11 @@ pub async fn replay_check(settings: &Settings) -> anyhow::Result<()> {
         let live = count(format!("SELECT count(*) FROM chaos_live_{table}")).await?;
         let replayed = count(format!("SELECT count(*) FROM {table}")).await?;
         let only_live =
-            count(format!("SELECT count(*) FROM (TABLE chaos_live_{table} EXCEPT ALL TABLE {table}) d")).await?;
+            count(format!("SELECT count(*) FROM (TABLE chaos_live_{table} EXCEPT ALL TABLE {table}) d"))
+                .await?;
         let only_replayed =
-            count(format!("SELECT count(*) FROM (TABLE {table} EXCEPT ALL TABLE chaos_live_{table}) d")).await?;
+            count(format!("SELECT count(*) FROM (TABLE {table} EXCEPT ALL TABLE chaos_live_{table}) d"))
+                .await?;
         println!("| {table} | {live} | {replayed} | {only_live} | {only_replayed} |");
         differing += only_live + only_replayed;
     }

@@ -60,12 +60,17 @@ impl Modify for CommonErrors {
         let error = |description: &str| {
             ResponseBuilder::new()
                 .description(description)
-                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let rate_limited = path.starts_with("/api/auth/");
-            for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Delete, HttpMethod::Patch] {
+            for method in
+                [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Delete, HttpMethod::Patch]
+            {
                 let operation = match method {
                     HttpMethod::Get => item.get.as_mut(),
                     HttpMethod::Post => item.post.as_mut(),
@@ -76,7 +81,11 @@ impl Modify for CommonErrors {
                 };
                 let Some(operation) = operation else { continue };
                 let mut add = |status: &str, description: &str| {
-                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error(description).into());
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
                 };
                 if operation.request_body.is_some() {
                     add("400", "malformed_json: the body is not valid JSON");
@@ -84,10 +93,7 @@ impl Modify for CommonErrors {
                     add("415", "unsupported_media_type: send Content-Type: application/json");
                     add("422", "invalid_body or validation_failed");
                 }
-                let bearer = operation
-                    .security
-                    .as_ref()
-                    .is_some_and(|s| !s.is_empty());
+                let bearer = operation.security.as_ref().is_some_and(|s| !s.is_empty());
                 if bearer {
                     add("401", "missing, invalid, expired or revoked access token");
                 }

@@ -73,7 +73,8 @@ struct Inner {
 
 impl Inner {
     fn authoritative(&self, now: Instant) -> bool {
-        let fresh = |t: Option<Instant>, max: Duration| t.is_some_and(|t| now.saturating_duration_since(t) < max);
+        let fresh =
+            |t: Option<Instant>, max: Duration| t.is_some_and(|t| now.saturating_duration_since(t) < max);
         fresh(self.verified_at, VERIFY_MAX_AGE) && fresh(self.feed_ok_at, FEED_MAX_SILENCE)
     }
 }
@@ -434,7 +435,8 @@ mod tests {
         let task = {
             let (r, pool) = (r.clone(), pool.clone());
             tokio::spawn(async move {
-                let config = projections::pg_feed::PgFeedConfig::new("revocations-test").aggregate_types(["session"]);
+                let config =
+                    projections::pg_feed::PgFeedConfig::new("revocations-test").aggregate_types(["session"]);
                 let mut feed = projections::pg_feed::PgFeed::new(pool.clone(), config).await.unwrap();
                 r.follow(&mut feed, &pool, stopped).await;
             })

@@ -193,8 +193,7 @@ impl PasswordHasher {
         let concurrency = concurrency.max(1);
         let memory = Arc::new(MemoryPool::new(concurrency));
         let random = Secret::random();
-        let dummy =
-            memory.with(params.block_count(), |m| hash_with(&params, random.0.as_bytes(), m))?;
+        let dummy = memory.with(params.block_count(), |m| hash_with(&params, random.0.as_bytes(), m))?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             params,
@@ -229,9 +228,7 @@ impl PasswordHasher {
         let this = self.clone();
         let phc = phc.to_owned();
         let candidate = candidate.to_owned();
-        tokio::task::spawn_blocking(move || this.verify_phc_blocking(&phc, &candidate))
-            .await
-            .unwrap_or(false)
+        tokio::task::spawn_blocking(move || this.verify_phc_blocking(&phc, &candidate)).await.unwrap_or(false)
     }
 
     /// The work of [`PasswordHasher::verify_phc`] on the calling thread,
@@ -240,8 +237,7 @@ impl PasswordHasher {
     /// measure of H uses it so that H and logins run the same code). Never
     /// call it from an async task: it blocks for a full argon2 computation.
     pub fn verify_phc_blocking(&self, phc: &str, candidate: &str) -> bool {
-        let (phc, is_dummy) =
-            if phc.is_empty() { (self.dummy_hash.as_str(), true) } else { (phc, false) };
+        let (phc, is_dummy) = if phc.is_empty() { (self.dummy_hash.as_str(), true) } else { (phc, false) };
         let Ok(hash) = PasswordHash::new(phc) else { return false };
         let Some(parsed) = Parsed::from_phc(&hash) else { return false };
         let matched = self.memory.with(parsed.blocks, |m| parsed.matches(candidate.as_bytes(), m));
@@ -301,7 +297,8 @@ mod tests {
         for (alg, m, t, p) in [(Algorithm::Argon2id, 2048, 2, 1), (Algorithm::Argon2i, 512, 3, 2)] {
             let params = Params::new(m, t, p, Some(24)).unwrap();
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            let stock = Argon2::new(alg, Version::V0x13, params).hash_password(b"pw", &salt).unwrap().to_string();
+            let stock =
+                Argon2::new(alg, Version::V0x13, params).hash_password(b"pw", &salt).unwrap().to_string();
             assert!(h.verify_phc_blocking(&stock, "pw"), "{stock}");
             assert!(!h.verify_phc_blocking(&stock, "pX"), "{stock}");
         }
@@ -316,9 +313,13 @@ mod tests {
         assert!(h.verify_phc_blocking(&good, "pw"));
         let huge = good.replace("m=1024", &format!("m={}", MAX_VERIFY_M_COST_KIB + 1));
         assert!(!h.verify_phc_blocking(&huge, "pw"), "no 256 MiB allocation for a bad hash");
-        for bad in ["", "$argon2id$v=19$m=1024,t=1,p=1$", "$argon2id$v=7$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
-            "$scrypt$ln=1,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo", "$argon2id$v=19$m=1024,t=1,p=1,x=3$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"]
-        {
+        for bad in [
+            "",
+            "$argon2id$v=19$m=1024,t=1,p=1$",
+            "$argon2id$v=7$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            "$scrypt$ln=1,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            "$argon2id$v=19$m=1024,t=1,p=1,x=3$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ] {
             // `""` is the dummy: it costs a verify, and never matches.
             assert!(!h.verify_phc_blocking(bad, "pw"), "{bad}");
         }

@@ -41,7 +41,8 @@ async fn verified_account(s: &IdentityService, pool: &PgPool, email: &EmailAddre
     .fetch_one(pool)
     .await
     .unwrap();
-    let challenge = Uuid::parse_str(payload["UserRegistered"]["email_challenge_id"].as_str().unwrap()).unwrap();
+    let challenge =
+        Uuid::parse_str(payload["UserRegistered"]["email_challenge_id"].as_str().unwrap()).unwrap();
     let delivery = s.deliveries.get(challenge).await.unwrap().unwrap();
     let code = OtpCode::parse(delivery.code.as_deref().unwrap()).unwrap();
     s.verify_email(email, &code, &meta).await.unwrap();

@@ -129,7 +129,11 @@ impl Projector for ProfilesProjector {
     /// SELECT FROM UNNEST`. A stream whose row is not keyed by its own
     /// aggregate id (a registration carrying another `user_id`, or an id
     /// that is not a UUID) goes through [`Projector::apply`] instead.
-    async fn rebuild_chunk(&self, conn: &mut PgConnection, chunk: &RebuildChunk) -> Result<(), ProjectionError> {
+    async fn rebuild_chunk(
+        &self,
+        conn: &mut PgConnection,
+        chunk: &RebuildChunk,
+    ) -> Result<(), ProjectionError> {
         let mut rows = ProfileColumns::default();
         let mut per_event = Vec::new();
         for stream in chunk.streams() {
@@ -193,9 +197,8 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
     for event in stream.events {
         let decoded: UserEvent = event.decode()?;
         // The updates address the row by the aggregate id.
-        let update_target = || {
-            own_id.ok_or_else(|| ProjectionError::Other(anyhow::anyhow!("aggregate id is not a UUID")))
-        };
+        let update_target =
+            || own_id.ok_or_else(|| ProjectionError::Other(anyhow::anyhow!("aggregate id is not a UUID")));
         match decoded {
             UserEvent::UserRegistered { user_id, email, name, registered_at, .. } => {
                 if own_id != Some(user_id) {

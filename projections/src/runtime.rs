@@ -157,7 +157,11 @@ pub trait Projector: Send + Sync {
     /// [`ProjectionError`]; the runner then rolls the chunk back and replays
     /// it through `apply` one event at a time, so that a failing event is
     /// named exactly in [`RunError::Projector`].
-    async fn rebuild_chunk(&self, conn: &mut PgConnection, chunk: &RebuildChunk) -> Result<(), ProjectionError> {
+    async fn rebuild_chunk(
+        &self,
+        conn: &mut PgConnection,
+        chunk: &RebuildChunk,
+    ) -> Result<(), ProjectionError> {
         for event in chunk.events() {
             let envelope = event.to_envelope()?;
             self.apply(&mut *conn, &envelope).await?;
@@ -392,7 +396,8 @@ impl ProjectionRunner {
         let mut outcome = Applied::default();
         for projector in &self.projectors {
             let projector = projector.as_ref();
-            let mine: Vec<&Envelope> = batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
+            let mine: Vec<&Envelope> =
+                batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
             if mine.is_empty() {
                 continue;
             }
@@ -563,7 +568,8 @@ impl ProjectionRunner {
             .filter(|t| projector.handles(t))
             .collect();
         let (chunks, mut received) = mpsc::channel(2);
-        let mut reader = AbortOnDrop(tokio::spawn(read_chunks(self.pool.clone(), types, horizon, chunk_size, chunks)));
+        let mut reader =
+            AbortOnDrop(tokio::spawn(read_chunks(self.pool.clone(), types, horizon, chunk_size, chunks)));
 
         let mut stats = RebuildStats::default();
         while let Some(chunk) = received.recv().await {
@@ -631,7 +637,11 @@ async fn read_chunks(
 /// set-based through [`Projector::rebuild_chunk`], or — when that fails —
 /// replayed through [`Projector::apply`] one event at a time in a new
 /// transaction. Returns whether it had to replay.
-async fn write_chunk(pool: &PgPool, projector: &dyn Projector, chunk: &RebuildChunk) -> Result<bool, RunError> {
+async fn write_chunk(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    chunk: &RebuildChunk,
+) -> Result<bool, RunError> {
     let set_based = async {
         let mut tx = pool.begin().await?;
         projector.rebuild_chunk(&mut tx, chunk).await?;

@@ -102,7 +102,11 @@ impl Projector for SessionsProjector {
     /// row ([`fold_session`]) and inserts the chunk's rows with one `INSERT
     /// … SELECT FROM UNNEST`. A stream whose row is not keyed by its own
     /// aggregate id goes through [`Projector::apply`] instead.
-    async fn rebuild_chunk(&self, conn: &mut PgConnection, chunk: &RebuildChunk) -> Result<(), ProjectionError> {
+    async fn rebuild_chunk(
+        &self,
+        conn: &mut PgConnection,
+        chunk: &RebuildChunk,
+    ) -> Result<(), ProjectionError> {
         let mut rows = SessionColumns::default();
         let mut per_event = Vec::new();
         for stream in chunk.streams() {

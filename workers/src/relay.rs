@@ -412,7 +412,8 @@ impl Relay {
         loop {
             let budget_left = limits.max_batches.is_none_or(|max| batches_read < max);
             let room = in_flight.len() < limits.max_in_flight_batches
-                && (in_flight.is_empty() || in_flight_messages + limits.batch_size <= limits.max_in_flight_messages);
+                && (in_flight.is_empty()
+                    || in_flight_messages + limits.batch_size <= limits.max_in_flight_messages);
             let can_read = budget_left && room && !caught_up;
 
             let mut acked: Option<Cursor> = None;
@@ -524,7 +525,9 @@ impl Relay {
     #[tracing::instrument(skip_all, fields(checkpoint = %self.checkpoint))]
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let retry = self.options.standby_retry;
-        while let Some(mut lock) = LeaderLock::acquire(&self.pool, &self.checkpoint, retry, &mut shutdown).await {
+        while let Some(mut lock) =
+            LeaderLock::acquire(&self.pool, &self.checkpoint, retry, &mut shutdown).await
+        {
             tracing::info!("relay leads its checkpoint");
             match self.lead(&mut lock, &mut shutdown).await {
                 Leadership::Shutdown => {

@@ -56,7 +56,8 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
             // Before any H thread ran: the app's own memory only.
             peak_rss = rss_kib().1;
         }
-        h_sum += argon::verifies_per_second(Implementation::RustCrypto, &phc, hasher, cores, d / ROUNDS).await?;
+        h_sum +=
+            argon::verifies_per_second(Implementation::RustCrypto, &phc, hasher, cores, d / ROUNDS).await?;
     }
     // Logins and H together (H shares the application's block buffers).
     let peak_rss_all = rss_kib().1;

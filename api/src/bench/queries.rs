@@ -71,7 +71,10 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !app.revoked.is_authoritative() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the revocation set never became authoritative");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the revocation set never became authoritative"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let bare = TcpListener::bind("127.0.0.1:0").await?;

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use projections::profiles::ProfilesProjector;
-use projections::runtime::{PerEventRebuild, ProjectionRunner, Projector, RebuildStats, DEFAULT_REBUILD_CHUNK};
+use projections::runtime::{
+    PerEventRebuild, ProjectionRunner, Projector, RebuildStats, DEFAULT_REBUILD_CHUNK,
+};
 use projections::sessions::SessionsProjector;
 use sqlx::PgPool;
 
@@ -53,8 +55,7 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let (rows, bulk_time) = bulk_baseline(&pool).await?;
     let bulk_rate = per_second(u64::try_from(n)?, bulk_time);
 
-    let per_event: Vec<Arc<dyn Projector>> =
-        vec![
+    let per_event: Vec<Arc<dyn Projector>> = vec![
         Arc::new(PerEventRebuild(Arc::new(ProfilesProjector))),
         Arc::new(PerEventRebuild(Arc::new(SessionsProjector))),
     ];
@@ -99,7 +100,8 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         format!("{} (bulk insert of the same rows)", fmt_rate(bulk_rate)),
         Some(ratio(per_event_rate, bulk_rate)),
     ));
-    r.rows.push(Row::zero("rows differing between the set-based and the per-event rebuild", u64::from(!same)));
+    r.rows
+        .push(Row::zero("rows differing between the set-based and the per-event rebuild", u64::from(!same)));
     Ok(r)
 }
 

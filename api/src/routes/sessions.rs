@@ -144,9 +144,8 @@ pub async fn delete_session(
 ) -> Result<StatusCode, ApiError> {
     // A malformed id names no session of the caller: the same 404 as an
     // unknown one (JSON, unlike axum's plain-text path rejection).
-    let session_id = Uuid::parse_str(&session_id).map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
-    })?;
+    let session_id = Uuid::parse_str(&session_id)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found"))?;
     state
         .identity
         .revoke_session(

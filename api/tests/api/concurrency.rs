@@ -79,9 +79,8 @@ async fn failure_counts(pool: &PgPool, id: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_writers_retry_conflicts_and_lose_no_update() {
-    let (pool, _url) = projections::db::testing::create_test_database(&projections::db::testing::base_url())
-        .await
-        .unwrap();
+    let (pool, _url) =
+        projections::db::testing::create_test_database(&projections::db::testing::base_url()).await.unwrap();
     let executor = Arc::new(Executor::<Throttle>::new(pool.clone(), ()).with_max_attempts(50));
     let id = format!("password_failures:{}", uuid::Uuid::new_v4());
     let outcomes = sixteen_failures(executor, &id).await;
@@ -98,9 +97,8 @@ async fn sixteen_writers_retry_conflicts_and_lose_no_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_conflict_outlasting_the_retries_is_a_409_and_writes_nothing() {
-    let (pool, _url) = projections::db::testing::create_test_database(&projections::db::testing::base_url())
-        .await
-        .unwrap();
+    let (pool, _url) =
+        projections::db::testing::create_test_database(&projections::db::testing::base_url()).await.unwrap();
     // One attempt only: a writer that loses the race answers Conflict.
     let executor = Arc::new(Executor::<Throttle>::new(pool.clone(), ()).with_max_attempts(1));
     let mut conflicts = 0;
@@ -132,13 +130,11 @@ async fn a_conflict_outlasting_the_retries_is_a_409_and_writes_nothing() {
     assert!(conflicts > 0, "16 writers with one attempt each never collided");
 
     // The HTTP answer for a final conflict.
-    let response =
-        api::error::ApiError::from(commands::identity::IdentityError::Conflict).into_response();
+    let response = api::error::ApiError::from(commands::identity::IdentityError::Conflict).into_response();
     assert_eq!(response.status(), 409);
-    let body: Value = serde_json::from_slice(
-        &axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap(),
-    )
-    .unwrap();
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap())
+            .unwrap();
     assert_eq!(body["code"], "conflict");
 }
 
@@ -146,10 +142,16 @@ async fn signed_in(app: &TestApp, email: &str) -> String {
     assert_eq!(app.register(email, PASSWORD, "Writers").await.status(), 201);
     let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
     assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
-    let challenge: Value =
-        app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await.json().await.unwrap();
+    let challenge: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": PASSWORD}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let code = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
-    let r = app.post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code})).await;
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
     assert_eq!(r.status(), 200);
     let tokens: Value = r.json().await.unwrap();
     tokens["access_token"].as_str().unwrap().to_owned()

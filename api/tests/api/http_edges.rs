@@ -107,9 +107,11 @@ async fn bad_input_is_a_clear_4xx_and_writes_nothing() {
             "invalid_body",
         ),
         (
-            app.client
-                .post(format!("{}/api/auth/register", app.base))
-                .json(&json!(["a@example.com", "correct horse battery", "N"])),
+            app.client.post(format!("{}/api/auth/register", app.base)).json(&json!([
+                "a@example.com",
+                "correct horse battery",
+                "N"
+            ])),
             422,
             "invalid_body",
         ),

@@ -6,8 +6,8 @@
 
 mod abuse;
 mod bench;
-mod concurrency;
 mod challenges;
+mod concurrency;
 mod factors;
 mod flow;
 mod helpers;

@@ -245,8 +245,8 @@ impl Aggregate for User {
                 self.two_factor_channel = OtpChannel::Sms;
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::DuplicateRegistrationAttempted { .. }
-            | UserEvent::RefreshTokenReuseNoticed { .. } => {}
+            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::RefreshTokenReuseNoticed { .. } => {
+            }
             UserEvent::ProfileUpdated { name, bio, .. } => {
                 if name.is_some() {
                     self.name = name;

@@ -90,7 +90,11 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
     // Odd streams: updates before the registration, a registration of
     // another user id, a double registration, no registration at all.
     if odd == 1 {
-        let e = UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng), delivery_id: None };
+        let e = UserEvent::EmailVerified {
+            challenge_id: Uuid::new_v4(),
+            verified_at: time(rng),
+            delivery_id: None,
+        };
         events.push(gen("user", &id, &e));
     }
     let registered_user = if odd == 2 { Uuid::new_v4() } else { user_id };
@@ -138,7 +142,11 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
     }
     for _ in 0..rng.gen_range(0..8) {
         let e = match rng.gen_range(0..9) {
-            0 => UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng), delivery_id: None },
+            0 => UserEvent::EmailVerified {
+                challenge_id: Uuid::new_v4(),
+                verified_at: time(rng),
+                delivery_id: None,
+            },
             1 => UserEvent::ProfileUpdated {
                 name: rng.gen_bool(0.5).then(|| sealed(rng, "name")),
                 bio: rng.gen_bool(0.5).then(|| sealed(rng, "bio")),
@@ -157,7 +165,10 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
             },
             5 => UserEvent::LoginPasswordAccepted { challenge_id: Uuid::new_v4(), accepted_at: time(rng) },
             6 => UserEvent::PasswordResetRequested { challenge_id: Uuid::new_v4(), requested_at: time(rng) },
-            7 => UserEvent::DuplicateRegistrationAttempted { delivery_id: Uuid::new_v4(), attempted_at: time(rng) },
+            7 => UserEvent::DuplicateRegistrationAttempted {
+                delivery_id: Uuid::new_v4(),
+                attempted_at: time(rng),
+            },
             _ => UserEvent::PasswordReset {
                 reset_id: Uuid::new_v4(),
                 password_hash: "$argon2id$new".to_owned(),
@@ -175,10 +186,11 @@ fn session_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
     let id = session_id.to_string();
     let mut events = Vec::new();
     if odd == 1 {
-        events.push(gen("session", &id, &SessionEvent::SessionRevoked {
-            reason: RevocationReason::Admin,
-            revoked_at: time(rng),
-        }));
+        events.push(gen(
+            "session",
+            &id,
+            &SessionEvent::SessionRevoked { reason: RevocationReason::Admin, revoked_at: time(rng) },
+        ));
     }
     if odd != 4 {
         let started_at = time(rng);
@@ -210,8 +222,11 @@ fn session_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
             },
             3 => SessionEvent::RefreshTokenReuseDetected { detected_at: time(rng) },
             _ => SessionEvent::SessionRevoked {
-                reason: [RevocationReason::Logout, RevocationReason::RefreshTokenReuse, RevocationReason::Erased]
-                    [rng.gen_range(0..3)],
+                reason: [
+                    RevocationReason::Logout,
+                    RevocationReason::RefreshTokenReuse,
+                    RevocationReason::Erased,
+                ][rng.gen_range(0..3)],
                 revoked_at: time(rng),
             },
         };
@@ -352,7 +367,8 @@ async fn set_based_rebuild_equals_the_per_event_paths() {
     // 3. The set-based rebuild, in several chunk sizes.
     let runner = ProjectionRunner::new(db.pool.clone(), set_based());
     for chunk in [2, 50, 100_000] {
-        let (profiles, sessions) = tokio::join!(runner.rebuild("profiles", chunk), runner.rebuild("sessions", chunk));
+        let (profiles, sessions) =
+            tokio::join!(runner.rebuild("profiles", chunk), runner.rebuild("sessions", chunk));
         let (profiles, sessions) = (profiles.unwrap(), sessions.unwrap());
         assert_eq!(profiles.replayed_chunks + sessions.replayed_chunks, 0);
         assert_eq!(profiles.read + sessions.read, n - 1, "all but the throttle event");
@@ -406,7 +422,8 @@ async fn rebuild_reads_only_settled_events_and_the_live_runner_takes_the_rest() 
     let runner = ProjectionRunner::new(db.pool.clone(), set_based());
     let stats = runner.rebuild("sessions", 100).await.unwrap();
     assert_eq!(stats.aggregates, 1);
-    let seen: Vec<Uuid> = sqlx::query_scalar("SELECT session_id FROM rm_sessions").fetch_all(&db.pool).await.unwrap();
+    let seen: Vec<Uuid> =
+        sqlx::query_scalar("SELECT session_id FROM rm_sessions").fetch_all(&db.pool).await.unwrap();
     assert_eq!(seen.len(), 1);
     assert!(!seen.contains(&held) && !seen.contains(&later));
 
@@ -414,7 +431,8 @@ async fn rebuild_reads_only_settled_events_and_the_live_runner_takes_the_rest() 
     settle(&db.pool).await;
     let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
     drain(&runner, &mut feed, 100).await;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_sessions").fetch_one(&db.pool).await.unwrap();
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_sessions").fetch_one(&db.pool).await.unwrap();
     assert_eq!(count, 3);
     drop(feed);
     db.drop().await;
@@ -436,7 +454,11 @@ async fn a_failing_rebuild_names_the_event() {
         email_challenge_id: Uuid::new_v4(),
         registered_at: time(&mut rng),
     };
-    let verified = UserEvent::EmailVerified { challenge_id: Uuid::new_v4(), verified_at: time(&mut rng), delivery_id: None };
+    let verified = UserEvent::EmailVerified {
+        challenge_id: Uuid::new_v4(),
+        verified_at: time(&mut rng),
+        delivery_id: None,
+    };
     let bad = vec![gen("user", "bad-id", &registered), gen("user", "bad-id", &verified)];
     store(&db.pool, &mut rng, vec![good, bad]).await;
     settle(&db.pool).await;
@@ -458,7 +480,8 @@ async fn the_reader_never_splits_a_stream() {
     let db = TestDb::new().await;
     for (id, len) in [("a", 3), ("b", 1), ("c", 2), ("d", 5), ("e", 1)] {
         for sequence in 1..=len {
-            crate::helpers::insert_event(&db.pool, "test", id, sequence, "Happened", serde_json::json!({})).await;
+            crate::helpers::insert_event(&db.pool, "test", id, sequence, "Happened", serde_json::json!({}))
+                .await;
         }
     }
     settle(&db.pool).await;
@@ -502,12 +525,16 @@ fn stored_events_decode_like_envelopes() {
         payload: payload.into(),
         metadata: "{}".into(),
     };
-    let ok = event(r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#, "RefreshTokenReuseDetected");
+    let ok = event(
+        r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#,
+        "RefreshTokenReuseDetected",
+    );
     assert!(matches!(ok.decode::<SessionEvent>(), Ok(SessionEvent::RefreshTokenReuseDetected { .. })));
     let envelope = ok.to_envelope().unwrap();
     assert_eq!(envelope.payload, serde_json::json!({ "detected_at": "2026-01-01T00:00:00Z" }));
     // A payload tagged with another variant than `event_type` is not taken at its word.
-    let mislabelled = event(r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#, "SessionRevoked");
+    let mislabelled =
+        event(r#"{"RefreshTokenReuseDetected":{"detected_at":"2026-01-01T00:00:00Z"}}"#, "SessionRevoked");
     assert!(mislabelled.decode::<SessionEvent>().is_err());
     assert!(event("not json", "X").decode::<SessionEvent>().is_err());
     let chunk = RebuildChunk::from_events(vec![ok.clone(), ok]);

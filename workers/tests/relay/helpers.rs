@@ -163,12 +163,14 @@ pub fn compare(stored: &[domain::envelope::Envelope], messages: &[OwnedMessage])
     let mut last: HashMap<(String, String), i64> = HashMap::new();
     let mut delivered = Delivered::default();
     for message in messages {
-        let envelope: domain::envelope::Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let envelope: domain::envelope::Envelope =
+            serde_json::from_slice(message.payload().unwrap()).unwrap();
         if !seen.insert(envelope.event_id) {
             delivered.duplicated += 1;
             continue;
         }
-        let previous = last.entry((envelope.aggregate_type.clone(), envelope.aggregate_id.clone())).or_insert(0);
+        let previous =
+            last.entry((envelope.aggregate_type.clone(), envelope.aggregate_id.clone())).or_insert(0);
         if envelope.sequence <= *previous {
             delivered.out_of_order += 1;
         }
@@ -184,14 +186,22 @@ pub async fn stored(pool: &PgPool) -> Vec<(projections::tail::Cursor, domain::en
 }
 
 /// Waits until checkpoint `name` reaches `cursor`.
-pub async fn wait_for_checkpoint(pool: &PgPool, name: &str, cursor: projections::tail::Cursor, timeout: Duration) {
+pub async fn wait_for_checkpoint(
+    pool: &PgPool,
+    name: &str,
+    cursor: projections::tail::Cursor,
+    timeout: Duration,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let stored = projections::tail::load_checkpoint(pool, name).await.unwrap();
         if stored == cursor {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "checkpoint `{name}` at {stored:?}, expected {cursor:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint `{name}` at {stored:?}, expected {cursor:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -81,8 +81,13 @@ async fn two_relays_on_one_checkpoint_publish_every_event_exactly_once() {
     let (stop_a, a) = spawn_relay(&db.pool, &prefix, options());
     let (stop_b, b) = spawn_relay(&db.pool, &prefix, options());
     wait_for_holder(&db.pool, None).await;
-    wait_for_checkpoint(&db.pool, CHECKPOINT, stored(&db.pool).await.last().unwrap().0, Duration::from_secs(30))
-        .await;
+    wait_for_checkpoint(
+        &db.pool,
+        CHECKPOINT,
+        stored(&db.pool).await.last().unwrap().0,
+        Duration::from_secs(30),
+    )
+    .await;
     // New events while both run.
     insert_interleaved(&db.pool, "user", "u", 10, 31..=40, 5).await;
     settle(&db.pool).await;
@@ -115,8 +120,13 @@ async fn a_standby_takes_over_when_the_leader_dies_and_loses_nothing() {
 
     let (_stop_a, a) = spawn_relay(&db.pool, &prefix, options());
     let leader = wait_for_holder(&db.pool, None).await;
-    wait_for_checkpoint(&db.pool, CHECKPOINT, stored(&db.pool).await.last().unwrap().0, Duration::from_secs(30))
-        .await;
+    wait_for_checkpoint(
+        &db.pool,
+        CHECKPOINT,
+        stored(&db.pool).await.last().unwrap().0,
+        Duration::from_secs(30),
+    )
+    .await;
     let (stop_b, b) = spawn_relay(&db.pool, &prefix, options());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lock_holders(&db.pool).await, [leader], "the standby waits");

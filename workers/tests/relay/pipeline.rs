@@ -84,8 +84,9 @@ async fn a_delivery_failure_does_not_advance_the_checkpoint_past_unacknowledged_
     let ghost = stored.iter().position(|(_, e)| e.aggregate_type == "ghost").unwrap();
     let before_ghost = stored[ghost - 1].0;
 
-    let failing = producer_with(&ProducerConfig { message_timeout_ms: 3_000, ..ProducerConfig::new(&brokers) })
-        .unwrap();
+    let failing =
+        producer_with(&ProducerConfig { message_timeout_ms: 3_000, ..ProducerConfig::new(&brokers) })
+            .unwrap();
     let relay = Relay::new(db.pool.clone(), failing, prefix.clone())
         .with_checkpoint("failing")
         .with_options(pipelined(5));
@@ -134,8 +135,9 @@ async fn a_broker_that_is_down_leaves_the_checkpoint_alone() {
     }
     settle(&db.pool).await;
     // Nothing listens on port 1.
-    let down = producer_with(&ProducerConfig { message_timeout_ms: 1_500, ..ProducerConfig::new("127.0.0.1:1") })
-        .unwrap();
+    let down =
+        producer_with(&ProducerConfig { message_timeout_ms: 1_500, ..ProducerConfig::new("127.0.0.1:1") })
+            .unwrap();
     let relay = Relay::new(db.pool.clone(), down, prefix.clone()).with_options(pipelined(4));
     assert!(matches!(relay.drain().await, Err(RelayError::Delivery { .. })));
     assert_eq!(tail::load_checkpoint(&db.pool, "relay").await.unwrap(), Cursor::ZERO);
