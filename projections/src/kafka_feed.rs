@@ -29,11 +29,10 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// `max.poll.interval.ms` default: 45 s, above the runners' longest
 /// back-off (30 s) between two polls. It is also the rebalance timeout a
-/// member announces when it joins: after a broker restart the group
-/// coordinator waits that long for members that died meanwhile before
-/// completing the rebalance. With librdkafka's default (300 s), consumers
-/// stood still for 5 minutes after a tansu restart (scripts/chaos,
-/// docs/performance.md); with 45 s they resume within a minute.
+/// member announces when it joins (librdkafka's default is 300 s). Set
+/// while chasing consumers that stood still for minutes after a tansu
+/// restart (scripts/chaos); it did not cure that (docs/performance.md,
+/// "Fault tests").
 pub const DEFAULT_MAX_POLL_INTERVAL_MS: u32 = 45_000;
 
 /// Timeout of a rollback seek.
