@@ -111,6 +111,152 @@ fn envelope_from_row(row: &PgRow) -> Result<(Cursor, Envelope), sqlx::Error> {
     Ok((cursor, envelope))
 }
 
+/// One stored event with its envelope already encoded: what the relay
+/// publishes. `value` is the envelope's JSON (the [`Envelope`] fields in
+/// their serde order; `payload` and `metadata` are the stored JSON as
+/// Postgres renders it, not decoded and re-encoded). It decodes to exactly
+/// the [`Envelope`] that [`read_after`] returns for the same row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEnvelope {
+    /// The row's cursor.
+    pub cursor: Cursor,
+    /// `aggregate_type`; the topic suffix.
+    pub aggregate_type: String,
+    /// `aggregate_id`; the Kafka key.
+    pub aggregate_id: String,
+    /// 1-based sequence in the stream.
+    pub sequence: i64,
+    /// Header `event-type`.
+    pub event_type: String,
+    /// Header `event-version`.
+    pub event_version: String,
+    /// The envelope, JSON bytes.
+    pub value: Vec<u8>,
+}
+
+/// Like [`read_after`] (unfiltered), but returns each envelope encoded
+/// ([`EncodedEnvelope`]): the stored JSON text of the payload — unwrapped
+/// from postgres-es' externally tagged form `{"<EventType>": {...}}` as
+/// [`Envelope::from_stored`] does — and of the metadata is copied into the
+/// envelope as is. This spares the relay a decode into `serde_json::Value`
+/// and an encode per event (the tag is checked by a scan that allocates
+/// nothing; unusual payloads take the decoding path).
+///
+/// # Errors
+/// Any database error.
+pub async fn read_after_encoded<'e, E>(
+    executor: E,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<Vec<EncodedEnvelope>, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT txid::text::bigint AS cursor_txid, position, event_id, aggregate_type, \
+         aggregate_id, sequence, event_type, event_version, recorded_at, \
+         payload::text AS payload_text, metadata::text AS metadata_text \
+         FROM events WHERE {SETTLED} ORDER BY txid, position LIMIT $3"
+    );
+    let rows =
+        sqlx::query(&sql).bind(cursor.txid).bind(cursor.position).bind(limit).fetch_all(executor).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(encoded_from_row(row)?);
+    }
+    Ok(out)
+}
+
+fn encoded_from_row(row: &PgRow) -> Result<EncodedEnvelope, sqlx::Error> {
+    let cursor = Cursor { txid: row.try_get("cursor_txid")?, position: row.try_get("position")? };
+    let event_id: Uuid = row.try_get("event_id")?;
+    let aggregate_type: String = row.try_get("aggregate_type")?;
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let sequence: i64 = row.try_get("sequence")?;
+    let event_type: String = row.try_get("event_type")?;
+    let event_version: String = row.try_get("event_version")?;
+    let occurred_at: DateTime<Utc> = row.try_get("recorded_at")?;
+    let stored: &str = row.try_get("payload_text")?;
+    let metadata: &str = row.try_get("metadata_text")?;
+    let payload = untagged_payload(stored, &event_type).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+
+    let mut value = Vec::with_capacity(192 + payload.len() + metadata.len());
+    let encode = |value: &mut Vec<u8>, key: &str, field: &dyn erased::Json| -> Result<(), sqlx::Error> {
+        value.push(if value.is_empty() { b'{' } else { b',' });
+        value.push(b'"');
+        value.extend_from_slice(key.as_bytes());
+        value.extend_from_slice(b"\":");
+        field.write(value).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    encode(&mut value, "event_id", &event_id)?;
+    encode(&mut value, "aggregate_type", &aggregate_type)?;
+    encode(&mut value, "aggregate_id", &aggregate_id)?;
+    encode(&mut value, "sequence", &sequence)?;
+    encode(&mut value, "position", &cursor.position)?;
+    encode(&mut value, "event_type", &event_type)?;
+    encode(&mut value, "event_version", &event_version)?;
+    encode(&mut value, "occurred_at", &occurred_at)?;
+    value.extend_from_slice(b",\"payload\":");
+    value.extend_from_slice(payload.as_bytes());
+    value.extend_from_slice(b",\"metadata\":");
+    value.extend_from_slice(metadata.as_bytes());
+    value.push(b'}');
+    Ok(EncodedEnvelope { cursor, aggregate_type, aggregate_id, sequence, event_type, event_version, value })
+}
+
+/// The payload text inside postgres-es' tag: `{"<event_type>": X}` → `X`
+/// (borrowed) when the text is exactly one member named `event_type`;
+/// anything else is decoded and treated like [`Envelope::from_stored`]
+/// does (a one-member object with that key is unwrapped, else kept).
+///
+/// # Errors
+/// The stored text is not JSON.
+fn untagged_payload<'a>(
+    stored: &'a str,
+    event_type: &str,
+) -> Result<std::borrow::Cow<'a, str>, serde_json::Error> {
+    use serde::de::IgnoredAny;
+
+    let fast = || -> Option<&'a str> {
+        let plain = !event_type.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        let body = stored.trim_start().strip_prefix('{')?.trim_start();
+        let rest = body.strip_prefix('"')?.strip_prefix(event_type)?.strip_prefix('"')?;
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+        if !plain {
+            return None;
+        }
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<IgnoredAny>();
+        values.next()?.ok()?;
+        let end = values.byte_offset();
+        (rest[end..].trim() == "}").then(|| &rest[..end])
+    };
+    if let Some(inner) = fast() {
+        return Ok(std::borrow::Cow::Borrowed(inner));
+    }
+    let value: serde_json::Value = serde_json::from_str(stored)?;
+    Ok(match value {
+        serde_json::Value::Object(mut map) if map.len() == 1 && map.contains_key(event_type) => {
+            std::borrow::Cow::Owned(map.remove(event_type).unwrap_or(serde_json::Value::Null).to_string())
+        }
+        _ => std::borrow::Cow::Borrowed(stored),
+    })
+}
+
+/// Serialises one envelope field with serde (the same output as the
+/// derived `Serialize` of [`Envelope`]) behind one object-safe trait.
+mod erased {
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+            serde_json::to_writer(out, self)
+        }
+    }
+}
+
 /// Whether committed events exist after `cursor` that [`read_after`] cannot
 /// return yet because an older transaction is still in flight. Tailers use
 /// it to retry soon instead of waiting for the slow poll, since the older

@@ -42,3 +42,33 @@ streamforge_bin() {
         STREAMFORGE_BIN="$CARGO_TARGET_DIR/release/streamforge"
     fi
 }
+
+# The tansu broker (a Kafka-compatible broker, ARCHITECTURE decided 11) with
+# both storage engines the project uses: `memory://` for the tests' shared
+# broker, `sqlite://` (feature libsql) where a restart must keep the topics
+# (the broker-restart test, scripts/chaos). Installs tansu $TANSU_VERSION
+# into ~/.cargo/bin once per machine (~15 min) unless cargo's install record
+# shows both features; one install at a time. Sets TANSU to the binary.
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+    local record="${CARGO_HOME:-$HOME/.cargo}/.crates2.json"
+    TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    tansu_complete() {
+        [[ -x "$TANSU" && -f "$record" ]] && python3 - "$record" "$TANSU_VERSION" <<'PY'
+import json, sys
+installs = json.load(open(sys.argv[1])).get("installs", {})
+ok = any(key.startswith(f"tansu {sys.argv[2]} ") and {"dynostore", "libsql"} <= set(v.get("features", []))
+         for key, v in installs.items())
+sys.exit(0 if ok else 1)
+PY
+    }
+    tansu_complete && return 0
+    exec 8>"${TMPDIR:-/tmp}/streamforge-tansu-install.lock"
+    flock 8
+    if ! tansu_complete; then
+        log "installing tansu $TANSU_VERSION with the dynostore and libsql engines (once per machine, ~15 min)"
+        cargo install "tansu@$TANSU_VERSION" --locked --force --features dynostore,libsql \
+            || die "could not install tansu $TANSU_VERSION"
+    fi
+    exec 8>&-
+}

@@ -32,12 +32,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use domain::envelope::{Envelope, ENVELOPE_SCHEMA_VERSION};
+use domain::envelope::ENVELOPE_SCHEMA_VERSION;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt as _, StreamExt as _};
 use projections::runtime::ErrorChain;
-use projections::tail::{self, Cursor, EventsListener};
+use projections::tail::{self, Cursor, EncodedEnvelope, EventsListener};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -407,7 +407,6 @@ impl Relay {
         // (time for new commits) before reading again.
         let mut caught_up = false;
         let mut topics = TopicNames::new(&self.topic_prefix);
-        let mut buffer = Vec::new();
 
         loop {
             let budget_left = limits.max_batches.is_none_or(|max| batches_read < max);
@@ -444,15 +443,15 @@ impl Relay {
                 continue;
             }
 
-            let rows = tail::read_after(&mut *conn, read_cursor, limits.batch_size, None).await?;
+            let rows = tail::read_after_encoded(&mut *conn, read_cursor, limits.batch_size).await?;
             batches_read += 1;
             caught_up = rows.len() < limits.batch_size;
-            let Some((last, _)) = rows.last() else {
+            let Some(last) = rows.last() else {
                 continue;
             };
-            read_cursor = *last;
+            read_cursor = last.cursor;
             in_flight_messages += rows.len();
-            in_flight.push_back(self.enqueue_batch(rows, &mut topics, &mut buffer).await?);
+            in_flight.push_back(self.enqueue_batch(rows, &mut topics).await?);
         }
         tracing::Span::current().record("published", published);
         Ok(DrainOutcome { published, cursor: stored })
@@ -462,39 +461,36 @@ impl Relay {
     /// acknowledgement.
     async fn enqueue_batch(
         &self,
-        rows: Vec<(Cursor, Envelope)>,
+        rows: Vec<EncodedEnvelope>,
         topics: &mut TopicNames,
-        buffer: &mut Vec<u8>,
     ) -> Result<BatchFuture, RelayError> {
         let mut deliveries = Vec::with_capacity(rows.len());
-        for (_, envelope) in &rows {
-            buffer.clear();
-            serde_json::to_writer(&mut *buffer, envelope)?;
-            let record = FutureRecord::to(topics.get(&envelope.aggregate_type))
-                .key(envelope.aggregate_id.as_str())
-                .payload(buffer.as_slice())
-                .headers(headers(envelope));
+        for row in &rows {
+            let record = FutureRecord::to(topics.get(&row.aggregate_type))
+                .key(row.aggregate_id.as_str())
+                .payload(row.value.as_slice())
+                .headers(headers(&row.event_type, &row.event_version));
             deliveries.push(self.enqueue(record).await?);
         }
         let prefix = self.topic_prefix.clone();
         Ok(async move {
             let count = rows.len();
-            for (delivery, (_, envelope)) in deliveries.into_iter().zip(&rows) {
+            for (delivery, row) in deliveries.into_iter().zip(&rows) {
                 match delivery.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((source, _message))) => {
                         return Err(RelayError::Delivery {
-                            topic: envelope.topic(&prefix),
-                            aggregate_type: envelope.aggregate_type.clone(),
-                            aggregate_id: envelope.aggregate_id.clone(),
-                            sequence: envelope.sequence,
+                            topic: format!("{prefix}{}", row.aggregate_type),
+                            aggregate_type: row.aggregate_type.clone(),
+                            aggregate_id: row.aggregate_id.clone(),
+                            sequence: row.sequence,
                             source,
                         })
                     }
                     Err(_canceled) => return Err(RelayError::Canceled),
                 }
             }
-            let last = rows.last().map_or(Cursor::ZERO, |(cursor, _)| *cursor);
+            let last = rows.last().map_or(Cursor::ZERO, |row| row.cursor);
             Ok(Acked { last, count })
         }
         .boxed())
@@ -618,10 +614,10 @@ impl TopicNames {
 }
 
 /// The headers of an envelope's message.
-fn headers(envelope: &Envelope) -> OwnedHeaders {
+fn headers(event_type: &str, event_version: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(3)
-        .insert(Header { key: HEADER_EVENT_TYPE, value: Some(envelope.event_type.as_str()) })
-        .insert(Header { key: HEADER_EVENT_VERSION, value: Some(envelope.event_version.as_str()) })
+        .insert(Header { key: HEADER_EVENT_TYPE, value: Some(event_type) })
+        .insert(Header { key: HEADER_EVENT_VERSION, value: Some(event_version) })
         .insert(Header { key: HEADER_ENVELOPE_VERSION, value: Some(ENVELOPE_SCHEMA_VERSION) })
 }
 

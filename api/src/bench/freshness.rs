@@ -116,7 +116,9 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
 
     // The pipeline's floor: a light load, well within what the projector drains.
     let low_rate = (drain_rate / 10.0).clamp(5.0, 50.0);
-    let (_, low_visible, _) = visible_latencies(&pool, &sessions, low_rate, d / 2).await?;
+    let probe = TopicProbe::start(app, &o.brokers).await?;
+    let (_, low_timings, _) = visible_latencies(&pool, &sessions, &probe, low_rate, d / 2).await?;
+    let low_visible: Vec<Duration> = low_timings.iter().map(|t| t.visible).collect();
     let written = count_sessions(&pool).await?;
     wait_until(
         &pool,
@@ -128,7 +130,9 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
     .await?;
 
     let rate = max.rate() / 2.0;
-    let (open, visible, unseen) = visible_latencies(&pool, &sessions, rate, d).await?;
+    let (open, timings, unseen) = visible_latencies(&pool, &sessions, &probe, rate, d).await?;
+    drop(probe);
+    let visible: Vec<Duration> = timings.iter().map(|t| t.visible).collect();
 
     let p50 = quantile(&visible, 0.5);
     let p99 = quantile(&visible, 0.99);
@@ -176,6 +180,7 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
         format!("writes not visible within {} s", GIVE_UP.as_secs()),
         u64::try_from(unseen)?,
     ));
+    stage_rows(&mut r, &timings, p99);
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let lat = quantile(&low_visible, p);
         r.rows.push(Row::info(
@@ -186,6 +191,44 @@ async fn measure(app: &App, o: &BenchOptions) -> anyhow::Result<Report> {
         ));
     }
     Ok(r)
+}
+
+/// Info rows splitting the latency at half the max rate into stages: p50
+/// and p99 of each stage, and each stage's mean over the writes at or above
+/// the overall p99 (what makes the tail).
+fn stage_rows(r: &mut Report, timings: &[Timing], p99: Duration) {
+    let staged: Vec<(Duration, Stages)> =
+        timings.iter().filter_map(|t| t.stages.map(|s| (t.visible, s))).collect();
+    r.note(format!(
+        "stages measured for {} of {} writes (a probe consumer outside any group reads the sessions topic;          split at the message's CreateTime and at the probe's receipt)",
+        staged.len(),
+        timings.len()
+    ));
+    let pick: [(&str, fn(&Stages) -> Duration); 3] = [
+        ("commit → relay produced", |s| s.to_relay),
+        ("produced → consumed (broker, linger, fetch wait)", |s| s.to_consumer),
+        ("consumed → read model visible (projector)", |s| s.to_read_model),
+    ];
+    let tail: Vec<&Stages> = staged.iter().filter(|(v, _)| *v >= p99).map(|(_, s)| s).collect();
+    for (name, get) in pick {
+        let values: Vec<Duration> = staged.iter().map(|(_, s)| get(s)).collect();
+        let tail_mean = if tail.is_empty() {
+            Duration::ZERO
+        } else {
+            tail.iter().map(|s| get(s)).sum::<Duration>() / u32::try_from(tail.len()).unwrap_or(u32::MAX)
+        };
+        r.rows.push(Row::info(
+            format!("stage {name}: p50 / p99 / mean in the slowest 1 %"),
+            format!(
+                "{} / {} / {}",
+                fmt_ms(quantile(&values, 0.5)),
+                fmt_ms(quantile(&values, 0.99)),
+                fmt_ms(tail_mean)
+            ),
+            "–".to_owned(),
+            None,
+        ));
+    }
 }
 
 async fn count_sessions(pool: &PgPool) -> anyhow::Result<i64> {
@@ -201,19 +244,21 @@ async fn count_sessions(pool: &PgPool) -> anyhow::Result<i64> {
 async fn visible_latencies(
     pool: &PgPool,
     sessions: &Arc<Executor<Session>>,
+    probe: &TopicProbe,
     rate: f64,
     duration: Duration,
-) -> anyhow::Result<(super::Sample, Vec<Duration>, usize)> {
-    let pending: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+) -> anyhow::Result<(super::Sample, Vec<Timing>, usize)> {
+    let pending: Arc<Mutex<HashMap<Uuid, Committed>>> = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(watch_visible(pool.clone(), pending.clone(), done.clone()));
+    let watcher =
+        tokio::spawn(watch_visible(pool.clone(), pending.clone(), probe.seen.clone(), done.clone()));
     let open = {
         let (sessions, pending) = (sessions.clone(), pending.clone());
         open_loop(rate, duration, move |_| {
             let (sessions, pending) = (sessions.clone(), pending.clone());
             async move {
                 let id = start_session(&sessions).await?;
-                let committed = Instant::now();
+                let committed = Committed { at: Instant::now(), wall_ms: Utc::now().timestamp_millis() };
                 pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(id, committed);
                 Ok(())
             }
@@ -224,6 +269,95 @@ async fn visible_latencies(
     let visible = watcher.await??;
     let unseen = pending.lock().map(|p| p.len()).unwrap_or(0);
     Ok((open, visible, unseen))
+}
+
+/// When a write's command returned (after `COMMIT`).
+#[derive(Debug, Clone, Copy)]
+struct Committed {
+    at: Instant,
+    /// Wall clock, Unix milliseconds, to compare with the Kafka timestamp.
+    wall_ms: i64,
+}
+
+/// One write's way through the pipeline.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// Commit → read model row seen.
+    visible: Duration,
+    /// Stages, when the topic probe saw the message before the row was seen.
+    stages: Option<Stages>,
+}
+
+/// The stages of one write, split at the relay's produce call (the Kafka
+/// message's `CreateTime`, milliseconds) and at the probe's receipt.
+#[derive(Debug, Clone, Copy)]
+struct Stages {
+    /// Commit → the relay produced it (millisecond resolution; ≥ 0).
+    to_relay: Duration,
+    /// Produced → received by a consumer of the topic (broker, linger, fetch wait).
+    to_consumer: Duration,
+    /// Received by a consumer → read model row seen (projector transaction, watcher poll).
+    to_read_model: Duration,
+}
+
+/// A consumer of the sessions topic outside any group (partitions assigned
+/// from their end), recording when each session's message arrived and its
+/// `CreateTime`; it splits the latency into stages. It reads with the same
+/// `fetch.wait.max.ms` as the projector.
+struct TopicProbe {
+    seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TopicProbe {
+    async fn start(app: &App, brokers: &str) -> anyhow::Result<Self> {
+        use rdkafka::consumer::{Consumer as _, StreamConsumer};
+        use rdkafka::message::Message as _;
+
+        let topic = format!("{}session", app.settings.kafka_topic_prefix);
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("bench-freshness-probe-{}", Uuid::new_v4().simple()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", app.settings.kafka_fetch_wait_max_ms.to_string())
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment.add_partition_offset(t.name(), p.id(), rdkafka::Offset::End)?;
+            }
+        }
+        anyhow::ensure!(assignment.count() > 0, "topic {topic} has no partitions");
+        consumer.assign(&assignment)?;
+        let seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>> = Arc::default();
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(message) = consumer.recv().await else { continue };
+                    let now = Instant::now();
+                    let (Some(key), Some(created)) = (message.key(), message.timestamp().to_millis()) else {
+                        continue;
+                    };
+                    let Some(id) = std::str::from_utf8(key).ok().and_then(|k| Uuid::parse_str(k).ok()) else {
+                        continue;
+                    };
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.insert(id, (now, created));
+                    }
+                }
+            })
+        };
+        Ok(Self { seen, task })
+    }
+}
+
+impl Drop for TopicProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Waits until `sql` (bound to `id`) counts at least `n`.
@@ -253,9 +387,10 @@ async fn wait_until(
 /// or [`GIVE_UP`] after `done`.
 async fn watch_visible(
     pool: PgPool,
-    pending: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    pending: Arc<Mutex<HashMap<Uuid, Committed>>>,
+    probed: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>>,
     done: Arc<AtomicBool>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<Timing>> {
     let mut latencies = Vec::new();
     let mut done_at: Option<Instant> = None;
     loop {
@@ -275,9 +410,20 @@ async fn watch_visible(
                     .await?;
             let now = Instant::now();
             let mut p = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let mut probed = probed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             for id in seen {
                 if let Some(committed) = p.remove(&id) {
-                    latencies.push(now - committed);
+                    let stages = probed.remove(&id).map(|(received, created_ms)| {
+                        let to_relay =
+                            Duration::from_millis(u64::try_from(created_ms - committed.wall_ms).unwrap_or(0));
+                        let to_received = received.saturating_duration_since(committed.at);
+                        Stages {
+                            to_relay,
+                            to_consumer: to_received.saturating_sub(to_relay),
+                            to_read_model: now.saturating_duration_since(received),
+                        }
+                    });
+                    latencies.push(Timing { visible: now - committed.at, stages });
                 }
             }
         }

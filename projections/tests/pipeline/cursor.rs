@@ -98,6 +98,96 @@ async fn envelopes_are_built_from_the_stored_rows() {
 }
 
 #[tokio::test]
+async fn encoded_envelopes_decode_to_the_envelopes_read_after_returns() {
+    use domain::envelope::Envelope;
+
+    use crate::helpers::INSERT_EVENT;
+
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    insert_event(pool, "user", "u1", 1, "UserRegistered", json!({"a": 1, "nested": {"x": [1, 2.5, null]}}))
+        .await;
+    insert_event(
+        pool,
+        "session",
+        "quote\"back\\slash é 🎵",
+        1,
+        "SessionStarted",
+        json!({"s": "line\nbreak"}),
+    )
+    .await;
+    insert_event(pool, "user", "u1", 2, "Big", json!({"n": 12345678901234567_i64, "f": -0.5e-3})).await;
+    // Stored payloads that are not one object tagged by the event type:
+    // a unit variant (a string), a second key, a different tag.
+    for (sequence, payload) in
+        [(3_i64, json!("Unit")), (4, json!({"Odd": {}, "Other": 1})), (5, json!({"Else": {"k": true}}))]
+    {
+        sqlx::query(INSERT_EVENT)
+            .bind("user")
+            .bind("u1")
+            .bind(sequence)
+            .bind("Odd")
+            .bind("2.0")
+            .bind(payload)
+            .bind(json!({"request_id": "r", "actor": "a"}))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    // Stored with whitespace (json keeps the text as written).
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('user', 'u1', 6, 'Spaced', '1.0', ' { \"Spaced\" :\n {\"a\": [1, {\"b\": \"}\"}]} } ', '{}')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    settle(pool).await;
+
+    let decoded = tail::read_after(pool, Cursor::ZERO, 100, None).await.unwrap();
+    let encoded = tail::read_after_encoded(pool, Cursor::ZERO, 100).await.unwrap();
+    assert_eq!(decoded.len(), 7);
+    assert_eq!(encoded.len(), decoded.len());
+    for ((cursor, envelope), raw) in decoded.iter().zip(&encoded) {
+        let from_raw: Envelope = serde_json::from_slice(&raw.value)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&raw.value)));
+        assert_eq!(&from_raw, envelope);
+        assert_eq!(raw.cursor, *cursor);
+        assert_eq!(
+            (&raw.aggregate_type, &raw.aggregate_id, raw.sequence, &raw.event_type, &raw.event_version),
+            (
+                &envelope.aggregate_type,
+                &envelope.aggregate_id,
+                envelope.sequence,
+                &envelope.event_type,
+                &envelope.event_version
+            )
+        );
+        // The field set and order of the derived encoding.
+        let keys: Vec<String> =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&raw.value)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        let mut expected: Vec<String> =
+            serde_json::to_value(envelope).unwrap().as_object().unwrap().keys().cloned().collect();
+        expected.sort();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort();
+        assert_eq!(keys_sorted, expected);
+    }
+    assert_eq!(decoded[3].1.payload, json!("Unit"));
+    assert_eq!(decoded[4].1.payload, json!({"Odd": {}, "Other": 1}), "two keys: not unwrapped");
+    assert_eq!(decoded[5].1.payload, json!({"Else": {"k": true}}), "another tag: not unwrapped");
+    assert_eq!(decoded[6].1.payload, json!({"a": [1, {"b": "}"}]}), "whitespace around the tag");
+
+    let limited = tail::read_after_encoded(pool, encoded[0].cursor, 2).await.unwrap();
+    assert_eq!(limited, encoded[1..3].to_vec());
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn checkpoints_round_trip() {
     let db = TestDb::new().await;
     let pool = &db.pool;

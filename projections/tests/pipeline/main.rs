@@ -5,6 +5,7 @@
 // Test helpers (outside `#[test]` functions) may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod broker_restart;
 mod cursor;
 mod helpers;
 mod kafka_feed;
