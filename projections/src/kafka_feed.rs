@@ -185,6 +185,8 @@ struct Watchdog {
     lagging: HashMap<(String, i32), i64>,
     /// Replacements since the last message (backs the checks off).
     replacements: u32,
+    /// Replacements in all.
+    total_replacements: u64,
     /// When a passing consumer error was last logged (at most one per 5 s).
     last_error_log: Option<Instant>,
 }
@@ -197,6 +199,7 @@ impl Watchdog {
             last_check: now,
             lagging: HashMap::new(),
             replacements: 0,
+            total_replacements: 0,
             last_error_log: None,
         }
     }
@@ -308,8 +311,8 @@ impl KafkaFeed {
     }
 
     /// How many times the stall watchdog replaced the consumer.
-    pub fn replacements(&self) -> u32 {
-        self.watchdog.replacements
+    pub fn replacements(&self) -> u64 {
+        self.watchdog.total_replacements
     }
 
     /// The stall watchdog (module docs): when nothing arrived for the stall
@@ -357,6 +360,7 @@ impl KafkaFeed {
                 self.seen.clear();
                 self.watchdog.lagging.clear();
                 self.watchdog.replacements += 1;
+                self.watchdog.total_replacements += 1;
             }
             Err(error) => {
                 tracing::warn!(group = %self.group_id, error = %error, "could not replace the consumer")

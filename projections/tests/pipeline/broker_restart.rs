@@ -26,7 +26,7 @@ use tokio::time::Instant;
 /// timeout (here 3 s) twice, the session timeout, and margin for a slow
 /// machine. Without the watchdog and the shorter metadata refresh this took
 /// minutes (docs/performance.md, "Fault tests").
-const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+const RECOVERY_LIMIT: Duration = Duration::from_secs(45);
 
 fn tansu_bin() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU_BIN") {
@@ -190,19 +190,34 @@ async fn receive_all(feed: &mut KafkaFeed, expected: &HashSet<String>, limit: Du
     Some(started.elapsed())
 }
 
+/// Shows the feed's warnings (watchdog, consumer errors) in the test output.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("projections=info").with_test_writer().try_init();
+}
+
 fn feed_config(brokers: &str, group: &str, topic: &str) -> KafkaFeedConfig {
     let mut config = KafkaFeedConfig::new(brokers, group, [topic]);
     config.stall_timeout = Some(Duration::from_secs(3));
-    if std::env::var_os("SF_OLD_FEED").is_some() {
-        config.stall_timeout = None;
-        config.extra.push(("topic.metadata.refresh.interval.ms".into(), "300000".into()));
-        config.extra.push(("reconnect.backoff.max.ms".into(), "10000".into()));
+    // Experiments: SF_OLD_FEED=1 restores librdkafka's defaults and turns
+    // the watchdog off (the stall then reproduces); =settings keeps the
+    // watchdog; =metadata or =reconnect restore only that default (watchdog off).
+    if let Ok(old) = std::env::var("SF_OLD_FEED") {
+        if old != "settings" {
+            config.stall_timeout = None;
+        }
+        if old != "reconnect" {
+            config.extra.push(("topic.metadata.refresh.interval.ms".into(), "300000".into()));
+        }
+        if old != "metadata" {
+            config.extra.push(("reconnect.backoff.max.ms".into(), "10000".into()));
+        }
     }
     config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_keeps_consuming_across_broker_restarts() {
+    init_logs();
     let mut broker = Broker::start().await;
     let brokers = broker.address();
     let topic = "streamforge.events.test";
@@ -243,6 +258,90 @@ async fn a_consumer_group_keeps_consuming_across_broker_restarts() {
         timings.push(took.unwrap_or_default());
     }
     println!("delivery after each restart: {timings:?}, consumer replacements {}", feed.replacements());
+}
+
+/// Not a test of its own: the body of a group member run as a separate
+/// process by [`a_consumer_group_keeps_consuming_when_a_member_process_dies_and_the_broker_restarts`],
+/// so that it can be killed with SIGKILL. Without `SF_MEMBER_BROKERS` it
+/// returns at once.
+#[tokio::test]
+#[ignore = "helper process of another test"]
+async fn member_process() {
+    let Ok(brokers) = std::env::var("SF_MEMBER_BROKERS") else { return };
+    let group = std::env::var("SF_MEMBER_GROUP").unwrap();
+    let topic = std::env::var("SF_MEMBER_TOPIC").unwrap();
+    let mut feed = KafkaFeed::new(&feed_config(&brokers, &group, &topic)).unwrap();
+    loop {
+        if let Ok(batch) = feed.next_batch(500, Duration::from_millis(200)).await {
+            if !batch.is_empty() {
+                let _ = feed.commit().await;
+            }
+        }
+    }
+}
+
+/// Starts [`member_process`] as a child process in `group`.
+fn spawn_member(brokers: &str, group: &str, topic: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["broker_restart::member_process", "--exact", "--ignored", "--nocapture"])
+        .env("SF_MEMBER_BROKERS", brokers)
+        .env("SF_MEMBER_GROUP", group)
+        .env("SF_MEMBER_TOPIC", topic)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// What scripts/chaos does to a projector: a member process of the group is
+/// killed with SIGKILL (it never leaves the group), and while the group
+/// still counts it the broker is killed and restarted; the surviving member
+/// must go on receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_keeps_consuming_when_a_member_process_dies_and_the_broker_restarts() {
+    init_logs();
+    let mut broker = Broker::start().await;
+    let brokers = broker.address();
+    let topic = "streamforge.events.test";
+    create_topic(&brokers, topic, 3).await;
+    let producer = producer(&brokers);
+    let group = "member-death-group";
+    let mut feed = KafkaFeed::new(&feed_config(&brokers, group, topic)).unwrap();
+    let mut next = 0;
+    let sent = publish(&producer, topic, next, 30).await;
+    next += 30;
+    assert!(receive_all(&mut feed, &sent, RECOVERY_LIMIT).await.is_some(), "first delivery");
+
+    let mut timings = Vec::new();
+    for round in 1..=3 {
+        // A second member joins (the group rebalances to two members)…
+        let mut member = spawn_member(&brokers, group, topic);
+        let rebalance = Instant::now();
+        while rebalance.elapsed() < Duration::from_secs(6) {
+            let _ = feed.next_batch(100, Duration::from_millis(200)).await;
+        }
+        // …dies without leaving, and the broker restarts while the group
+        // still counts the dead member (session timeout 10 s).
+        member.kill().unwrap();
+        member.wait().unwrap();
+        broker.restart().await;
+        let sent = publish(&producer, topic, next, 30).await;
+        next += 30;
+        let took = receive_all(&mut feed, &sent, RECOVERY_LIMIT).await;
+        assert!(
+            took.is_some(),
+            "round {round}: the surviving member did not receive within {RECOVERY_LIMIT:?} \
+             (consumer replaced {} times; broker dir {}):\n{}",
+            feed.replacements(),
+            broker.path().display(),
+            broker.log_tail()
+        );
+        timings.push(took.unwrap_or_default());
+    }
+    println!(
+        "delivery after each member death + restart: {timings:?}, consumer replacements {}",
+        feed.replacements()
+    );
 }
 
 #[test]
