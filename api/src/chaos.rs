@@ -775,7 +775,9 @@ struct TopicCheck {
 /// Reads every partition of every topic from the beginning, assigned
 /// explicitly (no consumer group: the check must not depend on the group
 /// coordinator it is checking around), until every stored event arrived or
-/// nothing new came for 15 s (60 s before the first message).
+/// nothing new came for 60 s (120 s before the first message; tansu's
+/// SQLite engine reads a partition from its start slowly). Progress goes to
+/// stderr every 10 s, and the messages received per topic at the end.
 async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<TopicCheck> {
     use rdkafka::consumer::{Consumer as _, StreamConsumer};
     use rdkafka::message::Message as _;
@@ -804,13 +806,25 @@ async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<T
     let (mut received, mut duplicates, mut foreign, mut mismatched) = (0, 0, 0, 0);
     let started = Instant::now();
     let mut last_progress: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    let mut per_topic: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     while seen.len() < by_id.len() {
         let idle = match last_progress {
-            Some(at) => at.elapsed() > Duration::from_secs(15),
-            None => started.elapsed() > Duration::from_secs(60),
+            Some(at) => at.elapsed() > Duration::from_secs(60),
+            None => started.elapsed() > Duration::from_secs(120),
         };
         if idle {
+            eprintln!("topic read: nothing new for 60 s; stopping at {} of {}", seen.len(), by_id.len());
             break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "topic read: {} of {} stored events after {:.0} s",
+                seen.len(),
+                by_id.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
         let message = match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
             Err(_) => continue,
@@ -822,6 +836,7 @@ async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<T
         };
         last_progress = Some(Instant::now());
         received += 1;
+        *per_topic.entry(message.topic().to_owned()).or_default() += 1;
         let Some(e) = message.payload().and_then(|v| serde_json::from_slice::<Envelope>(v).ok()) else {
             foreign += 1;
             continue;
@@ -841,6 +856,7 @@ async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<T
             duplicates += 1;
         }
     }
+    eprintln!("topic read: messages per topic {per_topic:?} in {:.1} s", started.elapsed().as_secs_f64());
     Ok(TopicCheck {
         received,
         distinct: seen.len(),

@@ -17,7 +17,12 @@
 //! partition that lags and whose committed offset has not moved since the
 //! previous check means nobody consumes it, and the feed replaces its
 //! consumer (a new member on a new connection). Repeated replacements
-//! without progress back off (doubling, at most 16 × the timeout).
+//! without progress back off (doubling, at most 16 × the timeout). (Only
+//! the relay's idempotent, non-transactional producer writes these topics,
+//! so a caught-up partition's committed offset equals its high watermark;
+//! transaction markers would break that.) The watchdog alone, with
+//! librdkafka's default settings, also cures the stall of the broker-restart
+//! test.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,15 +47,16 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// `max.poll.interval.ms` default: 45 s, above the runners' longest
 /// back-off (30 s) between two polls. It is also the rebalance timeout a
-/// member announces when it joins (librdkafka's default is 300 s). Set
-/// while chasing consumers that stood still for minutes after a tansu
-/// restart (scripts/chaos); it did not cure that (docs/performance.md,
-/// "Fault tests").
+/// member announces when it joins (librdkafka's default is 300 s).
 pub const DEFAULT_MAX_POLL_INTERVAL_MS: u32 = 45_000;
 
 /// `topic.metadata.refresh.interval.ms`: 10 s instead of librdkafka's
 /// 300 s, so a subscription that matched no partition (a broker answering
-/// metadata while it starts) is corrected within seconds.
+/// metadata while it starts) is corrected within seconds. Together with
+/// [`RECONNECT_BACKOFF_MAX_MS`] it cures the stall after a member died and
+/// the broker restarted (`projections/tests/pipeline/broker_restart.rs`:
+/// with either one at librdkafka's default the group received nothing for
+/// more than 45 s; with both, it resumed after ~15 s).
 pub const METADATA_REFRESH_INTERVAL_MS: u32 = 10_000;
 
 /// `reconnect.backoff.max.ms`: 1 s instead of librdkafka's 10 s, so a
@@ -331,7 +337,7 @@ impl KafkaFeed {
         let progress = match tokio::task::spawn_blocking(move || group_progress(&consumer, &topics)).await {
             Ok(Ok(progress)) => progress,
             Ok(Err(error)) => {
-                tracing::warn!(group = %self.group_id, error = %error, "stall check failed; trying again later");
+                tracing::warn!(group = %self.group_id, error = %crate::runtime::ErrorChain(&error), "stall check failed; trying again later");
                 return;
             }
             Err(error) => {
