@@ -110,7 +110,7 @@ pub struct RelayOptions {
     /// Slow-poll interval when no notification arrives (default 1 s).
     pub poll_interval: Duration,
     /// Re-read interval while committed events wait behind an older open
-    /// transaction (default 10 ms).
+    /// transaction (default 3 ms).
     pub unsettled_retry: Duration,
     /// First back-off after a failed step (default 100 ms), doubled per
     /// consecutive failure up to `max_backoff` (default 30 s).
@@ -129,7 +129,7 @@ impl Default for RelayOptions {
             max_in_flight_batches: 16,
             max_in_flight_messages: 20_000,
             poll_interval: Duration::from_secs(1),
-            unsettled_retry: Duration::from_millis(10),
+            unsettled_retry: Duration::from_millis(3),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             standby_retry: Duration::from_secs(1),
@@ -352,7 +352,7 @@ impl Relay {
             max_batches: Some(1),
         };
         let mut conn = self.pool.acquire().await?;
-        Ok(self.pipeline(&mut conn, limits).await?.published)
+        Ok(self.pipeline(&mut conn, limits, None).await?.published)
     }
 
     /// One pipelined pass, without leader election (tests, tools, a relay
@@ -367,7 +367,7 @@ impl Relay {
     /// completely acknowledged.
     pub async fn drain(&self) -> Result<DrainOutcome, RelayError> {
         let mut conn = self.pool.acquire().await?;
-        self.pipeline(&mut conn, self.limits()).await
+        self.pipeline(&mut conn, self.limits(), None).await
     }
 
     /// [`Relay::drain`] as the leader: reads and checkpoints through
@@ -378,7 +378,19 @@ impl Relay {
     /// As [`Relay::drain`]; a [`RelayError::Database`] may mean the lock
     /// was lost (check [`LeaderLock::is_held`]).
     pub async fn drain_as_leader(&self, lock: &mut LeaderLock) -> Result<DrainOutcome, RelayError> {
-        self.pipeline(&mut lock.conn, self.limits()).await
+        self.pipeline(&mut lock.conn, self.limits(), None).await
+    }
+
+    /// [`Relay::drain_as_leader`], reading again as soon as `listener`
+    /// reports a commit even while acknowledgements are outstanding (instead
+    /// of after the next acknowledgement), which takes the producer's
+    /// acknowledgement round trip off the commit → publish latency.
+    async fn drain_listening(
+        &self,
+        lock: &mut LeaderLock,
+        listener: &mut EventsListener,
+    ) -> Result<DrainOutcome, RelayError> {
+        self.pipeline(&mut lock.conn, self.limits(), Some(listener)).await
     }
 
     fn limits(&self) -> Limits {
@@ -396,7 +408,12 @@ impl Relay {
     /// after a short read once an acknowledgement came in, and stops when
     /// a read found nothing new and nothing is in flight.
     #[tracing::instrument(skip_all, fields(checkpoint = %self.checkpoint, published))]
-    async fn pipeline(&self, conn: &mut PgConnection, limits: Limits) -> Result<DrainOutcome, RelayError> {
+    async fn pipeline(
+        &self,
+        conn: &mut PgConnection,
+        limits: Limits,
+        mut listener: Option<&mut EventsListener>,
+    ) -> Result<DrainOutcome, RelayError> {
         let mut stored = tail::load_checkpoint(&mut *conn, &self.checkpoint).await?;
         let mut read_cursor = stored;
         let mut in_flight: FuturesOrdered<BatchFuture> = FuturesOrdered::new();
@@ -417,9 +434,25 @@ impl Relay {
 
             let mut acked: Option<Cursor> = None;
             if !can_read {
-                match in_flight.next().await {
-                    None => break,
-                    Some(result) => {
+                // Caught up with batches in flight: a new commit is worth a
+                // read before their acknowledgements arrive (when the bounds
+                // leave room for another batch).
+                let listen = caught_up && budget_left && room && !in_flight.is_empty();
+                let next = match listener.as_deref_mut() {
+                    Some(listener) if listen => tokio::select! {
+                        next = in_flight.next() => Some(next),
+                        _ = listener.wait(Duration::from_secs(1)) => None,
+                    },
+                    _ => Some(in_flight.next().await),
+                };
+                match next {
+                    // A commit was announced: read again.
+                    None => {
+                        caught_up = false;
+                        continue;
+                    }
+                    Some(None) => break,
+                    Some(Some(result)) => {
                         let batch = result?;
                         in_flight_messages -= batch.count;
                         published += batch.count;
@@ -550,7 +583,7 @@ impl Relay {
             }
             // Listen before reading, so a commit right after the read wakes us.
             listener.connect().await;
-            let pause = match self.drain_as_leader(lock).await {
+            let pause = match self.drain_listening(lock, &mut listener).await {
                 Ok(outcome) => {
                     backoff = options.min_backoff;
                     match tail::has_unsettled_after(&self.pool, outcome.cursor, None).await {
