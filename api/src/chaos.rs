@@ -779,28 +779,13 @@ struct TopicCheck {
 /// SQLite engine reads a partition from its start slowly). Progress goes to
 /// stderr every 10 s, and the messages received per topic at the end.
 async fn read_topics(settings: &Settings, stored: &[Stored]) -> anyhow::Result<TopicCheck> {
-    use rdkafka::consumer::{Consumer as _, StreamConsumer};
     use rdkafka::message::Message as _;
 
     let brokers = settings.kafka_brokers.clone().context("KAFKA_BROKERS is required")?;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{}-chaos-check-{}", settings.kafka_group_prefix, Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for aggregate_type in AGGREGATE_TYPES {
-        let topic = format!("{}{aggregate_type}", settings.kafka_topic_prefix);
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                assignment.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
-            }
-        }
-    }
-    consumer.assign(&assignment)?;
+    let topics: Vec<String> =
+        AGGREGATE_TYPES.iter().map(|t| format!("{}{t}", settings.kafka_topic_prefix)).collect();
+    let consumer =
+        projections::kafka_feed::assigned_reader(&brokers, &topics, rdkafka::Offset::Beginning, 5)?;
     let by_id: HashMap<Uuid, &Stored> = stored.iter().map(|e| (e.event_id, e)).collect();
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(stored.len());
     let (mut received, mut duplicates, mut foreign, mut mismatched) = (0, 0, 0, 0);

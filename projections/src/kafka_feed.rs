@@ -217,6 +217,9 @@ impl Watchdog {
     }
 }
 
+/// A partition: `(topic, partition)`.
+pub type PartitionKey = (String, i32);
+
 /// A partition's consumption state at a stall check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionProgress {
@@ -233,10 +236,10 @@ pub struct PartitionProgress {
 /// offset), and the lagging partitions now. Without a committed offset a
 /// partition starts at `low` when `from_beginning`, else it is not judged.
 pub fn stalled_partitions(
-    now: &HashMap<(String, i32), PartitionProgress>,
-    previous: &HashMap<(String, i32), i64>,
+    now: &HashMap<PartitionKey, PartitionProgress>,
+    previous: &HashMap<PartitionKey, i64>,
     from_beginning: bool,
-) -> (Vec<(String, i32)>, HashMap<(String, i32), i64>) {
+) -> (Vec<PartitionKey>, HashMap<PartitionKey, i64>) {
     let mut lagging = HashMap::new();
     let mut stalled = Vec::new();
     for (key, progress) in now {
@@ -421,6 +424,47 @@ impl KafkaFeed {
         }
         Ok(list)
     }
+}
+
+/// A consumer outside any consumer group's coordination: every partition
+/// of `topics` is assigned to it explicitly, starting at `start` (e.g.
+/// [`Offset::Beginning`] or [`Offset::End`]), read with `fetch.wait.max.ms`
+/// = `fetch_wait_max_ms`; nothing is committed. For checks and probes that
+/// must not depend on the group coordinator (`streamforge chaos verify`,
+/// the freshness bench's probe).
+///
+/// # Errors
+/// [`FeedError::Kafka`] when the consumer cannot be created or the topics'
+/// metadata cannot be read within 30 s; [`FeedError::Config`] when the
+/// topics have no partitions.
+pub fn assigned_reader(
+    brokers: &str,
+    topics: &[String],
+    start: Offset,
+    fetch_wait_max_ms: u32,
+) -> Result<StreamConsumer, FeedError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // librdkafka wants a group id for offset handling; none is joined.
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment.add_partition_offset(t.name(), p.id(), start)?;
+            }
+        }
+    }
+    if assignment.count() == 0 {
+        return Err(FeedError::Config(format!("topics {topics:?} have no partitions")));
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
 }
 
 /// Errors after which the consumer cannot go on (librdkafka's fatal errors,

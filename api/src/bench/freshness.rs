@@ -204,7 +204,8 @@ fn stage_rows(r: &mut Report, timings: &[Timing], p99: Duration) {
         staged.len(),
         timings.len()
     ));
-    let pick: [(&str, fn(&Stages) -> Duration); 3] = [
+    type Pick = (&'static str, fn(&Stages) -> Duration);
+    let pick: [Pick; 3] = [
         ("commit → relay produced", |s| s.to_relay),
         ("produced → consumed (broker, linger, fetch wait)", |s| s.to_consumer),
         ("consumed → read model visible (projector)", |s| s.to_read_model),
@@ -311,26 +312,15 @@ struct TopicProbe {
 
 impl TopicProbe {
     async fn start(app: &App, brokers: &str) -> anyhow::Result<Self> {
-        use rdkafka::consumer::{Consumer as _, StreamConsumer};
         use rdkafka::message::Message as _;
 
         let topic = format!("{}session", app.settings.kafka_topic_prefix);
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("bench-freshness-probe-{}", Uuid::new_v4().simple()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", app.settings.kafka_fetch_wait_max_ms.to_string())
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                assignment.add_partition_offset(t.name(), p.id(), rdkafka::Offset::End)?;
-            }
-        }
-        anyhow::ensure!(assignment.count() > 0, "topic {topic} has no partitions");
-        consumer.assign(&assignment)?;
+        let consumer = projections::kafka_feed::assigned_reader(
+            brokers,
+            &[topic],
+            rdkafka::Offset::End,
+            app.settings.kafka_fetch_wait_max_ms,
+        )?;
         let seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>> = Arc::default();
         let task = {
             let seen = seen.clone();

@@ -261,23 +261,7 @@ async fn a_consumer_group_keeps_consuming_across_broker_restarts() {
 /// Reads every partition of `topic` from `start` (assigned explicitly, no
 /// group) until `expected` messages arrived or nothing came for 10 s.
 async fn read_from(brokers: &str, topic: &str, start: rdkafka::Offset, expected: i64) -> usize {
-    use rdkafka::consumer::{Consumer as _, StreamConsumer};
-
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            assignment.add_partition_offset(t.name(), p.id(), start).unwrap();
-        }
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = projections::kafka_feed::assigned_reader(brokers, &[topic.to_owned()], start, 5).unwrap();
     let mut read = 0;
     while read < usize::try_from(expected).unwrap() {
         match tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {

@@ -244,7 +244,7 @@ async fn store(pool: &PgPool, rng: &mut StdRng, streams: Vec<Vec<Gen>>) -> usize
         .collect();
     let mut order = Vec::new();
     for (k, q) in queues.iter().enumerate() {
-        order.extend(std::iter::repeat(k).take(q.len()));
+        order.extend(std::iter::repeat_n(k, q.len()));
     }
     order.shuffle(rng);
     let n = order.len();
