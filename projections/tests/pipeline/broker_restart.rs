@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use domain::envelope::Envelope;
 use projections::feed::EventFeed;
 use projections::kafka_feed::{KafkaFeed, KafkaFeedConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use serde_json::json;
 use tokio::time::Instant;
+
+use crate::kafka_feed::envelope;
 
 /// How long a group may take to deliver after a restart: the feed's stall
 /// timeout (here 3 s) twice, the session timeout, and margin for a slow
@@ -147,19 +147,7 @@ async fn publish(producer: &FutureProducer, topic: &str, first: i64, count: i64)
     let mut sent = HashSet::new();
     for sequence in first..first + count {
         let id = format!("s{}", sequence % 7);
-        let envelope = Envelope {
-            event_id: uuid::Uuid::new_v4(),
-            aggregate_type: "test".into(),
-            aggregate_id: id.clone(),
-            sequence,
-            position: sequence,
-            event_type: "Happened".into(),
-            event_version: "1.0".into(),
-            occurred_at: chrono::Utc::now(),
-            payload: json!({ "n": sequence }),
-            metadata: json!({}),
-        };
-        let value = serde_json::to_vec(&envelope).unwrap();
+        let value = serde_json::to_vec(&envelope(&id, sequence)).unwrap();
         producer
             .send(FutureRecord::to(topic).key(&id).payload(&value), Duration::from_secs(60))
             .await
@@ -215,27 +203,45 @@ fn feed_config(brokers: &str, group: &str, topic: &str) -> KafkaFeedConfig {
     config
 }
 
+/// The topic both restart tests use, on their own broker.
+const TOPIC: &str = "streamforge.events.test";
+
+/// A fresh broker with [`TOPIC`] (3 partitions), a producer, and a feed of
+/// `group` that has received the first `first` envelopes; `next` is the
+/// sequence to publish next.
+struct Group {
+    broker: Broker,
+    brokers: String,
+    producer: FutureProducer,
+    feed: KafkaFeed,
+    next: i64,
+}
+
+impl Group {
+    async fn start(group: &str, first: i64) -> Self {
+        init_logs();
+        let broker = Broker::start().await;
+        let brokers = broker.address();
+        create_topic(&brokers, TOPIC, 3).await;
+        let producer = producer(&brokers);
+        let mut feed = KafkaFeed::new(&feed_config(&brokers, group, TOPIC)).unwrap();
+        let sent = publish(&producer, TOPIC, 0, first).await;
+        assert!(
+            receive_all(&mut feed, &sent, RECOVERY_LIMIT).await.is_some(),
+            "before any restart: the group did not deliver"
+        );
+        Self { broker, brokers, producer, feed, next: first }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_keeps_consuming_across_broker_restarts() {
-    init_logs();
-    let mut broker = Broker::start().await;
-    let brokers = broker.address();
-    let topic = "streamforge.events.test";
-    create_topic(&brokers, topic, 3).await;
-    let producer = producer(&brokers);
-
-    let group = "restart-group";
-    let mut feed = KafkaFeed::new(&feed_config(&brokers, group, topic)).unwrap();
-    let mut next = 0;
-    let sent = publish(&producer, topic, next, 50).await;
-    next += 50;
-    let took = receive_all(&mut feed, &sent, RECOVERY_LIMIT).await;
-    assert!(took.is_some(), "before any restart: the group did not deliver");
+    let Group { mut broker, brokers, producer, mut feed, mut next } = Group::start("restart-group", 50).await;
 
     let mut timings = Vec::new();
     for round in 1..=3 {
         broker.restart().await;
-        let sent = publish(&producer, topic, next, 30).await;
+        let sent = publish(&producer, TOPIC, next, 30).await;
         next += 30;
         let took = receive_all(&mut feed, &sent, RECOVERY_LIMIT).await;
         assert!(
@@ -253,7 +259,7 @@ async fn a_consumer_group_keeps_consuming_across_broker_restarts() {
     // Everything published before and after the restarts is still there for
     // a reader from the start (what `streamforge chaos verify` does).
     for start in [rdkafka::Offset::Beginning, rdkafka::Offset::Offset(0)] {
-        let read = read_from(&brokers, topic, start, next).await;
+        let read = read_from(&brokers, TOPIC, start, next).await;
         assert_eq!(read, next as usize, "a reader from {start:?} saw {read} of {next} messages");
     }
 }
@@ -312,23 +318,13 @@ fn spawn_member(brokers: &str, group: &str, topic: &str) -> Child {
 /// must go on receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_keeps_consuming_when_a_member_process_dies_and_the_broker_restarts() {
-    init_logs();
-    let mut broker = Broker::start().await;
-    let brokers = broker.address();
-    let topic = "streamforge.events.test";
-    create_topic(&brokers, topic, 3).await;
-    let producer = producer(&brokers);
     let group = "member-death-group";
-    let mut feed = KafkaFeed::new(&feed_config(&brokers, group, topic)).unwrap();
-    let mut next = 0;
-    let sent = publish(&producer, topic, next, 30).await;
-    next += 30;
-    assert!(receive_all(&mut feed, &sent, RECOVERY_LIMIT).await.is_some(), "first delivery");
+    let Group { mut broker, brokers, producer, mut feed, mut next } = Group::start(group, 30).await;
 
     let mut timings = Vec::new();
     for round in 1..=3 {
         // A second member joins (the group rebalances to two members)…
-        let mut member = spawn_member(&brokers, group, topic);
+        let mut member = spawn_member(&brokers, group, TOPIC);
         let rebalance = Instant::now();
         while rebalance.elapsed() < Duration::from_secs(6) {
             let _ = feed.next_batch(100, Duration::from_millis(200)).await;
@@ -338,7 +334,7 @@ async fn a_consumer_group_keeps_consuming_when_a_member_process_dies_and_the_bro
         member.kill().unwrap();
         member.wait().unwrap();
         broker.restart().await;
-        let sent = publish(&producer, topic, next, 30).await;
+        let sent = publish(&producer, TOPIC, next, 30).await;
         next += 30;
         let took = receive_all(&mut feed, &sent, RECOVERY_LIMIT).await;
         assert!(

@@ -36,7 +36,8 @@ fn producer() -> FutureProducer {
         .unwrap()
 }
 
-fn envelope(aggregate_id: &str, sequence: i64) -> Envelope {
+/// A test envelope of stream `aggregate_id` (shared with `broker_restart`).
+pub(crate) fn envelope(aggregate_id: &str, sequence: i64) -> Envelope {
     Envelope {
         event_id: uuid::Uuid::new_v4(),
         aggregate_type: "test".into(),
