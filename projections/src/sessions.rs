@@ -93,6 +93,44 @@ impl Projector for SessionsProjector {
         Ok(())
     }
 
+    /// Runs of consecutive `SessionStarted` envelopes (every sign-in
+    /// starts one) are inserted with one `INSERT … SELECT FROM UNNEST …
+    /// ON CONFLICT DO NOTHING`, the statement `apply` runs per row; every
+    /// other envelope goes through `apply`, after the run before it, so the
+    /// order of the statements' effects is that of the envelopes.
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), ProjectionError> {
+        let mut started = StartedColumns::default();
+        for env in envelopes {
+            if env.event_type == SESSION_STARTED {
+                if let SessionEvent::SessionStarted {
+                    session_id,
+                    user_id,
+                    started_at,
+                    idle_expires_at,
+                    expires_at,
+                    client,
+                    ..
+                } = env.decode().map_err(|e| ProjectionError::decode(env, e))?
+                {
+                    started.session_id.push(session_id);
+                    started.user_id.push(user_id);
+                    started.started_at.push(started_at);
+                    started.idle_expires_at.push(idle_expires_at);
+                    started.expires_at.push(expires_at);
+                    started.client_sealed.push(client.map(|c| c.0));
+                    continue;
+                }
+            }
+            started.insert(&mut *conn).await?;
+            self.apply(&mut *conn, env).await?;
+        }
+        started.insert(&mut *conn).await
+    }
+
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("TRUNCATE rm_sessions").execute(conn).await?;
         Ok(())
@@ -226,6 +264,49 @@ pub fn fold_session(stream: &Stream<'_>) -> Result<Fold<SessionRow>, ProjectionE
         }
     }
     Ok(Fold::Row(row))
+}
+
+/// `Envelope::event_type` of [`SessionEvent::SessionStarted`].
+const SESSION_STARTED: &str = "SessionStarted";
+
+/// A run of `SessionStarted` events as column arrays for `UNNEST`.
+#[derive(Default)]
+struct StartedColumns {
+    session_id: Vec<Uuid>,
+    user_id: Vec<Uuid>,
+    started_at: Vec<DateTime<Utc>>,
+    idle_expires_at: Vec<DateTime<Utc>>,
+    expires_at: Vec<DateTime<Utc>>,
+    client_sealed: Vec<Option<String>>,
+}
+
+impl StartedColumns {
+    /// Inserts the run (the rows `apply` inserts for `SessionStarted`) and
+    /// empties it; nothing when it is empty.
+    async fn insert(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        if self.session_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
+                                      idle_expires_at, expires_at, client_sealed, authenticated_at)
+             SELECT s, u, 'active', 0, t, t, i, e, c, t
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                         $6::text[]) WITH ORDINALITY AS r(s, u, t, i, e, c, n)
+             ORDER BY n
+             ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(&self.session_id)
+        .bind(&self.user_id)
+        .bind(&self.started_at)
+        .bind(&self.idle_expires_at)
+        .bind(&self.expires_at)
+        .bind(&self.client_sealed)
+        .execute(conn)
+        .await?;
+        *self = Self::default();
+        Ok(())
+    }
 }
 
 /// `rm_sessions` rows as column arrays for `UNNEST`.

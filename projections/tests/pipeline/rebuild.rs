@@ -28,7 +28,8 @@ use uuid::Uuid;
 
 use crate::helpers::{settle, TestDb, INSERT_EVENT};
 
-/// A projector with the default (per-event) `rebuild_chunk`: the reference.
+/// A projector with the default (per-event) `rebuild_chunk` and
+/// `apply_many`: the reference.
 struct PerEvent(Arc<dyn Projector>);
 
 #[async_trait]
@@ -356,6 +357,18 @@ async fn set_based_rebuild_equals_the_per_event_paths() {
     assert!(from_live.sessions.iter().any(|s| s.status == "revoked"));
     assert!(from_live.sessions.iter().any(|s| s.generation == i64::MAX));
 
+    // 1b. The live path through `apply` one envelope at a time (the default
+    // `apply_many`) leaves the same rows as the set-based `apply_many`.
+    sqlx::query("TRUNCATE rm_profiles, rm_sessions, projection_checkpoints").execute(&db.pool).await.unwrap();
+    let live_per_event = ProjectionRunner::new(db.pool.clone(), per_event());
+    let mut reference_feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live-per-event")).await.unwrap();
+    drain(&live_per_event, &mut reference_feed, 37).await;
+    assert_eq!(
+        snapshot(&db.pool).await,
+        from_live,
+        "live per-envelope path differs from the live set-based path"
+    );
+
     // 2. The default per-event rebuild.
     let reference = ProjectionRunner::new(db.pool.clone(), per_event());
     for name in ["profiles", "sessions"] {
@@ -379,7 +392,7 @@ async fn set_based_rebuild_equals_the_per_event_paths() {
     let mut fresh = PgFeed::new(db.pool.clone(), PgFeedConfig::new("after-rebuild")).await.unwrap();
     drain(&live, &mut fresh, 1000).await;
     assert_eq!(snapshot(&db.pool).await, from_live);
-    drop((feed, fresh));
+    drop((feed, reference_feed, fresh));
     db.drop().await;
 }
 
