@@ -35,6 +35,9 @@ use workers::sms::SmsSender;
 use crate::config::Settings;
 use crate::state::AppState;
 
+/// The projection runner's consumer name (group `<prefix>-projections`).
+const PROJECTIONS_CONSUMER: &str = "projections";
+
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Roles {
@@ -140,6 +143,9 @@ impl App {
                     AGGREGATE_TYPES,
                 );
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
+                // The projection runner skips redelivered envelopes by its
+                // checkpoints (decided 5); the notifier keeps synchronous commits.
+                cfg.async_commit = name == PROJECTIONS_CONSUMER;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
             None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),
@@ -169,7 +175,7 @@ impl App {
     /// # Errors
     /// When the feed cannot be created.
     pub async fn run_projector(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut feed = self.feed("projections").await?;
+        let mut feed = self.feed(PROJECTIONS_CONSUMER).await?;
         ProjectionRunner::new(self.pool.clone(), Self::projectors()).run(feed.as_mut(), shutdown).await;
         Ok(())
     }
