@@ -47,6 +47,10 @@ enum Command {
         /// Seeded users for `queries` (default 100,000).
         #[arg(long)]
         users: Option<usize>,
+        /// Partitions of each topic the benchmark creates (`relay`,
+        /// `freshness`; default: KAFKA_TOPIC_PARTITIONS).
+        #[arg(long)]
+        partitions: Option<i32>,
     },
     /// The halves of `scripts/chaos` (fault tests; docs/performance.md).
     Chaos {
@@ -111,11 +115,12 @@ async fn main() -> anyhow::Result<()> {
     }
     api::telemetry::init();
     let roles = match cli.command.unwrap_or(Command::Serve) {
-        Command::Bench { name, seconds, concurrency, events, users } => {
+        Command::Bench { name, seconds, concurrency, events, users, partitions } => {
             let mut options = api::bench::BenchOptions::new(&cli.settings, seconds);
             options.concurrency = concurrency;
             options.events = events;
             options.users = users;
+            options.partitions = partitions;
             let report = api::bench::run(name, &cli.settings, &options).await?;
             println!("{report}");
             return Ok(());

@@ -80,6 +80,36 @@ pub async fn ensure_topics<S: AsRef<str>>(
     Ok(())
 }
 
+/// Deletes every topic of the broker whose name contains `marker` (e.g.
+/// the unique topic prefix of a benchmark run) and returns how many it
+/// asked to delete. Topics the broker cannot delete are logged and left.
+/// Apache Kafka deletes asynchronously; tansu at once.
+///
+/// # Errors
+/// [`KafkaSetupError::Client`] when the broker's metadata cannot be read or
+/// the request fails (within 30 s).
+#[tracing::instrument(skip_all, fields(brokers, marker))]
+pub async fn delete_topics_containing(brokers: &str, marker: &str) -> Result<usize, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let names: Vec<String> = {
+        let metadata = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT)?;
+        metadata.topics().iter().map(|t| t.name().to_owned()).filter(|t| t.contains(marker)).collect()
+    };
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options =
+        AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+    for result in admin.delete_topics(&refs, &options).await? {
+        if let Err((topic, code)) = result {
+            tracing::warn!(topic, %code, "cannot delete Kafka topic");
+        }
+    }
+    Ok(names.len())
+}
+
 /// Settings of the relay's producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerConfig {

@@ -200,7 +200,7 @@ fn stage_rows(r: &mut Report, timings: &[Timing], p99: Duration) {
     let staged: Vec<(Duration, Stages)> =
         timings.iter().filter_map(|t| t.stages.map(|s| (t.visible, s))).collect();
     r.note(format!(
-        "stages measured for {} of {} writes (a probe consumer outside any group reads the sessions topic;          split at the message's CreateTime and at the probe's receipt)",
+        "stages measured for {} of {} writes (a probe consumer outside any group reads partition 0 of the sessions topic; split at the message's CreateTime and at the probe's receipt)",
         staged.len(),
         timings.len()
     ));
@@ -301,10 +301,14 @@ struct Stages {
     to_read_model: Duration,
 }
 
-/// A consumer of the sessions topic outside any group (partitions assigned
-/// from their end), recording when each session's message arrived and its
-/// `CreateTime`; it splits the latency into stages. It reads with the same
-/// `fetch.wait.max.ms` as the projector.
+/// A consumer of partition 0 of the sessions topic outside any group
+/// (assigned from its end), recording when each session's message arrived
+/// and its `CreateTime`; it splits the latency of the writes on that
+/// partition into stages. It reads with the same `fetch.wait.max.ms` as the
+/// projector. One partition only, because on tansu's memory engine every
+/// fetch that finds new data lists all stored batches of the partition, so
+/// a probe over the whole topic would add a second full load of fetches to
+/// the broker it measures (docs/performance.md, freshness).
 struct TopicProbe {
     seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>>,
     task: tokio::task::JoinHandle<()>,
@@ -317,10 +321,13 @@ impl TopicProbe {
         let topic = format!("{}session", app.settings.kafka_topic_prefix);
         let consumer = projections::kafka_feed::assigned_reader(
             brokers,
-            &[topic],
+            std::slice::from_ref(&topic),
             rdkafka::Offset::End,
             app.settings.kafka_fetch_wait_max_ms,
         )?;
+        let mut partition_0 = rdkafka::TopicPartitionList::new();
+        partition_0.add_partition_offset(&topic, 0, rdkafka::Offset::End)?;
+        rdkafka::consumer::Consumer::assign(&consumer, &partition_0)?;
         let seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>> = Arc::default();
         let task = {
             let seen = seen.clone();

@@ -82,6 +82,9 @@ pub struct BenchOptions {
     pub users: Option<usize>,
     /// Kafka bootstrap servers.
     pub brokers: String,
+    /// Partitions of each topic a benchmark creates (default: the
+    /// deployment's `KAFKA_TOPIC_PARTITIONS`, 6 unless set).
+    pub partitions: Option<i32>,
 }
 
 impl BenchOptions {
@@ -92,6 +95,7 @@ impl BenchOptions {
             concurrency: None,
             events: None,
             users: None,
+            partitions: None,
             brokers: settings.kafka_brokers.clone().unwrap_or_else(|| DEFAULT_BROKERS.to_owned()),
         }
     }
@@ -107,13 +111,14 @@ pub fn cores() -> usize {
 }
 
 /// Runs benchmark `name` on a fresh database of `settings`' server and
-/// drops the database afterwards.
+/// drops the database (and the topics of `relay` and `freshness`)
+/// afterwards.
 ///
 /// # Errors
 /// Setup failures (database, broker) and failures of the benchmark itself.
 pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -> anyhow::Result<Report> {
     let db = BenchDb::create(&settings.database_url, 40).await?;
-    let env = BenchEnv { settings: bench_settings(settings, &db.url), db: db.pool.clone() };
+    let env = BenchEnv { settings: bench_settings(settings, &db.url, options), db: db.pool.clone() };
     let result = match name {
         BenchName::Login => login::run(&env, options).await,
         BenchName::Commands => commands::run(&env, options).await,
@@ -122,6 +127,17 @@ pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -
         BenchName::Replay => replay::run(&env, options).await,
         BenchName::Queries => queries::run(&env, options).await,
     };
+    if matches!(name, BenchName::Relay | BenchName::Freshness) {
+        // The run's topics (also the relay bench's `raw.` copies) go with
+        // its database, so that runs on one broker do not weigh on each
+        // other (tansu's memory engine keeps every batch; its metadata
+        // and fetches grow with what it holds).
+        if let Err(e) =
+            workers::kafka::delete_topics_containing(&options.brokers, &env.settings.kafka_topic_prefix).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot delete the run's topics");
+        }
+    }
     let dropped = db.drop().await;
     let report = result.with_context(|| format!("bench {name} failed"))?;
     dropped?;
@@ -137,7 +153,7 @@ pub struct BenchEnv {
     pub db: PgPool,
 }
 
-fn bench_settings(base: &Settings, url: &str) -> Settings {
+fn bench_settings(base: &Settings, url: &str, options: &BenchOptions) -> Settings {
     let run = Uuid::new_v4().simple().to_string();
     let mut s = base.clone();
     s.database_url = url.to_owned();
@@ -145,7 +161,7 @@ fn bench_settings(base: &Settings, url: &str) -> Settings {
     s.kafka_brokers = None;
     s.kafka_topic_prefix = format!("b{run}.streamforge.events.");
     s.kafka_group_prefix = format!("gb{run}");
-    s.kafka_topic_partitions = 3;
+    s.kafka_topic_partitions = options.partitions.unwrap_or(base.kafka_topic_partitions).max(1);
     s.smtp_url = None;
     s.mail_dir = std::env::temp_dir().join(format!("sf_bench_{run}")).join("mail");
     s.sms_dir = std::env::temp_dir().join(format!("sf_bench_{run}")).join("sms");

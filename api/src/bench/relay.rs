@@ -54,7 +54,14 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let relay_prefix = env.settings.kafka_topic_prefix.clone();
     let raw_prefix = format!("raw.{relay_prefix}");
     for prefix in [&relay_prefix, &raw_prefix] {
-        workers::kafka::ensure_topics(&o.brokers, prefix, AGGREGATE_TYPES, 3, 1).await?;
+        workers::kafka::ensure_topics(
+            &o.brokers,
+            prefix,
+            AGGREGATE_TYPES,
+            env.settings.kafka_topic_partitions,
+            1,
+        )
+        .await?;
     }
 
     // The baseline's input: every envelope, encoded, in commit order.
