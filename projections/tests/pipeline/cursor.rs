@@ -203,7 +203,7 @@ async fn checkpoints_round_trip() {
 }
 
 #[tokio::test]
-async fn read_after_uses_the_cursor_index() {
+async fn read_after_and_the_unsettled_check_use_the_cursor_index() {
     let db = TestDb::new().await;
     let pool = &db.pool;
     sqlx::query(
@@ -229,6 +229,20 @@ async fn read_after_uses_the_cursor_index() {
                 plan.contains("events_cursor_idx") && !plan.contains("Sort"),
                 "filtered={filtered} cursor={cursor:?}:\n{plan}"
             );
+            // The unsettled check too (a bare EXISTS was planned as a
+            // sequential scan of the whole table here).
+            let sql = format!("EXPLAIN {}", tail::has_unsettled_after_sql(filtered));
+            let query = sqlx::query_scalar::<_, String>(&sql).bind(cursor.txid).bind(cursor.position);
+            let query = if filtered { query.bind(vec!["user".to_owned()]) } else { query };
+            let plan = query.fetch_all(pool).await.unwrap().join("\n");
+            assert!(
+                plan.contains("events_cursor_idx") && !plan.contains("Seq Scan"),
+                "unsettled check, filtered={filtered} cursor={cursor:?}:\n{plan}"
+            );
+            let sql = tail::has_unsettled_after_sql(filtered);
+            let query = sqlx::query_scalar::<_, bool>(&sql).bind(cursor.txid).bind(cursor.position);
+            let query = if filtered { query.bind(vec!["user".to_owned()]) } else { query };
+            assert!(query.fetch_one(pool).await.unwrap(), "rows follow {cursor:?}");
         }
     }
     db.drop().await;
