@@ -132,15 +132,16 @@ impl App {
         ]
     }
 
-    /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka).
-    async fn feed(&self, name: &str) -> anyhow::Result<Box<dyn EventFeed>> {
+    /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka, reading
+    /// the topics of `aggregate_types`; the Postgres feed reads every event).
+    async fn feed(&self, name: &str, aggregate_types: &[&str]) -> anyhow::Result<Box<dyn EventFeed>> {
         match &self.settings.kafka_brokers {
             Some(brokers) => {
                 let mut cfg = KafkaFeedConfig::for_aggregate_types(
                     brokers.clone(),
                     format!("{}-{name}", self.settings.kafka_group_prefix),
                     &self.settings.kafka_topic_prefix,
-                    AGGREGATE_TYPES,
+                    aggregate_types,
                 );
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
                 // The projection runner skips redelivered envelopes by its
@@ -175,8 +176,13 @@ impl App {
     /// # Errors
     /// When the feed cannot be created.
     pub async fn run_projector(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut feed = self.feed(PROJECTIONS_CONSUMER).await?;
-        ProjectionRunner::new(self.pool.clone(), Self::projectors()).run(feed.as_mut(), shutdown).await;
+        let projectors = Self::projectors();
+        // Only the topics some projector reads: every partition in a fetch
+        // costs the broker a lookup, 1 / fetch.wait.max.ms times a second.
+        let types: Vec<&str> =
+            AGGREGATE_TYPES.iter().copied().filter(|t| projectors.iter().any(|p| p.handles(t))).collect();
+        let mut feed = self.feed(PROJECTIONS_CONSUMER, &types).await?;
+        ProjectionRunner::new(self.pool.clone(), projectors).run(feed.as_mut(), shutdown).await;
         Ok(())
     }
 
@@ -195,7 +201,8 @@ impl App {
         };
         let notifier = Notifier::new(self.pool.clone(), deliveries, mailer, sms, &self.settings.mail_from)?
             .with_policy(policy);
-        let mut feed = self.feed("notify").await?;
+        // Any aggregate's event may name a delivery (`delivery_id` metadata).
+        let mut feed = self.feed("notify", AGGREGATE_TYPES).await?;
         notifier.run(feed.as_mut(), shutdown).await;
         Ok(())
     }
