@@ -100,9 +100,10 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
 
     let mut r = Report::new("relay");
     r.note(format!(
-        "{n} events ({users} users × {} events: user and session streams), broker {}, 3 partitions per topic",
+        "{n} events ({users} users × {} events: user and session streams), broker {}, {} partitions per topic",
         shape.events_per_user(),
-        o.brokers
+        o.brokers,
+        env.settings.kafka_topic_partitions
     ));
     r.note(format!(
         "relay: leader lock held, a standby relay on the same checkpoint alongside; batches of {}, \
