@@ -145,3 +145,34 @@ async fn a_broker_that_is_down_leaves_the_checkpoint_alone() {
     assert_eq!(tail::load_checkpoint(&db.pool, "relay").await.unwrap(), Cursor::ZERO);
     db.drop().await;
 }
+
+/// `delete_topics_containing` removes exactly the topics whose names hold
+/// the marker (a benchmark run's prefix) and leaves the others.
+#[tokio::test]
+async fn delete_topics_containing_removes_only_the_marked_topics() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::ClientConfig;
+
+    let brokers = kafka_brokers();
+    let marked = unique_prefix();
+    let kept = unique_prefix();
+    ensure_topics(&brokers, &marked, &["user", "session"], 1, 1).await.unwrap();
+    ensure_topics(&brokers, &format!("raw.{marked}"), &["user"], 1, 1).await.unwrap();
+    ensure_topics(&brokers, &kept, &["user"], 1, 1).await.unwrap();
+
+    let deleted = workers::kafka::delete_topics_containing(&brokers, &marked).await.unwrap();
+    assert_eq!(deleted, 3);
+
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let names: Vec<String> = client
+        .fetch_metadata(None, Duration::from_secs(30))
+        .unwrap()
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(&marked)), "marked topics left: {names:?}");
+    assert!(names.contains(&format!("{kept}user")), "the other topic went too: {names:?}");
+    assert_eq!(workers::kafka::delete_topics_containing(&brokers, &marked).await.unwrap(), 0);
+    workers::kafka::delete_topics_containing(&brokers, &kept).await.unwrap();
+}
