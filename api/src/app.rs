@@ -144,9 +144,6 @@ impl App {
                     aggregate_types,
                 );
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
-                // The projection runner skips redelivered envelopes by its
-                // checkpoints (decided 5); the notifier keeps synchronous commits.
-                cfg.async_commit = name == PROJECTIONS_CONSUMER;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
             None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),

@@ -46,9 +46,7 @@ pub trait EventFeed: Send {
     async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Envelope>, FeedError>;
 
     /// Acknowledges every envelope returned so far (durably: Kafka offsets
-    /// committed synchronously, or the Postgres checkpoint stored — except
-    /// a Kafka feed configured with `async_commit`, for idempotent
-    /// consumers, whose commit completes in the background).
+    /// committed synchronously, or the Postgres checkpoint stored).
     ///
     /// # Errors
     /// [`FeedError`] when the acknowledgement could not be stored; the

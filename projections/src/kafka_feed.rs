@@ -1,15 +1,9 @@
 //! [`KafkaFeed`]: the Kafka consumer-group [`EventFeed`] used in production.
 //!
-//! Offsets are committed manually by [`EventFeed::commit`], after the
-//! projector transactions (ARCHITECTURE decided 5): synchronously by
-//! default, or — for consumers that are idempotent by their own checkpoints,
-//! like the projection runner — asynchronously
-//! ([`KafkaFeedConfig::async_commit`]), so the commit's round trip (which
-//! waits behind the connection's fetch on tansu) is off the latency path; a
-//! commit lost in a crash only means redelivery, which the checkpoints skip.
-//! A failed asynchronous commit is logged by the consumer's context
-//! ([`FeedContext`]). Messages are keyed by aggregate id, so per-aggregate
-//! order is per-partition order. A message whose value is not an envelope is logged
+//! Offsets are committed manually and synchronously by
+//! [`EventFeed::commit`], after the projector transactions (ARCHITECTURE
+//! decided 5). Messages are keyed by aggregate id, so per-aggregate order is
+//! per-partition order. A message whose value is not an envelope is logged
 //! with its topic, partition and offset and skipped (its offset is still
 //! committed, so it is not retried forever).
 //!
@@ -36,8 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::envelope::Envelope;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -96,40 +89,9 @@ pub struct KafkaFeedConfig {
     /// group is stuck (module docs); `None` turns the watchdog off.
     /// Default [`DEFAULT_STALL_TIMEOUT`].
     pub stall_timeout: Option<Duration>,
-    /// Whether [`EventFeed::commit`] only hands the offsets to librdkafka
-    /// (`CommitMode::Async`, failures logged) instead of waiting for the
-    /// broker's answer. Only for consumers that skip redelivered envelopes
-    /// themselves (the projection runner's checkpoints, decided 5): after a
-    /// crash, a commit that was still in flight is delivered again. Default
-    /// `false` (synchronous: a new feed of the group resumes after every
-    /// envelope returned before the commit).
-    pub async_commit: bool,
     /// Further librdkafka properties, applied last.
     pub extra: Vec<(String, String)>,
 }
-
-/// The consumer context of a [`KafkaFeed`]: logs failed offset commits
-/// (the only report an asynchronous commit gets).
-#[derive(Debug, Clone)]
-pub struct FeedContext {
-    group_id: String,
-}
-
-impl ClientContext for FeedContext {}
-
-impl ConsumerContext for FeedContext {
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            // No offsets to commit is not a failure.
-            if !matches!(error, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
-                tracing::warn!(group = %self.group_id, error = %error, "offset commit failed; the envelopes will be delivered again");
-            }
-        }
-    }
-}
-
-/// The consumer of a [`KafkaFeed`].
-pub type FeedConsumer = StreamConsumer<FeedContext>;
 
 impl KafkaFeedConfig {
     /// Defaults for group `group_id` reading `topics` from `brokers`.
@@ -145,7 +107,6 @@ impl KafkaFeedConfig {
             fetch_wait_max_ms: DEFAULT_FETCH_WAIT_MAX_MS,
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
-            async_commit: false,
             extra: Vec::new(),
         }
     }
@@ -195,9 +156,8 @@ impl KafkaFeedConfig {
     }
 
     /// A consumer subscribed to the topics.
-    fn subscribe(&self) -> Result<FeedConsumer, FeedError> {
-        let consumer: FeedConsumer =
-            self.client_config().create_with_context(FeedContext { group_id: self.group_id.clone() })?;
+    fn subscribe(&self) -> Result<StreamConsumer, FeedError> {
+        let consumer: StreamConsumer = self.client_config().create()?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(consumer)
@@ -213,7 +173,7 @@ struct Span {
 
 /// A consumer-group feed. Dropping it leaves the group (blocking briefly).
 pub struct KafkaFeed {
-    consumer: Arc<FeedConsumer>,
+    consumer: Arc<StreamConsumer>,
     config: KafkaFeedConfig,
     group_id: String,
     seen: HashMap<(String, i32), Span>,
@@ -303,7 +263,7 @@ pub fn stalled_partitions(
 /// Reads the group's committed offsets and the watermarks of every
 /// partition of `topics` (blocking).
 fn group_progress(
-    consumer: &FeedConsumer,
+    consumer: &StreamConsumer,
     topics: &[String],
 ) -> Result<HashMap<(String, i32), PartitionProgress>, FeedError> {
     let mut list = TopicPartitionList::new();
@@ -578,12 +538,8 @@ impl EventFeed for KafkaFeed {
         }
         let offsets = self.assigned_offsets(|span| span.last + 1)?;
         if offsets.count() > 0 {
-            if self.config.async_commit {
-                self.consumer.commit(&offsets, CommitMode::Async)?;
-            } else {
-                let consumer = Arc::clone(&self.consumer);
-                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await??;
-            }
+            let consumer = Arc::clone(&self.consumer);
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await??;
         }
         self.seen.clear();
         Ok(())
