@@ -103,7 +103,7 @@ impl Projector for SessionsProjector {
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> Result<(), ProjectionError> {
-        let mut started = StartedColumns::default();
+        let mut started = SessionColumns::default();
         for env in envelopes {
             if env.event_type == SESSION_STARTED {
                 if let SessionEvent::SessionStarted {
@@ -116,12 +116,21 @@ impl Projector for SessionsProjector {
                     ..
                 } = env.decode().map_err(|e| ProjectionError::decode(env, e))?
                 {
-                    started.session_id.push(session_id);
-                    started.user_id.push(user_id);
-                    started.started_at.push(started_at);
-                    started.idle_expires_at.push(idle_expires_at);
-                    started.expires_at.push(expires_at);
-                    started.client_sealed.push(client.map(|c| c.0));
+                    // The row `apply` inserts for it.
+                    started.push(SessionRow {
+                        session_id,
+                        user_id,
+                        status: "active".to_owned(),
+                        generation: 0,
+                        created_at: started_at,
+                        last_used_at: started_at,
+                        idle_expires_at,
+                        expires_at,
+                        revoked_at: None,
+                        revoked_reason: None,
+                        client_sealed: client.map(|c| c.0),
+                        authenticated_at: Some(started_at),
+                    });
                     continue;
                 }
             }
@@ -154,31 +163,7 @@ impl Projector for SessionsProjector {
                 Fold::PerEvent => per_event.push(stream),
             }
         }
-        if !rows.session_id.is_empty() {
-            sqlx::query(
-                "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
-                                          idle_expires_at, expires_at, revoked_at, revoked_reason,
-                                          client_sealed, authenticated_at)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[],
-                                      $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
-                                      $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
-                 ON CONFLICT (session_id) DO NOTHING",
-            )
-            .bind(&rows.session_id)
-            .bind(&rows.user_id)
-            .bind(&rows.status)
-            .bind(&rows.generation)
-            .bind(&rows.created_at)
-            .bind(&rows.last_used_at)
-            .bind(&rows.idle_expires_at)
-            .bind(&rows.expires_at)
-            .bind(&rows.revoked_at)
-            .bind(&rows.revoked_reason)
-            .bind(&rows.client_sealed)
-            .bind(&rows.authenticated_at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        rows.insert(&mut *conn).await?;
         for stream in per_event {
             for event in stream.events {
                 self.apply(&mut *conn, &event.to_envelope()?).await?;
@@ -269,46 +254,6 @@ pub fn fold_session(stream: &Stream<'_>) -> Result<Fold<SessionRow>, ProjectionE
 /// `Envelope::event_type` of [`SessionEvent::SessionStarted`].
 const SESSION_STARTED: &str = "SessionStarted";
 
-/// A run of `SessionStarted` events as column arrays for `UNNEST`.
-#[derive(Default)]
-struct StartedColumns {
-    session_id: Vec<Uuid>,
-    user_id: Vec<Uuid>,
-    started_at: Vec<DateTime<Utc>>,
-    idle_expires_at: Vec<DateTime<Utc>>,
-    expires_at: Vec<DateTime<Utc>>,
-    client_sealed: Vec<Option<String>>,
-}
-
-impl StartedColumns {
-    /// Inserts the run (the rows `apply` inserts for `SessionStarted`) and
-    /// empties it; nothing when it is empty.
-    async fn insert(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        if self.session_id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
-                                      idle_expires_at, expires_at, client_sealed, authenticated_at)
-             SELECT s, u, 'active', 0, t, t, i, e, c, t
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-                         $6::text[]) WITH ORDINALITY AS r(s, u, t, i, e, c, n)
-             ORDER BY n
-             ON CONFLICT (session_id) DO NOTHING",
-        )
-        .bind(&self.session_id)
-        .bind(&self.user_id)
-        .bind(&self.started_at)
-        .bind(&self.idle_expires_at)
-        .bind(&self.expires_at)
-        .bind(&self.client_sealed)
-        .execute(conn)
-        .await?;
-        *self = Self::default();
-        Ok(())
-    }
-}
-
 /// `rm_sessions` rows as column arrays for `UNNEST`.
 #[derive(Default)]
 struct SessionColumns {
@@ -327,6 +272,40 @@ struct SessionColumns {
 }
 
 impl SessionColumns {
+    /// Inserts the rows (`ON CONFLICT (session_id) DO NOTHING`, as `apply`
+    /// does for `SessionStarted`) with one `INSERT … SELECT FROM UNNEST`
+    /// and empties the columns; nothing when they are empty.
+    async fn insert(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        if self.session_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
+                                      idle_expires_at, expires_at, revoked_at, revoked_reason,
+                                      client_sealed, authenticated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[],
+                                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
+                                  $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
+             ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(&self.session_id)
+        .bind(&self.user_id)
+        .bind(&self.status)
+        .bind(&self.generation)
+        .bind(&self.created_at)
+        .bind(&self.last_used_at)
+        .bind(&self.idle_expires_at)
+        .bind(&self.expires_at)
+        .bind(&self.revoked_at)
+        .bind(&self.revoked_reason)
+        .bind(&self.client_sealed)
+        .bind(&self.authenticated_at)
+        .execute(conn)
+        .await?;
+        *self = Self::default();
+        Ok(())
+    }
+
     fn push(&mut self, r: SessionRow) {
         self.session_id.push(r.session_id);
         self.user_id.push(r.user_id);
