@@ -111,8 +111,7 @@ pub fn cores() -> usize {
 }
 
 /// Runs benchmark `name` on a fresh database of `settings`' server and
-/// drops the database (and the topics of `relay` and `freshness`)
-/// afterwards.
+/// drops the database (and the topics of `relay`) afterwards.
 ///
 /// # Errors
 /// Setup failures (database, broker) and failures of the benchmark itself.
@@ -127,11 +126,14 @@ pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -
         BenchName::Replay => replay::run(&env, options).await,
         BenchName::Queries => queries::run(&env, options).await,
     };
-    if matches!(name, BenchName::Relay | BenchName::Freshness) {
-        // The run's topics (also the relay bench's `raw.` copies) go with
-        // its database, so that runs on one broker do not weigh on each
-        // other (tansu's memory engine keeps every batch; its metadata
-        // and fetches grow with what it holds).
+    if matches!(name, BenchName::Relay) {
+        // The run's topics (also the `raw.` copies) go with its database,
+        // so that runs on one broker do not weigh on each other (tansu's
+        // memory engine keeps every batch; its metadata and fetches grow
+        // with what it holds). Not after `freshness`: its smoke test died
+        // with SIGSEGV at the end of two full-suite runs, where the
+        // deletion races the drop of its consumers (suspected, not proven);
+        // its measured phases use fresh topics anyway.
         if let Err(e) =
             workers::kafka::delete_topics_containing(&options.brokers, &env.settings.kafka_topic_prefix).await
         {
