@@ -72,9 +72,13 @@ impl App {
     /// # Errors
     /// Database unreachable, bad keys.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = projections::db::connect_with(&settings.database_url, settings.database_max_connections)
-            .await
-            .context("cannot connect to the database")?;
+        let pool = projections::db::connect_pool(
+            &settings.database_url,
+            settings.database_min_connections.unwrap_or(settings.database_max_connections),
+            settings.database_max_connections,
+        )
+        .await
+        .context("cannot connect to the database")?;
         let keys = Keyring::derive(&settings.master_key()?);
         let tokens =
             Arc::new(TokenIssuer::new(&settings.jwt_key()?, &settings.jwt_issuer, &settings.jwt_audience)?);

@@ -16,6 +16,13 @@ pub struct Settings {
     /// Postgres pool size per process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
+    /// Postgres connections kept open per process, opened at start (at most
+    /// `database_max_connections`; unset: all of them, a fixed-size pool). A
+    /// burst then finds its connections warm instead of opening backends on
+    /// the request path — while the database is slowest, as the pool grows
+    /// when requests queue (docs/performance.md, freshness).
+    #[arg(long, env = "DATABASE_MIN_CONNECTIONS")]
+    pub database_min_connections: Option<u32>,
     /// Kafka bootstrap servers; unset → the embedded Postgres feed, no relay.
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,

@@ -38,9 +38,27 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_pool(database_url, 0, max_connections).await
+}
+
+/// Like [`connect_with`], keeping at least `min_connections` connections
+/// open (capped at `max_connections`): they are opened before this returns
+/// and reopened in the background when closed, so a burst after start or
+/// after a quiet spell does not pay for new backends (a fork, the startup
+/// handshake and a prepare per statement on each new connection) on the
+/// request path.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_pool(
+    database_url: &str,
+    min_connections: u32,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
     ensure_database(database_url).await?;
     let options = PgConnectOptions::from_str(database_url).context("invalid database URL")?;
     let pool = PgPoolOptions::new()
+        .min_connections(min_connections.min(max_connections))
         .max_connections(max_connections)
         .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
         .connect_with(options)

@@ -15,6 +15,8 @@ fn options(seconds: f64, concurrency: usize) -> (Settings, BenchOptions) {
     let mut settings = Settings::from_env().expect("settings");
     settings.database_url = projections::db::testing::base_url();
     settings.kafka_brokers = Some(brokers());
+    // Tests run side by side on one server (max_connections 100).
+    settings.database_min_connections = Some(4);
     let mut o = BenchOptions::new(&settings, seconds);
     o.duration = Duration::from_secs_f64(seconds);
     o.concurrency = Some(concurrency);

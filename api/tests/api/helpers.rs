@@ -111,6 +111,8 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
     let mut settings = Settings::from_env().expect("settings");
     settings.database_url = url;
     settings.database_max_connections = 10;
+    // Tests run side by side on one server (max_connections 100): keep few warm.
+    settings.database_min_connections = Some(2);
     settings.kafka_brokers = (feed == Feed::Kafka).then(brokers);
     settings.kafka_topic_prefix = topic_prefix.clone();
     settings.kafka_group_prefix = format!("g{run}");

@@ -10,5 +10,6 @@ mod cursor;
 mod helpers;
 mod kafka_feed;
 mod pg_feed;
+mod pool;
 mod rebuild;
 mod runtime;
