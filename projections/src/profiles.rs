@@ -148,8 +148,7 @@ impl Projector for ProfilesProjector {
                 "INSERT INTO rm_profiles (user_id, email_sealed, name_sealed, bio_sealed, email_verified,
                                           phone_sealed, phone_verified, two_factor_channel, created_at, updated_at)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                                      $6::text[], $7::bool[], $8::text[], $9::timestamptz[], $10::timestamptz[])
-                 ON CONFLICT (user_id) DO NOTHING",
+                                      $6::text[], $7::bool[], $8::text[], $9::timestamptz[], $10::timestamptz[])",
             )
             .bind(&rows.user_id)
             .bind(&rows.email_sealed)

@@ -173,6 +173,10 @@ pub trait Projector: Send + Sync {
     /// Called only after [`Projector::reset`], for streams no earlier chunk
     /// of the same rebuild held; the result must be exactly what
     /// [`Projector::apply`] would leave after the same events one by one.
+    /// An override may therefore insert its rows without `ON CONFLICT` (the
+    /// unique check is then the index's own, as in a bulk load): a row that
+    /// exists after all (a live runner left running, a row keyed by another
+    /// stream's id) fails the chunk, which is then replayed through `apply`.
     /// The default does just that (one `apply` per event, in chunk order);
     /// a projector whose rows are a function of one stream overrides it to
     /// fold each stream in memory and write its rows with a few set-based
@@ -361,10 +365,18 @@ const STORE_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
      SELECT $1, u.t, u.i, u.s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
      ON CONFLICT (projector, aggregate_type, aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence";
 
-/// The checkpoints a rebuild chunk leaves (`$2` type, `$3` ids, `$4`
-/// sequences): after the reset there are none, but a higher one is never
-/// lowered.
+/// The checkpoints a set-based rebuild chunk leaves (`$2` type, `$3` ids,
+/// `$4` sequences): after the reset there are none and each stream is in
+/// one chunk only, so a plain insert; an existing checkpoint fails the
+/// chunk, which is then replayed with [`STORE_REPLAYED_CHECKPOINTS`].
 const STORE_REBUILT_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
+     (projector, aggregate_type, aggregate_id, sequence) \
+     SELECT $1, t, i, s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s)";
+
+/// The checkpoints of a rebuild chunk replayed event by event: as
+/// [`STORE_REBUILT_CHECKPOINTS`], but a checkpoint that exists is kept when
+/// higher (never lowered).
+const STORE_REPLAYED_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
      (projector, aggregate_type, aggregate_id, sequence) \
      SELECT $1, t, i, s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
      ON CONFLICT (projector, aggregate_type, aggregate_id) \
@@ -700,7 +712,7 @@ async fn write_chunk(
     let set_based = async {
         let mut tx = pool.begin().await?;
         projector.rebuild_chunk(&mut tx, chunk).await?;
-        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk).await?;
+        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REBUILT_CHECKPOINTS).await?;
         tx.commit().await?;
         Ok::<_, ProjectionError>(())
     }
@@ -727,7 +739,7 @@ async fn write_chunk(
             source,
         })?;
     }
-    store_rebuilt_checkpoints(&mut tx, projector.name(), chunk).await?;
+    store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REPLAYED_CHECKPOINTS).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -736,6 +748,7 @@ async fn store_rebuilt_checkpoints(
     conn: &mut PgConnection,
     projector: &str,
     chunk: &RebuildChunk,
+    statement: &'static str,
 ) -> Result<(), sqlx::Error> {
     let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
     for (aggregate_type, aggregate_id, sequence) in chunk.checkpoints() {
@@ -743,13 +756,7 @@ async fn store_rebuilt_checkpoints(
         ids.push(aggregate_id);
         sequences.push(sequence);
     }
-    sqlx::query(STORE_REBUILT_CHECKPOINTS)
-        .bind(projector)
-        .bind(types)
-        .bind(ids)
-        .bind(sequences)
-        .execute(conn)
-        .await?;
+    sqlx::query(statement).bind(projector).bind(types).bind(ids).bind(sequences).execute(conn).await?;
     Ok(())
 }
 

@@ -134,10 +134,10 @@ impl Projector for SessionsProjector {
                     continue;
                 }
             }
-            started.insert(&mut *conn).await?;
+            started.insert(&mut *conn, true).await?;
             self.apply(&mut *conn, env).await?;
         }
-        started.insert(&mut *conn).await
+        started.insert(&mut *conn, true).await
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -163,7 +163,7 @@ impl Projector for SessionsProjector {
                 Fold::PerEvent => per_event.push(stream),
             }
         }
-        rows.insert(&mut *conn).await?;
+        rows.insert(&mut *conn, false).await?;
         for stream in per_event {
             for event in stream.events {
                 self.apply(&mut *conn, &event.to_envelope()?).await?;
@@ -272,36 +272,42 @@ struct SessionColumns {
 }
 
 impl SessionColumns {
-    /// Inserts the rows (`ON CONFLICT (session_id) DO NOTHING`, as `apply`
-    /// does for `SessionStarted`) with one `INSERT … SELECT FROM UNNEST`
-    /// and empties the columns; nothing when they are empty.
-    async fn insert(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+    /// Inserts the rows with one `INSERT … SELECT FROM UNNEST` and empties
+    /// the columns; nothing when they are empty. `live`: `ON CONFLICT
+    /// (session_id) DO NOTHING`, as `apply` does for `SessionStarted`;
+    /// otherwise (a rebuild chunk, see [`Projector::rebuild_chunk`]) an
+    /// existing row fails the statement.
+    async fn insert(&mut self, conn: &mut PgConnection, live: bool) -> Result<(), ProjectionError> {
         if self.session_id.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
+        macro_rules! insert {
+            () => {
+                "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at, last_used_at,
                                       idle_expires_at, expires_at, revoked_at, revoked_reason,
                                       client_sealed, authenticated_at)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[],
                                   $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
-                                  $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
-             ON CONFLICT (session_id) DO NOTHING",
-        )
-        .bind(&self.session_id)
-        .bind(&self.user_id)
-        .bind(&self.status)
-        .bind(&self.generation)
-        .bind(&self.created_at)
-        .bind(&self.last_used_at)
-        .bind(&self.idle_expires_at)
-        .bind(&self.expires_at)
-        .bind(&self.revoked_at)
-        .bind(&self.revoked_reason)
-        .bind(&self.client_sealed)
-        .bind(&self.authenticated_at)
-        .execute(conn)
-        .await?;
+                                  $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])"
+            };
+        }
+        const REBUILD: &str = insert!();
+        const LIVE: &str = concat!(insert!(), " ON CONFLICT (session_id) DO NOTHING");
+        sqlx::query(if live { LIVE } else { REBUILD })
+            .bind(&self.session_id)
+            .bind(&self.user_id)
+            .bind(&self.status)
+            .bind(&self.generation)
+            .bind(&self.created_at)
+            .bind(&self.last_used_at)
+            .bind(&self.idle_expires_at)
+            .bind(&self.expires_at)
+            .bind(&self.revoked_at)
+            .bind(&self.revoked_reason)
+            .bind(&self.client_sealed)
+            .bind(&self.authenticated_at)
+            .execute(conn)
+            .await?;
         *self = Self::default();
         Ok(())
     }

@@ -238,7 +238,7 @@ async fn measure(app: &App, o: &BenchOptions, max_phase: &MaxPhase) -> anyhow::R
         fmt_rate(drain_rate),
         projections::runtime::DEFAULT_BATCH_SIZE
     ));
-    r.notes.extend(error_note("max-rate writes", &max));
+    r.notes.extend(error_note("max-rate writes", max));
     r.notes.extend(error_note("open-loop writes", &open));
     r.rows.push(Row::info(
         "commit → read model visible, p50",

@@ -115,11 +115,19 @@ async fn rebuild_both(
     let started = Instant::now();
     let spawn = |name: &'static str| {
         let runner = runner.clone();
-        tokio::spawn(async move { runner.rebuild(name, REBUILD_CHUNK).await })
+        tokio::spawn(async move {
+            let stats = runner.rebuild(name, REBUILD_CHUNK).await;
+            (stats, started.elapsed())
+        })
     };
     let (profiles, sessions) = (spawn("profiles"), spawn("sessions"));
-    let (profiles, sessions) = (profiles.await??, sessions.await??);
-    Ok((profiles, sessions, started.elapsed()))
+    let ((profiles, profiles_done), (sessions, sessions_done)) = (profiles.await?, sessions.await?);
+    tracing::info!(
+        profiles_secs = profiles_done.as_secs_f64(),
+        sessions_secs = sessions_done.as_secs_f64(),
+        "rebuilds done"
+    );
+    Ok((profiles?, sessions?, started.elapsed()))
 }
 
 /// Whether the tables now hold exactly the rows copied into `bench_*`.

@@ -396,6 +396,85 @@ async fn set_based_rebuild_equals_the_per_event_paths() {
     db.drop().await;
 }
 
+/// A set-based projector with a live runner racing its rebuild: before the
+/// first chunk is written, the first stream's first event is applied and
+/// checkpointed and committed elsewhere, as a live runner left running
+/// would do.
+struct RacedByLive {
+    inner: Arc<dyn Projector>,
+    pool: PgPool,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Projector for RacedByLive {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn handles(&self, aggregate_type: &str) -> bool {
+        self.inner.handles(aggregate_type)
+    }
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
+        self.inner.apply(conn, envelope).await
+    }
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.inner.reset(conn).await
+    }
+    async fn rebuild_chunk(
+        &self,
+        conn: &mut PgConnection,
+        chunk: &RebuildChunk,
+    ) -> Result<(), ProjectionError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let first = &chunk.events()[0];
+            let mut live = self.pool.begin().await?;
+            self.inner.apply(&mut live, &first.to_envelope()?).await?;
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projector, aggregate_type, aggregate_id, sequence)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(self.name())
+            .bind(&first.aggregate_type)
+            .bind(&first.aggregate_id)
+            .bind(first.sequence)
+            .execute(&mut *live)
+            .await?;
+            live.commit().await?;
+        }
+        self.inner.rebuild_chunk(conn, chunk).await
+    }
+}
+
+#[tokio::test]
+async fn a_row_written_by_a_racing_live_runner_sends_the_chunk_to_the_replay() {
+    let db = TestDb::new().await;
+    generate(&db.pool, 11, 60).await;
+    settle(&db.pool).await;
+    let live = ProjectionRunner::new(db.pool.clone(), set_based());
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("live")).await.unwrap();
+    drain(&live, &mut feed, 100).await;
+    let from_live = snapshot(&db.pool).await;
+
+    // The set-based writes insert without ON CONFLICT: the raced row (and
+    // its checkpoint) fail the chunk, which the replay then applies through
+    // `apply`, keeping the higher checkpoint.
+    let raced: Vec<Arc<dyn Projector>> = set_based()
+        .into_iter()
+        .map(|inner| {
+            Arc::new(RacedByLive { inner, pool: db.pool.clone(), raced: false.into() }) as Arc<dyn Projector>
+        })
+        .collect();
+    let runner = ProjectionRunner::new(db.pool.clone(), raced);
+    for name in ["profiles", "sessions"] {
+        let stats = runner.rebuild(name, 40).await.unwrap();
+        assert_eq!(stats.replayed_chunks, 1, "{name}: {stats:?}");
+        assert!(stats.chunks > 1, "{name}: {stats:?}");
+    }
+    assert_eq!(snapshot(&db.pool).await, from_live, "the replayed chunk differs from the live path");
+    drop(feed);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn rebuild_reads_only_settled_events_and_the_live_runner_takes_the_rest() {
     let db = TestDb::new().await;
