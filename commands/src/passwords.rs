@@ -1,7 +1,19 @@
 //! Password hashing: argon2id m=19 MiB, t=2, p=1 (OWASP Password Storage
-//! cheat sheet; ASVS Appendix C), run with `spawn_blocking` behind a
-//! semaphore sized to the cores so hashing never blocks the async workers
-//! and never queues more work than the CPUs can do (ARCHITECTURE decided 9).
+//! cheat sheet; ASVS Appendix C), run on a dedicated pool of one thread per
+//! core so hashing never blocks the async workers and never runs more work
+//! at once than the CPUs can do (ARCHITECTURE decided 9).
+//!
+//! **The pool.** Callers queue jobs (FIFO) on a channel that the pool's
+//! threads (`argon2-<n>`) take from directly: a thread that finishes a hash
+//! starts the next queued one at once. (Before, `spawn_blocking` behind a
+//! semaphore of the same size: the permit went back only once the caller's
+//! task was polled on an async worker, and the next caller's hash started
+//! only after its task was polled in turn — two thread wake-ups between
+//! hashes, while both cores were busy hashing; the permits stood idle ~15 %
+//! of a login benchmark, docs/performance.md "login".) A job whose caller is
+//! gone (request cancelled) is skipped; a job that panics answers
+//! [`HashError::Pool`] and leaves its thread running. The threads end when
+//! the last clone of the [`PasswordHasher`] is dropped.
 //!
 //! **Memory.** Each hash needs its m KiB of argon2 blocks. Allocating and
 //! freeing 19 MiB per hash costs page faults and a `memset` per hash, and
@@ -27,7 +39,6 @@ use std::sync::{Arc, Mutex};
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
 
 /// argon2id memory cost in KiB (19 MiB).
 pub const ARGON2_M_COST_KIB: u32 = 19 * 1024;
@@ -45,9 +56,56 @@ pub enum HashError {
     /// argon2 refused the parameters or inputs (message from `argon2`).
     #[error("password hashing failed: {0}")]
     Hash(String),
-    /// The semaphore was closed or the blocking task failed.
+    /// The hashing pool is gone or the job panicked.
     #[error("the hashing pool is gone")]
     Pool,
+}
+
+/// A job for the hashing threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads' queue (see the module docs). Dropping it (with the
+/// last [`PasswordHasher`] clone) disconnects the channel and ends the
+/// threads once the queued jobs are done.
+struct HashPool {
+    jobs: flume::Sender<Job>,
+}
+
+impl HashPool {
+    /// Starts `threads` threads named `argon2-<n>`.
+    fn start(threads: usize) -> Result<Self, HashError> {
+        let (jobs, queue) = flume::unbounded::<Job>();
+        for n in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    while let Ok(job) = queue.recv() {
+                        job();
+                    }
+                })
+                .map_err(|e| HashError::Hash(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on a hashing thread and waits for its result.
+    ///
+    /// # Errors
+    /// [`HashError::Pool`] when the threads are gone or `f` panicked.
+    async fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, HashError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if done.is_closed() {
+                return; // the caller is gone: skip the work
+            }
+            if let Ok(value) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = done.send(value);
+            }
+        });
+        self.jobs.send(job).map_err(|_| HashError::Pool)?;
+        result.await.map_err(|_| HashError::Pool)
+    }
 }
 
 /// Reusable argon2 block buffers (see the module docs). Keeps at most
@@ -90,11 +148,11 @@ impl MemoryPool {
     }
 }
 
-/// Argon2id hasher/verifier on the bounded blocking pool. Cheap to clone
-/// (clones share the permits and the buffers).
+/// Argon2id hasher/verifier on its own pool of hashing threads. Cheap to
+/// clone (clones share the threads and the buffers).
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    pool: Arc<HashPool>,
     params: Params,
     /// A real hash of a random password, verified when the account does not
     /// exist so both paths cost the same (SECURITY.md "Enumeration").
@@ -195,7 +253,7 @@ impl PasswordHasher {
         let random = Secret::random();
         let dummy = memory.with(params.block_count(), |m| hash_with(&params, random.0.as_bytes(), m))?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency)),
+            pool: Arc::new(HashPool::start(concurrency)?),
             params,
             dummy_hash: Arc::new(dummy),
             memory,
@@ -207,28 +265,22 @@ impl PasswordHasher {
     /// # Errors
     /// [`HashError`] when the pool is closed or hashing fails.
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Pool)?;
         let (params, memory) = (self.params.clone(), self.memory.clone());
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || {
-            memory.with(params.block_count(), |m| hash_with(&params, password.as_bytes(), m))
-        })
-        .await
-        .map_err(|_| HashError::Pool)?
+        self.pool
+            .run(move || memory.with(params.block_count(), |m| hash_with(&params, password.as_bytes(), m)))
+            .await?
     }
 
     /// Verifies `candidate` against a PHC hash (its own parameters apply)
-    /// on the bounded blocking pool. `false` on mismatch, malformed hash or
-    /// pool failure. An empty `phc` verifies against the dummy hash (same
-    /// cost as a real account) and answers `false`.
+    /// on the hashing threads. `false` on mismatch, malformed hash or pool
+    /// failure. An empty `phc` verifies against the dummy hash (same cost as
+    /// a real account) and answers `false`.
     pub async fn verify_phc(&self, phc: &str, candidate: &str) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        let this = self.clone();
+        let (memory, dummy) = (self.memory.clone(), self.dummy_hash.clone());
         let phc = phc.to_owned();
         let candidate = candidate.to_owned();
-        tokio::task::spawn_blocking(move || this.verify_phc_blocking(&phc, &candidate)).await.unwrap_or(false)
+        self.pool.run(move || verify_with(&memory, &dummy, &phc, &candidate)).await.unwrap_or(false)
     }
 
     /// The work of [`PasswordHasher::verify_phc`] on the calling thread,
@@ -237,11 +289,7 @@ impl PasswordHasher {
     /// measure of H uses it so that H and logins run the same code). Never
     /// call it from an async task: it blocks for a full argon2 computation.
     pub fn verify_phc_blocking(&self, phc: &str, candidate: &str) -> bool {
-        let (phc, is_dummy) = if phc.is_empty() { (self.dummy_hash.as_str(), true) } else { (phc, false) };
-        let Ok(hash) = PasswordHash::new(phc) else { return false };
-        let Some(parsed) = Parsed::from_phc(&hash) else { return false };
-        let matched = self.memory.with(parsed.blocks, |m| parsed.matches(candidate.as_bytes(), m));
-        matched && !is_dummy
+        verify_with(&self.memory, &self.dummy_hash, phc, candidate)
     }
 
     /// Spends the same work as a real verification and returns `false`;
@@ -250,6 +298,16 @@ impl PasswordHasher {
         let _ = self.verify_phc("", candidate).await;
         false
     }
+}
+
+/// [`PasswordHasher::verify_phc_blocking`] given the hasher's parts (what a
+/// job takes with it).
+fn verify_with(memory: &MemoryPool, dummy_hash: &str, phc: &str, candidate: &str) -> bool {
+    let (phc, is_dummy) = if phc.is_empty() { (dummy_hash, true) } else { (phc, false) };
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let Some(parsed) = Parsed::from_phc(&hash) else { return false };
+    let matched = memory.with(parsed.blocks, |m| parsed.matches(candidate.as_bytes(), m));
+    matched && !is_dummy
 }
 
 struct Secret(String);
@@ -283,6 +341,57 @@ mod tests {
         assert!(!h.verify_phc(&phc, "correct horse batterY").await);
         assert!(!h.verify_phc("garbage", "x").await);
         assert!(!h.verify_dummy("correct horse battery").await);
+    }
+
+    #[tokio::test]
+    async fn the_pool_runs_at_most_its_threads_at_once_on_named_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pool = Arc::new(HashPool::start(2).unwrap());
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let jobs: Vec<_> = (0..6)
+            .map(|i| {
+                let (running, most, pool) = (running.clone(), most.clone(), pool.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        (i, std::thread::current().name().unwrap_or_default().to_owned())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let (j, thread) = job.await.unwrap().unwrap();
+            assert_eq!(i, j);
+            assert!(thread.starts_with("argon2-"), "{thread}");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_answers_pool_and_a_cancelled_one_is_skipped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pool = HashPool::start(1).unwrap();
+        assert!(matches!(pool.run(|| -> u8 { panic!("boom") }).await, Err(HashError::Pool)));
+        assert_eq!(pool.run(|| 7).await.unwrap(), 7, "the thread survives a panic");
+
+        // One thread busy; a second job queued behind it, then its caller gives up.
+        let busy = pool.run(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let ran = Arc::new(AtomicBool::new(false));
+        let queued = {
+            let ran = ran.clone();
+            pool.run(move || ran.store(true, Ordering::SeqCst))
+        };
+        let (busy, gave_up) = tokio::join!(busy, async {
+            tokio::time::timeout(std::time::Duration::from_millis(50), queued).await.is_err()
+        });
+        busy.unwrap();
+        assert!(gave_up);
+        assert_eq!(pool.run(|| 8).await.unwrap(), 8);
+        assert!(!ran.load(Ordering::SeqCst), "the cancelled job ran");
     }
 
     #[test]
