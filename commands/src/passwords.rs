@@ -21,8 +21,8 @@
 //! later ones resident in its heaps (RSS grew to 490–990 MiB under logins;
 //! docs/performance.md "login"). So every hash and verification runs into a
 //! block buffer taken from a small pool owned by the [`PasswordHasher`] and
-//! given back afterwards: at most one buffer per permit exists while the
-//! async API is used (2 × 19 MiB on 2 cores), allocated once, never freed.
+//! given back afterwards: at most one buffer per hashing thread exists while
+//! the async API is used (2 × 19 MiB on 2 cores), allocated once, never freed.
 //! A buffer is not cleared between uses, as `argon2` itself does not clear
 //! the blocks it frees; argon2 overwrites every block before reading it.
 //!
@@ -110,7 +110,7 @@ impl HashPool {
 
 /// Reusable argon2 block buffers (see the module docs). Keeps at most
 /// `keep` idle buffers; a buffer beyond that (only when more threads hash
-/// at once than there are permits, i.e. through
+/// at once than the pool has, i.e. through
 /// [`PasswordHasher::verify_phc_blocking`]) is freed after use.
 struct MemoryPool {
     free: Mutex<Vec<Vec<Block>>>,
@@ -284,7 +284,7 @@ impl PasswordHasher {
     }
 
     /// The work of [`PasswordHasher::verify_phc`] on the calling thread,
-    /// without taking a permit: what the blocking pool runs, exposed for
+    /// outside the hashing threads: what they run, exposed for
     /// callers that are already on a dedicated thread (the `bench login`
     /// measure of H uses it so that H and logins run the same code). Never
     /// call it from an async task: it blocks for a full argon2 computation.
@@ -443,7 +443,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn buffers_are_bounded_by_the_permits() {
+    async fn buffers_are_bounded_by_the_hashing_threads() {
         let h = PasswordHasher::with_params(2, 1024, 1, 1).unwrap();
         let phc = h.hash("pw").await.unwrap();
         let checks: Vec<_> = (0..8)

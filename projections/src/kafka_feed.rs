@@ -430,8 +430,7 @@ impl KafkaFeed {
 /// of `topics` is assigned to it explicitly, starting at `start` (e.g.
 /// [`Offset::Beginning`] or [`Offset::End`]), read with `fetch.wait.max.ms`
 /// = `fetch_wait_max_ms`; nothing is committed. For checks and probes that
-/// must not depend on the group coordinator (`streamforge chaos verify`,
-/// the freshness bench's probe).
+/// must not depend on the group coordinator (`streamforge chaos verify`).
 ///
 /// # Errors
 /// [`FeedError::Kafka`] when the consumer cannot be created or the topics'
@@ -443,14 +442,7 @@ pub fn assigned_reader(
     start: Offset,
     fetch_wait_max_ms: u32,
 ) -> Result<StreamConsumer, FeedError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        // librdkafka wants a group id for offset handling; none is joined.
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
-        .create()?;
+    let consumer = unjoined_consumer(brokers, fetch_wait_max_ms)?;
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
@@ -465,6 +457,39 @@ pub fn assigned_reader(
     }
     consumer.assign(&assignment)?;
     Ok(consumer)
+}
+
+/// Like [`assigned_reader`], for one partition only (the freshness bench's
+/// probe: on tansu's memory engine each partition in a fetch is work for
+/// the broker it measures).
+///
+/// # Errors
+/// [`FeedError::Kafka`] when the consumer cannot be created or assigned.
+pub fn partition_reader(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    start: Offset,
+    fetch_wait_max_ms: u32,
+) -> Result<StreamConsumer, FeedError> {
+    let consumer = unjoined_consumer(brokers, fetch_wait_max_ms)?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, start)?;
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// The consumer of [`assigned_reader`] and [`partition_reader`], before
+/// its assignment.
+fn unjoined_consumer(brokers: &str, fetch_wait_max_ms: u32) -> Result<StreamConsumer, FeedError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // librdkafka wants a group id for offset handling; none is joined.
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
+        .create()?)
 }
 
 /// Errors after which the consumer cannot go on (librdkafka's fatal errors,

@@ -39,21 +39,16 @@ impl Projector for SessionsProjector {
                 client,
                 ..
             } => {
-                sqlx::query(
-                    "INSERT INTO rm_sessions (session_id, user_id, status, generation, created_at,
-                                              last_used_at, idle_expires_at, expires_at, client_sealed,
-                                              authenticated_at)
-                     VALUES ($1, $2, 'active', 0, $3, $3, $4, $5, $6, $3)
-                     ON CONFLICT (session_id) DO NOTHING",
-                )
-                .bind(session_id)
-                .bind(user_id)
-                .bind(started_at)
-                .bind(idle_expires_at)
-                .bind(expires_at)
-                .bind(client.map(|c| c.0))
-                .execute(conn)
-                .await?;
+                let mut row = SessionColumns::default();
+                row.push(SessionRow::started(
+                    session_id,
+                    user_id,
+                    started_at,
+                    idle_expires_at,
+                    expires_at,
+                    client.map(|c| c.0),
+                ));
+                row.insert(conn, true).await?;
             }
             SessionEvent::SessionReauthenticated { reauthenticated_at } => {
                 sqlx::query(
@@ -95,7 +90,7 @@ impl Projector for SessionsProjector {
 
     /// Runs of consecutive `SessionStarted` envelopes (every sign-in
     /// starts one) are inserted with one `INSERT … SELECT FROM UNNEST …
-    /// ON CONFLICT DO NOTHING`, the statement `apply` runs per row; every
+    /// ON CONFLICT DO NOTHING`, the statement `apply` runs for one row; every
     /// other envelope goes through `apply`, after the run before it, so the
     /// order of the statements' effects is that of the envelopes.
     async fn apply_many(
@@ -116,21 +111,14 @@ impl Projector for SessionsProjector {
                     ..
                 } = env.decode().map_err(|e| ProjectionError::decode(env, e))?
                 {
-                    // The row `apply` inserts for it.
-                    started.push(SessionRow {
+                    started.push(SessionRow::started(
                         session_id,
                         user_id,
-                        status: "active".to_owned(),
-                        generation: 0,
-                        created_at: started_at,
-                        last_used_at: started_at,
+                        started_at,
                         idle_expires_at,
                         expires_at,
-                        revoked_at: None,
-                        revoked_reason: None,
-                        client_sealed: client.map(|c| c.0),
-                        authenticated_at: Some(started_at),
-                    });
+                        client.map(|c| c.0),
+                    ));
                     continue;
                 }
             }
@@ -202,21 +190,14 @@ pub fn fold_session(stream: &Stream<'_>) -> Result<Fold<SessionRow>, ProjectionE
                     return Ok(Fold::PerEvent);
                 }
                 if row.is_none() {
-                    let started_at = as_stored(started_at)?;
-                    row = Some(SessionRow {
+                    row = Some(SessionRow::started(
                         session_id,
                         user_id,
-                        status: "active".to_owned(),
-                        generation: 0,
-                        created_at: started_at,
-                        last_used_at: started_at,
-                        idle_expires_at: as_stored(idle_expires_at)?,
-                        expires_at: as_stored(expires_at)?,
-                        revoked_at: None,
-                        revoked_reason: None,
-                        client_sealed: client.map(|c| c.0),
-                        authenticated_at: Some(started_at),
-                    });
+                        as_stored(started_at)?,
+                        as_stored(idle_expires_at)?,
+                        as_stored(expires_at)?,
+                        client.map(|c| c.0),
+                    ));
                 }
             }
             SessionEvent::SessionReauthenticated { reauthenticated_at } => {
@@ -345,6 +326,35 @@ pub struct SessionRow {
     /// Sealed JSON client description (see `SessionStarted`).
     pub client_sealed: Option<String>,
     pub authenticated_at: Option<DateTime<Utc>>,
+}
+
+impl SessionRow {
+    /// The row a `SessionStarted` event creates: active, generation 0, last
+    /// used and authenticated when started (`apply`, its batched
+    /// `apply_many` and [`fold_session`] all build it here).
+    fn started(
+        session_id: Uuid,
+        user_id: Uuid,
+        started_at: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        client_sealed: Option<String>,
+    ) -> Self {
+        Self {
+            session_id,
+            user_id,
+            status: "active".to_owned(),
+            generation: 0,
+            created_at: started_at,
+            last_used_at: started_at,
+            idle_expires_at,
+            expires_at,
+            revoked_at: None,
+            revoked_reason: None,
+            client_sealed,
+            authenticated_at: Some(started_at),
+        }
+    }
 }
 
 /// The session `session_id`, if projected.

@@ -189,8 +189,7 @@ async fn measure(app: &App, o: &BenchOptions, max_phase: &MaxPhase) -> anyhow::R
     let d = o.duration;
     let clients = o.concurrency_or(8);
     let sessions = Arc::new(Executor::<Session>::new(pool.clone(), ()));
-    let MaxPhase { max, catch_up, drain_rate } = max_phase;
-    let (catch_up, drain_rate) = (*catch_up, *drain_rate);
+    let &MaxPhase { ref max, catch_up, drain_rate } = max_phase;
 
     // The pipeline's floor: a light load, well within what the projector drains.
     let low_rate = (drain_rate / 10.0).clamp(5.0, 50.0);
@@ -425,15 +424,13 @@ impl TopicProbe {
         use rdkafka::message::Message as _;
 
         let topic = format!("{}session", app.settings.kafka_topic_prefix);
-        let consumer = projections::kafka_feed::assigned_reader(
+        let consumer = projections::kafka_feed::partition_reader(
             brokers,
-            std::slice::from_ref(&topic),
+            &topic,
+            0,
             rdkafka::Offset::End,
             app.settings.kafka_fetch_wait_max_ms,
         )?;
-        let mut partition_0 = rdkafka::TopicPartitionList::new();
-        partition_0.add_partition_offset(&topic, 0, rdkafka::Offset::End)?;
-        rdkafka::consumer::Consumer::assign(&consumer, &partition_0)?;
         let seen: Arc<Mutex<HashMap<Uuid, (Instant, i64)>>> = Arc::default();
         let task = {
             let seen = seen.clone();
