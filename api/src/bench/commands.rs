@@ -1,9 +1,9 @@
 //! `bench commands`: the VerifyOtp and RefreshSession commands per second
 //! and their p99 through the command layer (`commands::Executor` over
-//! postgres-es: load the aggregate's events, decide, append in a
-//! transaction, with conflict retry) against a plain SQL run of the same
-//! statements — the same `SELECT` of the stream, then `BEGIN; INSERT` of
-//! one event; `COMMIT` — at the same concurrency.
+//! postgres-es: load the aggregate's events, decide, append with one
+//! `INSERT` statement, with conflict retry) against a plain SQL run of the
+//! same statements — the same `SELECT` of the stream, then one `INSERT` of
+//! one event (its own transaction) — at the same concurrency.
 //!
 //! Each side works on streams of its own, prepared alike: pending OTP
 //! challenges (one `OtpIssued` each; a right code verifies each once) and
@@ -195,7 +195,8 @@ async fn prepare_sessions(pool: &PgPool, clients: usize) -> anyhow::Result<Sessi
     Ok(Sessions { current, clients })
 }
 
-/// The plain-SQL side: the stream's `SELECT`, then one `INSERT` in a transaction.
+/// The plain-SQL side: the stream's `SELECT`, then one `INSERT` (a
+/// statement is its own transaction, as the executor's append is).
 async fn load_and_append(
     pool: &PgPool,
     aggregate_type: &str,
@@ -206,7 +207,6 @@ async fn load_and_append(
 ) -> anyhow::Result<()> {
     let rows = sqlx::query(SELECT_EVENTS).bind(aggregate_type).bind(id).fetch_all(pool).await?;
     let sequence = i64::try_from(rows.len())? + 1;
-    let mut tx = pool.begin().await?;
     sqlx::query(INSERT_EVENT)
         .bind(aggregate_type)
         .bind(id)
@@ -215,9 +215,8 @@ async fn load_and_append(
         .bind(version)
         .bind(event)
         .bind(serde_json::json!({"command": "bench"}))
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    tx.commit().await?;
     Ok(())
 }
 

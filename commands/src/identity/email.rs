@@ -87,7 +87,10 @@ impl IdentityService {
             email_challenge_id: challenge_id,
             at: now,
         };
-        self.users.execute(&user_id.to_string(), cmd, meta.to_map("RegisterUser")).await.map_err(map_user)?;
+        self.users
+            .execute_new(&user_id.to_string(), cmd, meta.to_map("RegisterUser"))
+            .await
+            .map_err(map_user)?;
         let req = OtpRequest {
             challenge_id,
             subject: user_id,

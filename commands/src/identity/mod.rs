@@ -396,7 +396,8 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        if let Err(e) = self.otps.execute(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await
+        if let Err(e) =
+            self.otps.execute_new(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await
         {
             let _ = self.deliveries.delete(req.challenge_id).await;
             return Err(e.into());
@@ -582,7 +583,8 @@ impl IdentityService {
         };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        let done = self.sessions.execute(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
+        let done =
+            self.sessions.execute_new(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
         let auth_time = done.state.authenticated_at.unwrap_or(DateTime::UNIX_EPOCH);
         let (access_token, expires_in) =
             self.tokens.issue_access_at(user_id, session_id, now, auth_time).map_err(internal)?;

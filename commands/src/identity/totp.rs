@@ -273,7 +273,7 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        self.otps.execute(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await?;
+        self.otps.execute_new(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await?;
         Ok(LoginChallenge { challenge_id, channel: OtpChannel::Totp, expires_at })
     }
 
