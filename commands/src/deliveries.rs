@@ -7,9 +7,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::executor::CoWrite;
 use crate::keys::Secret32;
 use crate::vault::{open_bytes, seal_bytes};
 
@@ -39,6 +40,26 @@ impl std::fmt::Debug for Delivery {
 }
 
 /// Delivery-record failures.
+/// A delivery record sealed and ready to insert (see [`DeliveryStore::seal`]);
+/// written as the `delivery` `WITH` query of an append.
+pub struct SealedDelivery {
+    id: Uuid,
+    sealed: Vec<u8>,
+    expires_at: DateTime<Utc>,
+}
+
+impl CoWrite for SealedDelivery {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        query.push("delivery AS (INSERT INTO deliveries (delivery_id, sealed, expires_at) VALUES (");
+        query.push_bind(self.id);
+        query.push(", ");
+        query.push_bind(self.sealed.as_slice());
+        query.push(", ");
+        query.push_bind(self.expires_at);
+        query.push("))");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("database error: {0}")]
@@ -69,15 +90,30 @@ impl DeliveryStore {
         delivery: &Delivery,
         expires_at: DateTime<Utc>,
     ) -> Result<(), DeliveryError> {
-        let json = serde_json::to_vec(delivery).map_err(|_| DeliveryError::Corrupt)?;
-        let sealed = seal_bytes(&self.key, id.as_bytes(), &json);
+        let row = self.seal(id, delivery, expires_at)?;
         sqlx::query("INSERT INTO deliveries (delivery_id, sealed, expires_at) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(sealed)
-            .bind(expires_at)
+            .bind(row.id)
+            .bind(&row.sealed)
+            .bind(row.expires_at)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Record `id` sealed, to be inserted by the statement that appends the
+    /// event announcing it ([`crate::executor::Executor::execute_new_with`]):
+    /// the record exists if and only if the event does.
+    ///
+    /// # Errors
+    /// [`DeliveryError::Corrupt`] if the record does not serialise.
+    pub fn seal(
+        &self,
+        id: Uuid,
+        delivery: &Delivery,
+        expires_at: DateTime<Utc>,
+    ) -> Result<SealedDelivery, DeliveryError> {
+        let json = serde_json::to_vec(delivery).map_err(|_| DeliveryError::Corrupt)?;
+        Ok(SealedDelivery { id, sealed: seal_bytes(&self.key, id.as_bytes(), &json), expires_at })
     }
 
     /// The record under `id`, if still there (it is gone once sent).

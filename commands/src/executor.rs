@@ -105,7 +105,7 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, ExecError<A::Error>> {
-        self.run(id, command, metadata, false).await
+        self.run(id, command, metadata, First::Load, None).await
     }
 
     /// [`Executor::execute`] for a stream the caller has just named (a fresh
@@ -124,7 +124,96 @@ where
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Executed<A>, ExecError<A::Error>> {
-        self.run(id, command, metadata, true).await
+        self.run(id, command, metadata, First::New, None).await
+    }
+
+    /// [`Executor::execute`] whose append also writes `also` in the same
+    /// statement (a data-modifying `WITH` query): the row exists if and only
+    /// if the events were appended. A refused command writes neither.
+    ///
+    /// # Errors
+    /// As [`Executor::execute`]; a unique violation in `also` is
+    /// [`ExecError::Store`] (not a conflict).
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %id))]
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        also: &dyn CoWrite,
+    ) -> Result<Executed<A>, ExecError<A::Error>> {
+        self.run(id, command, metadata, First::Load, Some(also)).await
+    }
+
+    /// [`Executor::execute_new`] with `also` written by the append, as in
+    /// [`Executor::execute_with`].
+    ///
+    /// # Errors
+    /// As [`Executor::execute_with`].
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %id))]
+    pub async fn execute_new_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        also: &dyn CoWrite,
+    ) -> Result<Executed<A>, ExecError<A::Error>> {
+        self.run(id, command, metadata, First::New, Some(also)).await
+    }
+
+    /// [`Executor::execute`] starting from `loaded` (from
+    /// [`Executor::load_with`]) instead of reading the stream again. If the
+    /// stream moved on since, the append conflicts and the command is retried
+    /// on a fresh load, as in `execute`.
+    ///
+    /// # Errors
+    /// As [`Executor::execute`].
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %loaded.0.aggregate_id))]
+    pub async fn execute_loaded(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<Executed<A>, ExecError<A::Error>> {
+        let id = loaded.0.aggregate_id.clone();
+        self.run(&id, command, metadata, First::Given(loaded.0), None).await
+    }
+
+    /// Stream `id` of `A` and the stream of the same id of aggregate type
+    /// `B` (e.g. a user and that user's TOTP factor), read by one `SELECT`
+    /// on the events' primary key. `B`'s events are folded with `B::apply`.
+    ///
+    /// # Errors
+    /// [`ExecError::Store`] on a database error or an event that does not
+    /// deserialise.
+    pub async fn load_with<B: Aggregate>(&self, id: &str) -> Result<(Loaded<A>, B), ExecError<A::Error>> {
+        let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT aggregate_type, sequence, payload FROM events
+             WHERE aggregate_type = ANY($1) AND aggregate_id = $2 ORDER BY aggregate_type, sequence",
+        )
+        .bind([A::TYPE, B::TYPE])
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| ExecError::Store(e.to_string()))?;
+        let mut ctx = EventStoreAggregateContext {
+            aggregate_id: id.to_owned(),
+            aggregate: A::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        };
+        let mut other = B::default();
+        let undecodable = |e: serde_json::Error| ExecError::Store(format!("event payload: {e}"));
+        for (aggregate_type, sequence, payload) in rows {
+            if aggregate_type == A::TYPE {
+                ctx.aggregate.apply(serde_json::from_value(payload).map_err(undecodable)?);
+                ctx.current_sequence =
+                    usize::try_from(sequence).map_err(|e| ExecError::Store(e.to_string()))?;
+            } else {
+                other.apply(serde_json::from_value(payload).map_err(undecodable)?);
+            }
+        }
+        Ok((Loaded(ctx), other))
     }
 
     async fn run(
@@ -132,20 +221,28 @@ where
         id: &str,
         command: A::Command,
         metadata: HashMap<String, String>,
-        mut assume_new: bool,
+        first: First<A>,
+        also: Option<&dyn CoWrite>,
     ) -> Result<Executed<A>, ExecError<A::Error>> {
         let mut attempt = 0;
+        let mut next = first;
         loop {
-            let mut ctx = if assume_new {
-                EventStoreAggregateContext {
+            let assumed_new = matches!(next, First::New);
+            let mut ctx = match std::mem::replace(&mut next, First::Load) {
+                First::New => EventStoreAggregateContext {
                     aggregate_id: id.to_owned(),
                     aggregate: A::default(),
                     current_sequence: 0,
                     current_snapshot: None,
+                },
+                First::Given(ctx) => {
+                    attempt += 1;
+                    ctx
                 }
-            } else {
-                attempt += 1;
-                self.store.load_aggregate(id).await.map_err(store_error)?
+                First::Load => {
+                    attempt += 1;
+                    self.store.load_aggregate(id).await.map_err(store_error)?
+                }
             };
             let sink = EventSink::default();
             ctx.aggregate()
@@ -157,11 +254,10 @@ where
             if events.is_empty() {
                 return Ok(Executed { state, events, attempts: attempt.max(1) });
             }
-            match self.append(id, ctx.current_sequence, &events, &metadata).await {
+            match self.append(id, ctx.current_sequence, &events, &metadata, also).await {
                 Ok(()) => return Ok(Executed { state, events, attempts: attempt.max(1) }),
-                Err(Append::Conflict) if assume_new => {
+                Err(Append::Conflict) if assumed_new => {
                     tracing::debug!("stream assumed new already exists; loading it");
-                    assume_new = false;
                 }
                 Err(Append::Conflict) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");
@@ -175,18 +271,26 @@ where
 
     /// Appends `events` after sequence `last_sequence` of stream `id` in one
     /// `INSERT` (the columns postgres-es 0.5 writes; Postgres fills
-    /// `position`, `txid`, `event_id`, `recorded_at`). Payload and metadata
-    /// are sent as `jsonb` and stored in the `json` columns, as postgres-es
-    /// does. A unique violation (SQLSTATE 23505: the primary key, i.e. a
-    /// concurrent append) is [`Append::Conflict`] and writes nothing.
+    /// `position`, `txid`, `event_id`, `recorded_at`), preceded by `also`'s
+    /// `WITH` query when given. Payload and metadata are sent as `jsonb` and
+    /// stored in the `json` columns, as postgres-es does. A violation of the
+    /// events' primary key (SQLSTATE 23505, `events_pkey`: a concurrent
+    /// append) is [`Append::Conflict`]; the statement then wrote nothing.
     async fn append(
         &self,
         id: &str,
         last_sequence: usize,
         events: &[A::Event],
         metadata: &HashMap<String, String>,
+        also: Option<&dyn CoWrite>,
     ) -> Result<(), Append> {
-        let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+        let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
+        if let Some(also) = also {
+            insert.push("WITH ");
+            also.push_cte(&mut insert);
+            insert.push(" ");
+        }
+        insert.push(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
         );
         let metadata = sqlx::types::Json(metadata);
@@ -202,10 +306,42 @@ where
         });
         match insert.build().execute(&self.pool).await {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Err(Append::Conflict),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey") =>
+            {
+                Err(Append::Conflict)
+            }
             Err(e) => Err(Append::Store(e.to_string())),
         }
     }
+}
+
+/// A stream as loaded by [`Executor::load_with`], to hand to
+/// [`Executor::execute_loaded`]: the state and the stream's last sequence.
+pub struct Loaded<A: Aggregate>(EventStoreAggregateContext<A>);
+
+impl<A: Aggregate> Loaded<A> {
+    /// The aggregate's state as loaded.
+    pub fn state(&self) -> &A {
+        &self.0.aggregate
+    }
+}
+
+/// A row written by the same statement as an append
+/// ([`Executor::execute_new_with`]), as a data-modifying `WITH` query.
+pub trait CoWrite: Send + Sync {
+    /// Pushes `name AS (INSERT …)` onto `query`, binding its values.
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>);
+}
+
+/// Where the next attempt starts.
+enum First<A: Aggregate> {
+    /// Read the stream.
+    Load,
+    /// The caller named a fresh stream: start from the default state.
+    New,
+    /// A state loaded by the caller.
+    Given(EventStoreAggregateContext<A>),
 }
 
 /// Why an append wrote nothing.

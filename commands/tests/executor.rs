@@ -1,19 +1,25 @@
-//! The executor's own append (one multi-row `INSERT`) against a real
-//! database: it stores what postgres-es stores, and `execute_new` on a
-//! stream that exists ends as `execute` would.
+//! The executor's own reads and append (one multi-row `INSERT`) against a
+//! real database: it stores what postgres-es stores; `execute_new` on a
+//! stream that exists and `execute_loaded` on a stale load end as `execute`
+//! would; a co-written row exists exactly when the events do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 
 use chrono::{TimeZone as _, Utc};
+use commands::deliveries::{Delivery, DeliveryStore};
 use commands::executor::Executor;
+use commands::keys::Secret32;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::EventStore as _;
+use domain::session::{Session, SessionCommand};
 use domain::throttle::{Policy, Throttle, ThrottleCommand, ThrottleEvent};
+use domain::values::Digest;
 use postgres_es::PostgresEventRepository;
 use projections::db::testing::{base_url, create_test_database, drop_test_database};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// The stored columns of one stream, in order, as text.
 async fn rows(pool: &PgPool, id: &str) -> Vec<(i64, String, String, String, String)> {
@@ -103,6 +109,104 @@ async fn execute_new_on_an_existing_stream_appends_after_it() {
     let done = executor.execute_new("fresh", failure(), metadata()).await.unwrap();
     assert_eq!(done.state.consecutive_failures, 1);
     assert_eq!(rows(&pool, "fresh").await.len(), 1);
+    pool.close().await;
+    drop_test_database(&url).await.unwrap();
+}
+
+/// Starts session `id` (a stream of another aggregate type under the same id).
+async fn start_session(pool: &PgPool, id: Uuid) {
+    let sessions: Executor<Session> = Executor::new(pool.clone(), ());
+    let cmd = SessionCommand::Start {
+        session_id: id,
+        user_id: Uuid::new_v4(),
+        refresh_hash: Digest("00".repeat(32)),
+        at: Utc::now(),
+        idle_ttl_secs: 60,
+        absolute_ttl_secs: 600,
+        client: None,
+        quick_factor: false,
+    };
+    sessions.execute_new(&id.to_string(), cmd, HashMap::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn load_with_reads_both_streams_and_a_stale_load_is_retried() {
+    let (pool, url) = create_test_database(&base_url()).await.unwrap();
+    let throttles: Executor<Throttle> = Executor::new(pool.clone(), ());
+    let id = Uuid::new_v4();
+    start_session(&pool, id).await;
+    for _ in 0..3 {
+        throttles.execute(&id.to_string(), failure(), metadata()).await.unwrap();
+    }
+    let (loaded, session) = throttles.load_with::<Session>(&id.to_string()).await.unwrap();
+    assert_eq!(loaded.state().consecutive_failures, 3);
+    assert_eq!(session.id, Some(id), "the other stream is folded too");
+
+    // Nobody wrote since: the command runs on the loaded state.
+    let done = throttles.execute_loaded(loaded, failure(), metadata()).await.unwrap();
+    assert_eq!((done.state.consecutive_failures, done.attempts), (4, 1));
+
+    // A write after the load: the append conflicts, the command is retried
+    // on a fresh load and lands after it; no sequence is written twice.
+    let (stale, _) = throttles.load_with::<Session>(&id.to_string()).await.unwrap();
+    throttles.execute(&id.to_string(), failure(), metadata()).await.unwrap();
+    let done = throttles.execute_loaded(stale, failure(), metadata()).await.unwrap();
+    assert_eq!((done.state.consecutive_failures, done.attempts), (6, 2));
+    let seqs: Vec<i64> = rows(&pool, &id.to_string()).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<i64>>());
+    pool.close().await;
+    drop_test_database(&url).await.unwrap();
+}
+
+async fn delivery_exists(pool: &PgPool, id: Uuid) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE delivery_id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_co_written_row_exists_exactly_when_the_events_do() {
+    let (pool, url) = create_test_database(&base_url()).await.unwrap();
+    let store = DeliveryStore::new(pool.clone(), Secret32::generate());
+    let throttles: Executor<Throttle> = Executor::new(pool.clone(), ());
+    let delivery = |to: &str| Delivery {
+        channel: "email".into(),
+        to: to.into(),
+        template: "otp_two_factor".into(),
+        code: Some("123456".into()),
+        expires_at: None,
+    };
+    let expires = Utc::now() + chrono::Duration::minutes(10);
+
+    // Appended: the record is there and opens to what was sealed.
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let row = store.seal(a, &delivery("a@example.test"), expires).unwrap();
+    throttles.execute_new_with("co-1", failure(), metadata(), &row).await.unwrap();
+    assert_eq!(store.get(a).await.unwrap(), Some(delivery("a@example.test")));
+    assert_eq!(rows(&pool, "co-1").await.len(), 1);
+
+    // Refused by the aggregate (a success policy given to RecordFailure):
+    // neither the event nor the record.
+    let row = store.seal(b, &delivery("b@example.test"), expires).unwrap();
+    let wrong = ThrottleCommand::RecordFailure { policy: Policy::OtpRequests, at: Utc::now() };
+    assert!(throttles.execute_with("co-2", wrong, metadata(), &row).await.is_err());
+    assert!(!delivery_exists(&pool, b).await);
+    assert!(rows(&pool, "co-2").await.is_empty());
+
+    // Assumed new but existing: the first statement conflicts and writes
+    // nothing; the retry writes the event and the record once.
+    let row = store.seal(c, &delivery("c@example.test"), expires).unwrap();
+    throttles.execute_new_with("co-1", failure(), metadata(), &row).await.unwrap();
+    assert!(delivery_exists(&pool, c).await);
+    assert_eq!(rows(&pool, "co-1").await.len(), 2);
+
+    // The record's own key taken: an error, and no event either.
+    let again = store.seal(a, &delivery("a@example.test"), expires).unwrap();
+    let err = throttles.execute_with("co-1", failure(), metadata(), &again).await.unwrap_err();
+    assert!(matches!(err, commands::executor::ExecError::Store(_)), "{err:?}");
+    assert_eq!(rows(&pool, "co-1").await.len(), 2);
     pool.close().await;
     drop_test_database(&url).await.unwrap();
 }

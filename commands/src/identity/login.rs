@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
 use domain::throttle::Policy;
+use domain::totp::Totp;
 use domain::user::{User, UserCommand, UserError, UserEvent};
 use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use uuid::Uuid;
@@ -55,8 +56,10 @@ impl IdentityService {
             return Err(IdentityError::InvalidCredentials);
         };
         let challenge_id = Uuid::new_v4();
+        // The account and its TOTP factor in one read.
+        let (account, totp) = self.users.load_with::<Totp>(&user_id.to_string()).await.map_err(map_user)?;
         let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: Utc::now() };
-        let done = match self.users.execute(&user_id.to_string(), cmd, meta.to_map("StartLogin")).await {
+        let done = match self.users.execute_loaded(account, cmd, meta.to_map("StartLogin")).await {
             Err(ExecError::Domain(UserError::WrongPassword)) => {
                 self.record_failure(Policy::PasswordFailures, &key, meta).await?;
                 self.login_pad.observe(started.elapsed());
@@ -76,7 +79,7 @@ impl IdentityService {
             self.record_success(Policy::PasswordFailures, &key, meta).await?;
         }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
-        if self.totp_enabled(user_id).await? {
+        if totp.is_enabled() {
             return self.issue_totp_challenge(user_id, challenge_id, key, meta).await;
         }
         let user = done.state;

@@ -32,7 +32,7 @@ use domain::values::{Digest, EmailAddress, OtpCode, PhoneNumber, Sealed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::deliveries::{Delivery, DeliveryStore};
+use crate::deliveries::{Delivery, DeliveryStore, SealedDelivery};
 use crate::executor::{ExecError, Executor};
 use crate::keys::{hmac_hex, Keyring};
 use crate::otp_codes::{candidate_mac, code_mac, generate_code};
@@ -371,8 +371,9 @@ impl IdentityService {
 
     // ---- codes -----------------------------------------------------------
 
-    /// Issues a code on a new challenge: the sealed delivery record first,
-    /// then the `OtpIssued` event the notifier reacts to. Returns the expiry.
+    /// Issues a code on a new challenge: the `OtpIssued` event the notifier
+    /// reacts to and the sealed delivery record it reads, written by one
+    /// statement (neither exists without the other). Returns the expiry.
     pub(crate) async fn issue_otp(
         &self,
         req: OtpRequest<'_>,
@@ -381,7 +382,8 @@ impl IdentityService {
         let now = Utc::now();
         let code = generate_code();
         let expires_at = now + Duration::seconds(self.otp_ttl(req.channel));
-        self.put_code_delivery(req.challenge_id, req.purpose, req.channel, req.to, &code, expires_at).await?;
+        let delivery =
+            self.code_delivery(req.challenge_id, req.purpose, req.channel, req.to, &code, expires_at)?;
         self.vault.ensure_key(req.subject).await.map_err(internal)?;
         let recipient = self.vault.seal(req.subject, req.to).await.map_err(internal)?;
         let cmd = OtpCommand::Request {
@@ -396,16 +398,14 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        if let Err(e) =
-            self.otps.execute_new(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await
-        {
-            let _ = self.deliveries.delete(req.challenge_id).await;
-            return Err(e.into());
-        }
+        self.otps
+            .execute_new_with(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp"), &delivery)
+            .await?;
         Ok(expires_at)
     }
 
-    async fn put_code_delivery(
+    /// The sealed delivery record of a code (template by purpose).
+    fn code_delivery(
         &self,
         delivery_id: Uuid,
         purpose: OtpPurpose,
@@ -413,7 +413,7 @@ impl IdentityService {
         to: &str,
         code: &str,
         expires_at: DateTime<Utc>,
-    ) -> Result<(), IdentityError> {
+    ) -> Result<SealedDelivery, IdentityError> {
         let template = match purpose {
             OtpPurpose::EmailVerification => "otp_email_verification",
             OtpPurpose::PhoneVerification => "otp_phone_verification",
@@ -428,7 +428,7 @@ impl IdentityService {
             code: Some(code.to_owned()),
             expires_at: Some(expires_at),
         };
-        self.deliveries.put(delivery_id, &delivery, expires_at).await.map_err(internal)
+        self.deliveries.seal(delivery_id, &delivery, expires_at).map_err(internal)
     }
 
     /// Stores a notice (no code) for the notifier; returns its delivery id.
@@ -510,22 +510,17 @@ impl IdentityService {
         let code = generate_code();
         let expires_at = now + Duration::seconds(self.otp_ttl(channel));
         let delivery_id = Uuid::new_v4();
-        self.put_code_delivery(delivery_id, purpose, channel, &to, &code, expires_at).await?;
+        let delivery = self.code_delivery(delivery_id, purpose, channel, &to, &code, expires_at)?;
         let cmd = OtpCommand::Reissue {
             delivery_id,
             code_mac: code_mac(&self.keys.otp, challenge_id, &code),
             issued_at: now,
             expires_at,
         };
-        match self.otps.execute(&id, cmd, meta.to_map("ResendOtp")).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = self.deliveries.delete(delivery_id).await;
-                match e {
-                    ExecError::Domain(_) => Ok(()),
-                    other => Err(other.into()),
-                }
-            }
+        // The record is written with the event: a refused reissue leaves none.
+        match self.otps.execute_with(&id, cmd, meta.to_map("ResendOtp"), &delivery).await {
+            Ok(_) | Err(ExecError::Domain(_)) => Ok(()),
+            Err(other) => Err(other.into()),
         }
     }
 

@@ -143,11 +143,6 @@ impl IdentityService {
         code_mac(&self.keys.otp, challenge_id, "totp-proof")
     }
 
-    /// Whether `user_id` signs in with TOTP instead of a mailed code.
-    pub(crate) async fn totp_enabled(&self, user_id: Uuid) -> Result<bool, IdentityError> {
-        Ok(self.totps().load(&user_id.to_string()).await?.is_enabled())
-    }
-
     /// Starts (or restarts) TOTP enrollment: a new secret, sealed into the
     /// `Totp` stream, returned with its `otpauth://` URI and QR code. Not in
     /// force until [`IdentityService::confirm_totp`]. The api requires a
