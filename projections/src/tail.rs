@@ -8,7 +8,7 @@
 //!
 //! Per-aggregate order holds because an append transaction obtains its xid at
 //! its first write, after the aggregate's previous events were committed and
-//! loaded (postgres-es appends in a transaction of its own).
+//! loaded (each append is a statement of its own: `commands::executor`).
 //!
 //! The relay (`workers::relay`) and [`crate::pg_feed::PgFeed`] both read
 //! through [`read_after`] and keep their cursor in `tail_checkpoints`.
