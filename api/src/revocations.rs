@@ -371,7 +371,16 @@ mod tests {
         // A revocation whose transaction is still open during the seed.
         let mut open = pool.begin().await.unwrap();
         append_revocation(&mut *open, late, Utc::now()).await.unwrap();
-        let watermark = r.check_store(&pool, 0).await.unwrap();
+        // The settled horizon is cluster-wide: a transaction of another test
+        // (another database) may hold it below `seeded` for a moment.
+        let mut watermark = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.contains(seeded) && Instant::now() < deadline {
+            watermark = r.check_store(&pool, watermark).await.unwrap();
+            if !r.contains(seeded) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         assert!(r.contains(seeded), "seed reads the store");
         assert!(!r.contains(old), "past the horizon");
         assert!(!r.contains(late), "not committed yet");

@@ -48,6 +48,13 @@ pub struct SealedDelivery {
     expires_at: DateTime<Utc>,
 }
 
+impl SealedDelivery {
+    /// The record's id (the `delivery_id` the event names).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
 impl CoWrite for SealedDelivery {
     fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
         query.push("delivery AS (INSERT INTO deliveries (delivery_id, sealed, expires_at) VALUES (");

@@ -110,14 +110,12 @@ impl IdentityService {
         now: DateTime<Utc>,
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
-        let delivery_id = self.put_notice(email.as_str(), "duplicate_registration").await?;
-        let cmd = UserCommand::NoteDuplicateRegistration { delivery_id, at: now };
-        if let Err(e) =
-            self.users.execute(&owner.to_string(), cmd, meta.to_map("NoteDuplicateRegistration")).await
-        {
-            let _ = self.deliveries.delete(delivery_id).await;
-            return Err(map_user(e));
-        }
+        let notice = self.notice(email.as_str(), "duplicate_registration")?;
+        let cmd = UserCommand::NoteDuplicateRegistration { delivery_id: notice.id(), at: now };
+        self.users
+            .execute_with(&owner.to_string(), cmd, meta.to_map("NoteDuplicateRegistration"), &notice)
+            .await
+            .map_err(map_user)?;
         Ok(())
     }
 
@@ -146,18 +144,12 @@ impl IdentityService {
         let user = self.users.load(&owner.to_string()).await?;
         let challenge_id = user.email_challenge_id.ok_or(IdentityError::InvalidCode)?;
         self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta).await?;
-        let delivery_id = self.put_notice(email.as_str(), "welcome").await?;
-        let cmd = UserCommand::VerifyEmail { challenge_id, delivery_id: Some(delivery_id), at: Utc::now() };
-        match self.users.execute(&owner.to_string(), cmd, meta.to_map("VerifyEmail")).await {
-            Ok(_) => Ok(owner),
-            Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => {
-                let _ = self.deliveries.delete(delivery_id).await;
-                Ok(owner)
-            }
-            Err(e) => {
-                let _ = self.deliveries.delete(delivery_id).await;
-                Err(map_user(e))
-            }
+        let notice = self.notice(email.as_str(), "welcome")?;
+        let cmd = UserCommand::VerifyEmail { challenge_id, delivery_id: Some(notice.id()), at: Utc::now() };
+        // The welcome is written with the event: a refused command leaves none.
+        match self.users.execute_with(&owner.to_string(), cmd, meta.to_map("VerifyEmail"), &notice).await {
+            Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(owner),
+            Err(e) => Err(map_user(e)),
         }
     }
 }

@@ -190,12 +190,12 @@ impl IdentityService {
         let Ok(user) = self.users.load(&user_id.to_string()).await else { return };
         let Some(sealed) = user.email.as_ref() else { return };
         let Ok(to) = self.open(user_id, sealed).await else { return };
-        let Ok(delivery_id) = self.put_notice(&to, "refresh_token_reuse").await else { return };
-        let cmd = UserCommand::NoteRefreshTokenReuse { delivery_id, at: Utc::now() };
-        if self.users.execute(&user_id.to_string(), cmd, meta.to_map("NoteRefreshTokenReuse")).await.is_err()
-        {
-            let _ = self.deliveries.delete(delivery_id).await;
-        }
+        let Ok(notice) = self.notice(&to, "refresh_token_reuse") else { return };
+        let cmd = UserCommand::NoteRefreshTokenReuse { delivery_id: notice.id(), at: Utc::now() };
+        let _ = self
+            .users
+            .execute_with(&user_id.to_string(), cmd, meta.to_map("NoteRefreshTokenReuse"), &notice)
+            .await;
     }
 
     /// Revokes session `session_id` of `user_id` (logout). Idempotent.

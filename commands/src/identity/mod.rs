@@ -431,9 +431,10 @@ impl IdentityService {
         self.deliveries.seal(delivery_id, &delivery, expires_at).map_err(internal)
     }
 
-    /// Stores a notice (no code) for the notifier; returns its delivery id.
-    pub(crate) async fn put_notice(&self, to: &str, template: &str) -> Result<Uuid, IdentityError> {
-        let id = Uuid::new_v4();
+    /// A notice (no code) for the notifier, sealed under a new delivery id,
+    /// to be written by the append of the event that names it
+    /// ([`Executor::execute_with`](crate::executor::Executor::execute_with)).
+    pub(crate) fn notice(&self, to: &str, template: &str) -> Result<SealedDelivery, IdentityError> {
         let delivery = Delivery {
             channel: "email".into(),
             to: to.to_owned(),
@@ -441,8 +442,7 @@ impl IdentityService {
             code: None,
             expires_at: None,
         };
-        self.deliveries.put(id, &delivery, Utc::now() + Duration::days(1)).await.map_err(internal)?;
-        Ok(id)
+        self.deliveries.seal(Uuid::new_v4(), &delivery, Utc::now() + Duration::days(1)).map_err(internal)
     }
 
     /// Answers challenge `challenge_id` with `code`, under the recipient's

@@ -11,6 +11,7 @@ use domain::values::{EmailAddress, OtpCode, Password};
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta};
+use crate::deliveries::SealedDelivery;
 use crate::reservations::{self, ReservationKind};
 
 impl IdentityService {
@@ -106,22 +107,21 @@ impl IdentityService {
             return Err(IdentityError::InvalidResetToken);
         }
         let password_hash = self.hasher.hash(new_password.expose()).await.map_err(internal)?;
-        let delivery_id = match &user.email {
-            Some(sealed) => {
-                Some(self.put_notice(&self.open(user_id, sealed).await?, "password_changed").await?)
-            }
+        let notice = match &user.email {
+            Some(sealed) => Some(self.notice(&self.open(user_id, sealed).await?, "password_changed")?),
             None => None,
         };
+        let delivery_id = notice.as_ref().map(SealedDelivery::id);
         let cmd =
             UserCommand::ResetPassword { reset_id: claims.jti, password_hash, delivery_id, at: Utc::now() };
         let mut meta = meta.clone();
         meta.actor = Some(user_id);
-        if let Err(e) = self.users.execute(&user_id.to_string(), cmd, meta.to_map("ResetPassword")).await {
-            if let Some(id) = delivery_id {
-                let _ = self.deliveries.delete(id).await;
-            }
-            return Err(map_user(e));
-        }
+        let id = user_id.to_string();
+        let done = match &notice {
+            Some(notice) => self.users.execute_with(&id, cmd, meta.to_map("ResetPassword"), notice).await,
+            None => self.users.execute(&id, cmd, meta.to_map("ResetPassword")).await,
+        };
+        done.map_err(map_user)?;
         self.revoke_all_sessions(user_id, RevocationReason::PasswordReset, &meta).await?;
         // Device PINs are quick factors of the old credentials: they go too.
         let devices: Vec<String> = sqlx::query_scalar("SELECT device_id FROM device_pins WHERE user_id = $1")
