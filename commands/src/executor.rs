@@ -182,11 +182,13 @@ where
     /// Stream `id` of `A` and the stream of the same id of aggregate type
     /// `B` (e.g. a user and that user's TOTP factor), read by one `SELECT`
     /// on the events' primary key. `B`'s events are folded with `B::apply`.
+    /// `B` is another aggregate type than `A` (checked in debug builds).
     ///
     /// # Errors
     /// [`ExecError::Store`] on a database error or an event that does not
     /// deserialise.
     pub async fn load_with<B: Aggregate>(&self, id: &str) -> Result<(Loaded<A>, B), ExecError<A::Error>> {
+        debug_assert_ne!(A::TYPE, B::TYPE, "load_with reads two aggregate types");
         let rows: Vec<(String, i64, serde_json::Value)> = sqlx::query_as(
             "SELECT aggregate_type, sequence, payload FROM events
              WHERE aggregate_type = ANY($1) AND aggregate_id = $2 ORDER BY aggregate_type, sequence",
