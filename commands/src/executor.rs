@@ -198,12 +198,7 @@ where
         .fetch_all(&self.pool)
         .await
         .map_err(|e| ExecError::Store(e.to_string()))?;
-        let mut ctx = EventStoreAggregateContext {
-            aggregate_id: id.to_owned(),
-            aggregate: A::default(),
-            current_sequence: 0,
-            current_snapshot: None,
-        };
+        let mut ctx = empty_context::<A>(id);
         let mut other = B::default();
         let undecodable = |e: serde_json::Error| ExecError::Store(format!("event payload: {e}"));
         for (aggregate_type, sequence, payload) in rows {
@@ -231,12 +226,7 @@ where
         loop {
             let assumed_new = matches!(next, First::New);
             let mut ctx = match std::mem::replace(&mut next, First::Load) {
-                First::New => EventStoreAggregateContext {
-                    aggregate_id: id.to_owned(),
-                    aggregate: A::default(),
-                    current_sequence: 0,
-                    current_snapshot: None,
-                },
+                First::New => empty_context(id),
                 First::Given(ctx) => {
                     attempt += 1;
                     ctx
@@ -352,6 +342,17 @@ enum Append {
     Conflict,
     /// Any other database error, as text.
     Store(String),
+}
+
+/// The context of stream `id` before its first event: the default state
+/// after sequence 0.
+fn empty_context<A: Aggregate>(id: &str) -> EventStoreAggregateContext<A> {
+    EventStoreAggregateContext {
+        aggregate_id: id.to_owned(),
+        aggregate: A::default(),
+        current_sequence: 0,
+        current_snapshot: None,
+    }
 }
 
 /// Pause before attempt `attempt + 1`: "full jitter" over an exponential
