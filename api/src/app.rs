@@ -89,6 +89,8 @@ impl App {
             sms_otp_ttl_secs: settings.sms_otp_ttl_secs,
             refresh_idle_ttl_secs: settings.refresh_idle_ttl_secs,
             refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
+            otp_codes_per_hour: settings.otp_codes_per_hour,
+            otp_resend_interval_secs: i64::from(settings.otp_resend_interval_secs),
         };
         let identity =
             Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));

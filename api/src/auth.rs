@@ -67,11 +67,15 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens
             .verify_access(token.trim())
             .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
-        let revoked = match state.revoked.status(claims.sid) {
+        let revoked = match state.revoked.status(claims.sid, claims.sub) {
             Revocation::Revoked => true,
             Revocation::NotRevoked => false,
-            // The in-memory set is not known complete: ask the read model.
-            Revocation::Unknown => projections::sessions::is_revoked(&state.read, claims.sid).await?,
+            // The in-memory set is not known complete: ask the read model,
+            // and the user's cutoff row (written with its event).
+            Revocation::Unknown => {
+                projections::sessions::is_revoked(&state.read, claims.sid).await?
+                    || commands::identity::is_cut_off(&state.read, claims.sub, claims.sid).await?
+            }
         };
         if revoked {
             return Err(ApiError::unauthorized("the session has been revoked"));

@@ -113,6 +113,14 @@ pub struct Settings {
     /// SMS OTP lifetime in seconds (5 min; seed 003).
     #[arg(long, env = "SMS_OTP_TTL_SECS", default_value_t = 300)]
     pub sms_otp_ttl_secs: i64,
+    /// Codes sent per recipient (email or phone) per rolling hour, every
+    /// purpose counted (seed 003, SECURITY.md: 3). At least 1.
+    #[arg(long, env = "OTP_CODES_PER_HOUR", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub otp_codes_per_hour: u32,
+    /// Seconds between two codes to one recipient (SECURITY.md: 30–60 s);
+    /// `0` turns the interval off.
+    #[arg(long, env = "OTP_RESEND_INTERVAL_SECS", default_value_t = 30)]
+    pub otp_resend_interval_secs: u32,
     /// Refresh-token idle lifetime in seconds (30 days).
     #[arg(long, env = "REFRESH_IDLE_TTL_SECS", default_value_t = 30 * 86_400)]
     pub refresh_idle_ttl_secs: i64,

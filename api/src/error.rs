@@ -106,6 +106,7 @@ impl From<IdentityError> for ApiError {
             E::InvalidResetToken => (StatusCode::UNAUTHORIZED, "invalid_reset_token"),
             E::PhoneUnavailable => (StatusCode::CONFLICT, "phone_unavailable"),
             E::PhoneNotVerified => (StatusCode::CONFLICT, "phone_not_verified"),
+            E::LastSignInMethod => (StatusCode::CONFLICT, "last_sign_in_method"),
             E::Internal(cause) => return Self::internal(cause),
         };
         Self::new(status, code, e.to_string())

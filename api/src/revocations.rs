@@ -65,6 +65,11 @@ pub enum Revocation {
 struct Inner {
     /// Revoked session ids with their revocation time.
     map: HashMap<Uuid, DateTime<Utc>>,
+    /// Per user, the latest `AllSessionsRevoked` cutoff: sessions started
+    /// before it are revoked (kept for the same horizon as `map`: after it
+    /// no token issued before the cutoff is still valid, and refresh and
+    /// step-up refuse to issue new ones).
+    cutoffs: HashMap<Uuid, DateTime<Utc>>,
     /// Start of the last successful store check (the seed counts).
     verified_at: Option<Instant>,
     /// Last answer of the feed without error.
@@ -98,20 +103,27 @@ fn revoked_at_in(payload: &serde_json::Value) -> Option<DateTime<Utc>> {
     body.get("revoked_at").and_then(|v| v.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok())
 }
 
+/// An `AllSessionsRevoked` payload's `revoked_before`, stored or enveloped.
+fn revoked_before_in(payload: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let body = payload.get("AllSessionsRevoked").unwrap_or(payload);
+    body.get("revoked_before").and_then(|v| v.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok())
+}
+
 /// One pass over the store: the revocations of transactions with
 /// `txid ≥ $1` that have ended, and the new watermark (the snapshot's
 /// `xmin`: every transaction below it has ended, and its rows are visible
 /// to this very statement). `$2` skips rows recorded before the horizon.
 /// One row with NULL event columns when there is nothing new.
 const STORE_PASS_SQL: &str = "\
-    SELECT s.xmin::text::bigint AS xmin, e.aggregate_id, e.payload, e.recorded_at
+    SELECT s.xmin::text::bigint AS xmin, e.aggregate_type, e.aggregate_id, e.payload, e.recorded_at
     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
     LEFT JOIN events e
       ON e.txid >= $1::text::xid8 AND e.txid < s.xmin
-     AND e.aggregate_type = 'session' AND e.event_type = 'SessionRevoked'
+     AND ((e.aggregate_type = 'session' AND e.event_type = 'SessionRevoked')
+          OR (e.aggregate_type = 'user' AND e.event_type = 'AllSessionsRevoked'))
      AND e.recorded_at >= $2";
 
-type StoreRow = (i64, Option<String>, Option<serde_json::Value>, Option<DateTime<Utc>>);
+type StoreRow = (i64, Option<String>, Option<String>, Option<serde_json::Value>, Option<DateTime<Utc>>);
 
 impl RevokedSessions {
     /// Whether tokens of `session_id` must be refused, as far as this set
@@ -120,15 +132,20 @@ impl RevokedSessions {
         self.inner.lock().map(|m| m.map.contains_key(&session_id)).unwrap_or(true)
     }
 
-    /// What this node knows about `session_id` now; a poisoned lock answers
+    /// What this node knows about session `session_id` of `user_id` now:
+    /// revoked on its own or by the user's cutoff. A poisoned lock answers
     /// [`Revocation::Unknown`].
-    pub fn status(&self, session_id: Uuid) -> Revocation {
-        self.status_at(session_id, Instant::now())
+    pub fn status(&self, session_id: Uuid, user_id: Uuid) -> Revocation {
+        self.status_at(session_id, user_id, Instant::now())
     }
 
-    fn status_at(&self, session_id: Uuid, now: Instant) -> Revocation {
+    fn status_at(&self, session_id: Uuid, user_id: Uuid, now: Instant) -> Revocation {
         let Ok(inner) = self.inner.lock() else { return Revocation::Unknown };
-        if inner.map.contains_key(&session_id) {
+        let cut_off = inner
+            .cutoffs
+            .get(&user_id)
+            .is_some_and(|c| commands::identity::session_started_at(session_id) < *c);
+        if cut_off || inner.map.contains_key(&session_id) {
             Revocation::Revoked
         } else if inner.authoritative(now) {
             Revocation::NotRevoked
@@ -153,6 +170,18 @@ impl RevokedSessions {
         }
     }
 
+    /// Records a user's cutoff: their sessions started before
+    /// `revoked_before` are revoked (ignored when older than the horizon).
+    pub fn insert_cutoff(&self, user_id: Uuid, revoked_before: DateTime<Utc>) {
+        if revoked_before < horizon(Utc::now()) {
+            return;
+        }
+        if let Ok(mut m) = self.inner.lock() {
+            let c = m.cutoffs.entry(user_id).or_insert(revoked_before);
+            *c = (*c).max(revoked_before);
+        }
+    }
+
     /// Drops entries past the horizon; returns how many remain.
     pub fn prune(&self, now: DateTime<Utc>) -> usize {
         let h = horizon(now);
@@ -160,19 +189,23 @@ impl RevokedSessions {
             .lock()
             .map(|mut m| {
                 m.map.retain(|_, at| *at >= h);
-                m.map.len()
+                m.cutoffs.retain(|_, at| *at >= h);
+                m.map.len() + m.cutoffs.len()
             })
             .unwrap_or(0)
     }
 
     /// Records the revocation an envelope carries, if any.
     pub fn observe(&self, env: &Envelope) {
-        if env.aggregate_type != "session" || env.event_type != "SessionRevoked" {
-            return;
-        }
-        let at = revoked_at_in(&env.payload).unwrap_or(env.occurred_at);
-        if let Ok(id) = Uuid::parse_str(&env.aggregate_id) {
-            self.insert(id, at);
+        let Ok(id) = Uuid::parse_str(&env.aggregate_id) else { return };
+        match (env.aggregate_type.as_str(), env.event_type.as_str()) {
+            ("session", "SessionRevoked") => {
+                self.insert(id, revoked_at_in(&env.payload).unwrap_or(env.occurred_at));
+            }
+            ("user", "AllSessionsRevoked") => {
+                self.insert_cutoff(id, revoked_before_in(&env.payload).unwrap_or(env.occurred_at));
+            }
+            _ => {}
         }
     }
 
@@ -210,12 +243,18 @@ impl RevokedSessions {
         let rows: Vec<StoreRow> =
             sqlx::query_as(STORE_PASS_SQL).bind(watermark).bind(since).fetch_all(pool).await?;
         let mut next = watermark;
-        for (xmin, aggregate_id, payload, recorded_at) in rows {
+        for (xmin, aggregate_type, aggregate_id, payload, recorded_at) in rows {
             next = next.max(xmin);
-            let (Some(id), Some(recorded_at)) = (aggregate_id, recorded_at) else { continue };
+            let (Some(kind), Some(id), Some(recorded_at)) = (aggregate_type, aggregate_id, recorded_at)
+            else {
+                continue;
+            };
             let Ok(id) = Uuid::parse_str(&id) else { continue };
-            let at = payload.as_ref().and_then(revoked_at_in).unwrap_or(recorded_at);
-            self.insert(id, at);
+            if kind == "user" {
+                self.insert_cutoff(id, payload.as_ref().and_then(revoked_before_in).unwrap_or(recorded_at));
+            } else {
+                self.insert(id, payload.as_ref().and_then(revoked_at_in).unwrap_or(recorded_at));
+            }
         }
         Ok(next)
     }
@@ -296,6 +335,30 @@ mod tests {
         assert!(!r.contains(a));
     }
 
+    const USER: Uuid = Uuid::from_u128(99);
+
+    #[test]
+    fn a_users_cutoff_revokes_the_sessions_started_before_it() {
+        let r = RevokedSessions::default();
+        let (old, other_user) = (Uuid::now_v7(), Uuid::from_u128(7));
+        std::thread::sleep(Duration::from_millis(3));
+        r.insert_cutoff(USER, Utc::now());
+        std::thread::sleep(Duration::from_millis(3));
+        let new = Uuid::now_v7();
+        let t0 = Instant::now();
+        r.mark_feed_ok(t0);
+        r.mark_verified(t0);
+        assert_eq!(r.status_at(old, USER, t0), Revocation::Revoked);
+        assert_eq!(r.status_at(new, USER, t0), Revocation::NotRevoked, "started after the cutoff");
+        assert_eq!(r.status_at(old, other_user, t0), Revocation::NotRevoked, "another user's session");
+        assert_eq!(r.prune(Utc::now() + chrono::Duration::hours(1)), 0, "pruned past the horizon");
+        // From a stored payload as well as an envelope's.
+        let at = "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().ok();
+        let stored = serde_json::json!({"AllSessionsRevoked": {"reason": "logout", "revoked_before": "2026-01-02T03:04:05Z"}});
+        assert_eq!(revoked_before_in(&stored), at);
+        assert_eq!(revoked_before_in(&stored["AllSessionsRevoked"]), at);
+    }
+
     #[test]
     fn authoritative_only_while_verified_and_fed() {
         let r = RevokedSessions::default();
@@ -303,28 +366,28 @@ mod tests {
         r.insert(revoked, Utc::now());
         let t0 = Instant::now();
         // Never seeded: a revoked id is still refused, the rest unknown.
-        assert_eq!(r.status_at(revoked, t0), Revocation::Revoked);
-        assert_eq!(r.status_at(live, t0), Revocation::Unknown);
+        assert_eq!(r.status_at(revoked, USER, t0), Revocation::Revoked);
+        assert_eq!(r.status_at(live, USER, t0), Revocation::Unknown);
         r.mark_feed_ok(t0);
-        assert_eq!(r.status_at(live, t0), Revocation::Unknown, "feed alone is not enough");
+        assert_eq!(r.status_at(live, USER, t0), Revocation::Unknown, "feed alone is not enough");
         r.mark_verified(t0);
-        assert_eq!(r.status_at(live, t0), Revocation::NotRevoked);
-        assert_eq!(r.status_at(revoked, t0), Revocation::Revoked);
+        assert_eq!(r.status_at(live, USER, t0), Revocation::NotRevoked);
+        assert_eq!(r.status_at(revoked, USER, t0), Revocation::Revoked);
         // The store check goes stale while the feed keeps answering.
         let later = t0 + VERIFY_MAX_AGE;
         r.mark_feed_ok(later);
-        assert_eq!(r.status_at(live, later), Revocation::Unknown);
+        assert_eq!(r.status_at(live, USER, later), Revocation::Unknown);
         // The feed goes silent while the store check keeps succeeding.
         r.mark_verified(later);
-        assert_eq!(r.status_at(live, later), Revocation::NotRevoked);
+        assert_eq!(r.status_at(live, USER, later), Revocation::NotRevoked);
         let silent = later + FEED_MAX_SILENCE;
         r.mark_verified(silent);
-        assert_eq!(r.status_at(live, silent), Revocation::Unknown);
+        assert_eq!(r.status_at(live, USER, silent), Revocation::Unknown);
         // A stopped follower forgets its authority.
         r.mark_feed_ok(silent);
-        assert_eq!(r.status_at(live, silent), Revocation::NotRevoked);
+        assert_eq!(r.status_at(live, USER, silent), Revocation::NotRevoked);
         r.mark_unhealthy();
-        assert_eq!(r.status_at(live, silent), Revocation::Unknown);
+        assert_eq!(r.status_at(live, USER, silent), Revocation::Unknown);
     }
 
     #[test]
@@ -451,12 +514,12 @@ mod tests {
             })
         };
         assert!(wait_authoritative(&r, Duration::from_secs(5)).await);
-        assert_eq!(r.status(revoked), Revocation::Revoked);
-        assert_eq!(r.status(Uuid::new_v4()), Revocation::NotRevoked);
+        assert_eq!(r.status(revoked, USER), Revocation::Revoked);
+        assert_eq!(r.status(Uuid::new_v4(), USER), Revocation::NotRevoked);
         let _ = stop.send(true);
         task.await.unwrap();
-        assert_eq!(r.status(Uuid::new_v4()), Revocation::Unknown, "a stopped follower is not trusted");
-        assert_eq!(r.status(revoked), Revocation::Revoked);
+        assert_eq!(r.status(Uuid::new_v4(), USER), Revocation::Unknown, "a stopped follower is not trusted");
+        assert_eq!(r.status(revoked, USER), Revocation::Revoked);
 
         // A failing feed: the store check alone does not make it authoritative.
         let r = std::sync::Arc::new(RevokedSessions::default());

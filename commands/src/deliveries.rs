@@ -73,6 +73,8 @@ pub enum DeliveryError {
     Db(#[from] sqlx::Error),
     #[error("the record could not be opened")]
     Corrupt,
+    #[error("the record could not be sealed")]
+    Seal,
 }
 
 /// Stores and retrieves sealed delivery records.
@@ -120,7 +122,8 @@ impl DeliveryStore {
         expires_at: DateTime<Utc>,
     ) -> Result<SealedDelivery, DeliveryError> {
         let json = serde_json::to_vec(delivery).map_err(|_| DeliveryError::Corrupt)?;
-        Ok(SealedDelivery { id, sealed: seal_bytes(&self.key, id.as_bytes(), &json), expires_at })
+        let sealed = seal_bytes(&self.key, id.as_bytes(), &json).map_err(|_| DeliveryError::Seal)?;
+        Ok(SealedDelivery { id, sealed, expires_at })
     }
 
     /// The record under `id`, if still there (it is gone once sent).

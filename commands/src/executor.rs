@@ -326,6 +326,17 @@ pub trait CoWrite: Send + Sync {
     fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>);
 }
 
+/// Two co-written rows (their `WITH` queries must have different names).
+pub struct Both<'a>(pub &'a dyn CoWrite, pub &'a dyn CoWrite);
+
+impl CoWrite for Both<'_> {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        self.0.push_cte(query);
+        query.push(", ");
+        self.1.push_cte(query);
+    }
+}
+
 /// Where the next attempt starts.
 enum First<A: Aggregate> {
     /// Read the stream.

@@ -3,8 +3,10 @@
 //! claimed before the command appends and released if it fails.
 
 use domain::values::Digest;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
+
+use crate::executor::CoWrite;
 
 /// What is reserved.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +96,35 @@ pub async fn release(
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Releases every reservation of `kind` held by `owner` except `keep`,
+/// written by the same statement as the event that frees them (a `WITH`
+/// query of the append, [`CoWrite`]): a replaced or removed phone stops
+/// being a login route exactly when the event commits.
+pub struct ReleaseHeld {
+    kind: ReservationKind,
+    owner: Uuid,
+    keep: Option<Vec<u8>>,
+}
+
+impl ReleaseHeld {
+    /// `owner`'s reservations of `kind`, all but `keep`.
+    pub fn new(kind: ReservationKind, owner: Uuid, keep: Option<&Digest>) -> Self {
+        Self { kind, owner, keep: keep.map(key_bytes) }
+    }
+}
+
+impl CoWrite for ReleaseHeld {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        query.push("released AS (DELETE FROM reservations WHERE kind = ");
+        query.push_bind(self.kind.as_str());
+        query.push(" AND owner_id = ");
+        query.push_bind(self.owner);
+        query.push(" AND key_hash IS DISTINCT FROM ");
+        query.push_bind(self.keep.as_deref());
+        query.push(")");
+    }
 }
 
 fn key_bytes(hash: &Digest) -> Vec<u8> {

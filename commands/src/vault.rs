@@ -30,21 +30,31 @@ pub enum VaultError {
     NoKey,
     #[error("ciphertext could not be opened")]
     Corrupt,
+    /// The AEAD refused to encrypt (only for inputs over 256 GiB): never
+    /// turned into an empty ciphertext.
+    #[error("plaintext could not be sealed")]
+    Seal,
 }
 
 const NONCE_LEN: usize = 24;
 
-/// Seals `plaintext` under `key` with associated data `aad`.
-pub fn seal_bytes(key: &Secret32, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+/// Seals `plaintext` under `key` with associated data `aad`: a random
+/// 24-byte nonce followed by the XChaCha20-Poly1305 ciphertext and tag.
+///
+/// # Errors
+/// [`VaultError::Seal`] when the AEAD refuses (inputs over 256 GiB); an
+/// error is never an empty or partial ciphertext.
+pub fn seal_bytes(key: &Secret32, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
     let cipher = XChaCha20Poly1305::new((&key.0).into());
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    // Encryption with a valid key and nonce only fails for > 256 GiB inputs.
-    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .map_err(|_| VaultError::Seal)?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    out
+    Ok(out)
 }
 
 /// Opens what [`seal_bytes`] produced; `None` when the key, aad or bytes are wrong.
@@ -82,7 +92,7 @@ impl Vault {
             return Ok(());
         }
         let key = Secret32::generate();
-        let wrapped = seal_bytes(&self.wrap, subject.as_bytes(), &key.0);
+        let wrapped = seal_bytes(&self.wrap, subject.as_bytes(), &key.0)?;
         sqlx::query(
             "INSERT INTO subject_keys (subject_id, wrapped_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -121,7 +131,7 @@ impl Vault {
     /// [`VaultError::NoKey`] after erasure (or before [`Vault::ensure_key`]).
     pub async fn seal(&self, subject: Uuid, plaintext: &str) -> Result<Sealed, VaultError> {
         let key = self.key(subject).await?;
-        let bytes = seal_bytes(&key, subject.as_bytes(), plaintext.as_bytes());
+        let bytes = seal_bytes(&key, subject.as_bytes(), plaintext.as_bytes())?;
         Ok(Sealed(format!("v1.{}", URL_SAFE_NO_PAD.encode(bytes))))
     }
 
@@ -164,10 +174,11 @@ mod tests {
     #[test]
     fn seal_open_roundtrip_and_binding() {
         let k = Secret32::generate();
-        let s = seal_bytes(&k, b"a", b"hello");
+        let s = seal_bytes(&k, b"a", b"hello").unwrap();
+        assert_eq!(s.len(), 24 + 5 + 16, "nonce, ciphertext and tag");
         assert_eq!(open_bytes(&k, b"a", &s).unwrap(), b"hello");
         assert!(open_bytes(&k, b"b", &s).is_none(), "bound to its aad");
         assert!(open_bytes(&Secret32::generate(), b"a", &s).is_none());
-        assert_ne!(seal_bytes(&k, b"a", b"hello"), s, "fresh nonce each time");
+        assert_ne!(seal_bytes(&k, b"a", b"hello").unwrap(), s, "fresh nonce each time");
     }
 }

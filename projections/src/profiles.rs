@@ -76,13 +76,12 @@ impl Projector for ProfilesProjector {
                 .execute(conn)
                 .await?;
             }
+            // A pending number is shown only while no verified one is there
+            // (the verified phone stays the account's until replaced).
             UserEvent::PhoneAdded { phone, added_at, .. } => {
                 sqlx::query(
-                    "UPDATE rm_profiles SET phone_sealed = $2, phone_verified = false,
-                            two_factor_channel = CASE WHEN two_factor_channel = 'sms' THEN 'email'
-                                                      ELSE two_factor_channel END,
-                            updated_at = $3
-                     WHERE user_id = $1",
+                    "UPDATE rm_profiles SET phone_sealed = $2, updated_at = $3
+                     WHERE user_id = $1 AND NOT phone_verified",
                 )
                 .bind(aggregate_uuid(env)?)
                 .bind(phone.0)
@@ -90,12 +89,28 @@ impl Projector for ProfilesProjector {
                 .execute(conn)
                 .await?;
             }
-            UserEvent::PhoneVerified { verified_at, .. } => {
+            UserEvent::PhoneVerified { verified_at, phone, .. } => {
                 sqlx::query(
-                    "UPDATE rm_profiles SET phone_verified = true, updated_at = $2 WHERE user_id = $1",
+                    "UPDATE rm_profiles SET phone_sealed = COALESCE($3, phone_sealed), phone_verified = true,
+                            updated_at = $2
+                     WHERE user_id = $1",
                 )
                 .bind(aggregate_uuid(env)?)
                 .bind(verified_at)
+                .bind(phone.map(|p| p.0))
+                .execute(conn)
+                .await?;
+            }
+            UserEvent::PhoneRemoved { removed_at, .. } => {
+                sqlx::query(
+                    "UPDATE rm_profiles SET phone_sealed = NULL, phone_verified = false,
+                            two_factor_channel = CASE WHEN two_factor_channel = 'sms' THEN 'email'
+                                                      ELSE two_factor_channel END,
+                            updated_at = $2
+                     WHERE user_id = $1",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(removed_at)
                 .execute(conn)
                 .await?;
             }
@@ -114,7 +129,9 @@ impl Projector for ProfilesProjector {
             | UserEvent::RefreshTokenReuseNoticed { .. }
             | UserEvent::PasswordReset { .. }
             | UserEvent::PasswordResetRequested { .. }
-            | UserEvent::LoginPasswordAccepted { .. } => {}
+            | UserEvent::LoginPasswordAccepted { .. }
+            | UserEvent::PhoneClaimAttempted { .. }
+            | UserEvent::AllSessionsRevoked { .. } => {}
         }
         Ok(())
     }
@@ -263,20 +280,31 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
             UserEvent::PhoneAdded { phone, added_at, .. } => {
                 update_target()?;
                 let at = as_stored(added_at)?;
-                if let Some(r) = row.as_mut() {
+                if let Some(r) = row.as_mut().filter(|r| !r.phone_verified) {
                     r.phone_sealed = Some(phone.0);
+                    r.updated_at = at;
+                }
+            }
+            UserEvent::PhoneVerified { verified_at, phone, .. } => {
+                update_target()?;
+                let at = as_stored(verified_at)?;
+                if let Some(r) = row.as_mut() {
+                    if let Some(phone) = phone {
+                        r.phone_sealed = Some(phone.0);
+                    }
+                    r.phone_verified = true;
+                    r.updated_at = at;
+                }
+            }
+            UserEvent::PhoneRemoved { removed_at, .. } => {
+                update_target()?;
+                let at = as_stored(removed_at)?;
+                if let Some(r) = row.as_mut() {
+                    r.phone_sealed = None;
                     r.phone_verified = false;
                     if r.two_factor_channel == "sms" {
                         "email".clone_into(&mut r.two_factor_channel);
                     }
-                    r.updated_at = at;
-                }
-            }
-            UserEvent::PhoneVerified { verified_at, .. } => {
-                update_target()?;
-                let at = as_stored(verified_at)?;
-                if let Some(r) = row.as_mut() {
-                    r.phone_verified = true;
                     r.updated_at = at;
                 }
             }
@@ -293,7 +321,9 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
             | UserEvent::RefreshTokenReuseNoticed { .. }
             | UserEvent::PasswordReset { .. }
             | UserEvent::PasswordResetRequested { .. }
-            | UserEvent::LoginPasswordAccepted { .. } => {}
+            | UserEvent::LoginPasswordAccepted { .. }
+            | UserEvent::PhoneClaimAttempted { .. }
+            | UserEvent::AllSessionsRevoked { .. } => {}
         }
     }
     Ok(Fold::Row(row))

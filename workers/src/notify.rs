@@ -240,6 +240,11 @@ pub fn render_sms(d: &Delivery) -> String {
         }
         "otp_two_factor" | "otp_login" => format!("Your streamforge sign-in code is {code}.{expiry}"),
         "otp_password_reset" => format!("Your streamforge password reset code is {code}.{expiry}"),
+        "phone_in_use" => {
+            "streamforge: someone tried to add this number to another account. It stays on yours; \
+                           nothing to do. If you want a new account with it, remove it from this one first."
+                .to_owned()
+        }
         _ if d.code.is_some() => format!("Your streamforge code is {code}.{expiry}"),
         _ => format!("streamforge: {}", render(d).0),
     }

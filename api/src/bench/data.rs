@@ -148,8 +148,11 @@ pub struct SeededUser {
 }
 
 /// Seals `plain` for `subject` in the vault's format (`v1.` + base64url).
-fn seal(key: &Secret32, subject: Uuid, plain: &str) -> Sealed {
-    Sealed(format!("v1.{}", URL_SAFE_NO_PAD.encode(seal_bytes(key, subject.as_bytes(), plain.as_bytes()))))
+fn seal(key: &Secret32, subject: Uuid, plain: &str) -> anyhow::Result<Sealed> {
+    Ok(Sealed(format!(
+        "v1.{}",
+        URL_SAFE_NO_PAD.encode(seal_bytes(key, subject.as_bytes(), plain.as_bytes())?)
+    )))
 }
 
 /// `rm_profiles` row: user, email, name, bio (sealed), created, updated.
@@ -194,7 +197,7 @@ fn generate(
         let name = format!("Seed User {i}");
         let key = Secret32::generate();
         b.key_subjects.push(user_id);
-        b.key_wrapped.push(seal_bytes(&keys.wrap, user_id.as_bytes(), &key.0));
+        b.key_wrapped.push(seal_bytes(&keys.wrap, user_id.as_bytes(), &key.0)?);
         let email_hash = Digest(hmac_hex(&keys.lookup, &[b"email:", email.as_bytes()]));
         b.reservation_hashes.push(hex::decode(&email_hash.0)?);
         let at = now - Duration::days(1);
@@ -206,8 +209,8 @@ fn generate(
             Ok(())
         };
         let challenge_id = Uuid::new_v4();
-        let email_sealed = seal(&key, user_id, &email);
-        let mut name_sealed = seal(&key, user_id, &name);
+        let email_sealed = seal(&key, user_id, &email)?;
+        let mut name_sealed = seal(&key, user_id, &name)?;
         let mut bio_sealed = None;
         user_event(
             &mut b,
@@ -223,8 +226,8 @@ fn generate(
         )?;
         user_event(&mut b, &UserEvent::EmailVerified { challenge_id, verified_at: at, delivery_id: None })?;
         for u in 0..shape.profile_updates {
-            name_sealed = seal(&key, user_id, &format!("Seed User {i} ({u})"));
-            let bio = seal(&key, user_id, "Listens to field recordings and late-night radio.");
+            name_sealed = seal(&key, user_id, &format!("Seed User {i} ({u})"))?;
+            let bio = seal(&key, user_id, "Listens to field recordings and late-night radio.")?;
             bio_sealed = Some(bio.clone());
             user_event(
                 &mut b,

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use commands::identity::{RequestMeta, TokenPair};
+use commands::identity::{LoginStep, RequestMeta, TokenPair};
 use domain::session::RevocationReason;
 use domain::values::{DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/auth/register", post(register))
         .route("/api/auth/verify-email", post(verify_email))
+        .route("/api/auth/verify-email/resend", post(resend_verification))
         .route("/api/auth/login", post(login))
         .route("/api/auth/verify-otp", post(verify_otp))
         .route("/api/auth/refresh", post(refresh))
@@ -125,6 +126,28 @@ pub async fn verify_email(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Mail a new email-verification code (the old one stops working). Always
+/// 202, for known, verified and unknown addresses alike (no enumeration);
+/// processed after answering.
+#[utoipa::path(post, path = "/api/auth/verify-email/resend", tag = "auth", request_body = ResetRequest,
+    responses((status = 202, description = "accepted"), (status = 422, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    let email = EmailAddress::parse(&req.email)?;
+    let identity = state.identity.clone();
+    let meta = meta(&headers, None);
+    tokio::spawn(async move {
+        if let Err(e) = identity.resend_email_verification(&email, &meta).await {
+            tracing::error!(error = %e, "verification resend failed");
+        }
+    });
+    Ok(StatusCode::ACCEPTED)
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub email: String,
@@ -207,9 +230,25 @@ pub(crate) fn token_response(pair: TokenPair) -> Response {
     res
 }
 
-/// Answer the second-factor challenge; starts a session.
+/// The phone code was right, but the account needs a stronger factor
+/// before a session starts (an SMS code is one factor).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecondFactorResponse {
+    /// `totp`: answer `challenge_id` at `/api/auth/verify-otp` with the
+    /// authenticator app's code (or a recovery code); `passkey`: sign in
+    /// with a passkey (`/api/auth/passkeys/login/start` with `user_id`).
+    pub second_factor: String,
+    pub challenge_id: Option<Uuid>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub user_id: Option<Uuid>,
+}
+
+/// Answer the second-factor or phone-login challenge; starts a session
+/// (or, for a phone code on an account with TOTP or passkeys, names the
+/// second step).
 #[utoipa::path(post, path = "/api/auth/verify-otp", tag = "auth", request_body = VerifyOtpRequest,
-    responses((status = 200, description = "tokens; also sets the __Host-refresh cookie", body = TokenResponse),
+    responses((status = 200, description = "tokens (also sets the __Host-refresh cookie), or the second step a phone code needs",
+            content((TokenResponse), (SecondFactorResponse))),
         (status = 400, description = "invalid_code / code_expired", body = ErrorBody),
         (status = 403, description = "challenge_locked", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -220,8 +259,24 @@ pub async fn verify_otp(
     ValidJson(req): ValidJson<VerifyOtpRequest>,
 ) -> Result<Response, ApiError> {
     let code = OtpCode::parse(&req.code)?;
-    let pair = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
-    Ok(token_response(pair))
+    let step = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
+    Ok(match step {
+        LoginStep::Session(pair) => token_response(pair),
+        LoginStep::Totp(c) => Json(SecondFactorResponse {
+            second_factor: "totp".to_owned(),
+            challenge_id: Some(c.challenge_id),
+            expires_at: Some(c.expires_at),
+            user_id: None,
+        })
+        .into_response(),
+        LoginStep::Passkey { user_id } => Json(SecondFactorResponse {
+            second_factor: "passkey".to_owned(),
+            challenge_id: None,
+            expires_at: None,
+            user_id: Some(user_id),
+        })
+        .into_response(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -396,6 +451,7 @@ pub struct ResetRequest {
 }
 
 /// Ask for a password-reset code by mail. Always 202 (no enumeration).
+/// The body is `{email}`.
 #[utoipa::path(post, path = "/api/auth/password-reset/request", tag = "auth", request_body = ResetRequest,
     responses((status = 202, description = "accepted"), (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]

@@ -21,7 +21,7 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/users/me", get(get_me).put(put_me))
-        .route("/api/users/me/phone", post(add_phone))
+        .route("/api/users/me/phone", post(add_phone).delete(remove_phone))
         .route("/api/users/me/phone/verify", post(verify_phone))
         .route("/api/users/me/two-factor", put(set_two_factor))
 }
@@ -146,10 +146,12 @@ pub struct PhoneChallengeResponse {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Attach a phone number; a 6-digit code is sent by SMS (5 min).
+/// Attach a phone number; a 6-digit code is sent by SMS (5 min). The number
+/// is pending (no login route, nothing reserved) until verified. A number
+/// another account uses gets the same answer and its owner a notice.
 #[utoipa::path(post, path = "/api/users/me/phone", tag = "users", security(("bearer" = [])), request_body = AddPhoneRequest,
     responses((status = 202, body = PhoneChallengeResponse), (status = 401, body = ErrorBody),
-        (status = 409, description = "phone_unavailable", body = ErrorBody),
+        (status = 403, description = "reauthentication_required", body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, description = "too_many_attempts", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 pub async fn add_phone(
@@ -165,6 +167,24 @@ pub async fn add_phone(
         StatusCode::ACCEPTED,
         Json(PhoneChallengeResponse { challenge_id: c.challenge_id, expires_at: c.expires_at }),
     ))
+}
+
+/// Remove the caller's phone (verified and pending): it stops being a sign-in
+/// route and SMS channel at once; requires an authentication within the
+/// last 5 minutes.
+#[utoipa::path(delete, path = "/api/users/me/phone", tag = "users", security(("bearer" = [])),
+    responses((status = 204, description = "removed (or there was none)"), (status = 401, body = ErrorBody),
+        (status = 403, description = "reauthentication_required", body = ErrorBody),
+        (status = 409, description = "last_sign_in_method: the account has no email to sign in with", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn remove_phone(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    user.require_recent_auth()?;
+    state.identity.remove_phone(user.user_id, &meta(&headers, Some(user.user_id))).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{code_in, spawn_app, Feed, TestApp};
+use crate::helpers::{code_in, spawn_app, spawn_app_with, Feed, TestApp};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -223,7 +223,11 @@ async fn wrong_passwords_get_growing_delays_for_known_and_unknown_accounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_per_phone_per_hour_and_resend_cooldown() {
-    let app = spawn_app(Feed::Postgres).await;
+    let app = spawn_app_with(Feed::Postgres, |s| {
+        s.otp_codes_per_hour = 3;
+        s.otp_resend_interval_secs = 30;
+    })
+    .await;
     let phone = "+14155552671";
     let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;
     assert_eq!(r.status(), 202);
@@ -254,6 +258,40 @@ async fn codes_per_phone_per_hour_and_resend_cooldown() {
             .await
             .unwrap();
     assert_eq!((recorded, refused), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_codes_count_toward_the_recipients_budget() {
+    // The default budget of 3 codes an hour, without the interval so that
+    // the hourly cap is what refuses.
+    let app = spawn_app_with(Feed::Postgres, |s| {
+        s.otp_codes_per_hour = 3;
+        s.otp_resend_interval_secs = 0;
+    })
+    .await;
+    let email = "budget@example.com";
+    verified_account(&app, email).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((3_500..=3_600).contains(&retry), "the hour's oldest code must leave: {retry}");
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429], "a 4th login code within the hour is refused");
+    // Three sign-in codes were mailed, not four.
+    app.wait_mail_with(email, "sign-in code", 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mailed = app
+        .inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == email) && m.data.replace("=\r\n", "").contains("sign-in code"))
+        .count();
+    assert_eq!(mailed, 3);
 }
 
 /// Mean of `f` over alternating samples of two paths; returns (a, b) in ms.

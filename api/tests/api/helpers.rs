@@ -127,6 +127,10 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
     settings.mail_dir = scratch.join("mail");
     // The IP limit is tested on its own; other tests send thousands of requests.
     settings.auth_rate_per_minute = 0;
+    // Likewise the per-recipient code budget (tested with its defaults in
+    // `abuse` and `phone`): many tests send several codes within seconds.
+    settings.otp_codes_per_hour = 1_000;
+    settings.otp_resend_interval_secs = 0;
     customise(&mut settings);
     let app = App::build(settings.clone()).await.expect("app builds");
     let tokens = app.tokens.clone();

@@ -88,7 +88,6 @@ async fn phone_signup_and_login_through_twilio() {
     let user_id = me["user_id"].as_str().unwrap().to_owned();
 
     // Later, the same number logs into the same account.
-    tokio::time::sleep(Duration::from_secs(31)).await; // resend cooldown
     let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;
     assert_eq!(r.status(), 202);
     let second: Value = r.json().await.unwrap();
@@ -176,4 +175,208 @@ async fn sms_as_second_factor_after_verifying_a_phone() {
     let r =
         app.post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code})).await;
     assert_eq!(r.status(), 200);
+}
+
+/// Signs in by phone: request, code from the fake, verify. Returns the
+/// verify-otp answer (tokens, or the second step) and its status.
+async fn phone_sign_in(app: &TestApp, server: &MockServer, phone: &str, nth: usize) -> (u16, Value) {
+    let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;
+    assert_eq!(r.status(), 202);
+    let challenge: Value = r.json().await.unwrap();
+    let code = sms_code(&wait_sms(server, phone, nth).await);
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn user_id_of(app: &TestApp, tokens: &Value) -> String {
+    let (_, me) =
+        app.wait_for("/api/users/me", tokens["access_token"].as_str().unwrap(), |s, _| s == 200).await;
+    me["user_id"].as_str().unwrap().to_owned()
+}
+
+/// An email account signed in with password + mailed code (fresh `auth_time`).
+async fn email_account(app: &TestApp, email: &str) -> Value {
+    let password = "correct horse battery staple";
+    assert_eq!(app.register(email, password, "Pat").await.status(), 201);
+    let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
+    assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
+    let login: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": password}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let code = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
+    let r =
+        app.post("/api/auth/verify-otp", json!({"challenge_id": login["challenge_id"], "code": code})).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn post_bearer(app: &TestApp, path: &str, tokens: &Value, body: Value) -> reqwest::Response {
+    app.client
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Adds and verifies `phone` on the account of `tokens`; `nth` is the
+/// number of SMS `phone` will then have received.
+async fn verified_phone(app: &TestApp, server: &MockServer, tokens: &Value, phone: &str, nth: usize) {
+    let r = post_bearer(app, "/api/users/me/phone", tokens, json!({"phone": phone})).await;
+    assert_eq!(r.status(), 202);
+    let code = sms_code(&wait_sms(server, phone, nth).await);
+    let r = post_bearer(app, "/api/users/me/phone/verify", tokens, json!({"code": code})).await;
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_phone_is_no_way_into_the_account_that_typed_it() {
+    let server = twilio().await;
+    let app = app_with_twilio(&server, Feed::Postgres).await;
+    // The squatter types someone else's number and never verifies it.
+    let squatter = email_account(&app, "squatter@example.com").await;
+    let squatter_id = user_id_of(&app, &squatter).await;
+    let phone = "+14155550142";
+    let r = post_bearer(&app, "/api/users/me/phone", &squatter, json!({"phone": phone})).await;
+    assert_eq!(r.status(), 202);
+    wait_sms(&server, phone, 1).await; // the verification code, which the squatter never sees
+
+    // The number's real holder signs up by phone: a new account of their
+    // own, not the squatter's (the takeover), and nothing blocks them.
+    let (status, owner) = phone_sign_in(&app, &server, phone, 2).await;
+    assert_eq!(status, 200, "{owner}");
+    let owner_id = user_id_of(&app, &owner).await;
+    assert_ne!(owner_id, squatter_id, "an unverified number signed into the account that typed it");
+    let (_, me) =
+        app.wait_for("/api/users/me", owner["access_token"].as_str().unwrap(), |s, _| s == 200).await;
+    assert_eq!(me["phone"], phone);
+    assert_eq!(me["phone_verified"], true);
+
+    // Typing a number another account verified answers exactly like an
+    // accepted add; the owner gets a notice, not a code.
+    let r = post_bearer(&app, "/api/users/me/phone", &squatter, json!({"phone": phone})).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["challenge_id"].is_string() && body["expires_at"].is_string(), "{body}");
+    let notice = wait_sms(&server, phone, 3).await;
+    let text = &notice.iter().find(|(k, _)| k == "Body").unwrap().1;
+    assert!(text.contains("tried to add this number"), "{text}");
+    assert!(!text.contains("code is"), "the squatter's add must send no code: {text}");
+    // No code answers the squatter's pending challenge.
+    for code in ["000000", "123456"] {
+        let r = post_bearer(&app, "/api/users/me/phone/verify", &squatter, json!({"code": code})).await;
+        assert_eq!(r.status(), 400);
+    }
+    // The owner still signs into their own account with the number.
+    let (status, again) = phone_sign_in(&app, &server, phone, 4).await;
+    assert_eq!(status, 200);
+    assert_eq!(user_id_of(&app, &again).await, owner_id);
+    let reserved: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT owner_id FROM reservations WHERE kind = 'phone'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        reserved,
+        vec![owner_id.parse::<uuid::Uuid>().unwrap()],
+        "only the verified number is reserved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_or_removing_a_phone_releases_it() {
+    let server = twilio().await;
+    let app = app_with_twilio(&server, Feed::Postgres).await;
+    let tokens = email_account(&app, "mover@example.com").await;
+    let user_id = user_id_of(&app, &tokens).await;
+    let (first, second) = ("+14155550143", "+14155550144");
+    verified_phone(&app, &server, &tokens, first, 1).await;
+    // While a replacement is pending, the verified number keeps working.
+    let r = post_bearer(&app, "/api/users/me/phone", &tokens, json!({"phone": second})).await;
+    assert_eq!(r.status(), 202);
+    let (status, still) = phone_sign_in(&app, &server, first, 2).await;
+    assert_eq!(status, 200);
+    assert_eq!(user_id_of(&app, &still).await, user_id);
+    // Verified: the old number no longer leads here.
+    let code = sms_code(&wait_sms(&server, second, 1).await);
+    let r = post_bearer(&app, "/api/users/me/phone/verify", &tokens, json!({"code": code})).await;
+    assert_eq!(r.status(), 204);
+    let (status, other) = phone_sign_in(&app, &server, first, 3).await;
+    assert_eq!(status, 200);
+    assert_ne!(user_id_of(&app, &other).await, user_id, "a replaced number still signed into the account");
+    // Removed: neither does the new one.
+    let r = app
+        .client
+        .delete(format!("{}/api/users/me/phone", app.base))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, other) = phone_sign_in(&app, &server, second, 2).await;
+    assert_eq!(status, 200);
+    assert_ne!(user_id_of(&app, &other).await, user_id, "a removed number still signed into the account");
+    // The account that number now signs into was made by an SMS code alone:
+    // its session is not fresh, so removing the phone needs a step-up.
+    let phone_only = other;
+    let r = app
+        .client
+        .delete(format!("{}/api/users/me/phone", app.base))
+        .bearer_auth(phone_only["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a session from an SMS code alone is not fresh for step-up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_code_is_one_factor() {
+    let server = twilio().await;
+    let app = app_with_twilio(&server, Feed::Postgres).await;
+    let tokens = email_account(&app, "twofactor@example.com").await;
+    let user_id = user_id_of(&app, &tokens).await;
+    let phone = "+14155550145";
+    verified_phone(&app, &server, &tokens, phone, 1).await;
+
+    // Without a stronger factor: a session, but not fresh for step-up.
+    let (status, sms_only) = phone_sign_in(&app, &server, phone, 2).await;
+    assert_eq!(status, 200);
+    assert_eq!(user_id_of(&app, &sms_only).await, user_id);
+    let r = post_bearer(&app, "/api/users/me/totp", &sms_only, json!({})).await;
+    assert_eq!(r.status(), 403, "an SMS-only session passed step-up");
+
+    // With TOTP: the code leads to the TOTP step, never to tokens.
+    let r = post_bearer(&app, "/api/users/me/totp", &tokens, json!({})).await;
+    assert_eq!(r.status(), 200);
+    let secret = r.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_owned();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let code = commands::identity::totp_code_at(&secret, now()).unwrap();
+    let r = post_bearer(&app, "/api/users/me/totp/confirm", &tokens, json!({"code": code})).await;
+    assert_eq!(r.status(), 200);
+    let (status, step) = phone_sign_in(&app, &server, phone, 3).await;
+    assert_eq!(status, 200);
+    assert!(step.get("access_token").is_none(), "an SMS code alone signed into a TOTP account: {step}");
+    assert_eq!(step["second_factor"], "totp");
+    let code = commands::identity::totp_code_at(&secret, now() + 30).unwrap();
+    let r =
+        app.post("/api/auth/verify-otp", json!({"challenge_id": step["challenge_id"], "code": code})).await;
+    assert_eq!(r.status(), 200);
+    let full: Value = r.json().await.unwrap();
+    assert_eq!(user_id_of(&app, &full).await, user_id);
+    // Two factors: fresh enough for a sensitive change.
+    let r = app
+        .client
+        .delete(format!("{}/api/users/me/totp", app.base))
+        .bearer_auth(full["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
 }

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
-use domain::throttle::Policy;
 use domain::user::{UserCommand, UserError};
 use domain::values::{Digest, DisplayName, EmailAddress, OtpCode, Password};
 use uuid::Uuid;
@@ -10,6 +9,20 @@ use uuid::Uuid;
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta};
 use crate::executor::ExecError;
 use crate::reservations::{self, Claim, ReservationKind};
+
+/// A registration failure, and whether `UserRegistered` had committed.
+enum Registration {
+    NotCommitted(IdentityError),
+    Committed(IdentityError),
+}
+
+impl Registration {
+    fn into_inner(self) -> IdentityError {
+        match self {
+            Self::NotCommitted(e) | Self::Committed(e) => e,
+        }
+    }
+}
 
 impl IdentityService {
     /// Registers an account and mails a verification code. For an email that
@@ -40,8 +53,10 @@ impl IdentityService {
             .await
             .map_err(internal)?
         {
+            // The decoy id is the one minted above, before the claim: its
+            // UUIDv7 time is what a real account's would be.
             Claim::Taken { owner } => {
-                self.notify_duplicate_registration(owner, email, now, meta).await.map(|()| Uuid::now_v7())
+                self.notify_duplicate_registration(owner, email, now, meta).await.map(|()| user_id)
             }
             Claim::Claimed => {
                 let result = self
@@ -49,14 +64,17 @@ impl IdentityService {
                     .await;
                 match &result {
                     Ok(()) => self.register_pad.observe(started.elapsed()),
-                    // Release the reservation so the address can be registered again.
-                    Err(_) => {
+                    // Released only when `UserRegistered` did not commit: once
+                    // it did, the account holds the address for good (a later
+                    // failure, e.g. of the code, must not permit a second one).
+                    Err(Registration::NotCommitted(_)) => {
                         let _ =
                             reservations::release(&self.pool, ReservationKind::Email, &email_hash, user_id)
                                 .await;
                     }
+                    Err(Registration::Committed(_)) => {}
                 }
-                result.map(|()| user_id)
+                result.map(|()| user_id).map_err(Registration::into_inner)
             }
         };
         tokio::time::sleep_until(answer_at.into()).await;
@@ -73,10 +91,13 @@ impl IdentityService {
         name: &DisplayName,
         now: DateTime<Utc>,
         meta: &RequestMeta,
-    ) -> Result<(), IdentityError> {
-        self.vault.ensure_key(user_id).await.map_err(internal)?;
-        let sealed_email = self.vault.seal(user_id, email.as_str()).await.map_err(internal)?;
-        let sealed_name = self.vault.seal(user_id, name.as_str()).await.map_err(internal)?;
+    ) -> Result<(), Registration> {
+        let not_committed = Registration::NotCommitted;
+        self.vault.ensure_key(user_id).await.map_err(internal).map_err(not_committed)?;
+        let sealed_email =
+            self.vault.seal(user_id, email.as_str()).await.map_err(internal).map_err(not_committed)?;
+        let sealed_name =
+            self.vault.seal(user_id, name.as_str()).await.map_err(internal).map_err(not_committed)?;
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::Register {
             user_id,
@@ -90,7 +111,8 @@ impl IdentityService {
         self.users
             .execute_new(&user_id.to_string(), cmd, meta.to_map("RegisterUser"))
             .await
-            .map_err(map_user)?;
+            .map_err(map_user)
+            .map_err(not_committed)?;
         let req = OtpRequest {
             challenge_id,
             subject: user_id,
@@ -99,8 +121,9 @@ impl IdentityService {
             to: email.as_str(),
             recipient_key: self.email_key(email),
         };
-        self.issue_otp(req, meta).await?;
-        Ok(())
+        // From here on the account exists: a failure leaves it unverified
+        // (a new code: `/api/auth/verify-email/resend`), never unreserved.
+        self.issue_otp(req, meta).await.map(|_| ()).map_err(Registration::Committed)
     }
 
     async fn notify_duplicate_registration(
@@ -120,11 +143,13 @@ impl IdentityService {
     }
 
     /// Verifies the email of the account registered under `email` with the
-    /// mailed `code`, then mails a welcome. Unknown emails answer
-    /// [`IdentityError::InvalidCode`], like a wrong code.
+    /// mailed `code`, then mails a welcome. Unknown and already verified
+    /// addresses answer [`IdentityError::InvalidCode`] like a wrong code,
+    /// after the same throttle steps, and a locked or expired challenge does
+    /// too: one status sequence for all three (no enumeration).
     ///
     /// # Errors
-    /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
+    /// `InvalidCode`, `Throttled`, `Internal`.
     #[tracing::instrument(skip_all)]
     pub async fn verify_email(
         &self,
@@ -132,23 +157,71 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
+        let key = self.email_key(email);
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
             .map_err(internal)?;
-        let Some(owner) = owner else {
-            // Same throttle as a real account, so the answers match.
-            self.check_attempt(Policy::OtpFailures, &self.email_key(email), meta).await?;
-            self.record_failure(Policy::OtpFailures, &self.email_key(email), meta).await?;
-            return Err(IdentityError::InvalidCode);
+        // A verified account has nothing pending: answered like an unknown
+        // address (same statuses, same throttle steps).
+        let pending = match owner {
+            Some(owner) => {
+                let user = self.users.load(&owner.to_string()).await?;
+                user.email_challenge_id.filter(|_| !user.email_verified).map(|c| (owner, c))
+            }
+            None => None,
         };
-        let user = self.users.load(&owner.to_string()).await?;
-        let challenge_id = user.email_challenge_id.ok_or(IdentityError::InvalidCode)?;
-        self.answer(challenge_id, code, &[OtpPurpose::EmailVerification], meta).await?;
+        let challenge = pending.map(|(_, c)| c);
+        self.answer_by_address(challenge, &key, code, &[OtpPurpose::EmailVerification], meta).await?;
+        let (owner, challenge_id) = pending.ok_or(IdentityError::InvalidCode)?;
         let notice = self.notice(email.as_str(), "welcome")?;
         let cmd = UserCommand::VerifyEmail { challenge_id, delivery_id: Some(notice.id()), at: Utc::now() };
         // The welcome is written with the event: a refused command leaves none.
         match self.users.execute_with(&owner.to_string(), cmd, meta.to_map("VerifyEmail"), &notice).await {
             Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(owner),
+            Err(e) => Err(map_user(e)),
+        }
+    }
+
+    /// Mails a new verification code if `email` belongs to an account that
+    /// is not verified yet (the old code stops working). The caller answers
+    /// 202 whatever happens (no enumeration); the code counts toward the
+    /// address's budget like every other, and a throttled address gets
+    /// nothing (recorded as a throttle event).
+    ///
+    /// # Errors
+    /// Only infrastructure errors (`Internal`), for logging.
+    #[tracing::instrument(skip_all)]
+    pub async fn resend_email_verification(
+        &self,
+        email: &EmailAddress,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let key = self.email_key(email);
+        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
+            .await
+            .map_err(internal)?;
+        let Some(user_id) = owner else { return Ok(()) };
+        let user = self.users.load(&user_id.to_string()).await?;
+        if user.id.is_none() || user.email_verified {
+            return Ok(());
+        }
+        match self.record_request(&key, meta).await {
+            Err(IdentityError::Throttled { .. }) => return Ok(()),
+            other => other?,
+        }
+        let challenge_id = Uuid::new_v4();
+        let req = OtpRequest {
+            challenge_id,
+            subject: user_id,
+            purpose: OtpPurpose::EmailVerification,
+            channel: OtpChannel::Email,
+            to: email.as_str(),
+            recipient_key: key,
+        };
+        self.issue_otp(req, meta).await?;
+        let cmd = UserCommand::ReplaceEmailChallenge { challenge_id, at: Utc::now() };
+        match self.users.execute(&user_id.to_string(), cmd, meta.to_map("ReplaceEmailChallenge")).await {
+            Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(()),
             Err(e) => Err(map_user(e)),
         }
     }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
+use domain::passkey::Passkeys;
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
 use domain::throttle::Policy;
 use domain::totp::Totp;
@@ -10,9 +11,22 @@ use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNum
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta, TokenPair};
-use crate::executor::ExecError;
+use crate::executor::{ExecError, Executor};
 use crate::reservations::{self, ReservationKind};
 use crate::tokens::{new_refresh_token, parse_refresh_token, refresh_hash};
+
+/// What answering a login challenge leads to ([`IdentityService::verify_otp`]).
+#[derive(Debug)]
+pub enum LoginStep {
+    /// Signed in.
+    Session(TokenPair),
+    /// The phone code was right, but the account has TOTP: answer this
+    /// `totp` challenge next (the password login's second step).
+    Totp(LoginChallenge),
+    /// The phone code was right, but the account has passkeys: sign in
+    /// with one (`/api/auth/passkeys/login/start` with this user id).
+    Passkey { user_id: Uuid },
+}
 
 /// A pending second factor, answered with `verify_otp`.
 #[derive(Debug, Clone)]
@@ -94,6 +108,10 @@ impl IdentityService {
                 (OtpChannel::Email, self.open(user_id, sealed).await?, key)
             }
         };
+        // Login codes count toward the recipient's budget like every other
+        // code (SECURITY.md). Only reached with the right password, which the
+        // 200/401 answer tells anyway: the 429 is no new oracle.
+        self.record_request(&recipient_key, meta).await?;
         let req = OtpRequest {
             challenge_id,
             subject: user_id,
@@ -106,11 +124,15 @@ impl IdentityService {
         Ok(LoginChallenge { challenge_id, channel, expires_at })
     }
 
-    /// Answers a two-factor or phone-login challenge and starts a session.
-    /// A phone-login code for a number with no account creates the account
-    /// (seed 003: sign up with the phone number). A challenge of channel
-    /// `totp` is answered with the authenticator app's current code, each
-    /// time step once only.
+    /// Answers a two-factor or phone-login challenge. A two-factor code
+    /// (after the password) starts a session. A phone-login code is one
+    /// factor: a number with no account creates the account (seed 003: sign
+    /// up with the phone number); an account with TOTP answers a `totp`
+    /// challenge next and one with passkeys signs in with a passkey (the
+    /// code alone opens nothing); any other account gets a session whose
+    /// `auth_time` is not fresh, so sensitive changes need a step-up (ASVS
+    /// 7.5.1). A challenge of channel `totp` is answered with the
+    /// authenticator app's current code, each time step once only.
     ///
     /// # Errors
     /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
@@ -120,21 +142,33 @@ impl IdentityService {
         challenge_id: Uuid,
         code: &OtpCode,
         meta: &RequestMeta,
-    ) -> Result<TokenPair, IdentityError> {
+    ) -> Result<LoginStep, IdentityError> {
         let current = self.otps.load(&challenge_id.to_string()).await?;
         if current.channel == Some(OtpChannel::Totp) {
             let user_id = self.answer_totp_code(challenge_id, &current, code, meta).await?;
-            return self.start_session(user_id, meta).await;
+            return self.start_session(user_id, meta).await.map(LoginStep::Session);
         }
         let challenge =
             self.answer(challenge_id, code, &[OtpPurpose::TwoFactor, OtpPurpose::Login], meta).await?;
         let subject = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
-        let user_id = if challenge.purpose == Some(OtpPurpose::Login) {
-            self.complete_phone_login(challenge_id, subject, &challenge, meta).await?
-        } else {
-            subject
-        };
-        self.start_session(user_id, meta).await
+        if challenge.purpose != Some(OtpPurpose::Login) {
+            return self.start_session(subject, meta).await.map(LoginStep::Session);
+        }
+        let (user_id, created) = self.complete_phone_login(challenge_id, subject, &challenge, meta).await?;
+        if !created {
+            let id = user_id.to_string();
+            let totp = self.totps().load(&id).await?;
+            if totp.is_enabled() {
+                let key = challenge.attempts_key.clone().unwrap_or_else(|| format!("user:{user_id}"));
+                let next = self.issue_totp_challenge(user_id, Uuid::new_v4(), key, meta).await?;
+                return Ok(LoginStep::Totp(next));
+            }
+            let passkeys = Executor::<Passkeys>::new(self.pool.clone(), ()).load(&id).await?;
+            if !passkeys.passkeys.is_empty() {
+                return Ok(LoginStep::Passkey { user_id });
+            }
+        }
+        self.start_quick_session(user_id, meta).await.map(LoginStep::Session)
     }
 
     /// Rotates a refresh token (RFC 9700 §4.14.2). A spent token revokes the
@@ -172,6 +206,8 @@ impl IdentityService {
             return Err(IdentityError::RefreshTokenReused);
         }
         let user_id = done.state.user_id.ok_or_else(|| internal("session without user"))?;
+        // Revoked with all of the account's sessions (decided on the user).
+        self.refuse_if_cut_off(user_id, session_id, meta).await?;
         let auth_time = done.state.authenticated_at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
         let (access_token, expires_in) =
             self.tokens.issue_access_at(user_id, session_id, now, auth_time).map_err(internal)?;

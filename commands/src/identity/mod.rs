@@ -16,6 +16,7 @@ mod login;
 mod phone;
 mod pin;
 mod reset;
+mod revocation;
 mod sessions;
 mod totp;
 
@@ -25,8 +26,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use domain::otp::{OtpChallenge, OtpChannel, OtpCommand, OtpError, OtpEvent, OtpPurpose};
 use domain::services::UserServices;
-use domain::session::{RevocationReason, Session, SessionCommand};
-use domain::throttle::{Policy, Throttle, ThrottleCommand, ThrottleEvent};
+use domain::session::{Session, SessionCommand};
+use domain::throttle::{Policy, RequestPolicy, Throttle, ThrottleCommand, ThrottleEvent};
 use domain::user::{User, UserError};
 use domain::values::{Digest, EmailAddress, OtpCode, PhoneNumber, Sealed};
 use sqlx::PgPool;
@@ -40,9 +41,10 @@ use crate::passwords::PasswordHasher;
 use crate::tokens::{new_refresh_token, TokenIssuer};
 use crate::vault::Vault;
 
-pub use login::LoginChallenge;
+pub use login::{LoginChallenge, LoginStep};
 pub use phone::PhoneChallenge;
 pub use pin::FactorError;
+pub use revocation::{is_cut_off, session_started_at};
 pub use sessions::Reauthenticated;
 pub use totp::{totp_code_at, TotpEnrollment};
 
@@ -57,6 +59,13 @@ pub struct IdentityConfig {
     pub refresh_idle_ttl_secs: i64,
     /// Refresh absolute lifetime (90 days; SECURITY.md).
     pub refresh_absolute_ttl_secs: i64,
+    /// Codes sent per recipient (email or phone) per rolling hour, every
+    /// purpose counted: login, step-up, verification, reset, resend
+    /// (`OTP_CODES_PER_HOUR`; 3, seed 003 / SECURITY.md). At least 1.
+    pub otp_codes_per_hour: u32,
+    /// Seconds between two codes to one recipient (`OTP_RESEND_INTERVAL_SECS`;
+    /// 30, SECURITY.md's 30–60 s); `0` turns the interval off.
+    pub otp_resend_interval_secs: i64,
 }
 
 impl Default for IdentityConfig {
@@ -66,6 +75,8 @@ impl Default for IdentityConfig {
             sms_otp_ttl_secs: 300,
             refresh_idle_ttl_secs: 30 * 86_400,
             refresh_absolute_ttl_secs: 90 * 86_400,
+            otp_codes_per_hour: 3,
+            otp_resend_interval_secs: 30,
         }
     }
 }
@@ -106,12 +117,16 @@ pub enum IdentityError {
     /// 401 `invalid_reset_token` — wrong, expired or already used.
     #[error("the reset token is not valid")]
     InvalidResetToken,
-    /// 409 `phone_unavailable` — the number belongs to another account.
+    /// 409 `phone_unavailable` — another account verified the number while
+    /// this one was verifying it (only someone holding the number sees it).
     #[error("this phone number cannot be used")]
     PhoneUnavailable,
     /// 409 `phone_not_verified` — SMS two-factor needs a verified phone.
     #[error("verify a phone number first")]
     PhoneNotVerified,
+    /// 409 `last_sign_in_method` — removing it would leave no way in.
+    #[error("this is the only way to sign in to the account")]
+    LastSignInMethod,
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
@@ -142,6 +157,7 @@ pub(crate) fn map_user(e: ExecError<UserError>) -> IdentityError {
         ExecError::Domain(UserError::NotFound) => IdentityError::NotFound,
         ExecError::Domain(UserError::PhoneNotVerified) => IdentityError::PhoneNotVerified,
         ExecError::Domain(UserError::ResetAlreadyUsed) => IdentityError::InvalidResetToken,
+        ExecError::Domain(UserError::LastSignInMethod) => IdentityError::LastSignInMethod,
         ExecError::Domain(other) => IdentityError::Internal(other.to_string()),
         other => other.into(),
     }
@@ -360,10 +376,18 @@ impl IdentityService {
         Ok(())
     }
 
-    /// Counts a code sent to `key`; 429 past 3 per hour or within the cooldown.
+    /// Counts a code sent to `key`; 429 past `otp_codes_per_hour` per
+    /// rolling hour or within `otp_resend_interval_secs` of the last one.
+    /// Every flow that sends a code calls it before writing anything else.
     pub(crate) async fn record_request(&self, key: &str, meta: &RequestMeta) -> Result<(), IdentityError> {
         let now = Utc::now();
-        let cmd = ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, at: now };
+        let limits = RequestPolicy {
+            window_secs: 3600,
+            max: self.config.otp_codes_per_hour.max(1),
+            cooldown_secs: self.config.otp_resend_interval_secs.max(0),
+        };
+        let cmd =
+            ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
         let done =
             self.throttles.execute(&Policy::OtpRequests.key(key), cmd, meta.to_map("RecordRequest")).await?;
         Self::throttled(&done.events, now).map_or(Ok(()), Err)
@@ -435,8 +459,19 @@ impl IdentityService {
     /// to be written by the append of the event that names it
     /// ([`Executor::execute_with`](crate::executor::Executor::execute_with)).
     pub(crate) fn notice(&self, to: &str, template: &str) -> Result<SealedDelivery, IdentityError> {
+        self.notice_on(OtpChannel::Email, to, template)
+    }
+
+    /// [`IdentityService::notice`] on `channel` (`to` is then an address or
+    /// an E.164 number).
+    pub(crate) fn notice_on(
+        &self,
+        channel: OtpChannel,
+        to: &str,
+        template: &str,
+    ) -> Result<SealedDelivery, IdentityError> {
         let delivery = Delivery {
-            channel: "email".into(),
+            channel: channel.as_str().into(),
             to: to.to_owned(),
             template: template.into(),
             code: None,
@@ -467,12 +502,20 @@ impl IdentityService {
             candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code),
             at: Utc::now(),
         };
-        let done = self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await.map_err(|e| match e {
-            ExecError::Domain(OtpError::Expired) => IdentityError::CodeExpired,
-            ExecError::Domain(OtpError::Locked) => IdentityError::ChallengeLocked,
-            ExecError::Domain(_) => IdentityError::InvalidCode,
-            other => other.into(),
-        })?;
+        let done = match self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await {
+            Ok(done) => done,
+            // A refused answer (expired, locked, used) is a failure too: it
+            // is counted, never dropped (SECURITY.md "Throttles are atomic").
+            Err(ExecError::Domain(e)) => {
+                self.record_failure(Policy::OtpFailures, &key, meta).await?;
+                return Err(match e {
+                    OtpError::Expired => IdentityError::CodeExpired,
+                    OtpError::Locked => IdentityError::ChallengeLocked,
+                    _ => IdentityError::InvalidCode,
+                });
+            }
+            Err(other) => return Err(other.into()),
+        };
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
             self.record_success(Policy::OtpFailures, &key, meta).await?;
             return Ok(done.state);
@@ -483,6 +526,32 @@ impl IdentityService {
         } else {
             Err(IdentityError::InvalidCode)
         }
+    }
+
+    /// [`IdentityService::answer`] for the endpoints that take an address
+    /// instead of a challenge id (`verify-email`, `password-reset/verify`):
+    /// `challenge_id` is `None` for unknown addresses and accounts with
+    /// nothing pending, which are answered as a wrong code after the same
+    /// throttle steps; a locked or expired challenge answers `InvalidCode`
+    /// too, so the status sequence is the same for known-unverified,
+    /// known-verified and unknown addresses (no enumeration).
+    pub(crate) async fn answer_by_address(
+        &self,
+        challenge_id: Option<Uuid>,
+        key: &str,
+        code: &OtpCode,
+        expected: &[OtpPurpose],
+        meta: &RequestMeta,
+    ) -> Result<OtpChallenge, IdentityError> {
+        let Some(challenge_id) = challenge_id else {
+            self.check_attempt(Policy::OtpFailures, key, meta).await?;
+            self.record_failure(Policy::OtpFailures, key, meta).await?;
+            return Err(IdentityError::InvalidCode);
+        };
+        self.answer(challenge_id, code, expected, meta).await.map_err(|e| match e {
+            IdentityError::ChallengeLocked | IdentityError::CodeExpired => IdentityError::InvalidCode,
+            other => other,
+        })
     }
 
     /// Resends a pending challenge's code (a new code replaces the old),
@@ -591,30 +660,6 @@ impl IdentityService {
             user_id,
             refresh_expires_at: done.state.idle_expires_at.unwrap_or(now),
         })
-    }
-
-    /// Revokes every active session of `user_id` (ASVS 7.4.2), as listed by
-    /// the sessions read model. Returns how many were revoked.
-    ///
-    /// # Errors
-    /// `Internal`.
-    pub async fn revoke_all_sessions(
-        &self,
-        user_id: Uuid,
-        reason: RevocationReason,
-        meta: &RequestMeta,
-    ) -> Result<usize, IdentityError> {
-        let ids: Vec<Uuid> =
-            sqlx::query_scalar("SELECT session_id FROM rm_sessions WHERE user_id = $1 AND status = 'active'")
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(internal)?;
-        for id in &ids {
-            let cmd = SessionCommand::Revoke { reason, at: Utc::now() };
-            self.sessions.execute(&id.to_string(), cmd, meta.to_map("RevokeSession")).await?;
-        }
-        Ok(ids.len())
     }
 
     /// The subject's sealed field opened, or `Internal` if it cannot be.

@@ -8,7 +8,7 @@ use domain::values::{OtpCode, PhoneNumber};
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta};
-use crate::reservations::{self, Claim, ReservationKind};
+use crate::reservations::{self, Claim, ReleaseHeld, ReservationKind};
 
 /// A code sent by SMS.
 #[derive(Debug, Clone)]
@@ -51,17 +51,18 @@ impl IdentityService {
     }
 
     /// After a correct phone-login code: the account of that number,
-    /// created now if it has none. Returns the user id.
+    /// created now if it has none. Returns the user id and whether the
+    /// account was created now.
     pub(crate) async fn complete_phone_login(
         &self,
         challenge_id: Uuid,
         subject: Uuid,
         challenge: &OtpChallenge,
         meta: &RequestMeta,
-    ) -> Result<Uuid, IdentityError> {
+    ) -> Result<(Uuid, bool), IdentityError> {
         let user = self.users.load(&subject.to_string()).await?;
         if user.id.is_some() {
-            return Ok(subject);
+            return Ok((subject, false));
         }
         let sealed = challenge.recipient.clone().ok_or_else(|| internal("challenge without recipient"))?;
         let phone = PhoneNumber::parse(&self.open(subject, &sealed).await?).map_err(internal)?;
@@ -70,28 +71,38 @@ impl IdentityService {
             .await
             .map_err(internal)?
         {
-            // Registered concurrently by another sign-up: that account logs in.
-            Claim::Taken { owner } if owner != subject => return Ok(owner),
+            // Verified meanwhile by another account (a sign-up, or a phone
+            // added and verified): that account signs in.
+            Claim::Taken { owner } if owner != subject => return Ok((owner, false)),
             _ => {}
         }
         let cmd = UserCommand::RegisterWithPhone {
             user_id: subject,
             phone: sealed,
-            phone_hash,
+            phone_hash: phone_hash.clone(),
             challenge_id,
             at: Utc::now(),
         };
-        self.users
-            .execute(&subject.to_string(), cmd, meta.to_map("RegisterUserWithPhone"))
-            .await
-            .map_err(map_user)?;
-        Ok(subject)
+        if let Err(e) =
+            self.users.execute(&subject.to_string(), cmd, meta.to_map("RegisterUserWithPhone")).await
+        {
+            // Not committed: the number must not stay reserved for no account.
+            let _ = reservations::release(&self.pool, ReservationKind::Phone, &phone_hash, subject).await;
+            return Err(map_user(e));
+        }
+        Ok((subject, true))
     }
 
-    /// Attaches `phone` to the account and sends a verification code.
+    /// Sends `phone` a code that verifies it for the account. The number
+    /// stays pending — it reserves nothing, is no login route and no SMS
+    /// channel — until verified; a verified phone the account already has
+    /// keeps working until then. A number verified by another account is
+    /// answered exactly like an accepted one (a challenge that no code
+    /// answers; no `phone_unavailable` oracle) and its owner gets an SMS
+    /// notice instead of a code. Counts toward the number's code budget.
     ///
     /// # Errors
-    /// `PhoneUnavailable` when another account holds it, `Throttled`, `Internal`.
+    /// `Throttled`, `Internal`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn add_phone(
         &self,
@@ -102,14 +113,18 @@ impl IdentityService {
         let key = self.phone_key(phone);
         self.record_request(&key, meta).await?;
         let phone_hash = self.phone_hash(phone);
-        if let Claim::Taken { owner } =
-            reservations::claim(&self.pool, ReservationKind::Phone, &phone_hash, user_id)
+        let owner =
+            reservations::owner(&self.pool, ReservationKind::Phone, &phone_hash).await.map_err(internal)?;
+        if let Some(owner) = owner.filter(|o| *o != user_id) {
+            let now = Utc::now();
+            let notice = self.notice_on(OtpChannel::Sms, phone.as_str(), "phone_in_use")?;
+            let cmd = UserCommand::NotePhoneClaimAttempt { delivery_id: notice.id(), at: now };
+            self.users
+                .execute_with(&owner.to_string(), cmd, meta.to_map("NotePhoneClaimAttempt"), &notice)
                 .await
-                .map_err(internal)?
-        {
-            if owner != user_id {
-                return Err(IdentityError::PhoneUnavailable);
-            }
+                .map_err(map_user)?;
+            let expires_at = now + chrono::Duration::seconds(self.config.sms_otp_ttl_secs);
+            return Ok(PhoneChallenge { challenge_id: Uuid::new_v4(), expires_at });
         }
         let challenge_id = Uuid::new_v4();
         let sealed = self.vault.seal(user_id, phone.as_str()).await.map_err(internal)?;
@@ -127,10 +142,14 @@ impl IdentityService {
         Ok(PhoneChallenge { challenge_id, expires_at })
     }
 
-    /// Verifies the pending phone with its code.
+    /// Verifies the pending phone with its code: only now is the number
+    /// reserved (ARCHITECTURE decided 8), and the number it replaces, if
+    /// any, is released by the same statement as `PhoneVerified`.
     ///
     /// # Errors
-    /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
+    /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`,
+    /// `PhoneUnavailable` (another account verified the number meanwhile —
+    /// only someone holding the number can learn this), `Internal`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn verify_phone(
         &self,
@@ -141,8 +160,45 @@ impl IdentityService {
         let user = self.users.load(&user_id.to_string()).await?;
         let challenge_id = user.phone_challenge_id.ok_or(IdentityError::InvalidCode)?;
         self.answer(challenge_id, code, &[OtpPurpose::PhoneVerification], meta).await?;
+        // Verified already (a repeated request): nothing pending to claim.
+        let Some(pending_hash) = user.pending_phone_hash.clone() else { return Ok(()) };
+        let claimed = match reservations::claim(&self.pool, ReservationKind::Phone, &pending_hash, user_id)
+            .await
+            .map_err(internal)?
+        {
+            Claim::Claimed => true,
+            Claim::Taken { owner } if owner == user_id => false,
+            Claim::Taken { .. } => return Err(IdentityError::PhoneUnavailable),
+        };
+        let release = ReleaseHeld::new(ReservationKind::Phone, user_id, Some(&pending_hash));
         let cmd = UserCommand::VerifyPhone { challenge_id, at: Utc::now() };
-        self.users.execute(&user_id.to_string(), cmd, meta.to_map("VerifyPhone")).await.map_err(map_user)?;
+        match self.users.execute_with(&user_id.to_string(), cmd, meta.to_map("VerifyPhone"), &release).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if claimed {
+                    let _ = reservations::release(&self.pool, ReservationKind::Phone, &pending_hash, user_id)
+                        .await;
+                }
+                Err(map_user(e))
+            }
+        }
+    }
+
+    /// Removes the account's phone (verified and pending); its reservation
+    /// is released by the same statement as `PhoneRemoved`, so the number
+    /// stops being a login route for this account at once.
+    ///
+    /// # Errors
+    /// `LastSignInMethod` for an account with no email (the phone is its
+    /// only way in), `Internal`.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn remove_phone(&self, user_id: Uuid, meta: &RequestMeta) -> Result<(), IdentityError> {
+        let release = ReleaseHeld::new(ReservationKind::Phone, user_id, None);
+        let cmd = UserCommand::RemovePhone { at: Utc::now() };
+        self.users
+            .execute_with(&user_id.to_string(), cmd, meta.to_map("RemovePhone"), &release)
+            .await
+            .map_err(map_user)?;
         Ok(())
     }
 

@@ -62,7 +62,8 @@ impl IdentityService {
     /// 10 minutes, single use). Returns the token and its lifetime in seconds.
     ///
     /// # Errors
-    /// `InvalidCode`, `CodeExpired`, `ChallengeLocked`, `Throttled`, `Internal`.
+    /// `InvalidCode` (also for an expired or locked challenge and an unknown
+    /// address: one answer), `Throttled`, `Internal`.
     #[tracing::instrument(skip_all)]
     pub async fn verify_password_reset(
         &self,
@@ -78,13 +79,10 @@ impl IdentityService {
             Some(user_id) => self.users.load(&user_id.to_string()).await?.reset_challenge_id,
             None => None,
         };
-        let Some(challenge_id) = challenge_id else {
-            self.check_attempt(Policy::OtpFailures, &key, meta).await?;
-            self.record_failure(Policy::OtpFailures, &key, meta).await?;
-            return Err(IdentityError::InvalidCode);
-        };
-        let challenge = self.answer(challenge_id, code, &[OtpPurpose::PasswordReset], meta).await?;
+        let challenge =
+            self.answer_by_address(challenge_id, &key, code, &[OtpPurpose::PasswordReset], meta).await?;
         let user_id = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
+        let challenge_id = challenge.id.ok_or_else(|| internal("challenge without id"))?;
         self.tokens.issue_reset(user_id, challenge_id, Utc::now()).map_err(internal)
     }
 

@@ -125,6 +125,7 @@ impl IdentityService {
         if session.user_id != Some(user_id) {
             return Err(IdentityError::NotFound);
         }
+        self.refuse_if_cut_off(user_id, session_id, meta).await?;
         self.sessions
             .execute(&id, SessionCommand::Reauthenticate { at: now }, meta.to_map("Reauthenticate"))
             .await

@@ -129,7 +129,7 @@ fn new_recovery_code() -> RecoveryCode {
 }
 
 impl IdentityService {
-    fn totps(&self) -> Executor<Totp> {
+    pub(crate) fn totps(&self) -> Executor<Totp> {
         Executor::new(self.pool.clone(), ())
     }
 

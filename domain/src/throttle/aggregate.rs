@@ -3,7 +3,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use super::Policy;
+use super::{Policy, RequestPolicy};
 
 /// Commands on a `Throttle`.
 #[derive(Debug, Clone)]
@@ -17,7 +17,9 @@ pub enum ThrottleCommand {
     RecordSuccess { at: DateTime<Utc> },
     /// A request under a request policy (e.g. send a code): recorded when
     /// allowed, refused with an `AttemptThrottled` event otherwise.
-    RecordRequest { policy: Policy, at: DateTime<Utc> },
+    /// `limits` overrides the policy's defaults (configuration, e.g.
+    /// `OTP_CODES_PER_HOUR`); its window is at most the 1 h the state keeps.
+    RecordRequest { policy: Policy, limits: Option<RequestPolicy>, at: DateTime<Utc> },
 }
 
 /// Events of a `Throttle`.
@@ -148,11 +150,11 @@ impl Aggregate for Throttle {
                     sink.write(ThrottleEvent::FailuresReset { reset_at: at }, self).await;
                 }
             }
-            ThrottleCommand::RecordRequest { policy, at } => {
-                if policy.requests().is_none() {
+            ThrottleCommand::RecordRequest { policy, limits, at } => {
+                let Some(defaults) = policy.requests() else {
                     return Err(ThrottleError::WrongPolicy(policy));
-                }
-                match self.retry_after(policy, at) {
+                };
+                match limits.unwrap_or(defaults).next_allowed(&self.recent_requests, at) {
                     Some(retry_after) => {
                         let event = ThrottleEvent::AttemptThrottled { policy, retry_after, throttled_at: at };
                         sink.write(event, self).await;
@@ -266,7 +268,7 @@ mod tests {
             |at: i64| ThrottleEvent::RequestRecorded { policy: Policy::OtpRequests, requested_at: t(at) };
         ThrottleTest::with(())
             .given(vec![req(0), req(100), req(200)])
-            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, at: t(300) })
+            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: None, at: t(300) })
             .then_expect_events(vec![ThrottleEvent::AttemptThrottled {
                 policy: Policy::OtpRequests,
                 retry_after: t(3600),
@@ -274,15 +276,43 @@ mod tests {
             }]);
         ThrottleTest::with(())
             .given(vec![req(0)])
-            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, at: t(100) })
+            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: None, at: t(100) })
             .then_expect_events(vec![req(100)]);
+    }
+
+    #[test]
+    fn configured_limits_replace_the_defaults() {
+        let req =
+            |at: i64| ThrottleEvent::RequestRecorded { policy: Policy::OtpRequests, requested_at: t(at) };
+        let lifted = RequestPolicy { window_secs: 3600, max: 10, cooldown_secs: 0 };
+        ThrottleTest::with(())
+            .given(vec![req(0), req(1), req(2)])
+            .when(ThrottleCommand::RecordRequest {
+                policy: Policy::OtpRequests,
+                limits: Some(lifted),
+                at: t(2),
+            })
+            .then_expect_events(vec![req(2)]);
+        let strict = RequestPolicy { window_secs: 3600, max: 1, cooldown_secs: 60 };
+        ThrottleTest::with(())
+            .given(vec![req(0)])
+            .when(ThrottleCommand::RecordRequest {
+                policy: Policy::OtpRequests,
+                limits: Some(strict),
+                at: t(100),
+            })
+            .then_expect_events(vec![ThrottleEvent::AttemptThrottled {
+                policy: Policy::OtpRequests,
+                retry_after: t(3600),
+                throttled_at: t(100),
+            }]);
     }
 
     #[test]
     fn wrong_policy_is_an_error() {
         ThrottleTest::with(())
             .given_no_previous_events()
-            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpFailures, at: t(0) })
+            .when(ThrottleCommand::RecordRequest { policy: Policy::OtpFailures, limits: None, at: t(0) })
             .then_expect_error(ThrottleError::WrongPolicy(Policy::OtpFailures));
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{UserCommand, UserEvent};
 use crate::otp::OtpChannel;
 use crate::services::UserServices;
-use crate::values::Sealed;
+use crate::values::{Digest, Sealed};
 
 /// Refusals of the `User` aggregate. `code()` is the stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum UserError {
     ResetAlreadyUsed,
     #[error("wrong password")]
     WrongPassword,
+    #[error("the phone number is the only way to sign in to this account")]
+    LastSignInMethod,
 }
 
 impl UserError {
@@ -42,6 +44,7 @@ impl UserError {
             Self::PhoneNotVerified => "phone_not_verified",
             Self::ResetAlreadyUsed => "reset_token_used",
             Self::WrongPassword => "invalid_credentials",
+            Self::LastSignInMethod => "last_sign_in_method",
         }
     }
 }
@@ -60,9 +63,21 @@ pub struct User {
     pub email_verified: bool,
     pub email_challenge_id: Option<Uuid>,
     pub registered_at: Option<DateTime<Utc>>,
-    /// Sealed phone number, verified or pending.
+    /// Sealed verified phone number: the account's SMS channel and login
+    /// route (its lookup hash is reserved).
     pub phone: Option<Sealed>,
+    /// Lookup hash of `phone` (absent for phones verified before it was
+    /// recorded).
+    #[serde(default)]
+    pub phone_hash: Option<Digest>,
+    /// `phone` is set and verified.
     pub phone_verified: bool,
+    /// A number added but not verified yet: reserves nothing, routes nothing.
+    #[serde(default)]
+    pub pending_phone: Option<Sealed>,
+    #[serde(default)]
+    pub pending_phone_hash: Option<Digest>,
+    /// The challenge that verifies `pending_phone`.
     pub phone_challenge_id: Option<Uuid>,
     /// Where two-factor codes go.
     pub two_factor_channel: OtpChannel,
@@ -70,6 +85,10 @@ pub struct User {
     pub reset_challenge_id: Option<Uuid>,
     /// `jti`s of reset tokens already used (single use).
     pub used_reset_ids: Vec<Uuid>,
+    /// Sessions started before this instant are revoked (the latest
+    /// `AllSessionsRevoked`).
+    #[serde(default)]
+    pub sessions_revoked_before: Option<DateTime<Utc>>,
 }
 
 impl User {
@@ -165,9 +184,38 @@ impl Aggregate for User {
                 if self.phone_challenge_id != Some(challenge_id) {
                     return Err(UserError::WrongChallenge);
                 }
-                if !self.phone_verified {
-                    sink.write(UserEvent::PhoneVerified { challenge_id, verified_at: at }, self).await;
+                // Already verified (a retried request): nothing to do.
+                let Some(phone) = self.pending_phone.clone() else { return Ok(()) };
+                let phone_hash = self.pending_phone_hash.clone();
+                let replaced_phone_hash = self.phone_hash.clone().filter(|h| Some(h) != phone_hash.as_ref());
+                let event = UserEvent::PhoneVerified {
+                    challenge_id,
+                    verified_at: at,
+                    phone: Some(phone),
+                    phone_hash,
+                    replaced_phone_hash,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::RemovePhone { at } => {
+                self.require_registered()?;
+                if self.phone.is_none() && self.pending_phone.is_none() {
+                    return Ok(());
                 }
+                // A phone-only account (no email) would be locked out.
+                if self.phone_verified && self.email.is_none() {
+                    return Err(UserError::LastSignInMethod);
+                }
+                let phone_hash = self.phone_hash.clone();
+                sink.write(UserEvent::PhoneRemoved { phone_hash, removed_at: at }, self).await;
+            }
+            UserCommand::RevokeAllSessions { reason, at } => {
+                self.require_registered()?;
+                sink.write(UserEvent::AllSessionsRevoked { reason, revoked_before: at }, self).await;
+            }
+            UserCommand::NotePhoneClaimAttempt { delivery_id, at } => {
+                self.require_registered()?;
+                sink.write(UserEvent::PhoneClaimAttempted { delivery_id, attempted_at: at }, self).await;
             }
             UserCommand::SetTwoFactorChannel { channel, at } => {
                 self.require_registered()?;
@@ -238,15 +286,17 @@ impl Aggregate for User {
                 self.email_challenge_id = Some(email_challenge_id);
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::UserRegisteredWithPhone { user_id, phone, registered_at, .. } => {
+            UserEvent::UserRegisteredWithPhone { user_id, phone, phone_hash, registered_at, .. } => {
                 self.id = Some(user_id);
                 self.phone = Some(phone);
+                self.phone_hash = Some(phone_hash);
                 self.phone_verified = true;
                 self.two_factor_channel = OtpChannel::Sms;
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::RefreshTokenReuseNoticed { .. } => {
-            }
+            UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::RefreshTokenReuseNoticed { .. }
+            | UserEvent::PhoneClaimAttempted { .. } => {}
             UserEvent::ProfileUpdated { name, bio, .. } => {
                 if name.is_some() {
                     self.name = name;
@@ -258,15 +308,32 @@ impl Aggregate for User {
             UserEvent::EmailChallengeReplaced { challenge_id, .. } => {
                 self.email_challenge_id = Some(challenge_id)
             }
-            UserEvent::PhoneAdded { phone, challenge_id, .. } => {
-                self.phone = Some(phone);
-                self.phone_verified = false;
+            UserEvent::PhoneAdded { phone, phone_hash, challenge_id, .. } => {
+                self.pending_phone = Some(phone);
+                self.pending_phone_hash = Some(phone_hash);
                 self.phone_challenge_id = Some(challenge_id);
+            }
+            UserEvent::PhoneVerified { phone, phone_hash, .. } => {
+                let pending = self.pending_phone.take();
+                let pending_hash = self.pending_phone_hash.take();
+                self.phone = phone.or(pending);
+                self.phone_hash = phone_hash.or(pending_hash);
+                self.phone_verified = self.phone.is_some();
+            }
+            UserEvent::AllSessionsRevoked { revoked_before, .. } => {
+                self.sessions_revoked_before = self.sessions_revoked_before.max(Some(revoked_before));
+            }
+            UserEvent::PhoneRemoved { .. } => {
+                self.phone = None;
+                self.phone_hash = None;
+                self.phone_verified = false;
+                self.pending_phone = None;
+                self.pending_phone_hash = None;
+                self.phone_challenge_id = None;
                 if self.two_factor_channel == OtpChannel::Sms {
                     self.two_factor_channel = OtpChannel::Email;
                 }
             }
-            UserEvent::PhoneVerified { .. } => self.phone_verified = true,
             UserEvent::TwoFactorChannelChanged { channel, .. } => self.two_factor_channel = channel,
             UserEvent::PasswordResetRequested { challenge_id, .. } => {
                 self.reset_challenge_id = Some(challenge_id);
@@ -479,7 +546,13 @@ mod tests {
                 registered(),
                 verified(),
                 added,
-                UserEvent::PhoneVerified { challenge_id: Uuid::from_u128(8), verified_at: t(3) },
+                UserEvent::PhoneVerified {
+                    challenge_id: Uuid::from_u128(8),
+                    verified_at: t(3),
+                    phone: None,
+                    phone_hash: None,
+                    replaced_phone_hash: None,
+                },
             ])
             .when_async(UserCommand::SetTwoFactorChannel { channel: OtpChannel::Sms, at: t(4) })
             .await
@@ -487,6 +560,93 @@ mod tests {
                 channel: OtpChannel::Sms,
                 changed_at: t(4),
             }]);
+    }
+
+    fn phone_added(n: u128, hash: &str) -> UserEvent {
+        UserEvent::PhoneAdded {
+            phone: Sealed(format!("p{n}")),
+            phone_hash: Digest(hash.into()),
+            challenge_id: Uuid::from_u128(n),
+            added_at: t(2),
+        }
+    }
+
+    fn phone_verified(n: u128, hash: &str, replaced: Option<&str>) -> UserEvent {
+        UserEvent::PhoneVerified {
+            challenge_id: Uuid::from_u128(n),
+            verified_at: t(3),
+            phone: Some(Sealed(format!("p{n}"))),
+            phone_hash: Some(Digest(hash.into())),
+            replaced_phone_hash: replaced.map(|h| Digest(h.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pending_phone_is_not_the_accounts_phone_until_verified() {
+        let mut user = User::default();
+        for e in [registered(), verified(), phone_added(8, "a")] {
+            user.apply(e);
+        }
+        assert_eq!(user.phone, None, "a pending number is no channel and no login route");
+        assert!(!user.phone_verified);
+        user.apply(phone_verified(8, "a", None));
+        assert_eq!(user.phone, Some(Sealed("p8".into())));
+        assert_eq!(user.phone_hash, Some(Digest("a".into())));
+        assert_eq!(user.pending_phone, None);
+        // A second number stays pending while the first one keeps working.
+        user.apply(phone_added(9, "b"));
+        assert_eq!(user.phone, Some(Sealed("p8".into())));
+        assert!(user.phone_verified);
+    }
+
+    #[tokio::test]
+    async fn verifying_a_replacement_names_the_number_it_replaces() {
+        framework()
+            .given(vec![
+                registered(),
+                verified(),
+                phone_added(8, "a"),
+                phone_verified(8, "a", None),
+                phone_added(9, "b"),
+            ])
+            .when_async(UserCommand::VerifyPhone { challenge_id: Uuid::from_u128(9), at: t(3) })
+            .await
+            .then_expect_events(vec![phone_verified(9, "b", Some("a"))]);
+        // Verifying again is a no-op; another challenge is refused.
+        framework()
+            .given(vec![registered(), verified(), phone_added(8, "a"), phone_verified(8, "a", None)])
+            .when_async(UserCommand::VerifyPhone { challenge_id: Uuid::from_u128(8), at: t(4) })
+            .await
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![registered(), verified(), phone_added(8, "a")])
+            .when_async(UserCommand::VerifyPhone { challenge_id: Uuid::from_u128(7), at: t(4) })
+            .await
+            .then_expect_error(UserError::WrongChallenge);
+    }
+
+    #[tokio::test]
+    async fn removing_the_phone_names_its_hash_but_never_locks_a_phone_only_account_out() {
+        framework()
+            .given(vec![registered(), verified(), phone_added(8, "a"), phone_verified(8, "a", None)])
+            .when_async(UserCommand::RemovePhone { at: t(5) })
+            .await
+            .then_expect_events(vec![UserEvent::PhoneRemoved {
+                phone_hash: Some(Digest("a".into())),
+                removed_at: t(5),
+            }]);
+        let by_phone = UserEvent::UserRegisteredWithPhone {
+            user_id: uid(),
+            phone: Sealed("p".into()),
+            phone_hash: Digest("ph".into()),
+            challenge_id: challenge(),
+            registered_at: t(1),
+        };
+        framework()
+            .given(vec![by_phone])
+            .when_async(UserCommand::RemovePhone { at: t(5) })
+            .await
+            .then_expect_error(UserError::LastSignInMethod);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::otp::OtpChannel;
+use crate::session::RevocationReason;
 use crate::values::{Digest, Password, Sealed};
 
 /// Commands on a `User`. Personal fields arrive already sealed with the
@@ -47,12 +48,26 @@ pub enum UserCommand {
     RequestPasswordReset { challenge_id: Uuid, at: DateTime<Utc> },
     /// Change profile fields; `None` leaves a field unchanged.
     UpdateProfile { name: Option<Sealed>, bio: Option<Sealed>, at: DateTime<Utc> },
-    /// Attach a phone number, pending verification by `challenge_id`.
+    /// Attach a phone number, pending verification by `challenge_id`. A
+    /// pending number reserves nothing and is never a login route; a
+    /// verified phone stays in place until the new one is verified.
     AddPhone { phone: Sealed, phone_hash: Digest, challenge_id: Uuid, at: DateTime<Utc> },
-    /// The phone challenge was answered correctly.
+    /// The phone challenge was answered correctly: the pending number
+    /// becomes the account's phone, replacing any earlier one (whose
+    /// reservation the caller releases in the same statement).
     VerifyPhone { challenge_id: Uuid, at: DateTime<Utc> },
+    /// Remove the account's phone (verified and pending); refused with
+    /// `LastSignInMethod` for an account the phone is the only way into.
+    RemovePhone { at: DateTime<Utc> },
+    /// Someone tried to attach this account's verified phone to another
+    /// account; the owner is told by SMS (`delivery_id`). No oracle.
+    NotePhoneClaimAttempt { delivery_id: Uuid, at: DateTime<Utc> },
     /// Where two-factor codes go (SMS needs a verified phone).
     SetTwoFactorChannel { channel: OtpChannel, at: DateTime<Utc> },
+    /// End every session of the account started before `at` (password
+    /// reset, logout everywhere; ASVS 7.4.2): decided here, on the write
+    /// side, whatever the sessions read model lists (ARCHITECTURE decided 14).
+    RevokeAllSessions { reason: RevocationReason, at: DateTime<Utc> },
     /// Set a new password through the reset flow. `reset_id` (the reset
     /// token's `jti`) is accepted once; `delivery_id` names the notice mail.
     ResetPassword { reset_id: Uuid, password_hash: String, delivery_id: Option<Uuid>, at: DateTime<Utc> },

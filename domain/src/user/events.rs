@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::otp::OtpChannel;
+use crate::session::RevocationReason;
 use crate::values::{Digest, Sealed};
 
 /// Events of the `User` aggregate. Personal fields are [`Sealed`]; passwords
@@ -65,9 +66,38 @@ pub enum UserEvent {
         challenge_id: Uuid,
         added_at: DateTime<Utc>,
     },
+    /// The pending number was verified and is now the account's phone
+    /// (and login route). `phone`/`phone_hash` are absent in events written
+    /// before they were added; `replaced_phone_hash` names the number it
+    /// replaced, whose reservation was released by the same statement.
     PhoneVerified {
         challenge_id: Uuid,
         verified_at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<Sealed>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone_hash: Option<Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced_phone_hash: Option<Digest>,
+    },
+    /// The phone (and any pending one) was removed; its reservation was
+    /// released by the same statement.
+    PhoneRemoved {
+        phone_hash: Option<Digest>,
+        removed_at: DateTime<Utc>,
+    },
+    /// Every session started before `revoked_before` is revoked: refresh,
+    /// step-up and the bearer check refuse them (the `session_cutoffs` row
+    /// written by the same statement; ARCHITECTURE decided 14).
+    AllSessionsRevoked {
+        reason: RevocationReason,
+        revoked_before: DateTime<Utc>,
+    },
+    /// Someone tried to attach this account's phone to another account;
+    /// `delivery_id` names the SMS notice to the number.
+    PhoneClaimAttempted {
+        delivery_id: Uuid,
+        attempted_at: DateTime<Utc>,
     },
     TwoFactorChannelChanged {
         channel: OtpChannel,
@@ -101,6 +131,9 @@ impl DomainEvent for UserEvent {
             Self::ProfileUpdated { .. } => "ProfileUpdated",
             Self::PhoneAdded { .. } => "PhoneAdded",
             Self::PhoneVerified { .. } => "PhoneVerified",
+            Self::PhoneRemoved { .. } => "PhoneRemoved",
+            Self::PhoneClaimAttempted { .. } => "PhoneClaimAttempted",
+            Self::AllSessionsRevoked { .. } => "AllSessionsRevoked",
             Self::TwoFactorChannelChanged { .. } => "TwoFactorChannelChanged",
             Self::PasswordResetRequested { .. } => "PasswordResetRequested",
             Self::PasswordReset { .. } => "PasswordReset",

@@ -142,7 +142,7 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
         ));
     }
     for _ in 0..rng.gen_range(0..8) {
-        let e = match rng.gen_range(0..9) {
+        let e = match rng.gen_range(0..12) {
             0 => UserEvent::EmailVerified {
                 challenge_id: Uuid::new_v4(),
                 verified_at: time(rng),
@@ -159,7 +159,20 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
                 challenge_id: Uuid::new_v4(),
                 added_at: time(rng),
             },
-            3 => UserEvent::PhoneVerified { challenge_id: Uuid::new_v4(), verified_at: time(rng) },
+            3 => UserEvent::PhoneVerified {
+                challenge_id: Uuid::new_v4(),
+                verified_at: time(rng),
+                // Events written before the phone was carried have none.
+                phone: rng.gen_bool(0.5).then(|| sealed(rng, "phone")),
+                phone_hash: None,
+                replaced_phone_hash: None,
+            },
+            8 => UserEvent::PhoneRemoved { phone_hash: None, removed_at: time(rng) },
+            9 => UserEvent::AllSessionsRevoked {
+                reason: domain::session::RevocationReason::Logout,
+                revoked_before: time(rng),
+            },
+            10 => UserEvent::PhoneClaimAttempted { delivery_id: Uuid::new_v4(), attempted_at: time(rng) },
             4 => UserEvent::TwoFactorChannelChanged {
                 channel: [OtpChannel::Email, OtpChannel::Sms, OtpChannel::Totp][rng.gen_range(0..3)],
                 changed_at: time(rng),
