@@ -26,3 +26,12 @@ CREATE TABLE session_cutoffs (
     user_id        uuid        PRIMARY KEY,
     revoked_before timestamptz NOT NULL
 );
+
+-- Issue 14: SMS budgets per clock hour (SMS_HOURLY_BUDGET: bucket 'global';
+-- SMS_COUNTRY_HOURLY_BUDGET: bucket 'country:<calling code>').
+CREATE TABLE sms_budget (
+    bucket text        NOT NULL,
+    hour   timestamptz NOT NULL,
+    sent   integer     NOT NULL,
+    PRIMARY KEY (bucket, hour)
+);

@@ -91,6 +91,7 @@ impl App {
             refresh_absolute_ttl_secs: settings.refresh_absolute_ttl_secs,
             otp_codes_per_hour: settings.otp_codes_per_hour,
             otp_resend_interval_secs: i64::from(settings.otp_resend_interval_secs),
+            sms: settings.sms_policy()?,
         };
         let identity =
             Arc::new(IdentityService::new(pool.clone(), keys.clone(), hasher, tokens.clone(), config));

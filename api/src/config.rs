@@ -121,6 +121,23 @@ pub struct Settings {
     /// `0` turns the interval off.
     #[arg(long, env = "OTP_RESEND_INTERVAL_SECS", default_value_t = 30)]
     pub otp_resend_interval_secs: u32,
+    /// SMS per clock hour across all numbers (SMS pumping guard; seed 003);
+    /// unset is unlimited.
+    #[arg(long, env = "SMS_HOURLY_BUDGET")]
+    pub sms_hourly_budget: Option<u32>,
+    /// SMS per clock hour per country calling code; unset is unlimited.
+    #[arg(long, env = "SMS_COUNTRY_HOURLY_BUDGET")]
+    pub sms_country_hourly_budget: Option<u32>,
+    /// ISO 3166-1 alpha-2 regions phone numbers may belong to, comma
+    /// separated (e.g. `US,GB`); unset allows every country.
+    #[arg(long, env = "SMS_ALLOWED_COUNTRIES", value_delimiter = ',')]
+    pub sms_allowed_countries: Vec<String>,
+    /// Refuse VOIP numbers through Twilio Lookup (needs the Twilio account).
+    #[arg(long, env = "SMS_BLOCK_VOIP", default_value_t = false)]
+    pub sms_block_voip: bool,
+    /// Twilio Lookup base URL (tests point it at a fake).
+    #[arg(long, env = "TWILIO_LOOKUP_BASE", default_value = "https://lookups.twilio.com")]
+    pub twilio_lookup_base: String,
     /// Refresh-token idle lifetime in seconds (30 days).
     #[arg(long, env = "REFRESH_IDLE_TTL_SECS", default_value_t = 30 * 86_400)]
     pub refresh_idle_ttl_secs: i64,
@@ -164,6 +181,36 @@ impl Settings {
             (None, None, None) => Ok(None),
             _ => anyhow::bail!("TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM must be set together"),
         }
+    }
+
+    /// The SMS toll-fraud policy.
+    ///
+    /// # Errors
+    /// `SMS_BLOCK_VOIP` without the Twilio account to ask Lookup with.
+    pub fn sms_policy(&self) -> anyhow::Result<commands::identity::SmsPolicy> {
+        let lookup = if self.sms_block_voip {
+            let (Some(sid), Some(token)) = (&self.twilio_account_sid, &self.twilio_auth_token) else {
+                anyhow::bail!("SMS_BLOCK_VOIP needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN");
+            };
+            Some(commands::identity::LookupConfig {
+                api_base: self.twilio_lookup_base.clone(),
+                account_sid: sid.clone(),
+                auth_token: token.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(commands::identity::SmsPolicy {
+            hourly_budget: self.sms_hourly_budget,
+            country_hourly_budget: self.sms_country_hourly_budget,
+            allowed_countries: self
+                .sms_allowed_countries
+                .iter()
+                .map(|c| c.trim().to_ascii_uppercase())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            lookup,
+        })
     }
 
     /// The WebAuthn relying party.

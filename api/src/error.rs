@@ -107,6 +107,7 @@ impl From<IdentityError> for ApiError {
             E::PhoneUnavailable => (StatusCode::CONFLICT, "phone_unavailable"),
             E::PhoneNotVerified => (StatusCode::CONFLICT, "phone_not_verified"),
             E::LastSignInMethod => (StatusCode::CONFLICT, "last_sign_in_method"),
+            E::PhoneNotSupported => (StatusCode::UNPROCESSABLE_ENTITY, "phone_not_supported"),
             E::Internal(cause) => return Self::internal(cause),
         };
         Self::new(status, code, e.to_string())

@@ -1,4 +1,5 @@
-//! Per-IP rate limit on every `/api/auth/*` route (governor, GCRA): an
+//! Per-IP rate limit on every route that sends a message or reserves a
+//! subject — every `/api/auth/*` route and adding a phone (governor, GCRA): an
 //! extra layer on top of the per-account and per-recipient throttles, which
 //! are the real defence (SECURITY.md "Count failures per account, not only
 //! per IP"). Over the limit: 429 `rate_limited` with `Retry-After` seconds.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -51,9 +52,16 @@ impl IpRateLimit {
     }
 }
 
-/// Middleware: limits `/api/auth/*` by the connection's IP.
+/// Whether a request is under the per-IP limit: every `/api/auth/*` route
+/// (codes, registration, sign-in) and every other route that sends a
+/// message or reserves a subject (adding and verifying a phone).
+fn limited(method: &Method, path: &str) -> bool {
+    path.starts_with("/api/auth/") || (method == Method::POST && path.starts_with("/api/users/me/phone"))
+}
+
+/// Middleware: limits the routes [`limited`] names by the connection's IP.
 pub async fn limit_auth(State(limit): State<Arc<IpRateLimit>>, req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with("/api/auth/") {
+    if !limited(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let ip = req

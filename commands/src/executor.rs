@@ -53,9 +53,26 @@ pub struct Executed<A: Aggregate> {
     pub attempts: u32,
 }
 
+/// Which of a stream's events a load folds. Only for aggregates whose
+/// state provably does not depend on the events left out (documented at
+/// the executor that uses it); the sequence is always the stream's last.
+#[derive(Debug, Clone, Copy)]
+pub enum Tail {
+    /// Every event (postgres-es's load).
+    All,
+    /// From the stream's last event of one of these types on (its `apply`
+    /// leaves nothing of the state before it), or every event if none.
+    FromLast(&'static [&'static str]),
+    /// The events recorded in the last `secs` seconds (the state forgets
+    /// older ones), and the last event for the sequence.
+    RecordedWithin { secs: i64 },
+}
+
 /// Executes commands of aggregate `A`.
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
+    /// Which events a load folds, by stream id.
+    tail: fn(&str) -> Tail,
     pool: PgPool,
     services: A::Services,
     max_attempts: u32,
@@ -70,7 +87,67 @@ where
     /// to [`MAX_ATTEMPTS`] attempts in all.
     pub fn new(pool: PgPool, services: A::Services) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
-        Self { store: PersistedEventStore::new_event_store(repo), pool, services, max_attempts: MAX_ATTEMPTS }
+        Self {
+            store: PersistedEventStore::new_event_store(repo),
+            tail: |_| Tail::All,
+            pool,
+            services,
+            max_attempts: MAX_ATTEMPTS,
+        }
+    }
+
+    /// Folds only the [`Tail`] `rule` names for each stream id, so a long
+    /// stream is not replayed whole on every command (e.g. throttles).
+    #[must_use]
+    pub fn with_tail(mut self, rule: fn(&str) -> Tail) -> Self {
+        self.tail = rule;
+        self
+    }
+
+    /// Loads stream `id` as its [`Tail`] rule says.
+    async fn load_context(&self, id: &str) -> Result<EventStoreAggregateContext<A>, ExecError<A::Error>> {
+        let filter = match (self.tail)(id) {
+            Tail::All => return self.store.load_aggregate(id).await.map_err(store_error),
+            Tail::FromLast(types) => {
+                sqlx::query_as(
+                    "SELECT sequence, payload FROM events
+                     WHERE aggregate_type = $1 AND aggregate_id = $2
+                       AND sequence >= COALESCE((SELECT max(sequence) FROM events
+                                                  WHERE aggregate_type = $1 AND aggregate_id = $2
+                                                    AND event_type = ANY($3)), 0)
+                     ORDER BY sequence",
+                )
+                .bind(A::TYPE)
+                .bind(id)
+                .bind(types)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Tail::RecordedWithin { secs } => {
+                sqlx::query_as(
+                    "SELECT sequence, payload FROM events
+                     WHERE aggregate_type = $1 AND aggregate_id = $2
+                       AND (recorded_at >= now() - make_interval(secs => $3)
+                            OR sequence = (SELECT max(sequence) FROM events
+                                            WHERE aggregate_type = $1 AND aggregate_id = $2))
+                     ORDER BY sequence",
+                )
+                .bind(A::TYPE)
+                .bind(id)
+                .bind(secs as f64)
+                .fetch_all(&self.pool)
+                .await
+            }
+        };
+        let rows: Vec<(i64, serde_json::Value)> = filter.map_err(|e| ExecError::Store(e.to_string()))?;
+        let mut ctx = empty_context::<A>(id);
+        for (sequence, payload) in rows {
+            let event = serde_json::from_value(payload)
+                .map_err(|e| ExecError::Store(format!("event payload: {e}")))?;
+            ctx.aggregate.apply(event);
+            ctx.current_sequence = usize::try_from(sequence).map_err(|e| ExecError::Store(e.to_string()))?;
+        }
+        Ok(ctx)
     }
 
     /// Replaces the number of attempts per command (at least 1; 1 means a
@@ -86,7 +163,7 @@ where
     /// # Errors
     /// [`ExecError::Store`].
     pub async fn load(&self, id: &str) -> Result<A, ExecError<A::Error>> {
-        let mut ctx = self.store.load_aggregate(id).await.map_err(store_error)?;
+        let mut ctx = self.load_context(id).await?;
         Ok(ctx.aggregate().clone())
     }
 
@@ -233,7 +310,7 @@ where
                 }
                 First::Load => {
                     attempt += 1;
-                    self.store.load_aggregate(id).await.map_err(store_error)?
+                    self.load_context(id).await?
                 }
             };
             let sink = EventSink::default();

@@ -39,6 +39,9 @@ use std::sync::{Arc, Mutex};
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::vault::Vault;
 
 /// argon2id memory cost in KiB (19 MiB).
 pub const ARGON2_M_COST_KIB: u32 = 19 * 1024;
@@ -320,10 +323,21 @@ impl Secret {
     }
 }
 
+/// The `User` aggregate's password check: opens the sealed hash with the
+/// subject's key ([`Vault::open_hash`]), then verifies on the hashing pool.
+/// An unopenable hash (erased subject) costs a dummy verification and fails.
+pub struct SealedHashVerifier {
+    pub hasher: PasswordHasher,
+    pub vault: Arc<Vault>,
+}
+
 #[async_trait]
-impl domain::services::PasswordVerifier for PasswordHasher {
-    async fn verify(&self, phc_hash: &str, candidate: &str) -> bool {
-        self.verify_phc(phc_hash, candidate).await
+impl domain::services::PasswordVerifier for SealedHashVerifier {
+    async fn verify(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
+        match self.vault.open_hash(subject, stored).await {
+            Some(phc) => self.hasher.verify_phc(&phc, candidate).await,
+            None => self.hasher.verify_dummy(candidate).await,
+        }
     }
 }
 

@@ -135,6 +135,27 @@ impl Vault {
         Ok(Sealed(format!("v1.{}", URL_SAFE_NO_PAD.encode(bytes))))
     }
 
+    /// Seals a secret hash (argon2id PHC of a password or PIN) for an event:
+    /// hashes are secrets too, never readable on the topics (ARCHITECTURE
+    /// decided 9), and erasure destroys them with the key.
+    ///
+    /// # Errors
+    /// As [`Vault::seal`].
+    pub async fn seal_hash(&self, subject: Uuid, phc: &str) -> Result<String, VaultError> {
+        Ok(self.seal(subject, phc).await?.0)
+    }
+
+    /// The PHC hash a stored value holds: opened when sealed (`v1.…`), as is
+    /// when plain (events written before hashes were sealed). `None` when
+    /// the subject was erased or the value does not open.
+    pub async fn open_hash(&self, subject: Uuid, stored: &str) -> Option<String> {
+        if stored.starts_with("v1.") {
+            self.open(subject, &Sealed(stored.to_owned())).await.ok().flatten()
+        } else {
+            Some(stored.to_owned())
+        }
+    }
+
     /// Opens a sealed field; `Ok(None)` when the subject's key was erased.
     ///
     /// # Errors

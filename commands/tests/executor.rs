@@ -210,3 +210,43 @@ async fn a_co_written_row_exists_exactly_when_the_events_do() {
     pool.close().await;
     drop_test_database(&url).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_throttle_folds_from_its_last_reset_and_reaches_the_same_state() {
+    let (pool, url) = create_test_database(&base_url()).await.unwrap();
+    let whole: Executor<Throttle> = Executor::new(pool.clone(), ());
+    let tail: Executor<Throttle> =
+        Executor::new(pool.clone(), ()).with_tail(commands::identity::throttle_tail);
+    let id = Policy::OtpFailures.key("email:tail");
+    let at = |s: i64| Utc.timestamp_opt(1_900_000_000 + s, 0).unwrap();
+    // Rounds of failures, each ended by a success, then failures left standing.
+    for round in 0..5 {
+        for n in 0..3 {
+            let cmd = ThrottleCommand::RecordFailure { policy: Policy::OtpFailures, at: at(round * 10 + n) };
+            tail.execute(&id, cmd, metadata()).await.unwrap();
+        }
+        tail.execute(&id, ThrottleCommand::RecordSuccess { at: at(round * 10 + 5) }, metadata())
+            .await
+            .unwrap();
+    }
+    for n in 0..2 {
+        let cmd = ThrottleCommand::RecordFailure { policy: Policy::OtpFailures, at: at(100 + n) };
+        tail.execute(&id, cmd, metadata()).await.unwrap();
+    }
+    assert_eq!(rows(&pool, &id).await.len(), 5 * 4 + 2);
+    let (a, b) = (whole.load(&id).await.unwrap(), tail.load(&id).await.unwrap());
+    assert_eq!(a, b, "folding from the last reset changes nothing");
+    assert_eq!(b.consecutive_failures, 2);
+    // Request streams keep the last hour: the same answer as the whole fold.
+    let requests = Policy::OtpRequests.key("email:tail");
+    for s in 0..4 {
+        let cmd =
+            ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: None, at: at(s * 40) };
+        tail.execute(&requests, cmd, metadata()).await.unwrap();
+    }
+    let (a, b) = (whole.load(&requests).await.unwrap(), tail.load(&requests).await.unwrap());
+    assert_eq!(a.recent_requests, b.recent_requests);
+    assert_eq!(a.retry_after(Policy::OtpRequests, at(200)), b.retry_after(Policy::OtpRequests, at(200)));
+    pool.close().await;
+    drop_test_database(&url).await.unwrap();
+}

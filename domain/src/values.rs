@@ -55,7 +55,13 @@ impl fmt::Debug for EmailAddress {
 /// the `phonenumber` crate (libphonenumber metadata). Input must carry the
 /// country code (`+…`).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PhoneNumber(String);
+pub struct PhoneNumber {
+    e164: String,
+    /// Country calling code (`1`, `44`, …).
+    calling_code: u16,
+    /// ISO 3166-1 alpha-2 region (`US`, `GB`), when the number names one.
+    region: Option<String>,
+}
 
 impl PhoneNumber {
     /// # Errors
@@ -73,12 +79,27 @@ impl PhoneNumber {
         if !phonenumber::is_valid(&n) {
             return Err(InvalidValue::new("phone", "is not a valid phone number"));
         }
-        Ok(Self(n.format().mode(phonenumber::Mode::E164).to_string()))
+        Ok(Self {
+            e164: n.format().mode(phonenumber::Mode::E164).to_string(),
+            calling_code: n.country().code(),
+            region: n.country().id().map(|id| id.as_ref().to_owned()),
+        })
     }
 
     /// E.164 form.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.e164
+    }
+
+    /// The country calling code (`44` for `+44…`).
+    pub fn calling_code(&self) -> u16 {
+        self.calling_code
+    }
+
+    /// The ISO 3166-1 alpha-2 region (`GB`), if the number belongs to one
+    /// (non-geographic numbers such as `+800` do not).
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 }
 
@@ -305,6 +326,10 @@ mod tests {
         assert!(PhoneNumber::parse("4155552671").is_err(), "country code required");
         assert!(PhoneNumber::parse("+1 555").is_err());
         assert!(PhoneNumber::parse("+abc").is_err());
+        let uk = PhoneNumber::parse("+442079460958").unwrap();
+        assert_eq!((uk.calling_code(), uk.region()), (44, Some("GB")));
+        let us = PhoneNumber::parse("+14155552671").unwrap();
+        assert_eq!((us.calling_code(), us.region()), (1, Some("US")));
     }
 
     #[test]

@@ -188,6 +188,7 @@ async fn full_flow(feed: Feed) {
 
 fn assert_clean(text: &str, email: &str, codes: &[String]) {
     assert!(!text.to_lowercase().contains(email), "plaintext email found");
+    assert!(!text.contains("$argon2"), "a readable password hash found (hashes are sealed)");
     for code in codes {
         assert!(!text.contains(code.as_str()), "an OTP code was found");
     }
@@ -266,6 +267,19 @@ async fn duplicate_registration_answers_the_same_and_warns_the_owner() {
     let notice = app.wait_mail(email, 2).await;
     assert!(notice.data.contains("already has one"), "{}", notice.data);
     assert!(!notice.data.contains("code is"));
+    // The decoy id carries the time a real id minted then would (UUIDv7).
+    let decoy = uuid::Uuid::parse_str(second["user_id"].as_str().unwrap()).unwrap();
+    let (secs, _) = decoy.get_timestamp().expect("a UUIDv7").to_unix();
+    let age = chrono::Utc::now().timestamp() - i64::try_from(secs).unwrap();
+    assert!((0..10).contains(&age), "decoy id time {age} s ago");
+    // More sign-ups with the address within the hour: the same answer, no
+    // further notice (one per address per hour).
+    for _ in 0..2 {
+        assert_eq!(app.register(email, "yet another password", "Again").await.status(), 201);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mails = app.inbox.lock().unwrap().iter().filter(|m| m.to.iter().any(|t| t == email)).count();
+    assert_eq!(mails, 2, "the verification code and one notice");
     let users: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'user'")
             .fetch_one(&app.pool)

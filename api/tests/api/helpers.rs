@@ -101,6 +101,11 @@ pub async fn spawn_app(feed: Feed) -> TestApp {
 
 /// [`spawn_app`] with a last word on the settings (e.g. Twilio's base URL).
 pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_roles(feed, Roles::ALL, customise).await
+}
+
+/// [`spawn_app_with`] running only `roles` (e.g. without the projector).
+pub async fn spawn_app_roles(feed: Feed, roles: Roles, customise: impl FnOnce(&mut Settings)) -> TestApp {
     api::telemetry::init_for_tests();
     let (pool, url) = projections::db::testing::create_test_database(&projections::db::testing::base_url())
         .await
@@ -138,7 +143,7 @@ pub async fn spawn_app_with(feed: Feed, customise: impl FnOnce(&mut Settings)) -
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        if let Err(e) = app.run(Roles::ALL, Some(listener), rx).await {
+        if let Err(e) = app.run(roles, Some(listener), rx).await {
             eprintln!("app stopped with error: {e:#}");
         }
     });

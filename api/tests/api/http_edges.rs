@@ -210,6 +210,10 @@ async fn auth_routes_are_rate_limited_per_ip() {
         }
     }
     assert_eq!(statuses, vec![400, 400, 400, 400, 400, 429, 429]);
+    // So is adding a phone (it sends an SMS), whoever is signed in: the
+    // address's bucket is spent, so it is refused before authentication.
+    let r = app.post("/api/users/me/phone", json!({"phone": "+14155552671"})).await;
+    assert_eq!(r.status(), 429);
     // Other routes are not limited.
     assert_eq!(app.client.get(format!("{}/health/live", app.base)).send().await.unwrap().status(), 200);
 }

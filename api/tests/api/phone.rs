@@ -380,3 +380,69 @@ async fn an_sms_code_is_one_factor() {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_pumping_guards_refuse_before_anything_is_sent() {
+    let server = twilio().await;
+    // Twilio Lookup: one VOIP number, everything else mobile.
+    Mock::given(method("GET"))
+        .and(path("/v2/PhoneNumbers/+14155550199"))
+        .and(header_exists("authorization"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"line_type_intelligence": {"type": "nonFixedVoip"}})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(header_exists("authorization"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"line_type_intelligence": {"type": "mobile"}})),
+        )
+        .mount(&server)
+        .await;
+    let base = server.uri();
+    let app = spawn_app_with(Feed::Postgres, move |s| {
+        s.twilio_api_base = base.clone();
+        s.twilio_lookup_base = base;
+        s.twilio_account_sid = Some(SID.to_owned());
+        s.twilio_auth_token = Some("test-auth-token".to_owned());
+        s.twilio_from = Some("+15005550006".to_owned());
+        s.sms_allowed_countries = vec!["US".to_owned(), "GB".to_owned()];
+        s.sms_block_voip = true;
+        s.sms_country_hourly_budget = Some(2);
+        s.sms_hourly_budget = Some(3);
+    })
+    .await;
+    let request = |phone: &'static str| app.post("/api/auth/request-otp", json!({"phone": phone}));
+
+    // A country outside the list and a VOIP line: 422, nothing written or sent.
+    for phone in ["+33612345678", "+14155550199"] {
+        let r = request(phone).await;
+        assert_eq!(r.status(), 422, "{phone}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "phone_not_supported");
+    }
+    // Two per country per hour, three in all.
+    assert_eq!(request("+14155550101").await.status(), 202);
+    assert_eq!(request("+14155550102").await.status(), 202);
+    let r = request("+14155550103").await;
+    assert_eq!(r.status(), 429, "the country's budget is spent");
+    let retry: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "until the next hour: {retry}");
+    assert_eq!(request("+442079460958").await.status(), 202, "another country still has budget");
+    assert_eq!(request("+442079460959").await.status(), 429, "the global budget is spent");
+    let challenges: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OtpIssued'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(challenges, 3, "refused requests issue no code");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/Messages.json"))
+        .count();
+    assert_eq!(sent, 3);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{code_in, spawn_app, Feed, TestApp};
+use crate::helpers::{code_in, spawn_app, spawn_app_roles, Feed, TestApp};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -197,4 +197,60 @@ async fn refresh_token_reuse_is_reported_to_the_owner() {
         .await
         .unwrap();
     assert_eq!(noticed, 2);
+}
+
+/// Whether `token` passes the bearer check (`check-session` answers
+/// `valid: false` when the extractor refuses it).
+async fn bearer_valid(app: &TestApp, token: &str) -> bool {
+    let r: Value = app.get_auth("/api/auth/check-session", token).await.json().await.unwrap();
+    r["valid"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_everywhere_reaches_sessions_the_read_model_never_saw() {
+    // No projector: the sessions read model stays empty throughout.
+    let roles = api::app::Roles { http: true, relay: false, project: false, notify: true };
+    let app = spawn_app_roles(Feed::Postgres, roles, |_| {}).await;
+    let email = "everywhere@example.com";
+    account(&app, email).await;
+    let phone = login_from(&app, email, "phone-1", "Phone", 1).await;
+    let laptop = login_from(&app, email, "laptop-1", "Laptop", 2).await;
+    let listed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_sessions").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(listed, 0, "the projector is stopped");
+    let phone_token = phone["access_token"].as_str().unwrap().to_owned();
+    assert!(bearer_valid(&app, &phone_token).await);
+
+    let r = app
+        .client
+        .post(format!("{}/api/auth/logout-all", app.base))
+        .bearer_auth(laptop["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Refresh is refused at once (decided on the write side)…
+    for tokens in [&phone, &laptop] {
+        let r = app.post("/api/auth/refresh", json!({"refresh_token": tokens["refresh_token"]})).await;
+        assert_eq!(r.status(), 401, "a session unknown to the read model survived logout-all");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "session_revoked");
+    }
+    // …and the access tokens within the follower's seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bearer_valid(&app, &phone_token).await {
+        assert!(std::time::Instant::now() < deadline, "the access token still passes after logout-all");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Step-up cannot revive it either; a new login works.
+    let r = app
+        .client
+        .post(format!("{}/api/auth/reauthenticate", app.base))
+        .bearer_auth(&phone_token)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let again = login_from(&app, email, "phone-1", "Phone", 3).await;
+    assert!(bearer_valid(&app, again["access_token"].as_str().unwrap()).await, "a session started after it");
 }

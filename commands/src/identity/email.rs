@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
+use domain::throttle::RequestPolicy;
 use domain::user::{UserCommand, UserError};
 use domain::values::{Digest, DisplayName, EmailAddress, OtpCode, Password};
 use uuid::Uuid;
@@ -98,6 +99,9 @@ impl IdentityService {
             self.vault.seal(user_id, email.as_str()).await.map_err(internal).map_err(not_committed)?;
         let sealed_name =
             self.vault.seal(user_id, name.as_str()).await.map_err(internal).map_err(not_committed)?;
+        // The hash is a secret: sealed, so no topic carries it readable.
+        let password_hash =
+            self.vault.seal_hash(user_id, &password_hash).await.map_err(internal).map_err(not_committed)?;
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::Register {
             user_id,
@@ -133,6 +137,15 @@ impl IdentityService {
         now: DateTime<Utc>,
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
+        // At most one notice per address per hour: repeated sign-ups with
+        // someone's address must not flood their inbox (nor tell anything:
+        // the answer is the same either way).
+        let once_an_hour = RequestPolicy { window_secs: 3600, max: 1, cooldown_secs: 0 };
+        let key = format!("duplicate_notice:{}", self.email_hash(email).0);
+        match self.record_request_under(&key, once_an_hour, meta).await {
+            Err(IdentityError::Throttled { .. }) => return Ok(()),
+            other => other?,
+        }
         let notice = self.notice(email.as_str(), "duplicate_registration")?;
         let cmd = UserCommand::NoteDuplicateRegistration { delivery_id: notice.id(), at: now };
         self.users

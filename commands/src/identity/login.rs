@@ -101,6 +101,7 @@ impl IdentityService {
             (OtpChannel::Sms, Some(sealed)) if user.phone_verified => {
                 let phone = self.open(user_id, sealed).await?;
                 let parsed = PhoneNumber::parse(&phone).map_err(internal)?;
+                self.charge_sms(&parsed).await?;
                 (OtpChannel::Sms, phone, self.phone_key(&parsed))
             }
             _ => {

@@ -18,6 +18,7 @@ mod pin;
 mod reset;
 mod revocation;
 mod sessions;
+mod sms_guard;
 mod totp;
 
 use std::collections::HashMap;
@@ -34,10 +35,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::deliveries::{Delivery, DeliveryStore, SealedDelivery};
-use crate::executor::{ExecError, Executor};
+use crate::executor::{ExecError, Executor, Tail};
 use crate::keys::{hmac_hex, Keyring};
 use crate::otp_codes::{candidate_mac, code_mac, generate_code};
-use crate::passwords::PasswordHasher;
+use crate::passwords::{PasswordHasher, SealedHashVerifier};
 use crate::tokens::{new_refresh_token, TokenIssuer};
 use crate::vault::Vault;
 
@@ -46,7 +47,25 @@ pub use phone::PhoneChallenge;
 pub use pin::FactorError;
 pub use revocation::{is_cut_off, session_started_at};
 pub use sessions::Reauthenticated;
+pub use sms_guard::{LookupConfig, SmsPolicy};
 pub use totp::{totp_code_at, TotpEnrollment};
+
+/// Attempts to record a failure under write conflicts (each retry waits a
+/// jittered, growing delay; see the executor).
+const FAILURE_ATTEMPTS: u32 = 64;
+
+/// Throttle streams fold only what decides (a check never replays a
+/// stream's whole history): a request stream the events of the last 65
+/// minutes (its state keeps the last hour's requests, the longest window),
+/// a failure stream from its last `FailuresReset` (which clears every
+/// failure field).
+pub fn throttle_tail(id: &str) -> Tail {
+    if id.starts_with(Policy::OtpRequests.as_str()) {
+        Tail::RecordedWithin { secs: 65 * 60 }
+    } else {
+        Tail::FromLast(&["FailuresReset"])
+    }
+}
 
 /// Lifetimes, in seconds.
 #[derive(Debug, Clone)]
@@ -66,6 +85,8 @@ pub struct IdentityConfig {
     /// Seconds between two codes to one recipient (`OTP_RESEND_INTERVAL_SECS`;
     /// 30, SECURITY.md's 30–60 s); `0` turns the interval off.
     pub otp_resend_interval_secs: i64,
+    /// SMS toll-fraud guards (countries, VOIP, hourly budgets).
+    pub sms: SmsPolicy,
 }
 
 impl Default for IdentityConfig {
@@ -77,6 +98,7 @@ impl Default for IdentityConfig {
             refresh_absolute_ttl_secs: 90 * 86_400,
             otp_codes_per_hour: 3,
             otp_resend_interval_secs: 30,
+            sms: SmsPolicy::default(),
         }
     }
 }
@@ -124,6 +146,10 @@ pub enum IdentityError {
     /// 409 `phone_not_verified` — SMS two-factor needs a verified phone.
     #[error("verify a phone number first")]
     PhoneNotVerified,
+    /// 422 `phone_not_supported` — the number's country is not served or
+    /// it is a VOIP line (SMS pumping guard).
+    #[error("this phone number cannot receive codes")]
+    PhoneNotSupported,
     /// 409 `last_sign_in_method` — removing it would leave no way in.
     #[error("this is the only way to sign in to the account")]
     LastSignInMethod,
@@ -242,6 +268,11 @@ pub struct IdentityService {
     pub(crate) otps: Executor<OtpChallenge>,
     pub(crate) sessions: Executor<Session>,
     pub(crate) throttles: Executor<Throttle>,
+    /// The throttles again, retrying conflicts far longer: a failure
+    /// recorded after its attempt is never dropped.
+    pub(crate) failures: Executor<Throttle>,
+    /// Outbound HTTP (Twilio Lookup), 10 s timeout.
+    pub(crate) http: reqwest::Client,
     /// Typical duration of the work a new registration does after hashing.
     pub(crate) register_pad: DurationAverage,
     /// Typical duration of a wrong-password login for a known account.
@@ -276,13 +307,22 @@ impl IdentityService {
         tokens: Arc<TokenIssuer>,
         config: IdentityConfig,
     ) -> Self {
+        let vault = Arc::new(Vault::new(pool.clone(), keys.wrap.clone()));
+        let verifier = SealedHashVerifier { hasher: hasher.clone(), vault: vault.clone() };
         Self {
-            vault: Arc::new(Vault::new(pool.clone(), keys.wrap.clone())),
+            vault,
             deliveries: DeliveryStore::new(pool.clone(), keys.delivery.clone()),
-            users: Executor::new(pool.clone(), UserServices::new(hasher.clone())),
+            users: Executor::new(pool.clone(), UserServices::new(verifier)),
             otps: Executor::new(pool.clone(), ()),
             sessions: Executor::new(pool.clone(), ()),
-            throttles: Executor::new(pool.clone(), ()),
+            throttles: Executor::new(pool.clone(), ()).with_tail(throttle_tail),
+            failures: Executor::new(pool.clone(), ())
+                .with_tail(throttle_tail)
+                .with_max_attempts(FAILURE_ATTEMPTS),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
             register_pad: DurationAverage::default(),
             login_pad: DurationAverage::default(),
             pool,
@@ -320,13 +360,30 @@ impl IdentityService {
 
     // ---- throttles -------------------------------------------------------
 
-    fn throttled(events: &[ThrottleEvent], now: DateTime<Utc>) -> Option<IdentityError> {
-        events.iter().find_map(|e| match e {
-            ThrottleEvent::AttemptThrottled { retry_after, .. } => {
-                Some(IdentityError::Throttled { retry_after_secs: (*retry_after - now).num_seconds().max(1) })
-            }
-            _ => None,
-        })
+    fn throttled_until(retry_after: DateTime<Utc>, now: DateTime<Utc>) -> IdentityError {
+        IdentityError::Throttled { retry_after_secs: (retry_after - now).num_seconds().max(1) }
+    }
+
+    /// Checks and counts an attempt under failure `policy` in one step
+    /// ([`ThrottleCommand::BeginAttempt`]): 429 while delayed or locked;
+    /// otherwise the attempt already counts as a failure, and the caller
+    /// calls [`IdentityService::record_success`] if it succeeds. A conflict
+    /// of parallel attempts past the retries answers `Conflict` and the
+    /// attempt is not evaluated.
+    pub(crate) async fn begin_attempt(
+        &self,
+        policy: Policy,
+        key: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let now = Utc::now();
+        let cmd = ThrottleCommand::BeginAttempt { policy, at: now };
+        let done = self.throttles.execute(&policy.key(key), cmd, meta.to_map("BeginAttempt")).await?;
+        if done.events.iter().any(|e| matches!(e, ThrottleEvent::FailureRecorded { .. })) {
+            return Ok(());
+        }
+        let until = done.state.retry_after(policy, now).unwrap_or(now);
+        Err(Self::throttled_until(until, now))
     }
 
     /// Refuses (429) while `key` is delayed or locked under `policy`.
@@ -351,9 +408,16 @@ impl IdentityService {
         let now = Utc::now();
         let cmd = ThrottleCommand::CheckAttempt { policy, at: now };
         let done = self.throttles.execute(&policy.key(key), cmd, meta.to_map("CheckAttempt")).await?;
-        Self::throttled(&done.events, now).map_or(Ok(done.state), Err)
+        // Refused whether or not this refusal was recorded (a repeat within
+        // a recorded delay writes nothing).
+        match done.state.retry_after(policy, now) {
+            Some(until) => Err(Self::throttled_until(until, now)),
+            None => Ok(done.state),
+        }
     }
 
+    /// Records a failed attempt; retried on write conflicts until it is
+    /// recorded (a failure is never dropped; SECURITY.md).
     pub(crate) async fn record_failure(
         &self,
         policy: Policy,
@@ -361,7 +425,7 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<(), IdentityError> {
         let cmd = ThrottleCommand::RecordFailure { policy, at: Utc::now() };
-        self.throttles.execute(&policy.key(key), cmd, meta.to_map("RecordFailure")).await?;
+        self.failures.execute(&policy.key(key), cmd, meta.to_map("RecordFailure")).await?;
         Ok(())
     }
 
@@ -380,17 +444,32 @@ impl IdentityService {
     /// rolling hour or within `otp_resend_interval_secs` of the last one.
     /// Every flow that sends a code calls it before writing anything else.
     pub(crate) async fn record_request(&self, key: &str, meta: &RequestMeta) -> Result<(), IdentityError> {
-        let now = Utc::now();
         let limits = RequestPolicy {
             window_secs: 3600,
             max: self.config.otp_codes_per_hour.max(1),
             cooldown_secs: self.config.otp_resend_interval_secs.max(0),
         };
+        self.record_request_under(key, limits, meta).await
+    }
+
+    /// Counts a request on `key` under `limits` (an `otp_requests` throttle
+    /// stream); `Throttled` when refused (the refusal is an event).
+    pub(crate) async fn record_request_under(
+        &self,
+        key: &str,
+        limits: RequestPolicy,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let now = Utc::now();
         let cmd =
             ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
         let done =
             self.throttles.execute(&Policy::OtpRequests.key(key), cmd, meta.to_map("RecordRequest")).await?;
-        Self::throttled(&done.events, now).map_or(Ok(()), Err)
+        if done.events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
+            return Ok(());
+        }
+        let until = limits.next_allowed(&done.state.recent_requests, now).unwrap_or(now);
+        Err(Self::throttled_until(until, now))
     }
 
     // ---- codes -----------------------------------------------------------
@@ -497,30 +576,24 @@ impl IdentityService {
             return Err(IdentityError::InvalidCode);
         }
         let key = current.attempts_key.clone().unwrap_or_else(|| format!("challenge:{challenge_id}"));
-        self.check_attempt(Policy::OtpFailures, &key, meta).await?;
+        // Counted before the code is evaluated (atomic throttle): a wrong
+        // or refused answer stays counted, a right one takes it back.
+        self.begin_attempt(Policy::OtpFailures, &key, meta).await?;
         let cmd = OtpCommand::Verify {
             candidate_mac: candidate_mac(&self.keys.otp, challenge_id, code),
             at: Utc::now(),
         };
         let done = match self.otps.execute(&id, cmd, meta.to_map("VerifyOtp")).await {
             Ok(done) => done,
-            // A refused answer (expired, locked, used) is a failure too: it
-            // is counted, never dropped (SECURITY.md "Throttles are atomic").
-            Err(ExecError::Domain(e)) => {
-                self.record_failure(Policy::OtpFailures, &key, meta).await?;
-                return Err(match e {
-                    OtpError::Expired => IdentityError::CodeExpired,
-                    OtpError::Locked => IdentityError::ChallengeLocked,
-                    _ => IdentityError::InvalidCode,
-                });
-            }
+            Err(ExecError::Domain(OtpError::Expired)) => return Err(IdentityError::CodeExpired),
+            Err(ExecError::Domain(OtpError::Locked)) => return Err(IdentityError::ChallengeLocked),
+            Err(ExecError::Domain(_)) => return Err(IdentityError::InvalidCode),
             Err(other) => return Err(other.into()),
         };
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpVerified { .. })) {
             self.record_success(Policy::OtpFailures, &key, meta).await?;
             return Ok(done.state);
         }
-        self.record_failure(Policy::OtpFailures, &key, meta).await?;
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
             Err(IdentityError::ChallengeLocked)
         } else {
@@ -544,8 +617,7 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<OtpChallenge, IdentityError> {
         let Some(challenge_id) = challenge_id else {
-            self.check_attempt(Policy::OtpFailures, key, meta).await?;
-            self.record_failure(Policy::OtpFailures, key, meta).await?;
+            self.begin_attempt(Policy::OtpFailures, key, meta).await?;
             return Err(IdentityError::InvalidCode);
         };
         self.answer(challenge_id, code, expected, meta).await.map_err(|e| match e {
@@ -575,6 +647,9 @@ impl IdentityService {
         }
         self.record_request(&key, meta).await?;
         let Some(to) = self.vault.open(subject, &sealed).await.map_err(internal)? else { return Ok(()) };
+        if channel == OtpChannel::Sms {
+            self.charge_sms(&PhoneNumber::parse(&to).map_err(internal)?).await?;
+        }
         let now = Utc::now();
         let code = generate_code();
         let expires_at = now + Duration::seconds(self.otp_ttl(channel));

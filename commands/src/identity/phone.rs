@@ -20,10 +20,11 @@ pub struct PhoneChallenge {
 impl IdentityService {
     /// Sends a login code to `phone` (5-minute lifetime), whether or not an
     /// account uses it — the same answer either way. At most 3 codes per
-    /// number per hour, 30 s apart.
+    /// number per hour, 30 s apart; the SMS guards apply (allowed countries,
+    /// VOIP, hourly budgets).
     ///
     /// # Errors
-    /// `Throttled`, `Internal`.
+    /// `PhoneNotSupported`, `Throttled`, `Internal`.
     #[tracing::instrument(skip_all)]
     pub async fn request_phone_otp(
         &self,
@@ -31,7 +32,9 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<PhoneChallenge, IdentityError> {
         let key = self.phone_key(phone);
+        self.vet_number(phone).await?;
         self.record_request(&key, meta).await?;
+        self.charge_sms(phone).await?;
         let owner = reservations::owner(&self.pool, ReservationKind::Phone, &self.phone_hash(phone))
             .await
             .map_err(internal)?;
@@ -102,7 +105,7 @@ impl IdentityService {
     /// notice instead of a code. Counts toward the number's code budget.
     ///
     /// # Errors
-    /// `Throttled`, `Internal`.
+    /// `PhoneNotSupported`, `Throttled`, `Internal`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn add_phone(
         &self,
@@ -111,7 +114,10 @@ impl IdentityService {
         meta: &RequestMeta,
     ) -> Result<PhoneChallenge, IdentityError> {
         let key = self.phone_key(phone);
+        self.vet_number(phone).await?;
         self.record_request(&key, meta).await?;
+        // The notice to an owner is an SMS too: charged either way.
+        self.charge_sms(phone).await?;
         let phone_hash = self.phone_hash(phone);
         let owner =
             reservations::owner(&self.pool, ReservationKind::Phone, &phone_hash).await.map_err(internal)?;

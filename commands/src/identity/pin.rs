@@ -28,7 +28,9 @@ use super::{internal, IdentityError, IdentityService, RequestMeta, TokenPair};
 use crate::executor::{ExecError, Executor};
 use crate::keys::{hmac_hex, Keyring, Secret32};
 use crate::passwords::PasswordHasher;
+use crate::vault::Vault;
 use domain::values::Pin;
+use std::sync::Arc;
 
 /// Failures of the strong-factor flows (device PIN, TOTP); the api maps
 /// each to one status and code.
@@ -87,14 +89,19 @@ fn peppered(pepper: &Secret32, context: &str, pin: &str) -> String {
 /// Argon2id check of a peppered PIN on the bounded pool.
 struct PepperedPinVerifier {
     hasher: PasswordHasher,
+    vault: Arc<Vault>,
     pepper: Secret32,
     context: String,
 }
 
 #[async_trait]
 impl PasswordVerifier for PepperedPinVerifier {
-    async fn verify(&self, phc_hash: &str, candidate: &str) -> bool {
-        self.hasher.verify_phc(phc_hash, &peppered(&self.pepper, &self.context, candidate)).await
+    async fn verify(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
+        let candidate = peppered(&self.pepper, &self.context, candidate);
+        match self.vault.open_hash(subject, stored).await {
+            Some(phc) => self.hasher.verify_phc(&phc, &candidate).await,
+            None => self.hasher.verify_dummy(&candidate).await,
+        }
     }
 }
 
@@ -116,6 +123,7 @@ impl IdentityService {
     fn pin_executor(&self, aggregate_id: &str) -> Executor<DevicePin> {
         let verifier = PepperedPinVerifier {
             hasher: self.hasher.clone(),
+            vault: self.vault.clone(),
             pepper: self.pin_pepper(),
             context: aggregate_id.to_owned(),
         };
@@ -149,8 +157,11 @@ impl IdentityService {
         let now = Utc::now();
         let authenticated_at = session.authenticated_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
         let id = pin_aggregate_id(user_id, device);
-        let pin_hash =
+        let phc =
             self.hasher.hash(&peppered(&self.pin_pepper(), &id, pin.expose())).await.map_err(internal)?;
+        self.vault.ensure_key(user_id).await.map_err(internal)?;
+        // Sealed: a PIN hash is a secret (4–6 digits fall to any offline guess).
+        let pin_hash = self.vault.seal_hash(user_id, &phc).await.map_err(internal)?;
         let cmd = PinCommand::Set { user_id, device_id: device.clone(), pin_hash, authenticated_at, at: now };
         self.pin_executor(&id).execute(&id, cmd, meta.to_map("SetPin")).await.map_err(map_pin)?;
         sqlx::query(

@@ -104,7 +104,8 @@ impl IdentityService {
         if user.used_reset_ids.contains(&claims.jti) {
             return Err(IdentityError::InvalidResetToken);
         }
-        let password_hash = self.hasher.hash(new_password.expose()).await.map_err(internal)?;
+        let phc = self.hasher.hash(new_password.expose()).await.map_err(internal)?;
+        let password_hash = self.vault.seal_hash(user_id, &phc).await.map_err(internal)?;
         let notice = match &user.email {
             Some(sealed) => Some(self.notice(&self.open(user_id, sealed).await?, "password_changed")?),
             None => None,

@@ -40,8 +40,12 @@ impl IdentityService {
             None => format!("user:{user_id}"),
         };
         self.check_attempt(Policy::PasswordFailures, &key, meta).await?;
-        let hash = user.password_hash.clone().unwrap_or_default();
-        if !self.hasher.verify_phc(&hash, password.expose()).await {
+        let stored = user.password_hash.clone().unwrap_or_default();
+        let matches = match self.vault.open_hash(user_id, &stored).await {
+            Some(phc) => self.hasher.verify_phc(&phc, password.expose()).await,
+            None => self.hasher.verify_dummy(password.expose()).await,
+        };
+        if !matches {
             self.record_failure(Policy::PasswordFailures, &key, meta).await?;
             return Err(IdentityError::InvalidCredentials);
         }
@@ -64,6 +68,7 @@ impl IdentityService {
             (OtpChannel::Sms, Some(sealed), _) | (_, Some(sealed), None) if user.phone_verified => {
                 let phone = self.open(user_id, sealed).await?;
                 let parsed = PhoneNumber::parse(&phone).map_err(internal)?;
+                self.charge_sms(&parsed).await?;
                 (OtpChannel::Sms, phone, self.phone_key(&parsed))
             }
             (_, _, Some(sealed)) => {

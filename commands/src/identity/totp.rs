@@ -206,7 +206,7 @@ impl IdentityService {
                 FactorError::TotpNotPending
             });
         };
-        self.check_attempt(Policy::OtpFailures, &key, meta).await?;
+        self.begin_attempt(Policy::OtpFailures, &key, meta).await?;
         let secret = self.open(user_id, &sealed).await?;
         let now = Utc::now();
         let codes: Vec<RecoveryCode> = (0..RECOVERY_CODE_COUNT).map(|_| new_recovery_code()).collect();
@@ -220,8 +220,8 @@ impl IdentityService {
                 self.record_success(Policy::OtpFailures, &key, meta).await?;
                 Ok(codes.iter().map(RecoveryCode::formatted).collect())
             }
+            // Already counted by `begin_attempt`.
             Err(ExecError::Domain(domain::totp::TotpError::InvalidCode)) => {
-                self.record_failure(Policy::OtpFailures, &key, meta).await?;
                 Err(IdentityError::InvalidCode.into())
             }
             Err(e) => Err(map_totp(e)),
@@ -322,7 +322,8 @@ impl IdentityService {
             return Err(IdentityError::CodeExpired);
         }
         let key = current.attempts_key.clone().unwrap_or_else(|| format!("challenge:{challenge_id}"));
-        self.check_attempt(Policy::OtpFailures, &key, meta).await?;
+        // Counted before it is evaluated; a success takes it back.
+        self.begin_attempt(Policy::OtpFailures, &key, meta).await?;
 
         let id = user_id.to_string();
         let totp = self.totps().load(&id).await?;
@@ -368,7 +369,6 @@ impl IdentityService {
             self.record_success(Policy::OtpFailures, &key, meta).await?;
             return Ok(user_id);
         }
-        self.record_failure(Policy::OtpFailures, &key, meta).await?;
         if done.events.iter().any(|e| matches!(e, OtpEvent::OtpChallengeLocked { .. })) {
             Err(IdentityError::ChallengeLocked)
         } else {

@@ -104,7 +104,8 @@ impl Aggregate for DevicePin {
                     PinStatus::Enabled | PinStatus::Disabled => self.pin_hash.clone().unwrap_or_default(),
                 };
                 // Verified even when disabled, so both answers take as long.
-                let matches = services.verifier.verify(&hash, candidate.expose()).await;
+                let subject = self.user_id.unwrap_or_default();
+                let matches = services.verifier.verify(subject, &hash, candidate.expose()).await;
                 if self.status == PinStatus::Disabled {
                     sink.write(PinEvent::PinVerificationRefused { refused_at: at }, self).await;
                 } else if matches {
@@ -164,7 +165,7 @@ mod tests {
     struct PlainVerifier;
     #[async_trait::async_trait]
     impl PasswordVerifier for PlainVerifier {
-        async fn verify(&self, phc_hash: &str, candidate: &str) -> bool {
+        async fn verify(&self, _subject: Uuid, phc_hash: &str, candidate: &str) -> bool {
             phc_hash == format!("hash:{candidate}")
         }
     }

@@ -3,7 +3,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use super::{Policy, RequestPolicy};
+use super::{FailurePolicy, Policy, RequestPolicy};
 
 /// Commands on a `Throttle`.
 #[derive(Debug, Clone)]
@@ -11,6 +11,14 @@ pub enum ThrottleCommand {
     /// Before an attempt under a failure policy: refuses (with an
     /// `AttemptThrottled` event) while a delay or lock is running.
     CheckAttempt { policy: Policy, at: DateTime<Utc> },
+    /// Before an attempt under a failure policy, checking and counting it
+    /// in one step (SECURITY.md "Throttles are atomic"): refused (429) while
+    /// a delay or lock runs; otherwise the attempt is recorded as a failure
+    /// *before* it is evaluated, and only a `RecordSuccess` takes it back.
+    /// Parallel attempts serialise on the stream's optimistic concurrency,
+    /// so no more of them are evaluated than the policy lets through one
+    /// by one, and a failure is never lost to a write conflict.
+    BeginAttempt { policy: Policy, at: DateTime<Utc> },
     /// A failed attempt (wrong code or password).
     RecordFailure { policy: Policy, at: DateTime<Utc> },
     /// A successful attempt: resets the consecutive-failure count.
@@ -87,6 +95,11 @@ pub struct Throttle {
     pub recent_requests: Vec<DateTime<Utc>>,
     /// Set by the last refusal or failure; `None` = free.
     pub blocked_until: Option<DateTime<Utc>>,
+    /// The `retry_after` of the last recorded refusal: further refusals
+    /// until then are answered without an event, so refused attempts do
+    /// not grow the stream.
+    #[serde(default)]
+    pub refusal_recorded_for: Option<DateTime<Utc>>,
 }
 
 impl Throttle {
@@ -99,6 +112,36 @@ impl Throttle {
                 .filter(|t| *t > now);
         }
         policy.requests().and_then(|p| p.next_allowed(&self.recent_requests, now))
+    }
+}
+
+impl Throttle {
+    /// A refusal until `retry_after`: recorded once per `retry_after` (the
+    /// first refusal of a delay or lock is the event; repeats add nothing).
+    async fn refuse(
+        &mut self,
+        policy: Policy,
+        retry_after: DateTime<Utc>,
+        at: DateTime<Utc>,
+        sink: &EventSink<Self>,
+    ) {
+        if self.refusal_recorded_for != Some(retry_after) {
+            sink.write(ThrottleEvent::AttemptThrottled { policy, retry_after, throttled_at: at }, self).await;
+        }
+    }
+
+    /// One more consecutive failure, and the lock when it reaches the
+    /// policy's threshold.
+    async fn fail(&mut self, policy: Policy, p: FailurePolicy, at: DateTime<Utc>, sink: &EventSink<Self>) {
+        let consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let next_allowed_at = p.next_allowed(consecutive_failures, at);
+        let event =
+            ThrottleEvent::FailureRecorded { policy, consecutive_failures, next_allowed_at, failed_at: at };
+        sink.write(event, self).await;
+        if consecutive_failures == p.lock_after {
+            let locked_until = at + Duration::seconds(p.lock_secs);
+            sink.write(ThrottleEvent::SubjectLocked { policy, locked_until, locked_at: at }, self).await;
+        }
     }
 }
 
@@ -121,29 +164,20 @@ impl Aggregate for Throttle {
                     return Err(ThrottleError::WrongPolicy(policy));
                 }
                 if let Some(retry_after) = self.retry_after(policy, at) {
-                    sink.write(
-                        ThrottleEvent::AttemptThrottled { policy, retry_after, throttled_at: at },
-                        self,
-                    )
-                    .await;
+                    self.refuse(policy, retry_after, at, sink).await;
                 }
+            }
+            ThrottleCommand::BeginAttempt { policy, at } => {
+                let p = policy.failures().ok_or(ThrottleError::WrongPolicy(policy))?;
+                if let Some(retry_after) = self.retry_after(policy, at) {
+                    self.refuse(policy, retry_after, at, sink).await;
+                    return Ok(());
+                }
+                self.fail(policy, p, at, sink).await;
             }
             ThrottleCommand::RecordFailure { policy, at } => {
                 let p = policy.failures().ok_or(ThrottleError::WrongPolicy(policy))?;
-                let consecutive_failures = self.consecutive_failures.saturating_add(1);
-                let next_allowed_at = p.next_allowed(consecutive_failures, at);
-                let event = ThrottleEvent::FailureRecorded {
-                    policy,
-                    consecutive_failures,
-                    next_allowed_at,
-                    failed_at: at,
-                };
-                sink.write(event, self).await;
-                if consecutive_failures == p.lock_after {
-                    let locked_until = at + Duration::seconds(p.lock_secs);
-                    sink.write(ThrottleEvent::SubjectLocked { policy, locked_until, locked_at: at }, self)
-                        .await;
-                }
+                self.fail(policy, p, at, sink).await;
             }
             ThrottleCommand::RecordSuccess { at } => {
                 if self.consecutive_failures > 0 {
@@ -155,10 +189,7 @@ impl Aggregate for Throttle {
                     return Err(ThrottleError::WrongPolicy(policy));
                 };
                 match limits.unwrap_or(defaults).next_allowed(&self.recent_requests, at) {
-                    Some(retry_after) => {
-                        let event = ThrottleEvent::AttemptThrottled { policy, retry_after, throttled_at: at };
-                        sink.write(event, self).await;
-                    }
+                    Some(retry_after) => self.refuse(policy, retry_after, at, sink).await,
                     None => {
                         sink.write(ThrottleEvent::RequestRecorded { policy, requested_at: at }, self).await
                     }
@@ -180,13 +211,17 @@ impl Aggregate for Throttle {
                 self.consecutive_failures = 0;
                 self.last_failure_at = None;
                 self.blocked_until = None;
+                self.refusal_recorded_for = None;
             }
             ThrottleEvent::RequestRecorded { requested_at, .. } => {
                 let horizon = requested_at - Duration::hours(1);
                 self.recent_requests.retain(|t| *t > horizon);
                 self.recent_requests.push(requested_at);
             }
-            ThrottleEvent::AttemptThrottled { retry_after, .. } => self.blocked_until = Some(retry_after),
+            ThrottleEvent::AttemptThrottled { retry_after, .. } => {
+                self.blocked_until = Some(retry_after);
+                self.refusal_recorded_for = Some(retry_after);
+            }
         }
     }
 }
@@ -306,6 +341,54 @@ mod tests {
                 retry_after: t(3600),
                 throttled_at: t(100),
             }]);
+    }
+
+    #[test]
+    fn an_attempt_is_counted_before_it_is_evaluated() {
+        // The 4th attempt of OTP failures (3 free) is let through and counted
+        // at once, delaying the next one: parallel attempts cannot all pass.
+        ThrottleTest::with(())
+            .given(vec![failure(1, 0, None), failure(2, 1, None), failure(3, 2, None)])
+            .when(ThrottleCommand::BeginAttempt { policy: Policy::OtpFailures, at: t(3) })
+            .then_expect_events(vec![failure(4, 3, Some(33))]);
+        ThrottleTest::with(())
+            .given(vec![
+                failure(1, 0, None),
+                failure(2, 1, None),
+                failure(3, 2, None),
+                failure(4, 3, Some(33)),
+            ])
+            .when(ThrottleCommand::BeginAttempt { policy: Policy::OtpFailures, at: t(4) })
+            .then_expect_events(vec![ThrottleEvent::AttemptThrottled {
+                policy: Policy::OtpFailures,
+                retry_after: t(33),
+                throttled_at: t(4),
+            }]);
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_once_per_delay() {
+        let refused = ThrottleEvent::AttemptThrottled {
+            policy: Policy::OtpFailures,
+            retry_after: t(33),
+            throttled_at: t(4),
+        };
+        let given = vec![
+            failure(1, 0, None),
+            failure(2, 1, None),
+            failure(3, 2, None),
+            failure(4, 3, Some(33)),
+            refused,
+        ];
+        ThrottleTest::with(())
+            .given(given.clone())
+            .when(ThrottleCommand::BeginAttempt { policy: Policy::OtpFailures, at: t(5) })
+            .then_expect_events(vec![]);
+        let mut state = Throttle::default();
+        for e in given {
+            state.apply(e);
+        }
+        assert_eq!(state.retry_after(Policy::OtpFailures, t(5)), Some(t(33)), "still refused");
     }
 
     #[test]

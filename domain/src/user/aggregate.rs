@@ -242,9 +242,9 @@ impl Aggregate for User {
                 sink.write(event, self).await;
             }
             UserCommand::StartLogin { challenge_id, password, at } => {
-                self.require_registered()?;
+                let id = self.require_registered()?;
                 let hash = self.password_hash.clone().unwrap_or_default();
-                if !services.passwords.verify(&hash, password.expose()).await {
+                if !services.passwords.verify(id, &hash, password.expose()).await {
                     // Recorded by the caller on the account's `Throttle`
                     // stream, the same event an unknown email gets (no
                     // enumeration by timing or by the log).
@@ -358,7 +358,7 @@ mod tests {
     struct PlainVerifier;
     #[async_trait::async_trait]
     impl PasswordVerifier for PlainVerifier {
-        async fn verify(&self, phc_hash: &str, candidate: &str) -> bool {
+        async fn verify(&self, _subject: Uuid, phc_hash: &str, candidate: &str) -> bool {
             phc_hash == format!("hash:{candidate}")
         }
     }
