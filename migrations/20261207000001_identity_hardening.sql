@@ -35,3 +35,7 @@ CREATE TABLE sms_budget (
     sent   integer     NOT NULL,
     PRIMARY KEY (bucket, hour)
 );
+
+-- Issue 14: unverified registrations expire after 24 h; the expiry job finds
+-- them here (the user aggregate decides).
+CREATE INDEX rm_profiles_unverified ON rm_profiles (created_at) WHERE NOT email_verified;

@@ -62,6 +62,8 @@ pub struct App {
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
     /// Revoked sessions this node knows of (see [`crate::revocations`]).
     pub revoked: Arc<crate::revocations::RevokedSessions>,
+    /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Arc<crate::client_ip::TrustedProxies>,
     keys: Keyring,
 }
 
@@ -80,8 +82,12 @@ impl App {
         .await
         .context("cannot connect to the database")?;
         let keys = Keyring::derive(&settings.master_key()?);
-        let tokens =
-            Arc::new(TokenIssuer::new(&settings.jwt_key()?, &settings.jwt_issuer, &settings.jwt_audience)?);
+        let tokens = Arc::new(TokenIssuer::with_extra_keys(
+            &settings.jwt_key()?,
+            &settings.jwt_extra_keys()?,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        )?);
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         let hasher = PasswordHasher::new(settings.password_hash_concurrency.unwrap_or(cores))?;
         let config = IdentityConfig {
@@ -101,13 +107,16 @@ impl App {
             &settings.webauthn_config(),
         )?);
         let revoked = Arc::new(crate::revocations::RevokedSessions::default());
-        Ok(Self { settings, pool, identity, tokens, keys, passkeys, revoked })
+        let trusted_proxies = Arc::new(crate::client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
+        Ok(Self { settings, pool, identity, tokens, keys, passkeys, revoked, trusted_proxies })
     }
 
-    /// The HTTP router, with the per-IP limit on auth routes when configured.
+    /// The HTTP router, with the per-IP limit when configured, the client
+    /// IP decided first (`TRUSTED_PROXIES`) and the request time limit
+    /// outermost.
     pub fn router(&self) -> Router {
         let router = self.router_unlimited();
-        match crate::ratelimit::IpRateLimit::new(
+        let router = match crate::ratelimit::IpRateLimit::new(
             self.settings.auth_rate_per_minute,
             self.settings.auth_rate_burst,
         ) {
@@ -115,7 +124,15 @@ impl App {
                 router.layer(axum::middleware::from_fn_with_state(limit, crate::ratelimit::limit_auth))
             }
             None => router,
-        }
+        };
+        let shed = (self.identity.hasher.clone(), self.settings.password_hash_queue.max(1));
+        let router = router.layer(axum::middleware::from_fn_with_state(shed, crate::http::shed_hashing));
+        let router = router.layer(axum::middleware::from_fn_with_state(
+            self.trusted_proxies.clone(),
+            crate::client_ip::resolve,
+        ));
+        let limit = std::time::Duration::from_secs(self.settings.request_timeout_secs.max(1));
+        router.layer(axum::middleware::from_fn_with_state(limit, crate::http::time_limit))
     }
 
     fn router_unlimited(&self) -> Router {
@@ -291,6 +308,27 @@ impl App {
         Ok(())
     }
 
+    /// Every 10 minutes (and at start), expires the email registrations
+    /// left unverified for 24 h, 500 at a time (a scheduled job of the
+    /// notifier role; several nodes may run it: the aggregate decides once).
+    pub async fn run_registration_expiry(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let meta = commands::identity::RequestMeta::default();
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match self.identity.expire_unverified_registrations(chrono::Utc::now(), 500, &meta).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "unverified registrations expired"),
+                        Err(e) => tracing::warn!(error = %e, "registration expiry failed; retrying later"),
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
     /// Runs `roles` until `shutdown` turns true or a role fails.
     ///
     /// # Errors
@@ -328,6 +366,11 @@ impl App {
         if roles.notify {
             let (app, s) = (self.clone(), shutdown.clone());
             tasks.spawn(async move { app.run_notifier(s).await.context("notifier") });
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                app.run_registration_expiry(s).await;
+                Ok(())
+            });
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {

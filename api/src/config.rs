@@ -80,6 +80,11 @@ pub struct Settings {
     /// Base64 of the 32-byte Ed25519 signing seed; generated in development.
     #[arg(long, env = "STREAMFORGE_JWT_KEY", hide_env_values = true)]
     pub jwt_key: Option<String>,
+    /// Further Ed25519 seeds (base64, comma separated) whose tokens are
+    /// accepted and whose public keys the JWKS lists, for key rotation
+    /// (docs/identity.md "Signing-key rotation"); they never sign.
+    #[arg(long, env = "STREAMFORGE_JWT_EXTRA_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub jwt_extra_keys: Vec<String>,
     /// Where development keys are generated.
     #[arg(long, env = "KEY_DIR", default_value = "./var/keys")]
     pub key_dir: PathBuf,
@@ -107,6 +112,20 @@ pub struct Settings {
     /// Requests per minute per IP on `/api/auth/*` (0 disables the limit).
     #[arg(long, env = "AUTH_RATE_PER_MINUTE", default_value_t = 120)]
     pub auth_rate_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR
+    /// networks, comma separated (e.g. `10.0.0.0/8,127.0.0.1`); unset
+    /// believes nobody and the connection's address is the client's.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Longest a request may take, in seconds; past it the answer is 503
+    /// `request_timeout` (slow clients and stuck dependencies do not hold
+    /// workers forever).
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Password hashes waiting for a hashing thread beyond which requests
+    /// that hash are answered 503 with `Retry-After` (load shedding).
+    #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64)]
+    pub password_hash_queue: usize,
     /// Burst allowed per IP on `/api/auth/*`.
     #[arg(long, env = "AUTH_RATE_BURST", default_value_t = 30)]
     pub auth_rate_burst: u32,
@@ -241,6 +260,20 @@ impl Settings {
     /// As [`Settings::master_key`].
     pub fn jwt_key(&self) -> anyhow::Result<Secret32> {
         self.key("STREAMFORGE_JWT_KEY", self.jwt_key.as_deref(), "jwt.key")
+    }
+
+    /// The rotation keys of `STREAMFORGE_JWT_EXTRA_KEYS`.
+    ///
+    /// # Errors
+    /// A malformed key.
+    pub fn jwt_extra_keys(&self) -> anyhow::Result<Vec<Secret32>> {
+        self.jwt_extra_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                Secret32::from_base64(k.trim()).context("STREAMFORGE_JWT_EXTRA_KEYS holds an invalid key")
+            })
+            .collect()
     }
 
     fn key(&self, var: &str, value: Option<&str>, file: &str) -> anyhow::Result<Secret32> {

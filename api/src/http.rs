@@ -57,13 +57,14 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-/// Replaces any client-sent peer header with the connection's IP truncated
+/// Replaces any client-sent peer header with the client's IP
+/// ([`crate::client_ip`]: the connection's, or a trusted proxy's report) truncated
 /// to /24 (IPv4) or /48 (IPv6): enough to recognise a network in the
 /// sessions list, not a person.
 async fn peer_ip(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use std::net::IpAddr;
     req.headers_mut().remove(routes::auth::PEER_PREFIX_HEADER);
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let peer = Some(crate::client_ip::ClientIp::of(&req));
     let prefix = peer.map(|ip| match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -76,6 +77,66 @@ async fn peer_ip(mut req: axum::extract::Request, next: axum::middleware::Next) 
     });
     if let Some(v) = prefix.and_then(|p| HeaderValue::from_str(&p).ok()) {
         req.headers_mut().insert(routes::auth::PEER_PREFIX_HEADER, v);
+    }
+    next.run(req).await
+}
+
+/// Middleware: answers 503 `request_timeout` (JSON, `Retry-After: 1`) when
+/// a request takes longer than `limit` (`REQUEST_TIMEOUT_SECS`); the
+/// handler is dropped, as on a lost connection.
+pub async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "the request took too long",
+            );
+            err.retry_after = Some(1);
+            err.into_response()
+        }
+    }
+}
+
+/// The routes that run argon2 (register, login, reset, password step-up,
+/// PIN set and sign-in).
+const HASHING_ROUTES: [&str; 6] = [
+    "/api/auth/register",
+    "/api/auth/login",
+    "/api/auth/password-reset/complete",
+    "/api/auth/reauthenticate",
+    "/api/auth/pin",
+    "/api/auth/pin/verify",
+];
+
+/// Middleware: a request to a [`HASHING_ROUTES`] route while more than
+/// `max_queued` hashes wait for a thread is answered 503
+/// `hashing_busy` with `Retry-After: 1` before any work (the queue stays
+/// bounded; a burst is shed, not queued without end).
+pub async fn shed_hashing(
+    axum::extract::State((hasher, max_queued)): axum::extract::State<(
+        commands::passwords::PasswordHasher,
+        usize,
+    )>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.method() == axum::http::Method::POST
+        && HASHING_ROUTES.contains(&req.uri().path())
+        && hasher.queued() >= max_queued
+    {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hashing_busy",
+            "too many sign-ins at once; retry in a moment",
+        );
+        err.retry_after = Some(1);
+        return err.into_response();
     }
     next.run(req).await
 }

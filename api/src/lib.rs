@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod chaos;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod extract;

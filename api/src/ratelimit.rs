@@ -4,12 +4,12 @@
 //! are the real defence (SECURITY.md "Count failures per account, not only
 //! per IP"). Over the limit: 429 `rate_limited` with `Retry-After` seconds.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -64,10 +64,7 @@ pub async fn limit_auth(State(limit): State<Arc<IpRateLimit>>, req: Request, nex
     if !limited(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = crate::client_ip::ClientIp::of(&req);
     match limit.check(ip) {
         Ok(()) => next.run(req).await,
         Err(wait) => {

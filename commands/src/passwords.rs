@@ -263,6 +263,12 @@ impl PasswordHasher {
         })
     }
 
+    /// Jobs waiting for a hashing thread (not counting those running): what
+    /// the api sheds load by (`PASSWORD_HASH_QUEUE`).
+    pub fn queued(&self) -> usize {
+        self.pool.jobs.len()
+    }
+
     /// Hashes a password into PHC string form (`$argon2id$v=19$m=19456,t=2,p=1$…`).
     ///
     /// # Errors

@@ -75,14 +75,41 @@ pub enum TokenError {
     Signing(String),
 }
 
-/// Signs and verifies access tokens with one Ed25519 key.
+/// Seconds a token's `iat` / `nbf` may lie ahead of this node's clock
+/// (clock differences between nodes); beyond it the token is refused.
+pub const CLOCK_SKEW_SECS: i64 = 30;
+
+/// One Ed25519 key: what verifies with it and what the JWKS shows of it.
+struct VerifyingKey {
+    kid: String,
+    decoding: DecodingKey,
+    public_x: String,
+}
+
+impl VerifyingKey {
+    fn of(signing: &SigningKey) -> Self {
+        let public = signing.verifying_key().to_bytes();
+        Self {
+            kid: sha256_hex(&public)[..16].to_owned(),
+            decoding: DecodingKey::from_ed_der(&public),
+            public_x: URL_SAFE_NO_PAD.encode(public),
+        }
+    }
+}
+
+/// Signs access and reset tokens with one Ed25519 key and verifies them
+/// against that key and any others configured for rotation, chosen by the
+/// header's `kid` (RFC 7515 §4.1.4). Rotation (docs/identity.md): publish
+/// the new key as an extra key, then sign with it and keep the old one as
+/// an extra key until every token it signed has expired (15 min), then drop
+/// it. The JWKS lists every key.
 pub struct TokenIssuer {
     issuer: String,
     audience: String,
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    public_x: String,
+    /// The signing key's verifier first, then the extra keys.
+    keys: Vec<VerifyingKey>,
 }
 
 impl TokenIssuer {
@@ -91,18 +118,40 @@ impl TokenIssuer {
     /// # Errors
     /// [`KeyError`] if the key cannot be encoded (does not happen for 32 bytes).
     pub fn new(seed: &Secret32, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        Self::with_extra_keys(seed, &[], issuer, audience)
+    }
+
+    /// As [`TokenIssuer::new`], also accepting (and publishing) tokens of
+    /// the `extra` keys (`STREAMFORGE_JWT_EXTRA_KEYS`): the key being
+    /// rotated in before it signs, or the one rotated out until its tokens
+    /// expire.
+    ///
+    /// # Errors
+    /// As [`TokenIssuer::new`].
+    pub fn with_extra_keys(
+        seed: &Secret32,
+        extra: &[Secret32],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, KeyError> {
         let signing = SigningKey::from_bytes(&seed.0);
         let der = signing.to_pkcs8_der().map_err(|_| KeyError::Length(32))?;
-        let public = signing.verifying_key().to_bytes();
-        let public_x = URL_SAFE_NO_PAD.encode(public);
-        let kid = sha256_hex(&public)[..16].to_owned();
+        let own = VerifyingKey::of(&signing);
+        let mut keys = vec![];
+        let kid = own.kid.clone();
+        keys.push(own);
+        for e in extra {
+            let key = VerifyingKey::of(&SigningKey::from_bytes(&e.0));
+            if keys.iter().all(|k| k.kid != key.kid) {
+                keys.push(key);
+            }
+        }
         Ok(Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             kid,
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            decoding: DecodingKey::from_ed_der(&public),
-            public_x,
+            keys,
         })
     }
 
@@ -200,29 +249,52 @@ impl TokenIssuer {
         if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(typ) {
             return Err(TokenError::Invalid);
         }
+        // The key the header names; a token without `kid`, or naming a key
+        // this node does not hold, is refused (no trying every key).
+        let kid = header.kid.as_deref().ok_or(TokenError::Invalid)?;
+        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(TokenError::Invalid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.leeway = 0;
+        v.validate_nbf = true;
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<C>(token, &self.decoding, &v).map(|d| d.claims).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid,
-        })
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "iat"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        // Issued in the future (beyond the clock skew): refused (RFC 7519
+        // §4.1.6; RFC 8725 §3.10 — a forged or mis-clocked issuer).
+        let now = Utc::now().timestamp();
+        let not_before = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+        if not_before("iat").is_none_or(|iat| iat > now + CLOCK_SKEW_SECS)
+            || not_before("nbf").is_some_and(|nbf| nbf > now + CLOCK_SKEW_SECS)
+        {
+            return Err(TokenError::Invalid);
+        }
+        serde_json::from_value(claims).map_err(|_| TokenError::Invalid)
     }
 
-    /// The JWK Set with the public key (RFC 7517 / RFC 8037 OKP).
+    /// The JWK Set with every public key this node verifies with, the
+    /// signing key first (RFC 7517 / RFC 8037 OKP).
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({
-            "keys": [{
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "x": self.public_x,
-                "kid": self.kid,
-                "alg": "EdDSA",
-                "use": "sig"
-            }]
-        })
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": k.public_x,
+                    "kid": k.kid,
+                    "alg": "EdDSA",
+                    "use": "sig"
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 }
 
@@ -331,6 +403,52 @@ mod tests {
         assert!(parse_refresh_token("rt1.nope.x").is_none());
         assert!(parse_refresh_token(&format!("{}x", r.token)).is_none());
         assert_ne!(new_refresh_token(Uuid::from_u128(5)).token, r.token);
+    }
+
+    #[test]
+    fn rotation_verifies_by_kid_and_publishes_both_keys() {
+        let (old, new) = (Secret32([9; 32]), Secret32([7; 32]));
+        let before = TokenIssuer::new(&old, "https://sf.test", "streamforge").unwrap();
+        let (old_token, _) = before.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        // Rotated: signs with the new key, still accepts the old one's tokens.
+        let after = TokenIssuer::with_extra_keys(&new, &[old], "https://sf.test", "streamforge").unwrap();
+        assert_eq!(after.verify_access(&old_token).unwrap().sub, Uuid::from_u128(1));
+        let (new_token, _) = after.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now()).unwrap();
+        assert!(after.verify_access(&new_token).is_ok());
+        assert!(before.verify_access(&new_token).is_err(), "a key not held is refused");
+        let jwks = after.jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        assert_ne!(jwks["keys"][0]["kid"], jwks["keys"][1]["kid"]);
+        // The header's kid decides: a token whose kid is removed or changed fails.
+        let parts: Vec<&str> = old_token.split('.').collect();
+        for header in [
+            r#"{"alg":"EdDSA","typ":"at+jwt"}"#.to_owned(),
+            r#"{"alg":"EdDSA","typ":"at+jwt","kid":"0000000000000000"}"#.to_owned(),
+        ] {
+            let forged = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(&header), parts[1], parts[2]);
+            assert!(after.verify_access(&forged).is_err(), "{header}");
+        }
+    }
+
+    #[test]
+    fn tokens_from_the_future_are_refused() {
+        let i = issuer();
+        let later = Utc::now() + chrono::Duration::seconds(CLOCK_SKEW_SECS + 60);
+        let (t, _) = i.issue_access(Uuid::from_u128(1), Uuid::from_u128(2), later).unwrap();
+        assert!(i.verify_access(&t).is_err(), "iat in the future");
+        let (t, _) = i
+            .issue_access(Uuid::from_u128(1), Uuid::from_u128(2), Utc::now() + chrono::Duration::seconds(5))
+            .unwrap();
+        assert!(i.verify_access(&t).is_ok(), "within the clock skew");
+        // nbf in the future, signed with the right key.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(i.kid.clone());
+        let now = Utc::now().timestamp();
+        let claims = serde_json::json!({"iss": "https://sf.test", "aud": "streamforge", "sub": Uuid::from_u128(1),
+            "sid": Uuid::from_u128(2), "exp": now + 600, "iat": now, "nbf": now + 300, "jti": Uuid::from_u128(3), "auth_time": now});
+        let t = jsonwebtoken::encode(&header, &claims, &i.encoding).unwrap();
+        assert!(i.verify_access(&t).is_err(), "nbf in the future");
     }
 
     #[test]

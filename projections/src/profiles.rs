@@ -101,6 +101,13 @@ impl Projector for ProfilesProjector {
                 .execute(conn)
                 .await?;
             }
+            // The account is gone: so is its row.
+            UserEvent::RegistrationExpired { .. } => {
+                sqlx::query("DELETE FROM rm_profiles WHERE user_id = $1")
+                    .bind(aggregate_uuid(env)?)
+                    .execute(conn)
+                    .await?;
+            }
             UserEvent::PhoneRemoved { removed_at, .. } => {
                 sqlx::query(
                     "UPDATE rm_profiles SET phone_sealed = NULL, phone_verified = false,
@@ -295,6 +302,10 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
                     r.phone_verified = true;
                     r.updated_at = at;
                 }
+            }
+            UserEvent::RegistrationExpired { .. } => {
+                update_target()?;
+                row = None;
             }
             UserEvent::PhoneRemoved { removed_at, .. } => {
                 update_target()?;

@@ -380,3 +380,49 @@ async fn enumeration_timing_gap_is_under_ten_percent() {
     eprintln!("reset request: known {k_ms:.2} ms, unknown {u_ms:.2} ms");
     assert!(gap < 0.10 || (k_ms - u_ms).abs() < 1.0, "reset timing gap {:.1} %", gap * 100.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_registration_expires_and_frees_its_address() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "lapsed@example.com";
+    assert_eq!(app.register(email, PASSWORD, "Lapsed").await.status(), 201);
+    app.wait_mail_with(email, "verification code", 1).await;
+    // The projector has the profile (the expiry job finds candidates there).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm_profiles").fetch_one(&app.pool).await.unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "profile not projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The job, on this database with this app's keys, a day and an hour on.
+    let s = &app.settings;
+    let tokens = std::sync::Arc::new(
+        commands::tokens::TokenIssuer::new(&s.jwt_key().unwrap(), &s.jwt_issuer, &s.jwt_audience).unwrap(),
+    );
+    let identity = commands::IdentityService::new(
+        app.pool.clone(),
+        commands::Keyring::derive(&s.master_key().unwrap()),
+        commands::passwords::PasswordHasher::new(1).unwrap(),
+        tokens,
+        commands::IdentityConfig::default(),
+    );
+    let meta = commands::identity::RequestMeta::default();
+    let now = chrono::Utc::now();
+    assert_eq!(identity.expire_unverified_registrations(now, 100, &meta).await.unwrap(), 0, "not yet");
+    let later = now + chrono::Duration::hours(25);
+    assert_eq!(identity.expire_unverified_registrations(later, 100, &meta).await.unwrap(), 1);
+    assert_eq!(identity.expire_unverified_registrations(later, 100, &meta).await.unwrap(), 0, "once");
+    // The address registers anew: a verification code, not a duplicate notice.
+    assert_eq!(app.register(email, PASSWORD, "Lapsed again").await.status(), 201);
+    let code = code_in(&app.wait_mail_with(email, "verification code", 2).await);
+    let r = app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await;
+    assert_eq!(r.status(), 204);
+    login(&app, email, PASSWORD, 1).await;
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegistered'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(registered, 2);
+}

@@ -217,3 +217,35 @@ async fn auth_routes_are_rate_limited_per_ip() {
     // Other routes are not limited.
     assert_eq!(app.client.get(format!("{}/health/live", app.base)).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
+    let verify = |app: &crate::helpers::TestApp, client: &'static str| {
+        app.client
+            .post(format!("{}/api/auth/verify-otp", app.base))
+            .header("x-forwarded-for", client)
+            .json(&json!({"challenge_id": uuid::Uuid::new_v4(), "code": "123456"}))
+            .send()
+    };
+    for trusted in [false, true] {
+        let app = crate::helpers::spawn_app_with(Feed::Postgres, |s| {
+            s.auth_rate_per_minute = 60;
+            s.auth_rate_burst = 2;
+            if trusted {
+                s.trusted_proxies = vec!["127.0.0.1".to_owned()];
+            }
+        })
+        .await;
+        let mut statuses = Vec::new();
+        for client in ["198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2"] {
+            statuses.push(verify(&app, client).await.unwrap().status().as_u16());
+        }
+        if trusted {
+            // Each client behind the proxy has its own bucket.
+            assert_eq!(statuses, vec![400, 400, 429, 400]);
+        } else {
+            // The header is ignored: one bucket, the connection's.
+            assert_eq!(statuses, vec![400, 400, 429, 429]);
+        }
+    }
+}

@@ -3,13 +3,13 @@
 use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::throttle::RequestPolicy;
-use domain::user::{UserCommand, UserError};
+use domain::user::{UserCommand, UserError, REGISTRATION_TTL_HOURS};
 use domain::values::{Digest, DisplayName, EmailAddress, OtpCode, Password};
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta};
 use crate::executor::ExecError;
-use crate::reservations::{self, Claim, ReservationKind};
+use crate::reservations::{self, Claim, ReleaseHeld, ReservationKind};
 
 /// A registration failure, and whether `UserRegistered` had committed.
 enum Registration {
@@ -237,5 +237,50 @@ impl IdentityService {
             Ok(_) | Err(ExecError::Domain(UserError::EmailAlreadyVerified)) => Ok(()),
             Err(e) => Err(map_user(e)),
         }
+    }
+
+    /// Expires the email registrations still unverified
+    /// [`REGISTRATION_TTL_HOURS`] after they were made (as of `now`), at
+    /// most `limit` per call: `RegistrationExpired` on each, and the same
+    /// statement releases its email reservation, so the address can be
+    /// registered again. Candidates come from the profiles read model (it
+    /// only finds them; the aggregate decides). Returns how many expired.
+    ///
+    /// # Errors
+    /// `Internal` (database).
+    #[tracing::instrument(skip_all)]
+    pub async fn expire_unverified_registrations(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+        meta: &RequestMeta,
+    ) -> Result<usize, IdentityError> {
+        let cutoff = now - chrono::Duration::hours(REGISTRATION_TTL_HOURS);
+        let candidates: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT user_id FROM rm_profiles
+             WHERE NOT email_verified AND email_sealed IS NOT NULL AND created_at < $1
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)?;
+        let mut expired = 0;
+        for user_id in candidates {
+            let release = ReleaseHeld::new(ReservationKind::Email, user_id, None);
+            let cmd = UserCommand::ExpireRegistration { at: now };
+            match self
+                .users
+                .execute_with(&user_id.to_string(), cmd, meta.to_map("ExpireRegistration"), &release)
+                .await
+            {
+                Ok(_) => expired += 1,
+                // Verified meanwhile, or already gone: nothing to do.
+                Err(ExecError::Domain(_)) => {}
+                Err(e) => return Err(map_user(e)),
+            }
+        }
+        Ok(expired)
     }
 }

@@ -30,6 +30,8 @@ pub enum UserError {
     WrongPassword,
     #[error("the phone number is the only way to sign in to this account")]
     LastSignInMethod,
+    #[error("the registration has not expired yet")]
+    NotExpiredYet,
 }
 
 impl UserError {
@@ -45,6 +47,7 @@ impl UserError {
             Self::ResetAlreadyUsed => "reset_token_used",
             Self::WrongPassword => "invalid_credentials",
             Self::LastSignInMethod => "last_sign_in_method",
+            Self::NotExpiredYet => "not_expired_yet",
         }
     }
 }
@@ -89,11 +92,14 @@ pub struct User {
     /// `AllSessionsRevoked`).
     #[serde(default)]
     pub sessions_revoked_before: Option<DateTime<Utc>>,
+    /// The unverified registration expired: the account no longer exists.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 impl User {
     fn require_registered(&self) -> Result<Uuid, UserError> {
-        self.id.ok_or(UserError::NotFound)
+        self.id.filter(|_| !self.expired).ok_or(UserError::NotFound)
     }
 }
 
@@ -209,6 +215,18 @@ impl Aggregate for User {
                 let phone_hash = self.phone_hash.clone();
                 sink.write(UserEvent::PhoneRemoved { phone_hash, removed_at: at }, self).await;
             }
+            UserCommand::ExpireRegistration { at } => {
+                self.require_registered()?;
+                if self.email.is_none() || self.email_verified {
+                    return Err(UserError::EmailAlreadyVerified);
+                }
+                let due =
+                    self.registered_at.map(|r| r + chrono::Duration::hours(super::REGISTRATION_TTL_HOURS));
+                if due.is_none_or(|d| at < d) {
+                    return Err(UserError::NotExpiredYet);
+                }
+                sink.write(UserEvent::RegistrationExpired { expired_at: at }, self).await;
+            }
             UserCommand::RevokeAllSessions { reason, at } => {
                 self.require_registered()?;
                 sink.write(UserEvent::AllSessionsRevoked { reason, revoked_before: at }, self).await;
@@ -320,6 +338,7 @@ impl Aggregate for User {
                 self.phone_hash = phone_hash.or(pending_hash);
                 self.phone_verified = self.phone.is_some();
             }
+            UserEvent::RegistrationExpired { .. } => self.expired = true,
             UserEvent::AllSessionsRevoked { revoked_before, .. } => {
                 self.sessions_revoked_before = self.sessions_revoked_before.max(Some(revoked_before));
             }
@@ -647,6 +666,35 @@ mod tests {
             .when_async(UserCommand::RemovePhone { at: t(5) })
             .await
             .then_expect_error(UserError::LastSignInMethod);
+    }
+
+    #[tokio::test]
+    async fn an_unverified_registration_expires_after_a_day_and_is_gone() {
+        let day = 24 * 3600;
+        framework()
+            .given(vec![registered()])
+            .when_async(UserCommand::ExpireRegistration { at: t(day - 10) })
+            .await
+            .then_expect_error(UserError::NotExpiredYet);
+        framework()
+            .given(vec![registered(), verified()])
+            .when_async(UserCommand::ExpireRegistration { at: t(2 * day) })
+            .await
+            .then_expect_error(UserError::EmailAlreadyVerified);
+        framework()
+            .given(vec![registered()])
+            .when_async(UserCommand::ExpireRegistration { at: t(day + 1) })
+            .await
+            .then_expect_events(vec![UserEvent::RegistrationExpired { expired_at: t(day + 1) }]);
+        framework()
+            .given(vec![registered(), UserEvent::RegistrationExpired { expired_at: t(day + 1) }])
+            .when_async(UserCommand::UpdateProfile {
+                name: None,
+                bio: Some(Sealed("b".into())),
+                at: t(day + 2),
+            })
+            .await
+            .then_expect_error(UserError::NotFound);
     }
 
     #[tokio::test]

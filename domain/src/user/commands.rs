@@ -64,6 +64,11 @@ pub enum UserCommand {
     NotePhoneClaimAttempt { delivery_id: Uuid, at: DateTime<Utc> },
     /// Where two-factor codes go (SMS needs a verified phone).
     SetTwoFactorChannel { channel: OtpChannel, at: DateTime<Utc> },
+    /// An email registration still unverified [`super::REGISTRATION_TTL_HOURS`]
+    /// after it was made expires: the account is gone and its address free
+    /// again (the caller releases the reservation in the same statement).
+    /// Refused (`EmailAlreadyVerified`, `NotFound`, `NotExpiredYet`) otherwise.
+    ExpireRegistration { at: DateTime<Utc> },
     /// End every session of the account started before `at` (password
     /// reset, logout everywhere; ASVS 7.4.2): decided here, on the write
     /// side, whatever the sessions read model lists (ARCHITECTURE decided 14).

@@ -93,6 +93,11 @@ pub enum UserEvent {
         reason: RevocationReason,
         revoked_before: DateTime<Utc>,
     },
+    /// The registration was never verified and expired after 24 h: the
+    /// account is gone, its email reservation released by the same statement.
+    RegistrationExpired {
+        expired_at: DateTime<Utc>,
+    },
     /// Someone tried to attach this account's phone to another account;
     /// `delivery_id` names the SMS notice to the number.
     PhoneClaimAttempted {
@@ -134,6 +139,7 @@ impl DomainEvent for UserEvent {
             Self::PhoneRemoved { .. } => "PhoneRemoved",
             Self::PhoneClaimAttempted { .. } => "PhoneClaimAttempted",
             Self::AllSessionsRevoked { .. } => "AllSessionsRevoked",
+            Self::RegistrationExpired { .. } => "RegistrationExpired",
             Self::TwoFactorChannelChanged { .. } => "TwoFactorChannelChanged",
             Self::PasswordResetRequested { .. } => "PasswordResetRequested",
             Self::PasswordReset { .. } => "PasswordReset",

@@ -8,3 +8,7 @@ mod events;
 pub use aggregate::{User, UserError};
 pub use commands::UserCommand;
 pub use events::UserEvent;
+
+/// Hours an email registration may stay unverified before it expires and
+/// its address is free again (issue 14; seed 001's 24 h).
+pub const REGISTRATION_TTL_HOURS: i64 = 24;

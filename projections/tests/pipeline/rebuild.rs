@@ -142,7 +142,7 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
         ));
     }
     for _ in 0..rng.gen_range(0..8) {
-        let e = match rng.gen_range(0..12) {
+        let e = match rng.gen_range(0..13) {
             0 => UserEvent::EmailVerified {
                 challenge_id: Uuid::new_v4(),
                 verified_at: time(rng),
@@ -173,6 +173,7 @@ fn user_stream(rng: &mut StdRng, odd: usize) -> Vec<Gen> {
                 revoked_before: time(rng),
             },
             10 => UserEvent::PhoneClaimAttempted { delivery_id: Uuid::new_v4(), attempted_at: time(rng) },
+            11 => UserEvent::RegistrationExpired { expired_at: time(rng) },
             4 => UserEvent::TwoFactorChannelChanged {
                 channel: [OtpChannel::Email, OtpChannel::Sms, OtpChannel::Totp][rng.gen_range(0..3)],
                 changed_at: time(rng),
