@@ -74,24 +74,27 @@ async fn a_login_resets_earlier_password_failures_and_writes_nothing_without_the
     let wrong = Password::parse("not the password at all").unwrap();
 
     // No failures: the login leaves the throttle stream untouched.
-    s.start_login(&email, &right, &meta).await.unwrap();
+    s.start_login(&email, &right, None, &meta).await.unwrap();
     let events = throttle_events(&pool).await;
     assert!(events.is_empty(), "{events:?}");
 
     // Two failures, then a success: the success resets the count.
     for _ in 0..2 {
-        assert!(matches!(s.start_login(&email, &wrong, &meta).await, Err(IdentityError::InvalidCredentials)));
+        assert!(matches!(
+            s.start_login(&email, &wrong, None, &meta).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
     }
-    s.start_login(&email, &right, &meta).await.unwrap();
+    s.start_login(&email, &right, None, &meta).await.unwrap();
     assert_eq!(throttle_events(&pool).await, ["FailureRecorded", "FailureRecorded", "FailuresReset"]);
 
     // Counting starts again from zero: 5 free failures before any delay
     // (a count left at 2 would refuse the 5th).
     for n in 1..=5 {
-        let r = s.start_login(&email, &wrong, &meta).await;
+        let r = s.start_login(&email, &wrong, None, &meta).await;
         assert!(matches!(r, Err(IdentityError::InvalidCredentials)), "failure {n}: {r:?}");
     }
-    s.start_login(&email, &right, &meta).await.unwrap_or_else(|e| panic!("after 5 failures: {e:?}"));
+    s.start_login(&email, &right, None, &meta).await.unwrap_or_else(|e| panic!("after 5 failures: {e:?}"));
 
     pool.close().await;
     drop_test_database(&url).await.unwrap();
@@ -117,7 +120,7 @@ async fn parallel_wrong_codes_are_evaluated_no_more_than_the_throttle_allows() {
     // Many challenges of one account, each with its code.
     let mut challenges = Vec::new();
     for _ in 0..20 {
-        let c = s.start_login(&email, &right, &meta).await.unwrap();
+        let c = s.start_login(&email, &right, None, &meta).await.unwrap();
         let code = s.deliveries.get(c.challenge_id).await.unwrap().unwrap().code.unwrap();
         challenges.push((c.challenge_id, code));
     }

@@ -72,7 +72,7 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
             let accounts = accounts.clone();
             async move {
                 let a = &accounts[usize::try_from(i).unwrap_or(0) % accounts.len()];
-                identity.start_login(&a.email, &a.password, &RequestMeta::default()).await?;
+                identity.start_login(&a.email, &a.password, None, &RequestMeta::default()).await?;
                 Ok(())
             }
         })
@@ -209,7 +209,7 @@ async fn login_closed_loop(
         async move {
             let k = worker * ACCOUNTS_PER_CLIENT + usize::try_from(i).unwrap_or(0) % ACCOUNTS_PER_CLIENT;
             let a = &accounts[k % accounts.len()];
-            identity.start_login(&a.email, &a.password, &RequestMeta::default()).await?;
+            identity.start_login(&a.email, &a.password, None, &RequestMeta::default()).await?;
             Ok(())
         }
     })

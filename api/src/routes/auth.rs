@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use commands::identity::{LoginStep, RequestMeta, TokenPair};
+use commands::identity::{LoginStep, RequestMeta, TokenPair, DEVICE_COOKIE, DEVICE_COOKIE_TTL_SECS};
 use domain::session::RevocationReason;
 use domain::values::{DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
 use serde::{Deserialize, Serialize};
@@ -182,7 +182,8 @@ pub async fn login(
         state.identity.hasher.verify_dummy(&req.password).await;
         return Err(commands::IdentityError::InvalidCredentials.into());
     };
-    let c = state.identity.start_login(&email, &password, &meta(&headers, None)).await?;
+    let device = device_cookie(&headers);
+    let c = state.identity.start_login(&email, &password, device, &meta(&headers, None)).await?;
     Ok(Json(LoginResponse {
         challenge_id: c.challenge_id,
         channel: c.channel.as_str().to_owned(),
@@ -261,7 +262,10 @@ pub async fn verify_otp(
     let code = OtpCode::parse(&req.code)?;
     let step = state.identity.verify_otp(req.challenge_id, &code, &meta(&headers, None)).await?;
     Ok(match step {
-        LoginStep::Session(pair) => token_response(pair),
+        LoginStep::Session(pair) => {
+            let user_id = pair.user_id;
+            with_device_cookie(token_response(pair), &state, &headers, user_id)
+        }
         LoginStep::Totp(c) => Json(SecondFactorResponse {
             second_factor: "totp".to_owned(),
             challenge_id: Some(c.challenge_id),
@@ -283,6 +287,35 @@ pub async fn verify_otp(
 pub struct RefreshRequest {
     /// Omit to use the `__Host-refresh` cookie.
     pub refresh_token: Option<String>,
+}
+
+/// The device cookie a request carries (`__Host-device`, or the
+/// `X-Device-Cookie` header for clients without a cookie store).
+pub(crate) fn device_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_value(headers, DEVICE_COOKIE)
+        .or_else(|| headers.get("x-device-cookie").and_then(|v| v.to_str().ok()))
+}
+
+/// Adds a device cookie of `user_id` to a sign-in's answer unless the
+/// request already carries a valid one (OWASP device cookies: this device
+/// is then not locked out by password failures from elsewhere).
+pub(crate) fn with_device_cookie(
+    mut res: Response,
+    state: &AppState,
+    headers: &HeaderMap,
+    user_id: Uuid,
+) -> Response {
+    if device_cookie(headers).is_some_and(|c| state.identity.device_of(user_id, c).is_some()) {
+        return res;
+    }
+    let cookie = format!(
+        "{DEVICE_COOKIE}={}; Path=/; Max-Age={DEVICE_COOKIE_TTL_SECS}; HttpOnly; Secure; SameSite=Strict",
+        state.identity.new_device_cookie(user_id)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -426,3 +426,55 @@ async fn an_unverified_registration_expires_and_frees_its_address() {
             .unwrap();
     assert_eq!(registered, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_elsewhere_do_not_lock_out_a_device_that_signed_in_before() {
+    let app = spawn_app(Feed::Postgres).await;
+    let email = "known-device@example.com";
+    verified_account(&app, email).await;
+    // A complete sign-in: the answer carries the device cookie.
+    let challenge: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": PASSWORD}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let code = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let device = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("__Host-device="))
+        .and_then(|c| c.split(';').next())
+        .expect("a device cookie")
+        .to_owned();
+    // Someone else guesses: the account's shared count delays everyone else…
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = app.post("/api/auth/login", json!({"email": email, "password": "wrong password!"})).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 401, 429]);
+    let r = app.post("/api/auth/login", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(r.status(), 429, "no cookie: the shared count applies");
+    // …but not the device that signed in before.
+    let with_cookie = |password: &'static str, cookie: String| {
+        app.client
+            .post(format!("{}/api/auth/login", app.base))
+            .header("cookie", format!("__Host-device={cookie}"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    let r = with_cookie(PASSWORD, device.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "the known device was locked out by failures from elsewhere");
+    // A forged or another account's cookie is no key.
+    let mut forged = device.clone();
+    forged.pop();
+    forged.push(if device.ends_with('0') { '1' } else { '0' });
+    assert_eq!(with_cookie(PASSWORD, forged).await.unwrap().status(), 429);
+}

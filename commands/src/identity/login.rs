@@ -45,6 +45,11 @@ impl IdentityService {
     /// count per account (keyed by the email's lookup hash) with growing
     /// delays, separately from OTP failures.
     ///
+    /// A valid device cookie of the account (`device_cookie`, see
+    /// [`IdentityService::new_device_cookie`]) moves the failure count to
+    /// that device's own throttle: failures from elsewhere do not lock a
+    /// device that signed in before (OWASP device cookies).
+    ///
     /// # Errors
     /// `InvalidCredentials`, `EmailNotVerified`, `Throttled`, `Internal`.
     #[tracing::instrument(skip_all)]
@@ -52,13 +57,19 @@ impl IdentityService {
         &self,
         email: &EmailAddress,
         password: &Password,
+        device_cookie: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<LoginChallenge, IdentityError> {
-        let key = self.email_key(email);
-        let throttle = self.check_attempt_state(Policy::PasswordFailures, &key, meta).await?;
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
             .map_err(internal)?;
+        // The account's shared failure count, or a known device's own.
+        let device = owner.zip(device_cookie).and_then(|(u, c)| self.device_of(u, c).map(|d| (u, d)));
+        let key = match &device {
+            Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
+            None => self.email_key(email),
+        };
+        let throttle = self.check_attempt_state(Policy::PasswordFailures, &key, meta).await?;
         // A refusal is answered no sooner than a typical refusal of a known
         // account (25 % cushion), whichever path it took (no timing oracle).
         let started = std::time::Instant::now();
@@ -94,7 +105,7 @@ impl IdentityService {
         }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
         if totp.is_enabled() {
-            return self.issue_totp_challenge(user_id, challenge_id, key, meta).await;
+            return self.issue_totp_challenge(user_id, challenge_id, self.email_key(email), meta).await;
         }
         let user = done.state;
         let (channel, to, recipient_key) = match (user.two_factor_channel, &user.phone) {
@@ -106,7 +117,7 @@ impl IdentityService {
             }
             _ => {
                 let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
-                (OtpChannel::Email, self.open(user_id, sealed).await?, key)
+                (OtpChannel::Email, self.open(user_id, sealed).await?, self.email_key(email))
             }
         };
         // Login codes count toward the recipient's budget like every other

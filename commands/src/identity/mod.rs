@@ -11,6 +11,7 @@
 //! (`email:<hash>`, `phone:<hash>`), so unknown and known subjects behave
 //! alike (no enumeration).
 
+mod device_cookie;
 mod email;
 mod login;
 mod phone;
@@ -42,6 +43,7 @@ use crate::passwords::{PasswordHasher, SealedHashVerifier};
 use crate::tokens::{new_refresh_token, TokenIssuer};
 use crate::vault::Vault;
 
+pub use device_cookie::{DEVICE_COOKIE, DEVICE_COOKIE_TTL_SECS};
 pub use login::{LoginChallenge, LoginStep};
 pub use phone::PhoneChallenge;
 pub use pin::FactorError;
