@@ -62,11 +62,22 @@ pub struct SetPinRequest {
     pub pin: String,
 }
 
+/// The secret a device keeps with its PIN.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SetPinResponse {
+    /// 256 random bits (base64url, 43 characters), shown once: the device
+    /// stores it (keychain / keystore) and sends it with the PIN to
+    /// `/api/auth/pin/verify`; only its SHA-256 is kept. Setting the PIN
+    /// again issues a new one.
+    pub device_secret: String,
+}
+
 /// Set (or replace) this device's PIN. Needs an authentication within the
 /// last 5 minutes. A PIN disabled after 5 wrong attempts is set again only
 /// after a full login (password and second factor) that followed the lock.
+/// Answers the device secret PIN sign-in needs (possession of the device).
 #[utoipa::path(post, path = "/api/auth/pin", tag = "factors", security(("bearer" = [])), request_body = SetPinRequest,
-    responses((status = 204, description = "PIN set"), (status = 401, body = ErrorBody),
+    responses((status = 200, description = "PIN set", body = SetPinResponse), (status = 401, body = ErrorBody),
         (status = 403, description = "reauthentication_required", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
@@ -75,15 +86,15 @@ pub async fn set_pin(
     headers: HeaderMap,
     user: AuthUser,
     ValidJson(req): ValidJson<SetPinRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<SetPinResponse>, ApiError> {
     user.require_recent_auth()?;
     let device = DeviceId::parse(&req.device_id)?;
     let pin = Pin::parse(&req.pin)?;
-    state
+    let device_secret = state
         .identity
         .set_pin(user.user_id, user.session_id, &device, &pin, &meta(&headers, Some(user.user_id)))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(SetPinResponse { device_secret }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,14 +102,18 @@ pub struct VerifyPinRequest {
     pub device_id: String,
     /// 4–8 digits.
     pub pin: String,
+    /// The secret `/api/auth/pin` answered when the PIN was set.
+    pub device_secret: String,
     /// Optional: the account, when several have a PIN on this device
     /// (default: the one that set a PIN there last).
     pub user_id: Option<Uuid>,
 }
 
 /// Sign in on a known device with its PIN (seed 003); starts a session like
-/// `/api/auth/verify-otp`. Wrong PIN, unknown device and disabled PIN all
-/// answer 401 `invalid_pin`; 5 wrong PINs disable the device's PIN.
+/// `/api/auth/verify-otp`. Needs the device secret with the PIN. Wrong PIN,
+/// wrong secret, unknown device and disabled PIN all answer 401
+/// `invalid_pin`; 5 wrong PINs disable the device's PIN, and wrong PINs
+/// across all of an account's devices share a further cap (429).
 #[utoipa::path(post, path = "/api/auth/pin/verify", tag = "factors", request_body = VerifyPinRequest,
     responses((status = 200, description = "tokens; also sets the __Host-refresh cookie", body = TokenResponse),
         (status = 401, description = "invalid_pin", body = ErrorBody),
@@ -111,7 +126,10 @@ pub async fn verify_pin(
 ) -> Result<Response, ApiError> {
     let device = DeviceId::parse(&req.device_id)?;
     let pin = Pin::parse(&req.pin)?;
-    let pair = state.identity.verify_pin(&device, req.user_id, &pin, &meta(&headers, None)).await?;
+    let pair = state
+        .identity
+        .verify_pin(&device, req.user_id, &pin, &req.device_secret, &meta(&headers, None))
+        .await?;
     Ok(token_response(pair))
 }
 

@@ -89,8 +89,16 @@ async fn wait_quick_factor(app: &TestApp, token: &str, device: &str, pin: bool) 
     }
 }
 
-async fn verify_pin(app: &TestApp, device: &str, pin: &str) -> reqwest::Response {
-    app.post("/api/auth/pin/verify", json!({"device_id": device, "pin": pin})).await
+async fn verify_pin(app: &TestApp, device: &str, pin: &str, secret: &str) -> reqwest::Response {
+    app.post("/api/auth/pin/verify", json!({"device_id": device, "pin": pin, "device_secret": secret})).await
+}
+
+/// The device secret a successful `POST /api/auth/pin` answered.
+async fn device_secret(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), 200);
+    let secret = r.json::<Value>().await.unwrap()["device_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43, "256 bits, base64url");
+    secret
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,11 +122,13 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
         assert_eq!(r.json::<Value>().await.unwrap()["field"], "pin");
     }
     let r = post_auth(&app, "/api/auth/pin", &fresh, json!({"device_id": "phone-A", "pin": "4826"})).await;
-    assert_eq!(r.status(), 204);
-    // Only a hash is stored.
+    let secret = device_secret(r).await;
+    // Only hashes are stored: sealed for the PIN, SHA-256 for the secret.
     let leaked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE aggregate_type = 'device_pin' AND payload::text LIKE '%4826%'",
+        "SELECT count(*) FROM events WHERE aggregate_type = 'device_pin'
+           AND (payload::text LIKE '%4826%' OR payload::text LIKE '%$argon2%' OR payload::text LIKE '%' || $1 || '%')",
     )
+    .bind(&secret)
     .fetch_one(&app.pool)
     .await
     .unwrap();
@@ -128,8 +138,16 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
     wait_quick_factor(&app, &fresh, "phone-A", true).await;
     wait_quick_factor(&app, &fresh, "laptop-B", false).await;
 
+    // Without the device's secret the PIN is not even tried (nothing counted).
+    for other in ["", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let r = verify_pin(&app, "phone-A", "4826", other).await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_pin");
+    }
+    assert_eq!(count_events(&app, "PinVerificationFailed").await, 0);
+
     // The PIN signs in: working access and refresh tokens, a new session.
-    let r = verify_pin(&app, "phone-A", "4826").await;
+    let r = verify_pin(&app, "phone-A", "4826", &secret).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["set-cookie"].to_str().unwrap().starts_with("__Host-refresh="));
     let pin_tokens: Value = r.json().await.unwrap();
@@ -140,23 +158,26 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
     assert_eq!(r.status(), 200);
     // With the user id too.
     let r = app
-        .post("/api/auth/pin/verify", json!({"device_id": "phone-A", "pin": "4826", "user_id": user_id}))
+        .post(
+            "/api/auth/pin/verify",
+            json!({"device_id": "phone-A", "pin": "4826", "device_secret": secret, "user_id": user_id}),
+        )
         .await;
     assert_eq!(r.status(), 200);
 
     // An unknown device answers exactly like a wrong PIN.
-    let unknown = verify_pin(&app, "laptop-B", "4826").await;
+    let unknown = verify_pin(&app, "laptop-B", "4826", &secret).await;
     assert_eq!(unknown.status(), 401);
     let unknown: Value = unknown.json().await.unwrap();
     assert_eq!(unknown["code"], "invalid_pin");
 
     // Five wrong PINs disable it; then even the right PIN fails.
     for wrong in ["0000", "1111", "2222", "3333", "4444"] {
-        let r = verify_pin(&app, "phone-A", wrong).await;
+        let r = verify_pin(&app, "phone-A", wrong, &secret).await;
         assert_eq!(r.status(), 401);
         assert_eq!(r.json::<Value>().await.unwrap(), unknown, "same answer as an unknown device");
     }
-    let r = verify_pin(&app, "phone-A", "4826").await;
+    let r = verify_pin(&app, "phone-A", "4826", &secret).await;
     assert_eq!(r.status(), 401);
     assert_eq!(count_events(&app, "PinVerificationFailed").await, 5);
     assert_eq!(count_events(&app, "PinDisabled").await, 1);
@@ -171,14 +192,19 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
     let again = login(&app, email, 2).await;
     let r = post_auth(&app, "/api/auth/pin", &access(&again), json!({"device_id": "phone-A", "pin": "5937"}))
         .await;
-    assert_eq!(r.status(), 204);
-    assert_eq!(verify_pin(&app, "phone-A", "5937").await.status(), 200);
+    let renewed = device_secret(r).await;
+    assert_eq!(
+        verify_pin(&app, "phone-A", "5937", &secret).await.status(),
+        401,
+        "the old secret died with the PIN"
+    );
+    assert_eq!(verify_pin(&app, "phone-A", "5937", &renewed).await.status(), 200);
     wait_quick_factor(&app, &fresh, "phone-A", true).await;
 
     // Removed: the PIN stops working and is no longer offered.
     let r = delete_auth(&app, "/api/auth/pin?device_id=phone-A", &access(&again)).await;
     assert_eq!(r.status(), 204);
-    assert_eq!(verify_pin(&app, "phone-A", "5937").await.status(), 401);
+    assert_eq!(verify_pin(&app, "phone-A", "5937", &renewed).await.status(), 401);
     let r = delete_auth(&app, "/api/auth/pin?device_id=phone-A", &access(&again)).await;
     assert_eq!(r.status(), 404);
     wait_quick_factor(&app, &fresh, "phone-A", false).await;

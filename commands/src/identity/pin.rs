@@ -26,10 +26,15 @@ use uuid::Uuid;
 
 use super::{internal, IdentityError, IdentityService, RequestMeta, TokenPair};
 use crate::executor::{ExecError, Executor};
-use crate::keys::{hmac_hex, Keyring, Secret32};
+use crate::keys::{hmac_hex, sha256_hex, Keyring, Secret32};
 use crate::passwords::PasswordHasher;
 use crate::vault::Vault;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use domain::throttle::Policy;
+use domain::values::Digest;
 use domain::values::Pin;
+use rand::RngCore;
 use std::sync::Arc;
 
 /// Failures of the strong-factor flows (device PIN, TOTP); the api maps
@@ -79,6 +84,13 @@ pub(crate) fn factor_key(keys: &Keyring, label: &str) -> Secret32 {
     // 64 hex characters always decode into 32 bytes.
     let _ = hex::decode_to_slice(hex, &mut out);
     Secret32(out)
+}
+
+/// A device secret: 256 random bits, base64url (43 characters).
+fn new_device_secret() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
 }
 
 /// The PIN as handed to argon2: keyed with the pepper, bound to its device.
@@ -138,6 +150,8 @@ impl IdentityService {
     /// # Errors
     /// `ReauthenticationRequired` (disabled PIN, no login since),
     /// `Identity(SessionRevoked | NotFound | Internal | Conflict)`.
+    /// Returns the device secret (256 random bits, base64url): the client
+    /// keeps it and presents it with the PIN; only its SHA-256 is stored.
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn set_pin(
         &self,
@@ -146,7 +160,7 @@ impl IdentityService {
         device: &DeviceId,
         pin: &Pin,
         meta: &RequestMeta,
-    ) -> Result<(), FactorError> {
+    ) -> Result<String, FactorError> {
         let session = self.sessions.load(&session_id.to_string()).await.map_err(IdentityError::from)?;
         if session.user_id != Some(user_id) {
             return Err(IdentityError::NotFound.into());
@@ -162,7 +176,16 @@ impl IdentityService {
         self.vault.ensure_key(user_id).await.map_err(internal)?;
         // Sealed: a PIN hash is a secret (4–6 digits fall to any offline guess).
         let pin_hash = self.vault.seal_hash(user_id, &phc).await.map_err(internal)?;
-        let cmd = PinCommand::Set { user_id, device_id: device.clone(), pin_hash, authenticated_at, at: now };
+        let device_secret = new_device_secret();
+        let secret_hash = Digest(sha256_hex(device_secret.as_bytes()));
+        let cmd = PinCommand::Set {
+            user_id,
+            device_id: device.clone(),
+            pin_hash,
+            secret_hash,
+            authenticated_at,
+            at: now,
+        };
         self.pin_executor(&id).execute(&id, cmd, meta.to_map("SetPin")).await.map_err(map_pin)?;
         sqlx::query(
             "INSERT INTO device_pins (device_id, user_id, set_at) VALUES ($1, $2, $3)
@@ -174,7 +197,10 @@ impl IdentityService {
         .execute(&self.pool)
         .await
         .map_err(internal)?;
-        Ok(())
+        // A PIN set after a recent full authentication clears the account's
+        // PIN failures across devices.
+        self.record_success(Policy::PasswordFailures, &format!("pin:{user_id}"), meta).await?;
+        Ok(device_secret)
     }
 
     /// Signs in on `device` with its PIN and starts a session (same tokens
@@ -190,6 +216,7 @@ impl IdentityService {
         device: &DeviceId,
         user_id: Option<Uuid>,
         pin: &Pin,
+        device_secret: &str,
         meta: &RequestMeta,
     ) -> Result<TokenPair, FactorError> {
         let Some(owner) = self.pin_owner(device, user_id).await? else {
@@ -197,7 +224,19 @@ impl IdentityService {
             return Err(FactorError::InvalidPin);
         };
         let id = pin_aggregate_id(owner, device);
-        let cmd = PinCommand::Verify { candidate: pin.clone(), at: Utc::now() };
+        let secret_hash = Digest(sha256_hex(device_secret.as_bytes()));
+        // Possession first (cheap; the aggregate checks it again): without
+        // the secret nothing is counted, so nobody can spend the caps below.
+        let state = self.pin_executor(&id).load(&id).await.map_err(|e| FactorError::Identity(e.into()))?;
+        if state.secret_hash.as_ref() != Some(&secret_hash) {
+            self.hasher.verify_dummy(pin.expose()).await;
+            return Err(FactorError::InvalidPin);
+        }
+        // A cap per user across all devices (besides each device's own 5):
+        // counted before the PIN is evaluated, taken back on success.
+        let cap_key = format!("pin:{owner}");
+        self.begin_attempt(Policy::PasswordFailures, &cap_key, meta).await?;
+        let cmd = PinCommand::Verify { candidate: pin.clone(), secret_hash, at: Utc::now() };
         let mut meta = meta.clone();
         let done = match self.pin_executor(&id).execute(&id, cmd, meta.to_map("VerifyPin")).await {
             Ok(done) => done,
@@ -213,6 +252,7 @@ impl IdentityService {
             }
             return Err(FactorError::InvalidPin);
         }
+        self.record_success(Policy::PasswordFailures, &cap_key, &meta).await?;
         // The session names the device even if the client sent no header.
         if meta.client.device_id.is_none() {
             meta.client.device_id = Some(device.as_str().to_owned());

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{PinCommand, PinEvent};
 use crate::services::PasswordVerifier;
+use crate::values::Digest;
 
 /// Consecutive wrong PINs that disable the PIN of a device (issue 4).
 pub const MAX_PIN_FAILURES: u32 = 5;
@@ -19,6 +20,8 @@ pub enum PinError {
     ReauthenticationRequired,
     #[error("the PIN belongs to another account")]
     WrongOwner,
+    #[error("the device secret does not match")]
+    WrongSecret,
 }
 
 impl PinError {
@@ -28,6 +31,7 @@ impl PinError {
             Self::NotSet => "pin_not_set",
             Self::ReauthenticationRequired => "reauthentication_required",
             Self::WrongOwner => "pin_not_set",
+            Self::WrongSecret => "invalid_pin",
         }
     }
 }
@@ -63,6 +67,9 @@ pub struct DevicePin {
     pub device_id: Option<String>,
     pub status: PinStatus,
     pub pin_hash: Option<String>,
+    /// SHA-256 of the device secret the PIN was set with.
+    #[serde(default)]
+    pub secret_hash: Option<Digest>,
     pub consecutive_failures: u32,
     pub disabled_at: Option<DateTime<Utc>>,
 }
@@ -81,7 +88,7 @@ impl Aggregate for DevicePin {
         sink: &EventSink<Self>,
     ) -> Result<(), PinError> {
         match command {
-            PinCommand::Set { user_id, device_id, pin_hash, authenticated_at, at } => {
+            PinCommand::Set { user_id, device_id, pin_hash, secret_hash, authenticated_at, at } => {
                 if self.user_id.is_some_and(|owner| owner != user_id) {
                     return Err(PinError::WrongOwner);
                 }
@@ -94,15 +101,24 @@ impl Aggregate for DevicePin {
                     user_id,
                     device_id: device_id.as_str().to_owned(),
                     pin_hash,
+                    secret_hash: Some(secret_hash),
                     set_at: at,
                 };
                 sink.write(event, self).await;
             }
-            PinCommand::Verify { candidate, at } => {
+            PinCommand::Verify { candidate, secret_hash, at } => {
                 let hash = match self.status {
                     PinStatus::Absent | PinStatus::Removed => return Err(PinError::NotSet),
                     PinStatus::Enabled | PinStatus::Disabled => self.pin_hash.clone().unwrap_or_default(),
                 };
+                // Possession first: without the device's secret the PIN is
+                // not tried and nothing is counted.
+                let held = self.secret_hash.as_ref().is_some_and(|h| {
+                    bool::from(subtle::ConstantTimeEq::ct_eq(h.0.as_bytes(), secret_hash.0.as_bytes()))
+                });
+                if !held {
+                    return Err(PinError::WrongSecret);
+                }
                 // Verified even when disabled, so both answers take as long.
                 let subject = self.user_id.unwrap_or_default();
                 let matches = services.verifier.verify(subject, &hash, candidate.expose()).await;
@@ -130,10 +146,11 @@ impl Aggregate for DevicePin {
 
     fn apply(&mut self, event: PinEvent) {
         match event {
-            PinEvent::PinSet { user_id, device_id, pin_hash, .. } => {
+            PinEvent::PinSet { user_id, device_id, pin_hash, secret_hash, .. } => {
                 self.user_id = Some(user_id);
                 self.device_id = Some(device_id);
                 self.pin_hash = Some(pin_hash);
+                self.secret_hash = secret_hash;
                 self.status = PinStatus::Enabled;
                 self.consecutive_failures = 0;
                 self.disabled_at = None;
@@ -148,6 +165,7 @@ impl Aggregate for DevicePin {
             PinEvent::PinRemoved { .. } => {
                 self.status = PinStatus::Removed;
                 self.pin_hash = None;
+                self.secret_hash = None;
                 self.consecutive_failures = 0;
                 self.disabled_at = None;
             }
@@ -184,6 +202,7 @@ mod tests {
             user_id: uid(),
             device_id: "phone-1".into(),
             pin_hash: "hash:1234".into(),
+            secret_hash: Some(secret()),
             set_at: t(at),
         }
     }
@@ -192,12 +211,39 @@ mod tests {
             user_id: uid(),
             device_id: DeviceId::parse("phone-1").unwrap(),
             pin_hash: "hash:1234".into(),
+            secret_hash: secret(),
             authenticated_at: t(authenticated_at),
             at: t(at),
         }
     }
+    fn secret() -> Digest {
+        Digest("5ec12e7".into())
+    }
     fn verify(pin: &str, at: i64) -> PinCommand {
-        PinCommand::Verify { candidate: Pin::parse(pin).unwrap(), at: t(at) }
+        PinCommand::Verify { candidate: Pin::parse(pin).unwrap(), secret_hash: secret(), at: t(at) }
+    }
+
+    #[tokio::test]
+    async fn without_the_device_secret_the_pin_is_not_tried_nor_counted() {
+        let wrong = || PinCommand::Verify {
+            candidate: Pin::parse("1234").unwrap(),
+            secret_hash: Digest("other".into()),
+            at: t(2),
+        };
+        framework().given(vec![set_at(0)]).when_async(wrong()).await.then_expect_error(PinError::WrongSecret);
+        // A PIN set before secrets existed signs in no more.
+        let legacy = PinEvent::PinSet {
+            user_id: uid(),
+            device_id: "phone-1".into(),
+            pin_hash: "hash:1234".into(),
+            secret_hash: None,
+            set_at: t(0),
+        };
+        framework()
+            .given(vec![legacy])
+            .when_async(verify("1234", 2))
+            .await
+            .then_expect_error(PinError::WrongSecret);
     }
     fn failed(n: u32, at: i64) -> PinEvent {
         PinEvent::PinVerificationFailed { consecutive: n, failed_at: t(at) }
@@ -302,6 +348,7 @@ mod tests {
                 user_id: Uuid::from_u128(2),
                 device_id: DeviceId::parse("phone-1").unwrap(),
                 pin_hash: "hash:5555".into(),
+                secret_hash: secret(),
                 authenticated_at: t(1),
                 at: t(1),
             })

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::DeviceId;
-use crate::values::Pin;
+use crate::values::{Digest, Pin};
 
 /// Commands on a `DevicePin`.
 #[derive(Debug, Clone)]
@@ -16,12 +16,18 @@ pub enum PinCommand {
         user_id: Uuid,
         device_id: DeviceId,
         pin_hash: String,
+        /// SHA-256 of the device secret issued with this PIN (≥ 128 random
+        /// bits the client keeps): PIN sign-in needs it, so a PIN proves
+        /// possession of the device, not only knowledge of 4–6 digits.
+        secret_hash: Digest,
         authenticated_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
     /// Check a PIN typed on the device (verified against the stored hash by
-    /// [`super::PinServices`]).
-    Verify { candidate: Pin, at: DateTime<Utc> },
+    /// [`super::PinServices`]), presented with the SHA-256 of the device
+    /// secret: a wrong secret is refused before the PIN is looked at and
+    /// counts nothing (so nobody without the device can disable its PIN).
+    Verify { candidate: Pin, secret_hash: Digest, at: DateTime<Utc> },
     /// Remove the PIN of this device.
     Remove { at: DateTime<Utc> },
 }

@@ -3,6 +3,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::values::Digest;
+
 /// Events of a `DevicePin`. None carries the PIN (decided 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PinEvent {
@@ -11,8 +13,13 @@ pub enum PinEvent {
     PinSet {
         user_id: Uuid,
         device_id: String,
-        /// argon2id PHC hash of the PIN peppered with a server key.
+        /// argon2id PHC hash of the PIN peppered with a server key, sealed
+        /// with the user's key (plain in events before issue 14).
         pin_hash: String,
+        /// SHA-256 of the device secret (absent before issue 14: such a PIN
+        /// signs in no more until set again).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_hash: Option<Digest>,
         set_at: DateTime<Utc>,
     },
     /// The right PIN was typed; the failure count restarts.
