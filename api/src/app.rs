@@ -107,6 +107,8 @@ impl App {
             &settings.webauthn_config(),
         )?);
         let revoked = Arc::new(crate::revocations::RevokedSessions::default());
+        // Installed before anything is counted (one recorder per process).
+        let _ = crate::metrics::handle();
         let trusted_proxies = Arc::new(crate::client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
         Ok(Self { settings, pool, identity, tokens, keys, passkeys, revoked, trusted_proxies })
     }
@@ -343,6 +345,25 @@ impl App {
             self.ensure_topics().await?;
         }
         let mut tasks = JoinSet::new();
+        if let Some(addr) = self.settings.metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
+            let router = crate::metrics::router(crate::metrics::Sources {
+                pool: self.pool.clone(),
+                hasher: self.identity.hasher.clone(),
+            });
+            let mut s = shutdown.clone();
+            tasks.spawn(async move {
+                tracing::info!(addr = %addr, "serving /metrics");
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = s.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .context("metrics")
+            });
+        }
         if roles.http {
             let listener = match listener {
                 Some(l) => l,

@@ -112,6 +112,10 @@ pub struct Settings {
     /// Requests per minute per IP on `/api/auth/*` (0 disables the limit).
     #[arg(long, env = "AUTH_RATE_PER_MINUTE", default_value_t = 120)]
     pub auth_rate_per_minute: u32,
+    /// Where `GET /metrics` (Prometheus text format) is served, apart from
+    /// the API (e.g. `127.0.0.1:9100`); unset serves no metrics.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR
     /// networks, comma separated (e.g. `10.0.0.0/8,127.0.0.1`); unset
     /// believes nobody and the connection's address is the client's.

@@ -46,7 +46,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(peer_ip));
+        .layer(axum::middleware::from_fn(peer_ip))
+        .layer(axum::middleware::from_fn(crate::metrics::record_http));
     with_security_headers(app)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             // Path only: query strings may carry personal data.

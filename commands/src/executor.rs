@@ -290,7 +290,32 @@ where
         Ok((Loaded(ctx), other))
     }
 
+    /// [`Executor::run_attempts`], counted in `streamforge_commands_total`
+    /// by aggregate, command (the metadata's `command`) and outcome (`ok`,
+    /// `unchanged`, `refused`, `conflict`, `error`).
     async fn run(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+        first: First<A>,
+        also: Option<&dyn CoWrite>,
+    ) -> Result<Executed<A>, ExecError<A::Error>> {
+        let name = metadata.get("command").cloned().unwrap_or_else(|| "unknown".to_owned());
+        let result = self.run_attempts(id, command, metadata, first, also).await;
+        let outcome = match &result {
+            Ok(done) if done.events.is_empty() => "unchanged",
+            Ok(_) => "ok",
+            Err(ExecError::Domain(_)) => "refused",
+            Err(ExecError::Conflict) => "conflict",
+            Err(ExecError::Store(_)) => "error",
+        };
+        metrics::counter!("streamforge_commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn run_attempts(
         &self,
         id: &str,
         command: A::Command,
@@ -330,6 +355,8 @@ where
                 }
                 Err(Append::Conflict) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");
+                    metrics::counter!("streamforge_command_retries_total", "aggregate" => A::TYPE)
+                        .increment(1);
                     tokio::time::sleep(retry_delay(attempt)).await;
                 }
                 Err(Append::Conflict) => return Err(ExecError::Conflict),

@@ -468,6 +468,30 @@ impl ProjectionRunner {
         projector: &dyn Projector,
         mine: Vec<&Envelope>,
     ) -> Result<Applied, RunError> {
+        let started = std::time::Instant::now();
+        let newest = mine.iter().map(|e| e.occurred_at).max();
+        let result = self.apply_projector_batch_inner(projector, mine).await;
+        let name = projector.name();
+        metrics::histogram!("streamforge_projector_batch_seconds", "projector" => name)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(applied) = &result {
+            metrics::counter!("streamforge_projector_events_total", "projector" => name, "result" => "applied")
+                .increment(applied.applied as u64);
+            metrics::counter!("streamforge_projector_events_total", "projector" => name, "result" => "skipped")
+                .increment(applied.skipped as u64);
+            if let Some(newest) = newest {
+                let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::gauge!("streamforge_projector_lag_seconds", "projector" => name).set(lag);
+            }
+        }
+        result
+    }
+
+    async fn apply_projector_batch_inner(
+        &self,
+        projector: &dyn Projector,
+        mine: Vec<&Envelope>,
+    ) -> Result<Applied, RunError> {
         match apply_many(&self.pool, projector, &mine).await {
             Ok(applied) => Ok(applied),
             Err(error) => {
@@ -512,6 +536,10 @@ impl ProjectionRunner {
         let batch = feed.next_batch(max, max_wait).await?;
         tracing::Span::current().record("batch", batch.len());
         if batch.is_empty() {
+            // Nothing new: every projector is caught up.
+            for name in self.names() {
+                metrics::gauge!("streamforge_projector_lag_seconds", "projector" => name).set(0.0);
+            }
             return Ok(0);
         }
         self.apply_batch(&batch).await?;

@@ -517,6 +517,8 @@ impl Notifier {
                 // finds nothing to send.
                 self.delete_after_send(id).await?;
                 tracing::info!(attempts, template = %delivery.template, channel = %delivery.channel, "message sent");
+                metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "sent")
+                    .increment(1);
                 self.record_success(&claim).await;
                 Ok(Handled::Sent)
             }
@@ -530,12 +532,16 @@ impl Notifier {
                     .await?;
                 tracing::warn!(attempts, %reason, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "send failed; retry scheduled");
+                metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "retry")
+                    .increment(1);
                 Ok(Handled::RetryScheduled)
             }
             Err(e) => {
                 self.deliveries.delete(id).await?;
                 let permanent = matches!(e, SendError::Permanent(_));
                 tracing::warn!(attempts, reason = %e, permanent, "delivery failed for good");
+                metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "failed")
+                    .increment(1);
                 self.record_failure(&claim, e.reason()).await;
                 Ok(Handled::Failed)
             }

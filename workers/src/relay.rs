@@ -491,6 +491,7 @@ impl Relay {
             in_flight.push_back(self.enqueue_batch(rows, &mut topics).await?);
         }
         tracing::Span::current().record("published", published);
+        metrics::counter!("streamforge_relay_published_total").increment(published as u64);
         Ok(DrainOutcome { published, cursor: stored })
     }
 

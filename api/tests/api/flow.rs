@@ -376,3 +376,50 @@ async fn revocation_reaches_a_second_node_through_kafka() {
 async fn revocation_reaches_a_second_node_through_postgres() {
     revocation_reaches_a_second_node(Feed::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_requests_commands_projectors_and_queues_after_a_login() {
+    // A free port for METRICS_ADDR.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = crate::helpers::spawn_app_with(Feed::Postgres, move |s| {
+        s.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    })
+    .await;
+    let email = "metrics@example.com";
+    assert_eq!(app.register(email, PASSWORD, "Met").await.status(), 201);
+    let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
+    assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
+    let challenge: Value = app
+        .post("/api/auth/login", json!({"email": email, "password": PASSWORD}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let code = code_in(&app.wait_mail_with(email, "sign-in code", 1).await);
+    let r = app
+        .post("/api/auth/verify-otp", json!({"challenge_id": challenge["challenge_id"], "code": code}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let tokens: Value = r.json().await.unwrap();
+    app.wait_for("/api/users/me", tokens["access_token"].as_str().unwrap(), |s, _| s == 200).await;
+
+    let r = app.client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    let has = |needle: &str| {
+        assert!(text.lines().any(|l| l.starts_with(needle)), "{needle} missing:\n{text}");
+    };
+    has(r#"streamforge_http_requests_total{method="POST",route="/api/auth/login",status="200"}"#);
+    has(r#"streamforge_http_request_duration_seconds_bucket{method="POST",route="/api/auth/verify-otp""#);
+    has(r#"streamforge_commands_total{aggregate="user",command="RegisterUser",outcome="ok"}"#);
+    has(r#"streamforge_commands_total{aggregate="user",command="StartLogin",outcome="ok"}"#);
+    has(r#"streamforge_projector_batch_seconds_bucket{projector="profiles""#);
+    has(r#"streamforge_projector_lag_seconds{projector="sessions"}"#);
+    has(r#"streamforge_deliveries_total{channel="email",outcome="sent"}"#);
+    has("streamforge_notifier_queue_depth");
+    has("streamforge_password_hash_queue_depth");
+    has(r#"streamforge_tail_lag_events{checkpoint="#);
+    // Secrets and personal data never reach the metrics.
+    assert!(!text.contains(email) && !text.contains(&code), "personal data in /metrics");
+}
