@@ -480,3 +480,91 @@ async fn failures_from_elsewhere_do_not_lock_out_a_device_that_signed_in_before(
     forged.push(if device.ends_with('0') { '1' } else { '0' });
     assert_eq!(with_cookie(PASSWORD, forged).await.unwrap().status(), 429);
 }
+
+/// Statuses of `n` wrong codes for `email` at `path`.
+async fn wrong_codes(app: &TestApp, path: &str, email: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let r = app.post(path, json!({"email": email, "code": "000000"})).await;
+        statuses.push(r.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_known_verified_unverified_and_unknown_answer_alike() {
+    let app = spawn_app(Feed::Postgres).await;
+    // verify-email: a pending registration, a verified account, nobody.
+    let pending = "pending@example.com";
+    assert_eq!(app.register(pending, PASSWORD, "P").await.status(), 201);
+    let pending_code = code_in(&app.wait_mail_with(pending, "verification code", 1).await);
+    assert_ne!(pending_code, "000000", "a one-in-a-million code; rerun");
+    verified_account(&app, "verified@example.com").await;
+    let mut sequences = Vec::new();
+    for email in [pending, "verified@example.com", "nobody@example.com"] {
+        sequences.push(wrong_codes(&app, "/api/auth/verify-email", email, 6).await);
+    }
+    // 3 free failures, the 4th evaluated and delayed, then 429 — for all three.
+    assert_eq!(sequences[0], vec![400, 400, 400, 400, 429, 429], "{sequences:?}");
+    assert!(sequences.iter().all(|s| *s == sequences[0]), "verify-email: {sequences:?}");
+
+    // password-reset/verify: a requested reset, an account without one, nobody.
+    let asked = "asked@example.com";
+    verified_account(&app, asked).await;
+    verified_account(&app, "quiet@example.com").await;
+    assert_eq!(app.post("/api/auth/password-reset/request", json!({"email": asked})).await.status(), 202);
+    let reset_code = code_in(&app.wait_mail_with(asked, "password reset code", 1).await);
+    assert_ne!(reset_code, "000000", "a one-in-a-million code; rerun");
+    let mut sequences = Vec::new();
+    for email in [asked, "quiet@example.com", "nobody2@example.com"] {
+        sequences.push(wrong_codes(&app, "/api/auth/password-reset/verify", email, 6).await);
+    }
+    assert_eq!(sequences[0], vec![400, 400, 400, 400, 429, 429], "{sequences:?}");
+    assert!(sequences.iter().all(|s| *s == sequences[0]), "password-reset/verify: {sequences:?}");
+
+    // The address-taking requests: one status and body whoever it is.
+    for path in ["/api/auth/verify-email/resend", "/api/auth/password-reset/request"] {
+        let mut answers = Vec::new();
+        for email in ["fresh-pending@example.com", "verified@example.com", "nobody3@example.com"] {
+            let r = app.post(path, json!({"email": email})).await;
+            answers.push((r.status().as_u16(), r.text().await.unwrap()));
+        }
+        assert_eq!(answers[0].0, 202, "{path}");
+        assert!(answers.iter().all(|a| *a == answers[0]), "{path}: {answers:?}");
+    }
+    for phone in ["+14155552671", "+14155552672"] {
+        let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;
+        assert_eq!(r.status(), 202, "{phone}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_by_address_take_as_long_for_known_and_unknown_addresses() {
+    let app = spawn_app(Feed::Postgres).await;
+    let pending: Vec<String> = (0..12).map(|i| format!("pending{i}@example.com")).collect();
+    for e in &pending {
+        assert_eq!(app.register(e, PASSWORD, "P").await.status(), 201);
+    }
+    for e in &pending {
+        app.wait_mail_with(e, "verification code", 1).await;
+    }
+    // Warm up the pad with refusals of pending challenges (not measured).
+    for e in pending.iter().take(4) {
+        app.post("/api/auth/verify-email", json!({"email": e, "code": "000000"})).await;
+    }
+    let (known_ms, unknown_ms) = timing_gap(
+        16,
+        |i| {
+            let body = json!({"email": pending[4 + i % 8], "code": "000000"});
+            async { app.post("/api/auth/verify-email", body).await.status().as_u16() }
+        },
+        |i| {
+            let body = json!({"email": format!("stranger{}@example.com", i % 8), "code": "000000"});
+            async { app.post("/api/auth/verify-email", body).await.status().as_u16() }
+        },
+    )
+    .await;
+    let gap = (known_ms - unknown_ms).abs() / known_ms.max(unknown_ms);
+    eprintln!("verify-email: pending {known_ms:.2} ms, unknown {unknown_ms:.2} ms, gap {:.1} %", gap * 100.0);
+    assert!(gap < 0.10, "verify-email timing gap {:.1} % ({known_ms:.2} vs {unknown_ms:.2} ms)", gap * 100.0);
+}

@@ -170,6 +170,7 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
+        let started = std::time::Instant::now();
         let key = self.email_key(email);
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
@@ -184,7 +185,8 @@ impl IdentityService {
             None => None,
         };
         let challenge = pending.map(|(_, c)| c);
-        self.answer_by_address(challenge, &key, code, &[OtpPurpose::EmailVerification], meta).await?;
+        self.answer_by_address(started, challenge, &key, code, &[OtpPurpose::EmailVerification], meta)
+            .await?;
         let (owner, challenge_id) = pending.ok_or(IdentityError::InvalidCode)?;
         let notice = self.notice(email.as_str(), "welcome")?;
         let cmd = UserCommand::VerifyEmail { challenge_id, delivery_id: Some(notice.id()), at: Utc::now() };

@@ -279,6 +279,9 @@ pub struct IdentityService {
     pub(crate) register_pad: DurationAverage,
     /// Typical duration of a wrong-password login for a known account.
     pub(crate) login_pad: DurationAverage,
+    /// Typical duration of a refused code for a pending challenge, answered
+    /// by address (verify-email, password-reset/verify).
+    pub(crate) code_pad: DurationAverage,
 }
 
 /// A moving average of durations (exponentially weighted, α = 1/8), used to
@@ -327,6 +330,7 @@ impl IdentityService {
                 .unwrap_or_default(),
             register_pad: DurationAverage::default(),
             login_pad: DurationAverage::default(),
+            code_pad: DurationAverage::default(),
             pool,
             keys,
             config,
@@ -612,20 +616,38 @@ impl IdentityService {
     /// known-verified and unknown addresses (no enumeration).
     pub(crate) async fn answer_by_address(
         &self,
+        started: std::time::Instant,
         challenge_id: Option<Uuid>,
         key: &str,
         code: &OtpCode,
         expected: &[OtpPurpose],
         meta: &RequestMeta,
     ) -> Result<OtpChallenge, IdentityError> {
-        let Some(challenge_id) = challenge_id else {
-            self.begin_attempt(Policy::OtpFailures, key, meta).await?;
-            return Err(IdentityError::InvalidCode);
+        // A refusal is answered no sooner than a typical refusal of a
+        // pending challenge (25 % cushion), whichever path it took: the
+        // same deadline for both, counted from the request's start
+        // (`started`), so timing does not tell them apart.
+        let answer_at = tokio::time::Instant::from_std(started + self.code_pad.typical().mul_f64(1.25));
+        let result = match challenge_id {
+            None => match self.begin_attempt(Policy::OtpFailures, key, meta).await {
+                Ok(()) => Err(IdentityError::InvalidCode),
+                Err(e) => Err(e),
+            },
+            Some(challenge_id) => {
+                let result = self.answer(challenge_id, code, expected, meta).await;
+                if result.is_err() {
+                    self.code_pad.observe(started.elapsed());
+                }
+                result.map_err(|e| match e {
+                    IdentityError::ChallengeLocked | IdentityError::CodeExpired => IdentityError::InvalidCode,
+                    other => other,
+                })
+            }
         };
-        self.answer(challenge_id, code, expected, meta).await.map_err(|e| match e {
-            IdentityError::ChallengeLocked | IdentityError::CodeExpired => IdentityError::InvalidCode,
-            other => other,
-        })
+        if result.is_err() {
+            tokio::time::sleep_until(answer_at).await;
+        }
+        result
     }
 
     /// Resends a pending challenge's code (a new code replaces the old),

@@ -71,6 +71,7 @@ impl IdentityService {
         code: &OtpCode,
         meta: &RequestMeta,
     ) -> Result<(String, i64), IdentityError> {
+        let started = std::time::Instant::now();
         let key = self.email_key(email);
         let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
             .await
@@ -79,8 +80,9 @@ impl IdentityService {
             Some(user_id) => self.users.load(&user_id.to_string()).await?.reset_challenge_id,
             None => None,
         };
-        let challenge =
-            self.answer_by_address(challenge_id, &key, code, &[OtpPurpose::PasswordReset], meta).await?;
+        let challenge = self
+            .answer_by_address(started, challenge_id, &key, code, &[OtpPurpose::PasswordReset], meta)
+            .await?;
         let user_id = challenge.subject_id.ok_or_else(|| internal("challenge without subject"))?;
         let challenge_id = challenge.id.ok_or_else(|| internal("challenge without id"))?;
         self.tokens.issue_reset(user_id, challenge_id, Utc::now()).map_err(internal)
