@@ -20,13 +20,13 @@ use crate::app::App;
 
 const PASSWORD: &str = "bench-password-correct-horse";
 /// Accounts per closed-loop client (logins rotate over them, as real users do).
-const ACCOUNTS_PER_CLIENT: usize = 4;
+pub(crate) const ACCOUNTS_PER_CLIENT: usize = 4;
 /// Rounds of logins alternating with rounds of H.
 const ROUNDS: u32 = 4;
 
-struct Account {
-    email: EmailAddress,
-    password: Password,
+pub(crate) struct Account {
+    pub(crate) email: EmailAddress,
+    pub(crate) password: Password,
 }
 
 /// Runs the benchmark on `env`.
@@ -218,7 +218,7 @@ async fn login_closed_loop(
 
 /// Registers `n` accounts and verifies their emails with the mailed codes
 /// (read from the delivery records; no notifier runs).
-async fn register_accounts(app: &App, n: usize) -> anyhow::Result<Vec<Account>> {
+pub(crate) async fn register_accounts(app: &App, n: usize) -> anyhow::Result<Vec<Account>> {
     let tag = Uuid::new_v4().simple().to_string();
     futures::stream::iter(0..n)
         .map(|i| {

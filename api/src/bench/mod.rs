@@ -13,6 +13,7 @@ pub mod commands;
 pub mod data;
 pub mod freshness;
 pub mod login;
+pub mod login_http;
 pub mod queries;
 pub mod relay;
 pub mod replay;
@@ -43,6 +44,9 @@ pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 pub enum BenchName {
     /// Password logins/s against argon2id verifies/s (H); latency at 0.5 × H; RSS.
     Login,
+    /// Password logins/s over HTTP against a `streamforge serve` and a
+    /// `streamforge api` process, against H.
+    LoginHttp,
     /// VerifyOtp and RefreshSession commands/s against the same SQL statements.
     Commands,
     /// Relay events/s (table → broker, checked end to end) against librdkafka alone.
@@ -59,6 +63,7 @@ impl fmt::Display for BenchName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Self::Login => "login",
+            Self::LoginHttp => "login-http",
             Self::Commands => "commands",
             Self::Relay => "relay",
             Self::Freshness => "freshness",
@@ -120,6 +125,7 @@ pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -
     let env = BenchEnv { settings: bench_settings(settings, &db.url, options), db: db.pool.clone() };
     let result = match name {
         BenchName::Login => login::run(&env, options).await,
+        BenchName::LoginHttp => login_http::run(&env, options).await,
         BenchName::Commands => commands::run(&env, options).await,
         BenchName::Relay => relay::run(&env, options).await,
         BenchName::Freshness => freshness::run(&env, options).await,

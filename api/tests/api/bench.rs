@@ -51,6 +51,19 @@ async fn login_bench_prints_ratios() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_http_bench_drives_serve_and_api_processes() {
+    // The child is the real binary, not this test executable.
+    std::env::set_var("STREAMFORGE_BIN", env!("CARGO_BIN_EXE_streamforge"));
+    let r = run(BenchName::LoginHttp, 1.2, 2, |_| {}).await;
+    assert_has_ratios(&r);
+    for mode in ["`streamforge serve`", "`streamforge api`"] {
+        let row =
+            r.rows.iter().find(|row| row.figure.contains(mode)).unwrap_or_else(|| panic!("no {mode} row"));
+        assert!(row.ratio.is_some_and(|x| x > 0.0), "{mode}: no logins went through");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_bench_prints_ratios() {
     let r = run(BenchName::Commands, 0.4, 2, |_| {}).await;
     assert_has_ratios(&r);
