@@ -20,6 +20,7 @@
 
 pub mod challenges;
 pub mod db;
+pub mod error;
 pub mod factors;
 pub mod feed;
 pub mod kafka_feed;

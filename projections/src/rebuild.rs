@@ -23,7 +23,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row as _};
 use uuid::Uuid;
 
-use crate::runtime::ProjectionError;
+use crate::error::ProjectionError;
 
 /// The commit-safe horizon of a rebuild: `pg_snapshot_xmin` of a snapshot
 /// (an `xid8`, carried as `i64`). Only events with `txid` below it are read.

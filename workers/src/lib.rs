@@ -8,4 +8,5 @@
 pub mod kafka;
 pub mod notify;
 pub mod relay;
+pub mod send_error;
 pub mod sms;

@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::notify::{NotifyError, SendError};
+use crate::send_error::{NotifyError, SendError};
 
 /// Twilio's production API base URL (`TWILIO_API_BASE` default).
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
