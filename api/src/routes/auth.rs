@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::cookies;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ValidJson;
 use crate::state::AppState;
@@ -183,7 +184,7 @@ pub async fn login(
         return Err(commands::IdentityError::InvalidCredentials.into());
     };
     let device = device_cookie(&headers);
-    let c = state.identity.start_login(&email, &password, device, &meta(&headers, None)).await?;
+    let c = state.identity.start_login(&email, &password, device.as_deref(), &meta(&headers, None)).await?;
     Ok(Json(LoginResponse {
         challenge_id: c.challenge_id,
         channel: c.channel.as_str().to_owned(),
@@ -213,10 +214,7 @@ pub struct TokenResponse {
 
 pub(crate) fn token_response(pair: TokenPair) -> Response {
     let max_age = (pair.refresh_expires_at - Utc::now()).num_seconds().max(0);
-    let cookie = format!(
-        "{REFRESH_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",
-        pair.refresh_token
-    );
+    let cookie = pair.refresh_token.clone();
     let body = TokenResponse {
         access_token: pair.access_token,
         refresh_token: pair.refresh_token,
@@ -225,9 +223,7 @@ pub(crate) fn token_response(pair: TokenPair) -> Response {
         session_id: pair.session_id,
     };
     let mut res = Json(body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    cookies::set(&mut res, REFRESH_COOKIE, cookie, max_age);
     res
 }
 
@@ -291,9 +287,9 @@ pub struct RefreshRequest {
 
 /// The device cookie a request carries (`__Host-device`, or the
 /// `X-Device-Cookie` header for clients without a cookie store).
-pub(crate) fn device_cookie(headers: &HeaderMap) -> Option<&str> {
-    cookie_value(headers, DEVICE_COOKIE)
-        .or_else(|| headers.get("x-device-cookie").and_then(|v| v.to_str().ok()))
+pub(crate) fn device_cookie(headers: &HeaderMap) -> Option<String> {
+    cookies::read(headers, DEVICE_COOKIE)
+        .or_else(|| headers.get("x-device-cookie").and_then(|v| v.to_str().ok()).map(str::to_owned))
 }
 
 /// Adds a device cookie of `user_id` to a sign-in's answer unless the
@@ -305,28 +301,11 @@ pub(crate) fn with_device_cookie(
     headers: &HeaderMap,
     user_id: Uuid,
 ) -> Response {
-    if device_cookie(headers).is_some_and(|c| state.identity.device_of(user_id, c).is_some()) {
+    if device_cookie(headers).is_some_and(|c| state.identity.device_of(user_id, &c).is_some()) {
         return res;
     }
-    let cookie = format!(
-        "{DEVICE_COOKIE}={}; Path=/; Max-Age={DEVICE_COOKIE_TTL_SECS}; HttpOnly; Secure; SameSite=Strict",
-        state.identity.new_device_cookie(user_id)
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    cookies::set(&mut res, DEVICE_COOKIE, state.identity.new_device_cookie(user_id), DEVICE_COOKIE_TTL_SECS);
     res
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// Rotate the refresh token (body or cookie). The old token dies; presenting
@@ -349,10 +328,9 @@ pub async fn refresh(
         })?;
         req.refresh_token
     };
-    let token =
-        from_body.or_else(|| cookie_value(&headers, REFRESH_COOKIE).map(str::to_owned)).ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "no refresh token")
-        })?;
+    let token = from_body.or_else(|| cookies::read(&headers, REFRESH_COOKIE)).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "no refresh token")
+    })?;
     let pair = state.identity.refresh(&token, &meta(&headers, None)).await?;
     Ok(token_response(pair))
 }
@@ -376,10 +354,7 @@ pub async fn logout(
         )
         .await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("__Host-refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
-    );
+    cookies::set(&mut res, REFRESH_COOKIE, String::new(), 0);
     Ok(res)
 }
 
