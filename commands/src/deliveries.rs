@@ -136,8 +136,18 @@ impl DeliveryStore {
             .fetch_optional(&self.pool)
             .await?;
         let Some(sealed) = row else { return Ok(None) };
-        let plain = open_bytes(&self.key, id.as_bytes(), &sealed).ok_or(DeliveryError::Corrupt)?;
-        serde_json::from_slice(&plain).map(Some).map_err(|_| DeliveryError::Corrupt)
+        self.open(id, &sealed).map(Some)
+    }
+
+    /// Opens record `id`'s sealed bytes as read by the caller (e.g. with
+    /// the claim that reserved it).
+    ///
+    /// # Errors
+    /// [`DeliveryError::Corrupt`] when they do not open with the key or
+    /// are not a delivery.
+    pub fn open(&self, id: Uuid, sealed: &[u8]) -> Result<Delivery, DeliveryError> {
+        let plain = open_bytes(&self.key, id.as_bytes(), sealed).ok_or(DeliveryError::Corrupt)?;
+        serde_json::from_slice(&plain).map_err(|_| DeliveryError::Corrupt)
     }
 
     /// Deletes the record (after a successful send, or when its command failed).

@@ -285,6 +285,10 @@ struct Claim {
     expired: bool,
     source_type: Option<String>,
     source_id: Option<String>,
+    /// The sealed record, read by the claim itself (no second read).
+    sealed: Vec<u8>,
+    /// Pending deliveries of the challenge's older codes the claim dropped.
+    superseded: i64,
 }
 
 impl Claim {
@@ -300,25 +304,30 @@ impl Claim {
     }
 }
 
-/// First claim of a record, by the event that names it.
-const CLAIM_NEW: &str = "UPDATE deliveries SET attempts = attempts + 1, \
+/// First claim of a record, by the event that names it, returning the
+/// sealed record; for a challenge's code, the same statement drops the
+/// pending deliveries of its older codes (a new code replaces them: a late
+/// send or failure of an old code must not decide the outcome).
+const CLAIM_NEW: &str = "WITH superseded AS ( \
+         DELETE FROM deliveries \
+         WHERE $3 = 'otp_challenge' AND source_type = 'otp_challenge' AND source_id = $4 \
+           AND source_sequence < $5 RETURNING 1) \
+     UPDATE deliveries SET attempts = attempts + 1, \
          next_attempt_at = now() + make_interval(secs => $2), \
          source_type = $3, source_id = $4, source_sequence = $5 \
      WHERE delivery_id = (SELECT delivery_id FROM deliveries \
                           WHERE delivery_id = $1 AND attempts = 0 FOR UPDATE SKIP LOCKED) \
-     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id";
+     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id, sealed, \
+               (SELECT count(*) FROM superseded) AS superseded";
 
-/// Claims of due retries.
+/// Claims of due retries, returning the sealed records.
 const CLAIM_DUE: &str = "UPDATE deliveries SET attempts = attempts + 1, \
          next_attempt_at = now() + make_interval(secs => $2) \
      WHERE delivery_id IN (SELECT delivery_id FROM deliveries \
                            WHERE attempts > 0 AND next_attempt_at <= now() \
                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id";
-
-/// Pending deliveries of a challenge's older codes.
-const SUPERSEDE: &str = "DELETE FROM deliveries \
-     WHERE source_type = 'otp_challenge' AND source_id = $1 AND source_sequence < $2";
+     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id, sealed, \
+               0::bigint AS superseded";
 
 const SCHEDULE_RETRY: &str = "UPDATE deliveries \
      SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE delivery_id = $1";
@@ -382,19 +391,6 @@ impl Notifier {
         let Some(id) = delivery_id(env) else {
             return Ok(Handled::Ignored);
         };
-        if env.aggregate_type == OTP_AGGREGATE_TYPE {
-            // A new code (resend) replaces the challenge's older ones: a late
-            // send or failure of an old code must not decide the outcome.
-            let superseded = sqlx::query(SUPERSEDE)
-                .bind(&env.aggregate_id)
-                .bind(env.sequence)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            if superseded > 0 {
-                tracing::info!(superseded, "dropped pending deliveries of older codes");
-            }
-        }
         let claim: Option<Claim> = sqlx::query_as(CLAIM_NEW)
             .bind(id)
             .bind(self.policy.lease.as_secs_f64())
@@ -404,7 +400,15 @@ impl Notifier {
             .fetch_optional(&self.pool)
             .await?;
         match claim {
-            Some(claim) => self.attempt(claim).await,
+            Some(claim) => {
+                if claim.superseded > 0 {
+                    tracing::info!(
+                        superseded = claim.superseded,
+                        "dropped pending deliveries of older codes"
+                    );
+                }
+                self.attempt(claim).await
+            }
             None => {
                 let exists: Option<i32> =
                     sqlx::query_scalar("SELECT attempts FROM deliveries WHERE delivery_id = $1")
@@ -453,9 +457,8 @@ impl Notifier {
             self.record_failure(&claim, "expired before delivery").await;
             return Ok(Handled::Expired);
         }
-        let delivery = match self.deliveries.get(id).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(Handled::AlreadyGone),
+        let delivery = match self.deliveries.open(id, &claim.sealed) {
+            Ok(d) => d,
             Err(DeliveryError::Corrupt) => {
                 self.deliveries.delete(id).await?;
                 tracing::error!("delivery record cannot be opened; dropped");
