@@ -1,6 +1,8 @@
 //! Edges of the HTTP surface: OpenAPI coverage, security headers, body
 //! limits, malformed and invalid input, authentication failures.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, Feed};
@@ -248,4 +250,70 @@ async fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
             assert_eq!(statuses, vec![400, 400, 429, 429]);
         }
     }
+}
+
+/// Serves `router` on a free port; returns its base URL.
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_routes_are_shed_while_the_hash_queue_is_full() {
+    use axum::routing::post;
+    // One hashing thread kept busy: the jobs behind the first one wait.
+    let hasher = commands::passwords::PasswordHasher::new(1).unwrap();
+    let mut busy = Vec::new();
+    for _ in 0..6 {
+        let h = hasher.clone();
+        busy.push(tokio::spawn(async move { h.hash("a long enough password").await }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hasher.queued() < 2 {
+        assert!(Instant::now() < deadline, "the queue never filled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let router = axum::Router::new()
+        .route("/api/auth/login", post(|| async { "hashed" }))
+        .route("/api/auth/other", post(|| async { "no hash" }))
+        .layer(axum::middleware::from_fn_with_state((hasher.clone(), 1usize), api::http::shed_hashing));
+    let base = serve(router).await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{base}/api/auth/login")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "hashing_busy");
+    // Routes that do not hash are not shed.
+    assert_eq!(client.post(format!("{base}/api/auth/other")).send().await.unwrap().status(), 200);
+    for b in busy {
+        b.await.unwrap().unwrap();
+    }
+    // Drained: served again.
+    assert_eq!(client.post(format!("{base}/api/auth/login")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_time_limit_is_answered_503() {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route("/fast", get(|| async { "on time" }))
+        .layer(axum::middleware::from_fn_with_state(Duration::from_millis(200), api::http::time_limit));
+    let base = serve(router).await;
+    let started = Instant::now();
+    let r = reqwest::get(format!("{base}/slow")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at the limit, not after the handler");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "request_timeout");
+    assert_eq!(reqwest::get(format!("{base}/fast")).await.unwrap().status(), 200);
 }
