@@ -4,12 +4,8 @@
 //! command fields or through the small service traits in [`services`].
 
 pub mod envelope;
-pub mod otp;
-pub mod passkey;
-pub mod pin;
+pub mod identity;
 pub mod services;
-pub mod session;
-pub mod throttle;
-pub mod totp;
-pub mod user;
 pub mod values;
+
+pub use identity::{otp, passkey, pin, session, throttle, totp, user};

@@ -18,17 +18,14 @@
 //! Among streamforge's crates this one depends on `domain` only (for the
 //! envelope); it must never depend on `commands`, `workers` or `api`.
 
-pub mod challenges;
 pub mod db;
 pub mod error;
-pub mod factors;
 pub mod feed;
+pub mod identity;
 pub mod kafka_feed;
-pub mod passkeys;
 pub mod pg_feed;
-pub mod pins;
-pub mod profiles;
 pub mod rebuild;
 pub mod runtime;
-pub mod sessions;
 pub mod tail;
+
+pub use identity::{challenges, factors, passkeys, pins, profiles, sessions};

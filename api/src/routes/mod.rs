@@ -1,9 +1,7 @@
-//! HTTP routes, one module per area; each exports `router()`.
+//! HTTP routes, one folder per bounded context (ARCHITECTURE decided 15),
+//! one module per area; each exports `router()`.
 
-pub mod auth;
-pub mod challenges;
-pub mod factors;
+pub mod identity;
 pub mod meta;
-pub mod passkeys;
-pub mod sessions;
-pub mod users;
+
+pub use identity::{auth, challenges, factors, passkeys, sessions, users};
