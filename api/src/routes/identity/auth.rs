@@ -139,14 +139,25 @@ pub async fn resend_verification(
     ValidJson(req): ValidJson<ResetRequest>,
 ) -> Result<StatusCode, ApiError> {
     let email = EmailAddress::parse(&req.email)?;
-    let identity = state.identity.clone();
-    let meta = meta(&headers, None);
+    let (identity, meta) = (state.identity.clone(), meta(&headers, None));
+    Ok(after_answering("verification resend", async move {
+        identity.resend_email_verification(&email, &meta).await
+    }))
+}
+
+/// Answers 202 at once and does `work` afterwards, so the response time
+/// says nothing about the account (SECURITY.md "Enumeration"); a failure is
+/// logged with `what`.
+fn after_answering<F>(what: &'static str, work: F) -> StatusCode
+where
+    F: std::future::Future<Output = Result<(), commands::IdentityError>> + Send + 'static,
+{
     tokio::spawn(async move {
-        if let Err(e) = identity.resend_email_verification(&email, &meta).await {
-            tracing::error!(error = %e, "verification resend failed");
+        if let Err(e) = work.await {
+            tracing::error!(error = %e, what, "request failed after its answer");
         }
     });
-    Ok(StatusCode::ACCEPTED)
+    StatusCode::ACCEPTED
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -469,15 +480,10 @@ pub async fn password_reset_request(
     ValidJson(req): ValidJson<ResetRequest>,
 ) -> Result<StatusCode, ApiError> {
     let email = EmailAddress::parse(&req.email)?;
-    let identity = state.identity.clone();
-    let meta = meta(&headers, None);
-    // Done after answering, so the response time says nothing about the account.
-    tokio::spawn(async move {
-        if let Err(e) = identity.request_password_reset(&email, &meta).await {
-            tracing::error!(error = %e, "password reset request failed");
-        }
-    });
-    Ok(StatusCode::ACCEPTED)
+    let (identity, meta) = (state.identity.clone(), meta(&headers, None));
+    Ok(after_answering("password reset request", async move {
+        identity.request_password_reset(&email, &meta).await
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
