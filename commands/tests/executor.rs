@@ -247,6 +247,12 @@ async fn a_throttle_folds_from_its_last_reset_and_reaches_the_same_state() {
     let (a, b) = (whole.load(&requests).await.unwrap(), tail.load(&requests).await.unwrap());
     assert_eq!(a.recent_requests, b.recent_requests);
     assert_eq!(a.retry_after(Policy::OtpRequests, at(200)), b.retry_after(Policy::OtpRequests, at(200)));
+    // Both streams in one read: the same states as read one by one.
+    let many = tail.load_many(&[&id, &requests, "never-written"]).await.unwrap();
+    assert_eq!(many.len(), 3);
+    assert_eq!(many[0].state(), &tail.load(&id).await.unwrap());
+    assert_eq!(many[1].state(), &b);
+    assert_eq!(many[2].state(), &Throttle::default());
     pool.close().await;
     drop_test_database(&url).await.unwrap();
 }

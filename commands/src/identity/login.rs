@@ -69,7 +69,17 @@ impl IdentityService {
             Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
             None => self.email_key(email),
         };
-        let throttle = self.check_attempt_state(Policy::PasswordFailures, &key, meta).await?;
+        // The password throttle and the address's code budget in one read
+        // (the budget is spent below if the code goes by mail).
+        let email_key = self.email_key(email);
+        let mut loaded = self
+            .throttles
+            .load_many(&[&Policy::PasswordFailures.key(&key), &Policy::OtpRequests.key(&email_key)])
+            .await?;
+        let (Some(budget), Some(password_throttle)) = (loaded.pop(), loaded.pop()) else {
+            return Err(internal("throttle streams not loaded"));
+        };
+        let throttle = self.check_attempt_loaded(Policy::PasswordFailures, password_throttle, meta).await?;
         // A refusal is answered no sooner than a typical refusal of a known
         // account (25 % cushion), whichever path it took (no timing oracle).
         let started = std::time::Instant::now();
@@ -105,7 +115,7 @@ impl IdentityService {
         }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
         if totp.is_enabled() {
-            return self.issue_totp_challenge(user_id, challenge_id, self.email_key(email), meta).await;
+            return self.issue_totp_challenge(user_id, challenge_id, email_key, meta).await;
         }
         let user = done.state;
         let (channel, to, recipient_key) = match (user.two_factor_channel, &user.phone) {
@@ -117,13 +127,16 @@ impl IdentityService {
             }
             _ => {
                 let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
-                (OtpChannel::Email, self.open(user_id, sealed).await?, self.email_key(email))
+                (OtpChannel::Email, self.open(user_id, sealed).await?, email_key)
             }
         };
         // Login codes count toward the recipient's budget like every other
         // code (SECURITY.md). Only reached with the right password, which the
         // 200/401 answer tells anyway: the 429 is no new oracle.
-        self.record_request(&recipient_key, meta).await?;
+        match channel {
+            OtpChannel::Email => self.record_request_loaded(budget, meta).await?,
+            _ => self.record_request(&recipient_key, meta).await?,
+        }
         let req = OtpRequest {
             challenge_id,
             subject: user_id,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use domain::throttle::{Policy, RequestPolicy, Throttle, ThrottleCommand, ThrottleEvent};
 
 use super::{IdentityError, IdentityService, RequestMeta};
-use crate::executor::Tail;
+use crate::executor::{Executed, Loaded, Tail};
 
 /// Attempts to record a failure under write conflicts (each retry waits a
 /// jittered, growing delay; see the executor).
@@ -74,11 +74,30 @@ impl IdentityService {
         let now = Utc::now();
         let cmd = ThrottleCommand::CheckAttempt { policy, at: now };
         let done = self.throttles.execute(&policy.key(key), cmd, meta.to_map("CheckAttempt")).await?;
-        // Refused whether or not this refusal was recorded (a repeat within
-        // a recorded delay writes nothing).
-        match done.state.retry_after(policy, now) {
+        Self::checked(done.state, policy, now)
+    }
+
+    /// [`IdentityService::check_attempt_state`] on a stream loaded by the
+    /// caller ([`Executor::load_many`](crate::executor::Executor::load_many)):
+    /// no read when nothing is refused.
+    pub(crate) async fn check_attempt_loaded(
+        &self,
+        policy: Policy,
+        loaded: Loaded<Throttle>,
+        meta: &RequestMeta,
+    ) -> Result<Throttle, IdentityError> {
+        let now = Utc::now();
+        let cmd = ThrottleCommand::CheckAttempt { policy, at: now };
+        let done = self.throttles.execute_loaded(loaded, cmd, meta.to_map("CheckAttempt")).await?;
+        Self::checked(done.state, policy, now)
+    }
+
+    /// Refused whether or not this refusal was recorded (a repeat within a
+    /// recorded delay writes nothing).
+    fn checked(state: Throttle, policy: Policy, now: DateTime<Utc>) -> Result<Throttle, IdentityError> {
+        match state.retry_after(policy, now) {
             Some(until) => Err(Self::throttled_until(until, now)),
-            None => Ok(done.state),
+            None => Ok(state),
         }
     }
 
@@ -110,12 +129,16 @@ impl IdentityService {
     /// rolling hour or within `otp_resend_interval_secs` of the last one.
     /// Every flow that sends a code calls it before writing anything else.
     pub(crate) async fn record_request(&self, key: &str, meta: &RequestMeta) -> Result<(), IdentityError> {
-        let limits = RequestPolicy {
+        self.record_request_under(key, self.code_budget(), meta).await
+    }
+
+    /// The per-recipient code budget in force.
+    fn code_budget(&self) -> RequestPolicy {
+        RequestPolicy {
             window_secs: 3600,
             max: self.config.otp_codes_per_hour.max(1),
             cooldown_secs: self.config.otp_resend_interval_secs.max(0),
-        };
-        self.record_request_under(key, limits, meta).await
+        }
     }
 
     /// Counts a request on `key` under `limits` (an `otp_requests` throttle
@@ -131,6 +154,29 @@ impl IdentityService {
             ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
         let done =
             self.throttles.execute(&Policy::OtpRequests.key(key), cmd, meta.to_map("RecordRequest")).await?;
+        Self::requested(&done, limits, now)
+    }
+
+    /// [`IdentityService::record_request`] on the recipient's `otp_requests`
+    /// stream loaded by the caller (one read for a login's two throttles).
+    pub(crate) async fn record_request_loaded(
+        &self,
+        loaded: Loaded<Throttle>,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let now = Utc::now();
+        let limits = self.code_budget();
+        let cmd =
+            ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
+        let done = self.throttles.execute_loaded(loaded, cmd, meta.to_map("RecordRequest")).await?;
+        Self::requested(&done, limits, now)
+    }
+
+    fn requested(
+        done: &Executed<Throttle>,
+        limits: RequestPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), IdentityError> {
         if done.events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
             return Ok(());
         }
