@@ -104,50 +104,14 @@ where
         self
     }
 
-    /// Loads stream `id` as its [`Tail`] rule says.
+    /// Loads stream `id` as its [`Tail`] rule says (postgres-es's load for
+    /// [`Tail::All`], [`Executor::load_many`]'s statement otherwise).
     async fn load_context(&self, id: &str) -> Result<EventStoreAggregateContext<A>, ExecError<A::Error>> {
-        let filter = match (self.tail)(id) {
-            Tail::All => return self.store.load_aggregate(id).await.map_err(store_error),
-            Tail::FromLast(types) => {
-                sqlx::query_as(
-                    "SELECT sequence, payload FROM events
-                     WHERE aggregate_type = $1 AND aggregate_id = $2
-                       AND sequence >= COALESCE((SELECT max(sequence) FROM events
-                                                  WHERE aggregate_type = $1 AND aggregate_id = $2
-                                                    AND event_type = ANY($3)), 0)
-                     ORDER BY sequence",
-                )
-                .bind(A::TYPE)
-                .bind(id)
-                .bind(types)
-                .fetch_all(&self.pool)
-                .await
-            }
-            Tail::RecordedWithin { secs } => {
-                sqlx::query_as(
-                    "SELECT sequence, payload FROM events
-                     WHERE aggregate_type = $1 AND aggregate_id = $2
-                       AND (recorded_at >= now() - make_interval(secs => $3)
-                            OR sequence = (SELECT max(sequence) FROM events
-                                            WHERE aggregate_type = $1 AND aggregate_id = $2))
-                     ORDER BY sequence",
-                )
-                .bind(A::TYPE)
-                .bind(id)
-                .bind(secs as f64)
-                .fetch_all(&self.pool)
-                .await
-            }
-        };
-        let rows: Vec<(i64, serde_json::Value)> = filter.map_err(|e| ExecError::Store(e.to_string()))?;
-        let mut ctx = empty_context::<A>(id);
-        for (sequence, payload) in rows {
-            let event = serde_json::from_value(payload)
-                .map_err(|e| ExecError::Store(format!("event payload: {e}")))?;
-            ctx.aggregate.apply(event);
-            ctx.current_sequence = usize::try_from(sequence).map_err(|e| ExecError::Store(e.to_string()))?;
+        if matches!((self.tail)(id), Tail::All) {
+            return self.store.load_aggregate(id).await.map_err(store_error);
         }
-        Ok(ctx)
+        let loaded = self.load_many(&[id]).await?.pop();
+        loaded.map(|l| l.0).ok_or_else(|| ExecError::Store("stream not loaded".to_owned()))
     }
 
     /// Streams `ids` of `A`, each as its [`Tail`] rule says, read by one
@@ -492,17 +456,6 @@ impl<A: Aggregate> Loaded<A> {
 pub trait CoWrite: Send + Sync {
     /// Pushes `name AS (INSERT …)` onto `query`, binding its values.
     fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>);
-}
-
-/// Two co-written rows (their `WITH` queries must have different names).
-pub struct Both<'a>(pub &'a dyn CoWrite, pub &'a dyn CoWrite);
-
-impl CoWrite for Both<'_> {
-    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
-        self.0.push_cte(query);
-        query.push(", ");
-        self.1.push_cte(query);
-    }
 }
 
 /// Where the next attempt starts.

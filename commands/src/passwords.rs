@@ -332,18 +332,27 @@ impl Secret {
 /// The `User` aggregate's password check: opens the sealed hash with the
 /// subject's key ([`Vault::open_hash`]), then verifies on the hashing pool.
 /// An unopenable hash (erased subject) costs a dummy verification and fails.
+#[derive(Clone)]
 pub struct SealedHashVerifier {
     pub hasher: PasswordHasher,
     pub vault: Arc<Vault>,
 }
 
-#[async_trait]
-impl domain::services::PasswordVerifier for SealedHashVerifier {
-    async fn verify(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
+impl SealedHashVerifier {
+    /// `true` when `candidate` matches `subject`'s stored (sealed or plain)
+    /// hash; the one check behind login, step-up and PIN sign-in.
+    pub async fn check(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
         match self.vault.open_hash(subject, stored).await {
             Some(phc) => self.hasher.verify_phc(&phc, candidate).await,
             None => self.hasher.verify_dummy(candidate).await,
         }
+    }
+}
+
+#[async_trait]
+impl domain::services::PasswordVerifier for SealedHashVerifier {
+    async fn verify(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
+        self.check(subject, stored, candidate).await
     }
 }
 

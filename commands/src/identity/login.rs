@@ -65,13 +65,13 @@ impl IdentityService {
             .map_err(internal)?;
         // The account's shared failure count, or a known device's own.
         let device = owner.zip(device_cookie).and_then(|(u, c)| self.device_of(u, c).map(|d| (u, d)));
+        let email_key = self.email_key(email);
         let key = match &device {
             Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
-            None => self.email_key(email),
+            None => email_key.clone(),
         };
         // The password throttle and the address's code budget in one read
         // (the budget is spent below if the code goes by mail).
-        let email_key = self.email_key(email);
         let mut loaded = self
             .throttles
             .load_many(&[&Policy::PasswordFailures.key(&key), &Policy::OtpRequests.key(&email_key)])

@@ -257,6 +257,8 @@ pub struct IdentityService {
     pub(crate) otps: Executor<OtpChallenge>,
     pub(crate) sessions: Executor<Session>,
     pub(crate) throttles: Executor<Throttle>,
+    /// The stored-hash check (sealed or plain) of passwords and PINs.
+    pub(crate) hashes: SealedHashVerifier,
     /// The throttles again, retrying conflicts far longer: a failure
     /// recorded after its attempt is never dropped.
     pub(crate) failures: Executor<Throttle>,
@@ -300,11 +302,12 @@ impl IdentityService {
         config: IdentityConfig,
     ) -> Self {
         let vault = Arc::new(Vault::new(pool.clone(), keys.wrap.clone()));
-        let verifier = SealedHashVerifier { hasher: hasher.clone(), vault: vault.clone() };
+        let hashes = SealedHashVerifier { hasher: hasher.clone(), vault: vault.clone() };
         Self {
             vault,
             deliveries: DeliveryStore::new(pool.clone(), keys.delivery.clone()),
-            users: Executor::new(pool.clone(), UserServices::new(verifier)),
+            users: Executor::new(pool.clone(), UserServices::new(hashes.clone())),
+            hashes,
             otps: Executor::new(pool.clone(), ()),
             sessions: Executor::new(pool.clone(), ()),
             throttles: Executor::new(pool.clone(), ()).with_tail(throttle_tail),

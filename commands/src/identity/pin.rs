@@ -27,15 +27,13 @@ use uuid::Uuid;
 use super::{internal, IdentityError, IdentityService, RequestMeta, TokenPair};
 use crate::executor::{ExecError, Executor};
 use crate::keys::{hmac_hex, sha256_hex, Keyring, Secret32};
-use crate::passwords::PasswordHasher;
-use crate::vault::Vault;
+use crate::passwords::SealedHashVerifier;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::throttle::Policy;
 use domain::values::Digest;
 use domain::values::Pin;
 use rand::RngCore;
-use std::sync::Arc;
 
 /// Failures of the strong-factor flows (device PIN, TOTP); the api maps
 /// each to one status and code.
@@ -100,8 +98,7 @@ fn peppered(pepper: &Secret32, context: &str, pin: &str) -> String {
 
 /// Argon2id check of a peppered PIN on the bounded pool.
 struct PepperedPinVerifier {
-    hasher: PasswordHasher,
-    vault: Arc<Vault>,
+    hashes: SealedHashVerifier,
     pepper: Secret32,
     context: String,
 }
@@ -109,11 +106,7 @@ struct PepperedPinVerifier {
 #[async_trait]
 impl PasswordVerifier for PepperedPinVerifier {
     async fn verify(&self, subject: Uuid, stored: &str, candidate: &str) -> bool {
-        let candidate = peppered(&self.pepper, &self.context, candidate);
-        match self.vault.open_hash(subject, stored).await {
-            Some(phc) => self.hasher.verify_phc(&phc, &candidate).await,
-            None => self.hasher.verify_dummy(&candidate).await,
-        }
+        self.hashes.check(subject, stored, &peppered(&self.pepper, &self.context, candidate)).await
     }
 }
 
@@ -134,8 +127,7 @@ impl IdentityService {
     /// to that device.
     fn pin_executor(&self, aggregate_id: &str) -> Executor<DevicePin> {
         let verifier = PepperedPinVerifier {
-            hasher: self.hasher.clone(),
-            vault: self.vault.clone(),
+            hashes: self.hashes.clone(),
             pepper: self.pin_pepper(),
             context: aggregate_id.to_owned(),
         };
@@ -227,18 +219,20 @@ impl IdentityService {
         let secret_hash = Digest(sha256_hex(device_secret.as_bytes()));
         // Possession first (cheap; the aggregate checks it again): without
         // the secret nothing is counted, so nobody can spend the caps below.
-        let state = self.pin_executor(&id).load(&id).await.map_err(|e| FactorError::Identity(e.into()))?;
-        if state.secret_hash.as_ref() != Some(&secret_hash) {
+        let pins = self.pin_executor(&id);
+        let loaded = pins.load_many(&[&id]).await.map_err(|e| FactorError::Identity(e.into()))?.pop();
+        let Some(loaded) = loaded.filter(|l| l.state().secret_hash.as_ref() == Some(&secret_hash)) else {
             self.hasher.verify_dummy(pin.expose()).await;
             return Err(FactorError::InvalidPin);
-        }
+        };
         // A cap per user across all devices (besides each device's own 5):
         // counted before the PIN is evaluated, taken back on success.
         let cap_key = format!("pin:{owner}");
         self.begin_attempt(Policy::PasswordFailures, &cap_key, meta).await?;
         let cmd = PinCommand::Verify { candidate: pin.clone(), secret_hash, at: Utc::now() };
         let mut meta = meta.clone();
-        let done = match self.pin_executor(&id).execute(&id, cmd, meta.to_map("VerifyPin")).await {
+        // From the state read above (a change since is a conflict, retried).
+        let done = match pins.execute_loaded(loaded, cmd, meta.to_map("VerifyPin")).await {
             Ok(done) => done,
             Err(ExecError::Domain(_)) => {
                 self.hasher.verify_dummy(pin.expose()).await;

@@ -41,11 +41,7 @@ impl IdentityService {
         };
         self.check_attempt(Policy::PasswordFailures, &key, meta).await?;
         let stored = user.password_hash.clone().unwrap_or_default();
-        let matches = match self.vault.open_hash(user_id, &stored).await {
-            Some(phc) => self.hasher.verify_phc(&phc, password.expose()).await,
-            None => self.hasher.verify_dummy(password.expose()).await,
-        };
-        if !matches {
+        if !self.hashes.check(user_id, &stored, password.expose()).await {
             self.record_failure(Policy::PasswordFailures, &key, meta).await?;
             return Err(IdentityError::InvalidCredentials);
         }
