@@ -22,6 +22,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
 use postgres_es::PostgresEventRepository;
+use domain::consistency::ConsistencyToken;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 /// Attempts per command when the aggregate was appended to concurrently.
@@ -51,6 +52,10 @@ pub struct Executed<A: Aggregate> {
     /// Attempts it took: 1, plus one per optimistic-concurrency conflict
     /// that was retried (at most the executor's maximum).
     pub attempts: u32,
+    /// Where the command's last event landed (`None` when it appended
+    /// nothing): the read-your-writes token handed to the client
+    /// (`X-Consistency-Token`, ARCHITECTURE decided 13).
+    pub token: Option<ConsistencyToken>,
 }
 
 /// Which of a stream's events a load folds. Only for aggregates whose
@@ -374,10 +379,19 @@ where
             let events = sink.collect().await;
             let state = ctx.aggregate().clone();
             if events.is_empty() {
-                return Ok(Executed { state, events, attempts: attempt.max(1) });
+                return Ok(Executed { state, events, attempts: attempt.max(1), token: None });
             }
             match self.append(id, ctx.current_sequence, &events, &metadata, also).await {
-                Ok(()) => return Ok(Executed { state, events, attempts: attempt.max(1) }),
+                Ok(position) => {
+                    let sequence = i64::try_from(ctx.current_sequence + events.len()).unwrap_or(i64::MAX);
+                    let token = ConsistencyToken {
+                        position,
+                        aggregate_type: A::TYPE.to_owned(),
+                        aggregate_id: id.to_owned(),
+                        sequence,
+                    };
+                    return Ok(Executed { state, events, attempts: attempt.max(1), token: Some(token) });
+                }
                 Err(Append::Conflict) if assumed_new => {
                     tracing::debug!("stream assumed new already exists; loading it");
                 }
@@ -407,7 +421,7 @@ where
         events: &[A::Event],
         metadata: &HashMap<String, String>,
         also: Option<&dyn CoWrite>,
-    ) -> Result<(), Append> {
+    ) -> Result<i64, Append> {
         let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
         if let Some(also) = also {
             insert.push("WITH ");
@@ -428,8 +442,11 @@ where
                 .push_bind(sqlx::types::Json(event))
                 .push_bind(metadata);
         });
-        match insert.build().execute(&self.pool).await {
-            Ok(_) => Ok(()),
+        insert.push(" RETURNING position");
+        match insert.build_query_scalar::<i64>().fetch_all(&self.pool).await {
+            Ok(positions) => {
+                positions.into_iter().max().ok_or_else(|| Append::Store("no row appended".to_owned()))
+            }
             Err(sqlx::Error::Database(e))
                 if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey") =>
             {

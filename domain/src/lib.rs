@@ -3,9 +3,12 @@
 //! sqlx, axum or rdkafka. Time, ids, randomness and hashing come in as
 //! command fields or through the small service traits in [`services`].
 
+pub mod catalog;
+pub mod consistency;
 pub mod envelope;
 pub mod identity;
 pub mod services;
+pub mod social;
 pub mod values;
 
 pub use identity::{otp, passkey, pin, session, throttle, totp, user};

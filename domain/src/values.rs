@@ -12,7 +12,7 @@ pub struct InvalidValue {
 }
 
 impl InvalidValue {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self { field, reason: reason.into() }
     }
 }
@@ -307,6 +307,96 @@ impl Digest {
     }
 }
 
+/// A username (handle): 3–30 characters of `[a-z0-9_]`, case-folded, not
+/// only digits, not a reserved word ([`RESERVED_USERNAMES`]); public data,
+/// never sealed (issue 15). Accounts made by phone get a generated one,
+/// `user-` and 8 digits (as SoundCloud does), which [`Username::parse`]
+/// refuses (`-` is not allowed) so nobody can choose one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+/// Words that would shadow a route or pose as the service (compared after
+/// case folding).
+pub const RESERVED_USERNAMES: &[&str] = &[
+    "about", "account", "accounts", "admin", "administrator", "api", "app", "auth", "blog", "dashboard",
+    "discover", "docs", "explore", "feed", "help", "home", "login", "logout", "me", "mod", "moderator",
+    "moderation", "notifications", "null", "official", "privacy", "register", "resolve", "root", "search",
+    "security", "settings", "signin", "signup", "streamforge", "stream", "support", "system", "terms",
+    "tracks", "upload", "user", "users", "you",
+];
+
+impl Username {
+    /// A username a person chose.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] (field `username`) naming the rule broken.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim().to_lowercase();
+        let n = s.chars().count();
+        if !(3..=30).contains(&n) {
+            return Err(InvalidValue::new("username", "must be 3 to 30 characters"));
+        }
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(InvalidValue::new("username", "may hold only a-z, 0-9 and _"));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidValue::new("username", "must not be only digits"));
+        }
+        if RESERVED_USERNAMES.contains(&s.as_str()) {
+            return Err(InvalidValue::new("username", "is reserved"));
+        }
+        Ok(Self(s))
+    }
+
+    /// A username to look up: one [`Username::parse`] accepts, or a
+    /// generated `user-` + 8 digits.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] (field `username`).
+    pub fn parse_lookup(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim().to_lowercase();
+        if let Some(digits) = s.strip_prefix("user-") {
+            if digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(Self(s));
+            }
+        }
+        Self::parse(&s)
+    }
+
+    /// The generated username `user-` + the 8 digits of `n % 10^8`.
+    pub fn generated(n: u32) -> Self {
+        Self(format!("user-{:08}", n % 100_000_000))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A first or last name (seed 001): 1–50 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonName(String);
+
+impl PersonName {
+    /// # Errors
+    /// [`InvalidValue`] naming `field` (`first_name` or `last_name`).
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.is_empty() || s.chars().count() > 50 {
+            return Err(InvalidValue::new(field, "must be 1 to 50 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::new(field, "must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,3 +458,4 @@ mod tests {
         assert!(!Digest("ab".into()).ct_eq(&Digest("abc".into())));
     }
 }
+

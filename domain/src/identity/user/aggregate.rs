@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{UserCommand, UserEvent};
 use crate::otp::OtpChannel;
 use crate::services::UserServices;
-use crate::values::{Digest, Sealed};
+use crate::values::{Digest, Sealed, Username};
 
 /// Refusals of the `User` aggregate. `code()` is the stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +95,9 @@ pub struct User {
     /// The unverified registration expired: the account no longer exists.
     #[serde(default)]
     pub expired: bool,
+    /// The handle (public), once set.
+    #[serde(default)]
+    pub username: Option<Username>,
 }
 
 impl User {
@@ -124,6 +127,9 @@ impl Aggregate for User {
                 name,
                 password_hash,
                 email_challenge_id,
+                username,
+                first_name,
+                last_name,
                 at,
             } => {
                 if self.id.is_some() {
@@ -139,6 +145,13 @@ impl Aggregate for User {
                     registered_at: at,
                 };
                 sink.write(event, self).await;
+                if let (Some(first_name), Some(last_name)) = (first_name, last_name) {
+                    sink.write(UserEvent::LegalNameSet { first_name, last_name, set_at: at }, self).await;
+                }
+                if let Some(username) = username {
+                    sink.write(UserEvent::UsernameChanged { username, previous: None, changed_at: at }, self)
+                        .await;
+                }
             }
             UserCommand::NoteDuplicateRegistration { delivery_id, at } => {
                 self.require_registered()?;
@@ -156,7 +169,7 @@ impl Aggregate for User {
                 sink.write(UserEvent::EmailVerified { challenge_id, verified_at: at, delivery_id }, self)
                     .await;
             }
-            UserCommand::RegisterWithPhone { user_id, phone, phone_hash, challenge_id, at } => {
+            UserCommand::RegisterWithPhone { user_id, phone, phone_hash, challenge_id, username, at } => {
                 if self.id.is_some() {
                     return Err(UserError::AlreadyRegistered);
                 }
@@ -168,6 +181,18 @@ impl Aggregate for User {
                     registered_at: at,
                 };
                 sink.write(event, self).await;
+                if let Some(username) = username {
+                    sink.write(UserEvent::UsernameChanged { username, previous: None, changed_at: at }, self)
+                        .await;
+                }
+            }
+            UserCommand::ChangeUsername { username, at } => {
+                self.require_registered()?;
+                if self.username.as_ref() == Some(&username) {
+                    return Ok(());
+                }
+                let previous = self.username.clone();
+                sink.write(UserEvent::UsernameChanged { username, previous, changed_at: at }, self).await;
             }
             UserCommand::NoteRefreshTokenReuse { delivery_id, at } => {
                 self.require_registered()?;
@@ -312,7 +337,9 @@ impl Aggregate for User {
                 self.two_factor_channel = OtpChannel::Sms;
                 self.registered_at = Some(registered_at);
             }
-            UserEvent::DuplicateRegistrationAttempted { .. }
+            UserEvent::UsernameChanged { username, .. } => self.username = Some(username),
+            UserEvent::LegalNameSet { .. }
+            | UserEvent::DuplicateRegistrationAttempted { .. }
             | UserEvent::RefreshTokenReuseNoticed { .. }
             | UserEvent::PhoneClaimAttempted { .. } => {}
             UserEvent::ProfileUpdated { name, bio, .. } => {

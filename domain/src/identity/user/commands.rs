@@ -3,7 +3,7 @@ use uuid::Uuid;
 
 use crate::otp::OtpChannel;
 use crate::session::RevocationReason;
-use crate::values::{Digest, Password, Sealed};
+use crate::values::{Digest, Password, Sealed, Username};
 
 /// Commands on a `User`. Personal fields arrive already sealed with the
 /// subject key and passwords already hashed: the aggregate never sees
@@ -20,6 +20,11 @@ pub enum UserCommand {
         name: Sealed,
         password_hash: String,
         email_challenge_id: Uuid,
+        /// The handle, already reserved by the caller (issue 15).
+        username: Option<Username>,
+        /// Sealed first and last name (seed 001), when given.
+        first_name: Option<Sealed>,
+        last_name: Option<Sealed>,
         at: DateTime<Utc>,
     },
     /// Create the account by a verified phone number (passwordless; seed
@@ -29,6 +34,8 @@ pub enum UserCommand {
         phone: Sealed,
         phone_hash: Digest,
         challenge_id: Uuid,
+        /// The generated handle (`user-` + 8 digits), already reserved.
+        username: Option<Username>,
         at: DateTime<Utc>,
     },
     /// Someone tried to register this account's email again; the owner is
@@ -73,6 +80,9 @@ pub enum UserCommand {
     /// reset, logout everywhere; ASVS 7.4.2): decided here, on the write
     /// side, whatever the sessions read model lists (ARCHITECTURE decided 14).
     RevokeAllSessions { reason: RevocationReason, at: DateTime<Utc> },
+    /// Change the handle to `username` (already reserved by the caller; the
+    /// old one stays held for 30 days). The same name again appends nothing.
+    ChangeUsername { username: Username, at: DateTime<Utc> },
     /// Set a new password through the reset flow. `reset_id` (the reset
     /// token's `jti`) is accepted once; `delivery_id` names the notice mail.
     ResetPassword { reset_id: Uuid, password_hash: String, delivery_id: Option<Uuid>, at: DateTime<Utc> },

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::otp::OtpChannel;
 use crate::session::RevocationReason;
-use crate::values::{Digest, Sealed};
+use crate::values::{Digest, Sealed, Username};
 
 /// Events of the `User` aggregate. Personal fields are [`Sealed`]; passwords
 /// appear only as argon2id PHC hashes (ARCHITECTURE decided 6, 7). Events
@@ -28,6 +28,21 @@ pub enum UserEvent {
         phone_hash: Digest,
         challenge_id: Uuid,
         registered_at: DateTime<Utc>,
+    },
+    /// The handle was set (at registration, in the same append) or
+    /// changed; public data, not sealed. `previous` stays held for 30 days
+    /// so links to it do not move to someone else at once.
+    UsernameChanged {
+        username: Username,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<Username>,
+        changed_at: DateTime<Utc>,
+    },
+    /// First and last name given at registration (seed 001), sealed.
+    LegalNameSet {
+        first_name: Sealed,
+        last_name: Sealed,
+        set_at: DateTime<Utc>,
     },
     DuplicateRegistrationAttempted {
         delivery_id: Uuid,
@@ -128,6 +143,8 @@ impl DomainEvent for UserEvent {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::UserRegisteredWithPhone { .. } => "UserRegisteredWithPhone",
+            Self::UsernameChanged { .. } => "UsernameChanged",
+            Self::LegalNameSet { .. } => "LegalNameSet",
             Self::DuplicateRegistrationAttempted { .. } => "DuplicateRegistrationAttempted",
             Self::RefreshTokenReuseNoticed { .. } => "RefreshTokenReuseNoticed",
             Self::EmailChallengeReplaced { .. } => "EmailChallengeReplaced",

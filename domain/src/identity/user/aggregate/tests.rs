@@ -51,6 +51,9 @@ async fn register_emits_registered() {
             name: Sealed("sealed-name".into()),
             password_hash: "hash:correct horse battery".into(),
             email_challenge_id: challenge(),
+            username: None,
+            first_name: None,
+            last_name: None,
             at: t(0),
         })
         .await
@@ -68,6 +71,9 @@ async fn register_twice_is_refused() {
             name: Sealed("y".into()),
             password_hash: "h".into(),
             email_challenge_id: challenge(),
+            username: None,
+            first_name: None,
+            last_name: None,
             at: t(5),
         })
         .await
@@ -380,4 +386,58 @@ async fn phone_registration_has_no_password() {
         })
         .await
         .then_expect_error(UserError::WrongPassword);
+}
+
+#[tokio::test]
+async fn registration_sets_the_handle_and_names_in_the_same_append() {
+    let name = crate::values::Username::parse("night_owl").unwrap();
+    framework()
+        .given_no_previous_events()
+        .when_async(UserCommand::Register {
+            user_id: uid(),
+            email: Sealed("sealed-email".into()),
+            email_hash: Digest("ab".into()),
+            name: Sealed("sealed-name".into()),
+            password_hash: "hash:correct horse battery".into(),
+            email_challenge_id: challenge(),
+            username: Some(name.clone()),
+            first_name: Some(Sealed("f".into())),
+            last_name: Some(Sealed("l".into())),
+            at: t(0),
+        })
+        .await
+        .then_expect_events(vec![
+            registered(),
+            UserEvent::LegalNameSet { first_name: Sealed("f".into()), last_name: Sealed("l".into()), set_at: t(0) },
+            UserEvent::UsernameChanged { username: name, previous: None, changed_at: t(0) },
+        ]);
+}
+
+#[tokio::test]
+async fn a_handle_change_names_the_previous_one_and_the_same_name_is_no_change() {
+    let old = crate::values::Username::parse("night_owl").unwrap();
+    let new = crate::values::Username::parse("day_owl").unwrap();
+    let set = UserEvent::UsernameChanged { username: old.clone(), previous: None, changed_at: t(0) };
+    framework()
+        .given(vec![registered(), set.clone()])
+        .when_async(UserCommand::ChangeUsername { username: new.clone(), at: t(9) })
+        .await
+        .then_expect_events(vec![UserEvent::UsernameChanged { username: new, previous: Some(old.clone()), changed_at: t(9) }]);
+    framework()
+        .given(vec![registered(), set])
+        .when_async(UserCommand::ChangeUsername { username: old, at: t(9) })
+        .await
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn username_rules() {
+    use crate::values::Username;
+    assert_eq!(Username::parse(" Night_Owl ").unwrap().as_str(), "night_owl");
+    for bad in ["ab", "12345", "admin", "Me", "has space", "dash-ed", &"a".repeat(31)] {
+        assert!(Username::parse(bad).is_err(), "{bad}");
+    }
+    assert!(Username::parse("user-12345678").is_err(), "the generated form cannot be chosen");
+    assert_eq!(Username::parse_lookup("USER-12345678").unwrap().as_str(), "user-12345678");
+    assert_eq!(Username::generated(42).as_str(), "user-00000042");
 }
