@@ -64,6 +64,10 @@ pub struct App {
     pub revoked: Arc<crate::revocations::RevokedSessions>,
     /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     pub trusted_proxies: Arc<crate::client_ip::TrustedProxies>,
+    /// Follows, blocks, mutes.
+    pub social: Arc<commands::social::SocialService>,
+    /// Tracks.
+    pub catalog: Arc<commands::catalog::CatalogService>,
     keys: Keyring,
 }
 
@@ -110,7 +114,24 @@ impl App {
         // Installed before anything is counted (one recorder per process).
         let _ = crate::metrics::handle();
         let trusted_proxies = Arc::new(crate::client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
-        Ok(Self { settings, pool, identity, tokens, keys, passkeys, revoked, trusted_proxies })
+        let social = Arc::new(commands::social::SocialService::new(pool.clone()));
+        let catalog = Arc::new(commands::catalog::CatalogService::new(
+            pool.clone(),
+            identity.vault.clone(),
+            keys.lookup.clone(),
+        ));
+        Ok(Self {
+            settings,
+            pool,
+            identity,
+            tokens,
+            keys,
+            passkeys,
+            revoked,
+            trusted_proxies,
+            social,
+            catalog,
+        })
     }
 
     /// The HTTP router, with the per-IP limit when configured, the client
@@ -144,6 +165,9 @@ impl App {
             tokens: self.tokens.clone(),
             passkeys: self.passkeys.clone(),
             revoked: self.revoked.clone(),
+            social: self.social.clone(),
+            catalog: self.catalog.clone(),
+            consistency_wait: Duration::from_millis(self.settings.consistency_wait_ms),
         })
     }
 
@@ -155,6 +179,8 @@ impl App {
             Arc::new(ChallengesProjector),
             Arc::new(projections::pins::PinsProjector),
             Arc::new(projections::passkeys::PasskeysProjector),
+            Arc::new(projections::social::graph::GraphProjector),
+            Arc::new(projections::catalog::tracks::TracksProjector),
         ]
     }
 

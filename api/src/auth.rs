@@ -83,3 +83,20 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(Self { user_id: claims.sub, session_id: claims.sid, auth_time: claims.auth_time })
     }
 }
+
+/// The caller if a bearer token is sent (it must then be valid: 401
+/// otherwise), `None` for an anonymous request. For public reads that
+/// show more to a signed-in viewer.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeUser(pub Option<AuthUser>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Self(None));
+        }
+        AuthUser::from_request_parts(parts, state).await.map(|u| Self(Some(u)))
+    }
+}

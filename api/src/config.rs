@@ -126,6 +126,11 @@ pub struct Settings {
     /// workers forever).
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Longest wait of a query given an `X-Consistency-Token` for the read
+    /// models it reads to pass the token, in milliseconds; then 503
+    /// `consistency_timeout` with `Retry-After` (ARCHITECTURE decided 13).
+    #[arg(long, env = "CONSISTENCY_WAIT_MS", default_value_t = 2_000)]
+    pub consistency_wait_ms: u64,
     /// Password hashes waiting for a hashing thread beyond which requests
     /// that hash are answered 503 with `Retry-After` (load shedding).
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64)]

@@ -97,6 +97,11 @@ impl From<IdentityError> for ApiError {
             E::SessionExpired => (StatusCode::UNAUTHORIZED, "session_expired"),
             E::SessionRevoked => (StatusCode::UNAUTHORIZED, "session_revoked"),
             E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            E::UsernameTaken => {
+                let mut err = Self::new(StatusCode::CONFLICT, "username_taken", e.to_string());
+                err.field = Some("username");
+                return err;
+            }
             E::Conflict => (StatusCode::CONFLICT, "conflict"),
             E::Throttled { retry_after_secs } => {
                 let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", e.to_string());

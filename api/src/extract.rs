@@ -86,3 +86,39 @@ pub fn payload_too_large() -> ApiError {
         format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
     )
 }
+
+/// The one `{id}` path parameter of a route, as a UUID; anything else is
+/// answered 404 `not_found` in the API's error shape (no such resource).
+pub struct IdPath(pub uuid::Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource");
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| not_found())?;
+        raw.parse().map(Self).map_err(|_| not_found())
+    }
+}
+
+/// `axum::extract::Query` with the API's error shape: 422
+/// `invalid_query` naming the problem.
+pub struct ValidQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ValidQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", r.body_text()))
+    }
+}

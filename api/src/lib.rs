@@ -11,6 +11,7 @@ pub mod bench;
 pub mod chaos;
 pub mod client_ip;
 pub mod config;
+pub mod consistency;
 pub mod cookies;
 pub mod error;
 pub mod extract;

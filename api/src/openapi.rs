@@ -22,11 +22,21 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::factors::set_pin, crate::routes::factors::verify_pin, crate::routes::factors::delete_pin,
         crate::routes::factors::start_totp, crate::routes::factors::confirm_totp, crate::routes::factors::disable_totp,
         crate::routes::factors::verify_recovery_code,
+        crate::routes::social::graph::follow, crate::routes::social::graph::unfollow,
+        crate::routes::social::graph::block, crate::routes::social::graph::unblock,
+        crate::routes::social::graph::mute, crate::routes::social::graph::unmute,
+        crate::routes::social::graph::followers, crate::routes::social::graph::following,
+        crate::routes::social::graph::blocks, crate::routes::social::graph::suggestions,
+        crate::routes::social::profiles::get_profile, crate::routes::social::profiles::get_profile_by_username,
+        crate::routes::social::profiles::put_username, crate::routes::social::profiles::resolve,
+        crate::routes::catalog::tracks::create_track, crate::routes::catalog::tracks::get_track,
+        crate::routes::catalog::tracks::update_track, crate::routes::catalog::tracks::delete_track,
+        crate::routes::catalog::tracks::list_user_tracks,
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody, auth::TokenResponse, auth::SecondFactorResponse)),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "auth"), (name = "users"), (name = "meta"))
+    tags((name = "auth"), (name = "users"), (name = "social"), (name = "tracks"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -20,4 +20,10 @@ pub struct AppState {
     pub revoked: Arc<crate::revocations::RevokedSessions>,
     /// Passkeys (WebAuthn) write side.
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
+    /// Follows, blocks, mutes (write side).
+    pub social: Arc<commands::social::SocialService>,
+    /// Tracks (write side).
+    pub catalog: Arc<commands::catalog::CatalogService>,
+    /// Longest read-your-writes wait (`CONSISTENCY_WAIT_MS`).
+    pub consistency_wait: std::time::Duration,
 }

@@ -21,8 +21,8 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
-use postgres_es::PostgresEventRepository;
 use domain::consistency::ConsistencyToken;
+use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 /// Attempts per command when the aggregate was appended to concurrently.

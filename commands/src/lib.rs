@@ -7,6 +7,7 @@
 //! Depends on `domain` only among our crates; never on the api, projections
 //! or workers.
 
+pub mod catalog;
 pub mod deliveries;
 pub mod executor;
 pub mod identity;
@@ -15,6 +16,7 @@ pub mod otp_codes;
 pub mod passkeys;
 pub mod passwords;
 pub mod reservations;
+pub mod social;
 pub mod tokens;
 pub mod vault;
 

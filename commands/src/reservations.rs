@@ -14,6 +14,8 @@ pub enum ReservationKind {
     Email,
     Phone,
     Username,
+    /// A track's slug, unique per owner (key: owner id and slug).
+    TrackSlug,
 }
 
 impl ReservationKind {
@@ -22,6 +24,7 @@ impl ReservationKind {
             Self::Email => "email",
             Self::Phone => "phone",
             Self::Username => "username",
+            Self::TrackSlug => "track_slug",
         }
     }
 }
@@ -35,7 +38,10 @@ pub enum Claim {
     Taken { owner: Uuid },
 }
 
-/// Claims `hash` for `owner`; atomic under concurrency (unique key).
+/// Claims `hash` for `owner`; atomic under concurrency (unique key). A
+/// reservation on hold (a username given up less than 30 days ago,
+/// [`HoldPrevious`]) is taken over in the same statement once its hold has
+/// passed, or at once by its former owner.
 ///
 /// # Errors
 /// Database errors.
@@ -48,7 +54,11 @@ pub async fn claim(
     let key = key_bytes(hash);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO reservations (kind, key_hash, owner_id) VALUES ($1, $2, $3)
-         ON CONFLICT (kind, key_hash) DO NOTHING RETURNING owner_id",
+         ON CONFLICT (kind, key_hash) DO UPDATE
+             SET owner_id = EXCLUDED.owner_id, held_until = NULL, claimed_at = now()
+             WHERE reservations.held_until IS NOT NULL
+               AND (reservations.held_until < now() OR reservations.owner_id = EXCLUDED.owner_id)
+         RETURNING owner_id",
     )
     .bind(kind.as_str())
     .bind(&key)
@@ -124,6 +134,38 @@ impl CoWrite for ReleaseHeld {
         query.push(" AND key_hash IS DISTINCT FROM ");
         query.push_bind(self.keep.as_deref());
         query.push(")");
+    }
+}
+
+/// Puts `owner`'s other reservations of `kind` on hold for `days` days,
+/// written by the same statement as the event that gives them up (a
+/// username change): until then nobody else can claim them, so links to an
+/// old handle do not move to someone else at once (issue 15: 30 days).
+pub struct HoldPrevious {
+    kind: ReservationKind,
+    owner: Uuid,
+    keep: Vec<u8>,
+    days: i32,
+}
+
+impl HoldPrevious {
+    /// `owner`'s reservations of `kind` other than `keep`, held `days` days.
+    pub fn new(kind: ReservationKind, owner: Uuid, keep: &Digest, days: i32) -> Self {
+        Self { kind, owner, keep: key_bytes(keep), days }
+    }
+}
+
+impl CoWrite for HoldPrevious {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        query.push("held AS (UPDATE reservations SET held_until = now() + make_interval(days => ");
+        query.push_bind(self.days);
+        query.push(") WHERE kind = ");
+        query.push_bind(self.kind.as_str());
+        query.push(" AND owner_id = ");
+        query.push_bind(self.owner);
+        query.push(" AND key_hash <> ");
+        query.push_bind(self.keep.as_slice());
+        query.push(" AND held_until IS NULL)");
     }
 }
 

@@ -37,7 +37,13 @@ async fn service() -> (IdentityService, PgPool, String) {
 async fn verified_account(s: &IdentityService, pool: &PgPool, email: &EmailAddress) {
     let meta = RequestMeta::default();
     let user = s
-        .register(email, &Password::parse(PASSWORD).unwrap(), &DisplayName::parse("Lo").unwrap(), &meta)
+        .register(
+            email,
+            &Password::parse(PASSWORD).unwrap(),
+            &DisplayName::parse("Lo").unwrap(),
+            &Default::default(),
+            &meta,
+        )
         .await
         .unwrap();
     let payload: serde_json::Value = sqlx::query_scalar(

@@ -45,8 +45,8 @@ impl ConsistencyToken {
         let sequence = parts.next()?.parse().ok()?;
         let aggregate_type = parts.next()?;
         let aggregate_id = parts.next()?;
-        let valid_type = !aggregate_type.is_empty()
-            && aggregate_type.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        let valid_type =
+            !aggregate_type.is_empty() && aggregate_type.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         if !valid_type || aggregate_id.is_empty() || aggregate_id.chars().any(char::is_control) {
             return None;
         }

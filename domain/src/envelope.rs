@@ -96,5 +96,14 @@ impl Envelope {
 }
 
 /// Aggregate types that exist, i.e. the topics the relay creates at start.
-pub const AGGREGATE_TYPES: &[&str] =
-    &["user", "otp_challenge", "session", "throttle", "passkeys", "totp", "device_pin", "relationship", "track"];
+pub const AGGREGATE_TYPES: &[&str] = &[
+    "user",
+    "otp_challenge",
+    "session",
+    "throttle",
+    "passkeys",
+    "totp",
+    "device_pin",
+    "relationship",
+    "track",
+];

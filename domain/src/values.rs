@@ -15,6 +15,11 @@ impl InvalidValue {
     pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self { field, reason: reason.into() }
     }
+
+    /// `field` is required (given alongside another field that needs it).
+    pub fn required(field: &'static str) -> Self {
+        Self::new(field, "is required")
+    }
 }
 
 /// An email address, trimmed and lower-cased (the normal form used for the
@@ -319,11 +324,50 @@ pub struct Username(String);
 /// Words that would shadow a route or pose as the service (compared after
 /// case folding).
 pub const RESERVED_USERNAMES: &[&str] = &[
-    "about", "account", "accounts", "admin", "administrator", "api", "app", "auth", "blog", "dashboard",
-    "discover", "docs", "explore", "feed", "help", "home", "login", "logout", "me", "mod", "moderator",
-    "moderation", "notifications", "null", "official", "privacy", "register", "resolve", "root", "search",
-    "security", "settings", "signin", "signup", "streamforge", "stream", "support", "system", "terms",
-    "tracks", "upload", "user", "users", "you",
+    "about",
+    "account",
+    "accounts",
+    "admin",
+    "administrator",
+    "api",
+    "app",
+    "auth",
+    "blog",
+    "dashboard",
+    "discover",
+    "docs",
+    "explore",
+    "feed",
+    "help",
+    "home",
+    "login",
+    "logout",
+    "me",
+    "mod",
+    "moderator",
+    "moderation",
+    "notifications",
+    "null",
+    "official",
+    "privacy",
+    "register",
+    "resolve",
+    "root",
+    "search",
+    "security",
+    "settings",
+    "signin",
+    "signup",
+    "streamforge",
+    "stream",
+    "support",
+    "system",
+    "terms",
+    "tracks",
+    "upload",
+    "user",
+    "users",
+    "you",
 ];
 
 impl Username {
@@ -458,4 +502,3 @@ mod tests {
         assert!(!Digest("ab".into()).ct_eq(&Digest("abc".into())));
     }
 }
-

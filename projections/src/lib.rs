@@ -18,6 +18,7 @@
 //! Among streamforge's crates this one depends on `domain` only (for the
 //! envelope); it must never depend on `commands`, `workers` or `api`.
 
+pub mod catalog;
 pub mod db;
 pub mod error;
 pub mod feed;
@@ -26,6 +27,7 @@ pub mod kafka_feed;
 pub mod pg_feed;
 pub mod rebuild;
 pub mod runtime;
+pub mod social;
 pub mod tail;
 
 pub use identity::{challenges, factors, passkeys, pins, profiles, sessions};

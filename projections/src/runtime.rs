@@ -79,6 +79,20 @@ pub enum RunError {
     ReaderTask(#[source] tokio::task::JoinError),
 }
 
+/// Where a projector keeps the duplicate guard of decided 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// The runner keeps one `projection_checkpoints` row per aggregate
+    /// (the last sequence applied) and skips envelopes at or below it.
+    PerAggregate,
+    /// The read model's rows carry the sequence that last set them and the
+    /// projector skips older envelopes itself: the runner writes no
+    /// checkpoint rows (for pair-keyed streams, where one row per stream
+    /// would be one row per edge). [`Projector::has_applied`] must then be
+    /// overridden.
+    InReadModel,
+}
+
 /// One read model's event handler.
 ///
 /// `apply` runs inside the transaction that also advances the projector's
@@ -93,6 +107,37 @@ pub trait Projector: Send + Sync {
     /// Whether envelopes of `aggregate_type` concern this projector (all
     /// events of a handled aggregate type are passed to `apply`).
     fn handles(&self, aggregate_type: &str) -> bool;
+
+    /// Where the duplicate guard lives (default: the runner's
+    /// per-aggregate checkpoints).
+    fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::PerAggregate
+    }
+
+    /// Whether the read model has applied event `sequence` of stream
+    /// `aggregate_type`/`aggregate_id` (read-your-writes, decided 13). The
+    /// default reads the stream's checkpoint row.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn has_applied(
+        &self,
+        pool: &PgPool,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM projection_checkpoints
+             WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+        )
+        .bind(self.name())
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(stored.is_some_and(|s| s >= sequence))
+    }
 
     /// Applies one envelope to the read model.
     ///
@@ -181,6 +226,20 @@ impl Projector for PerEventRebuild {
 
     fn handles(&self, aggregate_type: &str) -> bool {
         self.0.handles(aggregate_type)
+    }
+
+    fn checkpoints(&self) -> Checkpoints {
+        self.0.checkpoints()
+    }
+
+    async fn has_applied(
+        &self,
+        pool: &PgPool,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<bool, sqlx::Error> {
+        self.0.has_applied(pool, aggregate_type, aggregate_id, sequence).await
     }
 
     async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
@@ -708,7 +767,9 @@ async fn write_chunk(
     let set_based = async {
         let mut tx = pool.begin().await?;
         projector.rebuild_chunk(&mut tx, chunk).await?;
-        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REBUILT_CHECKPOINTS).await?;
+        if projector.checkpoints() == Checkpoints::PerAggregate {
+            store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REBUILT_CHECKPOINTS).await?;
+        }
         tx.commit().await?;
         Ok::<_, ProjectionError>(())
     }
@@ -735,7 +796,9 @@ async fn write_chunk(
             source,
         })?;
     }
-    store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REPLAYED_CHECKPOINTS).await?;
+    if projector.checkpoints() == Checkpoints::PerAggregate {
+        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REPLAYED_CHECKPOINTS).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
@@ -780,6 +843,11 @@ async fn apply_one(
     envelope: &Envelope,
 ) -> Result<bool, ProjectionError> {
     let mut tx = pool.begin().await?;
+    if projector.checkpoints() == Checkpoints::InReadModel {
+        projector.apply(&mut tx, envelope).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
     let stored: i64 = sqlx::query_scalar(LOCK_CHECKPOINT)
         .bind(projector.name())
         .bind(&envelope.aggregate_type)
@@ -814,6 +882,12 @@ async fn apply_many(
     projector: &dyn Projector,
     envelopes: &[&Envelope],
 ) -> Result<Applied, ProjectionError> {
+    if projector.checkpoints() == Checkpoints::InReadModel {
+        let mut tx = pool.begin().await?;
+        projector.apply_many(&mut tx, envelopes).await?;
+        tx.commit().await?;
+        return Ok(Applied { applied: envelopes.len(), skipped: 0 });
+    }
     let mut keys: Vec<(&str, &str)> =
         envelopes.iter().map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str())).collect();
     keys.sort_unstable();

@@ -228,7 +228,7 @@ pub(crate) async fn register_accounts(app: &App, n: usize) -> anyhow::Result<Vec
                 let password = Password::parse(PASSWORD)?;
                 let meta = RequestMeta::default();
                 let name = DisplayName::parse(&format!("Bench {i}"))?;
-                let user_id = app.identity.register(&email, &password, &name, &meta).await?;
+                let user_id = app.identity.register(&email, &password, &name, &Default::default(), &meta).await?;
                 let payload: serde_json::Value = sqlx::query_scalar(
                     "SELECT payload::jsonb FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence = 1",
                 )

@@ -1,7 +1,9 @@
 //! HTTP routes, one folder per bounded context (ARCHITECTURE decided 15),
 //! one module per area; each exports `router()`.
 
+pub mod catalog;
 pub mod identity;
 pub mod meta;
+pub mod social;
 
 pub use identity::{auth, challenges, factors, passkeys, sessions, users};

@@ -15,3 +15,5 @@ mod http_edges;
 mod passkeys;
 mod phone;
 mod sessions;
+mod social;
+mod tracks;

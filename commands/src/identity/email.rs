@@ -4,12 +4,21 @@ use chrono::{DateTime, Utc};
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::throttle::RequestPolicy;
 use domain::user::{UserCommand, UserError, REGISTRATION_TTL_HOURS};
-use domain::values::{Digest, DisplayName, EmailAddress, OtpCode, Password};
+use domain::values::{Digest, DisplayName, EmailAddress, OtpCode, Password, PersonName, Username};
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta};
 use crate::executor::ExecError;
 use crate::reservations::{self, Claim, ReleaseHeld, ReservationKind};
+
+/// The account a registration creates.
+struct NewAccount<'a> {
+    user_id: Uuid,
+    email: &'a EmailAddress,
+    email_hash: Digest,
+    password_hash: String,
+    name: &'a DisplayName,
+}
 
 /// A registration failure, and whether `UserRegistered` had committed.
 enum Registration {
@@ -25,44 +34,99 @@ impl Registration {
     }
 }
 
+/// What a registration may carry beyond email, password and display name
+/// (issue 15, seed 001).
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationExtras {
+    /// The chosen handle; a generated `user-` + 8 digits when absent.
+    pub username: Option<Username>,
+    /// First and last name, sealed like the display name.
+    pub names: Option<(PersonName, PersonName)>,
+}
+
 impl IdentityService {
     /// Registers an account and mails a verification code. For an email that
     /// is already registered, answers the same way (a fresh, meaningless
     /// id) and mails the owner a notice instead — no enumeration. The
     /// password is hashed on both paths so timing does not tell either.
     ///
+    /// The handle is claimed first: a taken one answers `UsernameTaken`
+    /// at once (usernames are public, so this tells nothing about the
+    /// email); it is given back when the account is not created.
+    ///
     /// # Errors
-    /// [`IdentityError::Internal`] / [`IdentityError::Conflict`].
+    /// [`IdentityError::UsernameTaken`], [`IdentityError::Internal`] /
+    /// [`IdentityError::Conflict`].
     #[tracing::instrument(skip_all)]
     pub async fn register(
         &self,
         email: &EmailAddress,
         password: &Password,
         name: &DisplayName,
+        extras: &RegistrationExtras,
         meta: &RequestMeta,
     ) -> Result<Uuid, IdentityError> {
-        let password_hash = self.hasher.hash(password.expose()).await.map_err(internal)?;
-        let email_hash = self.email_hash(email);
         let user_id = Uuid::now_v7();
+        let username = match &extras.username {
+            Some(chosen) => {
+                self.claim_username(user_id, chosen).await?;
+                chosen.clone()
+            }
+            None => self.claim_generated_username(user_id).await?,
+        };
+        // Only a committed account keeps the handle (not a decoy, not a
+        // registration that failed before `UserRegistered`): given back
+        // inside, a decoy's before its padded answer (no timing difference).
+        let (result, _committed) =
+            self.register_with_handle(user_id, email, password, name, &username, extras, meta).await;
+        result.map(|()| user_id)
+    }
+
+    /// [`IdentityService::register`] after the handle is claimed, and
+    /// whether `UserRegistered` committed (false for a duplicate's decoy).
+    #[allow(clippy::too_many_arguments)]
+    async fn register_with_handle(
+        &self,
+        user_id: Uuid,
+        email: &EmailAddress,
+        password: &Password,
+        name: &DisplayName,
+        username: &Username,
+        extras: &RegistrationExtras,
+        meta: &RequestMeta,
+    ) -> (Result<(), IdentityError>, bool) {
+        let password_hash = match self.hasher.hash(password.expose()).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                self.release_username(user_id, username).await;
+                return (Err(internal(e)), false);
+            }
+        };
+        let email_hash = self.email_hash(email);
         let now = Utc::now();
         let started = std::time::Instant::now();
         // Both paths answer at the same moment: no sooner than a typical new
         // registration's work after hashing, with a 25 % cushion (no timing
         // oracle; SECURITY.md "Enumeration").
         let answer_at = started + self.register_pad.typical().mul_f64(1.25);
-        let result = match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id)
-            .await
-            .map_err(internal)?
+        let claim = match reservations::claim(&self.pool, ReservationKind::Email, &email_hash, user_id).await
         {
+            Ok(claim) => claim,
+            Err(e) => {
+                self.release_username(user_id, username).await;
+                return (Err(internal(e)), false);
+            }
+        };
+        let (result, committed) = match claim {
             // The decoy id is the one minted above, before the claim: its
             // UUIDv7 time is what a real account's would be.
             Claim::Taken { owner } => {
-                self.notify_duplicate_registration(owner, email, now, meta).await.map(|()| user_id)
+                (self.notify_duplicate_registration(owner, email, now, meta).await, false)
             }
             Claim::Claimed => {
-                let result = self
-                    .register_claimed(user_id, email, email_hash.clone(), password_hash, name, now, meta)
-                    .await;
+                let account =
+                    NewAccount { user_id, email, email_hash: email_hash.clone(), password_hash, name };
+                let result = self.register_claimed(account, username, extras, now, meta).await;
                 match &result {
                     Ok(()) => self.register_pad.observe(started.elapsed()),
                     // Released only when `UserRegistered` did not commit: once
@@ -75,24 +139,26 @@ impl IdentityService {
                     }
                     Err(Registration::Committed(_)) => {}
                 }
-                result.map(|()| user_id).map_err(Registration::into_inner)
+                let committed = !matches!(result, Err(Registration::NotCommitted(_)));
+                (result.map_err(Registration::into_inner), committed)
             }
         };
+        if !committed {
+            self.release_username(user_id, username).await;
+        }
         tokio::time::sleep_until(answer_at.into()).await;
-        result
+        (result, committed)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn register_claimed(
         &self,
-        user_id: Uuid,
-        email: &EmailAddress,
-        email_hash: Digest,
-        password_hash: String,
-        name: &DisplayName,
+        account: NewAccount<'_>,
+        username: &Username,
+        extras: &RegistrationExtras,
         now: DateTime<Utc>,
         meta: &RequestMeta,
     ) -> Result<(), Registration> {
+        let NewAccount { user_id, email, email_hash, password_hash, name } = account;
         let not_committed = Registration::NotCommitted;
         self.vault.ensure_key(user_id).await.map_err(internal).map_err(not_committed)?;
         let sealed_email =
@@ -102,6 +168,19 @@ impl IdentityService {
         // The hash is a secret: sealed, so no topic carries it readable.
         let password_hash =
             self.vault.seal_hash(user_id, &password_hash).await.map_err(internal).map_err(not_committed)?;
+        let (first_name, last_name) = match &extras.names {
+            Some((first, last)) => (
+                Some(
+                    self.vault
+                        .seal(user_id, first.as_str())
+                        .await
+                        .map_err(internal)
+                        .map_err(not_committed)?,
+                ),
+                Some(self.vault.seal(user_id, last.as_str()).await.map_err(internal).map_err(not_committed)?),
+            ),
+            None => (None, None),
+        };
         let challenge_id = Uuid::new_v4();
         let cmd = UserCommand::Register {
             user_id,
@@ -110,6 +189,9 @@ impl IdentityService {
             name: sealed_name,
             password_hash,
             email_challenge_id: challenge_id,
+            username: Some(username.clone()),
+            first_name,
+            last_name,
             at: now,
         };
         self.users

@@ -24,6 +24,7 @@ mod sessions;
 mod sms_guard;
 mod throttles;
 mod totp;
+mod username;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use crate::tokens::TokenIssuer;
 use crate::vault::Vault;
 
 pub use device_cookie::{DEVICE_COOKIE, DEVICE_COOKIE_TTL_SECS};
+pub use email::RegistrationExtras;
 pub use login::{LoginChallenge, LoginStep};
 pub use phone::PhoneChallenge;
 pub use pin::FactorError;
@@ -55,6 +57,7 @@ pub use sms_guard::{LookupConfig, SmsPolicy};
 pub use throttles::throttle_tail;
 use throttles::FAILURE_ATTEMPTS;
 pub use totp::{totp_code_at, TotpEnrollment};
+pub use username::USERNAME_HOLD_DAYS;
 
 /// Lifetimes, in seconds.
 #[derive(Debug, Clone)]
@@ -142,6 +145,9 @@ pub enum IdentityError {
     /// 409 `last_sign_in_method` — removing it would leave no way in.
     #[error("this is the only way to sign in to the account")]
     LastSignInMethod,
+    /// 409 `username_taken` — usernames are public, so this tells nothing new.
+    #[error("this username is taken")]
+    UsernameTaken,
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
@@ -201,7 +207,8 @@ pub struct ClientInfo {
 }
 
 impl RequestMeta {
-    pub(crate) fn to_map(&self, command: &str) -> HashMap<String, String> {
+    /// Event metadata: `command`, and `request_id` / `actor` when known.
+    pub fn to_map(&self, command: &str) -> HashMap<String, String> {
         let mut m = HashMap::new();
         m.insert("command".to_owned(), command.to_owned());
         if let Some(r) = &self.request_id {

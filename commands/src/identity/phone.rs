@@ -79,18 +79,30 @@ impl IdentityService {
             Claim::Taken { owner } if owner != subject => return Ok((owner, false)),
             _ => {}
         }
+        // Phone sign-ups get a generated handle (`user-` + 8 digits, as
+        // SoundCloud does); changed later with `PUT /api/users/me/username`.
+        let username = match self.claim_generated_username(subject).await {
+            Ok(username) => username,
+            Err(e) => {
+                let _ = reservations::release(&self.pool, ReservationKind::Phone, &phone_hash, subject).await;
+                return Err(e);
+            }
+        };
         let cmd = UserCommand::RegisterWithPhone {
             user_id: subject,
             phone: sealed,
             phone_hash: phone_hash.clone(),
             challenge_id,
+            username: Some(username.clone()),
             at: Utc::now(),
         };
         if let Err(e) =
             self.users.execute(&subject.to_string(), cmd, meta.to_map("RegisterUserWithPhone")).await
         {
-            // Not committed: the number must not stay reserved for no account.
+            // Not committed: neither the number nor the handle may stay
+            // reserved for no account.
             let _ = reservations::release(&self.pool, ReservationKind::Phone, &phone_hash, subject).await;
+            self.release_username(subject, &username).await;
             return Err(map_user(e));
         }
         Ok((subject, true))

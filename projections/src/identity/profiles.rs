@@ -131,6 +131,14 @@ impl Projector for ProfilesProjector {
                 .execute(conn)
                 .await?;
             }
+            UserEvent::UsernameChanged { username, changed_at, .. } => {
+                sqlx::query("UPDATE rm_profiles SET username = $2, updated_at = $3 WHERE user_id = $1")
+                    .bind(aggregate_uuid(env)?)
+                    .bind(username.as_str())
+                    .bind(changed_at)
+                    .execute(conn)
+                    .await?;
+            }
             UserEvent::DuplicateRegistrationAttempted { .. }
             | UserEvent::EmailChallengeReplaced { .. }
             | UserEvent::RefreshTokenReuseNoticed { .. }
@@ -138,6 +146,7 @@ impl Projector for ProfilesProjector {
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::LoginPasswordAccepted { .. }
             | UserEvent::PhoneClaimAttempted { .. }
+            | UserEvent::LegalNameSet { .. }
             | UserEvent::AllSessionsRevoked { .. } => {}
         }
         Ok(())
@@ -170,9 +179,11 @@ impl Projector for ProfilesProjector {
         if !rows.user_id.is_empty() {
             sqlx::query(
                 "INSERT INTO rm_profiles (user_id, email_sealed, name_sealed, bio_sealed, email_verified,
-                                          phone_sealed, phone_verified, two_factor_channel, created_at, updated_at)
+                                          phone_sealed, phone_verified, two_factor_channel, created_at, updated_at,
+                                          username)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                                      $6::text[], $7::bool[], $8::text[], $9::timestamptz[], $10::timestamptz[])",
+                                      $6::text[], $7::bool[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+                                      $11::text[])",
             )
             .bind(&rows.user_id)
             .bind(&rows.email_sealed)
@@ -184,6 +195,7 @@ impl Projector for ProfilesProjector {
             .bind(&rows.two_factor_channel)
             .bind(&rows.created_at)
             .bind(&rows.updated_at)
+            .bind(&rows.username)
             .execute(&mut *conn)
             .await?;
         }
@@ -238,6 +250,7 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
                         phone_sealed: None,
                         phone_verified: false,
                         two_factor_channel: "email".to_owned(),
+                        username: None,
                         created_at: at,
                         updated_at: at,
                     });
@@ -258,6 +271,7 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
                         phone_sealed: Some(phone.0),
                         phone_verified: true,
                         two_factor_channel: "sms".to_owned(),
+                        username: None,
                         created_at: at,
                         updated_at: at,
                     });
@@ -327,6 +341,14 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
                     r.updated_at = at;
                 }
             }
+            UserEvent::UsernameChanged { username, changed_at, .. } => {
+                update_target()?;
+                let at = as_stored(changed_at)?;
+                if let Some(r) = row.as_mut() {
+                    r.username = Some(username.as_str().to_owned());
+                    r.updated_at = at;
+                }
+            }
             UserEvent::DuplicateRegistrationAttempted { .. }
             | UserEvent::EmailChallengeReplaced { .. }
             | UserEvent::RefreshTokenReuseNoticed { .. }
@@ -334,6 +356,7 @@ pub fn fold_profile(stream: &Stream<'_>) -> Result<Fold<ProfileRow>, ProjectionE
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::LoginPasswordAccepted { .. }
             | UserEvent::PhoneClaimAttempted { .. }
+            | UserEvent::LegalNameSet { .. }
             | UserEvent::AllSessionsRevoked { .. } => {}
         }
     }
@@ -353,6 +376,7 @@ struct ProfileColumns {
     two_factor_channel: Vec<String>,
     created_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
+    username: Vec<Option<String>>,
 }
 
 impl ProfileColumns {
@@ -367,6 +391,7 @@ impl ProfileColumns {
         self.two_factor_channel.push(r.two_factor_channel);
         self.created_at.push(r.created_at);
         self.updated_at.push(r.updated_at);
+        self.username.push(r.username);
     }
 }
 
@@ -403,6 +428,8 @@ pub struct ProfileRow {
     pub phone_verified: bool,
     /// `email` or `sms`.
     pub two_factor_channel: String,
+    /// The public handle (not sealed), once set.
+    pub username: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -414,7 +441,7 @@ pub struct ProfileRow {
 pub async fn find_profile(pool: &PgPool, user_id: Uuid) -> Result<Option<ProfileRow>, sqlx::Error> {
     sqlx::query_as::<_, ProfileRow>(
         "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, phone_sealed,
-                phone_verified, two_factor_channel, created_at, updated_at
+                phone_verified, two_factor_channel, username, created_at, updated_at
          FROM rm_profiles WHERE user_id = $1",
     )
     .bind(user_id)

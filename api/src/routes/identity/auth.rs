@@ -10,7 +10,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commands::identity::{LoginStep, RequestMeta, TokenPair, DEVICE_COOKIE, DEVICE_COOKIE_TTL_SECS};
 use domain::session::RevocationReason;
-use domain::values::{DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
+use domain::values::{
+    DisplayName, EmailAddress, InvalidValue, OtpCode, Password, PersonName, PhoneNumber, Username,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -71,9 +73,19 @@ pub struct RegisterRequest {
     /// 8–256 characters, not a common password.
     #[schema(example = "correct horse battery staple")]
     pub password: String,
-    /// 1–100 characters.
+    /// Display name, 1–100 characters; optional when `first_name` and
+    /// `last_name` are given (then "first last").
     #[schema(example = "Ann")]
-    pub name: String,
+    pub name: Option<String>,
+    /// The handle: 3–30 characters of `a-z 0-9 _` (case-folded), not only
+    /// digits, not reserved; a generated `user-` + 8 digits when absent.
+    /// 409 `username_taken` if someone has it.
+    #[schema(example = "ann_k")]
+    pub username: Option<String>,
+    /// 1–50 characters (seed 001); give both or neither. Sealed.
+    pub first_name: Option<String>,
+    /// 1–50 characters; sealed.
+    pub last_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -96,8 +108,22 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let email = EmailAddress::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
-    let name = DisplayName::parse(&req.name)?;
-    let user_id = state.identity.register(&email, &password, &name, &meta(&headers, None)).await?;
+    let username = req.username.as_deref().map(Username::parse).transpose()?;
+    let names = match (req.first_name.as_deref(), req.last_name.as_deref()) {
+        (Some(first), Some(last)) => {
+            Some((PersonName::parse("first_name", first)?, PersonName::parse("last_name", last)?))
+        }
+        (None, None) => None,
+        (None, Some(_)) => return Err(ApiError::from(InvalidValue::required("first_name"))),
+        (Some(_), None) => return Err(ApiError::from(InvalidValue::required("last_name"))),
+    };
+    let name = match (&req.name, &names) {
+        (Some(name), _) => DisplayName::parse(name)?,
+        (None, Some((first, last))) => DisplayName::parse(&format!("{} {}", first.as_str(), last.as_str()))?,
+        (None, None) => DisplayName::parse("")?,
+    };
+    let extras = commands::identity::RegistrationExtras { username, names };
+    let user_id = state.identity.register(&email, &password, &name, &extras, &meta(&headers, None)).await?;
     Ok((StatusCode::CREATED, Json(RegisterResponse { user_id })))
 }
 
@@ -162,6 +188,7 @@ where
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
+    /// The email address, or the username (same answers, same timing).
     pub email: String,
     pub password: String,
 }
@@ -187,10 +214,18 @@ pub async fn login(
     headers: HeaderMap,
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    // A username signs in with its account's email; an unknown one gets
+    // an address no account has (the same work, the same answer).
+    let email = if req.email.contains('@') {
+        EmailAddress::parse(&req.email).ok()
+    } else {
+        match Username::parse_lookup(&req.email) {
+            Ok(username) => Some(state.identity.login_email_for(&username).await?),
+            Err(_) => None,
+        }
+    };
     // A value that cannot be a valid account answers like a wrong password.
-    let (Ok(email), Ok(password)) =
-        (EmailAddress::parse(&req.email), Password::parse_for_login(&req.password))
-    else {
+    let (Some(email), Ok(password)) = (email, Password::parse_for_login(&req.password)) else {
         state.identity.hasher.verify_dummy(&req.password).await;
         return Err(commands::IdentityError::InvalidCredentials.into());
     };

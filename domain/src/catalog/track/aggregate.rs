@@ -148,7 +148,12 @@ impl Aggregate for Track {
     type Error = TrackError;
     type Services = ();
 
-    async fn handle(&mut self, command: TrackCommand, _: &(), sink: &EventSink<Self>) -> Result<(), TrackError> {
+    async fn handle(
+        &mut self,
+        command: TrackCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TrackError> {
         match command {
             TrackCommand::Create { track_id, owner_id, slug, metadata, visibility, secret_token, at } => {
                 if self.id.is_some() {

@@ -47,10 +47,10 @@ fn a_track_is_created_once_with_no_audio() {
         secret_token: Some(Sealed("ignored for a public track".into())),
         at: t(0),
     };
-    TrackTest::with(()).given_no_previous_events().when(create.clone()).then_expect_events(vec![created(
-        Visibility::Public,
-        None,
-    )]);
+    TrackTest::with(())
+        .given_no_previous_events()
+        .when(create.clone())
+        .then_expect_events(vec![created(Visibility::Public, None)]);
     TrackTest::with(())
         .given(vec![created(Visibility::Public, None)])
         .when(create)

@@ -133,7 +133,10 @@ pub(crate) fn parse_tags(raw: &[String]) -> Result<Vec<String>, InvalidValue> {
     for tag in raw {
         let t = tag.trim();
         if t.is_empty() || t.chars().count() > 30 || t.chars().any(char::is_control) {
-            return Err(InvalidValue::new("tags", "each tag must be 1 to 30 characters, no control characters"));
+            return Err(InvalidValue::new(
+                "tags",
+                "each tag must be 1 to 30 characters, no control characters",
+            ));
         }
         if !tags.iter().any(|x| x.to_lowercase() == t.to_lowercase()) {
             tags.push(t.to_owned());

@@ -127,7 +127,11 @@ impl Aggregate for Relationship {
                             });
                         }
                     }
-                    events.push(RelationshipEvent::UserBlocked { blocker: actor, blocked: other, blocked_at: at });
+                    events.push(RelationshipEvent::UserBlocked {
+                        blocker: actor,
+                        blocked: other,
+                        blocked_at: at,
+                    });
                 }
             }
             RelationshipCommand::Unblock { at, .. } => {
@@ -146,7 +150,11 @@ impl Aggregate for Relationship {
             }
             RelationshipCommand::Unmute { at, .. } => {
                 if self.mutes(actor, other) {
-                    events.push(RelationshipEvent::UserUnmuted { muter: actor, muted: other, unmuted_at: at });
+                    events.push(RelationshipEvent::UserUnmuted {
+                        muter: actor,
+                        muted: other,
+                        unmuted_at: at,
+                    });
                 }
             }
         }

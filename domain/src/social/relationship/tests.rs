@@ -147,7 +147,11 @@ fn mutes_are_idempotent_and_change_no_follow() {
     RelTest::with(())
         .given(vec![muted])
         .when(RelationshipCommand::Unmute { actor: a(), other: b(), at: t(4) })
-        .then_expect_events(vec![RelationshipEvent::UserUnmuted { muter: a(), muted: b(), unmuted_at: t(4) }]);
+        .then_expect_events(vec![RelationshipEvent::UserUnmuted {
+            muter: a(),
+            muted: b(),
+            unmuted_at: t(4),
+        }]);
 }
 
 #[test]

@@ -408,7 +408,11 @@ async fn registration_sets_the_handle_and_names_in_the_same_append() {
         .await
         .then_expect_events(vec![
             registered(),
-            UserEvent::LegalNameSet { first_name: Sealed("f".into()), last_name: Sealed("l".into()), set_at: t(0) },
+            UserEvent::LegalNameSet {
+                first_name: Sealed("f".into()),
+                last_name: Sealed("l".into()),
+                set_at: t(0),
+            },
             UserEvent::UsernameChanged { username: name, previous: None, changed_at: t(0) },
         ]);
 }
@@ -422,7 +426,11 @@ async fn a_handle_change_names_the_previous_one_and_the_same_name_is_no_change()
         .given(vec![registered(), set.clone()])
         .when_async(UserCommand::ChangeUsername { username: new.clone(), at: t(9) })
         .await
-        .then_expect_events(vec![UserEvent::UsernameChanged { username: new, previous: Some(old.clone()), changed_at: t(9) }]);
+        .then_expect_events(vec![UserEvent::UsernameChanged {
+            username: new,
+            previous: Some(old.clone()),
+            changed_at: t(9),
+        }]);
     framework()
         .given(vec![registered(), set])
         .when_async(UserCommand::ChangeUsername { username: old, at: t(9) })

@@ -1,0 +1,3 @@
+//! The catalog context's routes (ARCHITECTURE decided 15): tracks.
+
+pub mod tracks;

@@ -1,0 +1,322 @@
+//! Tracks' metadata: `POST /api/tracks`, `GET|PUT|DELETE /api/tracks/{id}`,
+//! `GET /api/users/{id}/tracks`. A private track is visible to its owner
+//! and to holders of its secret token (`?secret_token=`) only, and never
+//! listed or counted for others.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commands::catalog::CatalogError;
+use domain::catalog::track::{TrackMetadata, TrackPatch, Visibility};
+use projections::catalog::tracks::{self, TrackRow};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{AuthUser, MaybeUser};
+use crate::consistency::{self, ReadAfter, ReadModel};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{IdPath, ValidJson, ValidQuery};
+use crate::routes::auth::meta;
+use crate::routes::social::graph::invalid;
+use crate::routes::social::require_visible;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tracks", post(create_track))
+        .route("/api/tracks/{id}", get(get_track).put(update_track).delete(delete_track))
+        .route("/api/users/{id}/tracks", get(list_user_tracks))
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound => track_not_found(),
+            CatalogError::NotOwner => ApiError::new(StatusCode::FORBIDDEN, "not_track_owner", e.to_string()),
+            CatalogError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CatalogError::Internal(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+fn track_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "track_not_found", "no such track")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTrackRequest {
+    /// 1–100 characters, no control characters.
+    #[schema(example = "Night Drive")]
+    pub title: String,
+    /// At most 4,000 characters.
+    pub description: Option<String>,
+    /// At most 50 characters.
+    pub genre: Option<String>,
+    /// At most 10, each 1–30 characters.
+    pub tags: Option<Vec<String>>,
+    /// 1 ms to 24 h (86,400,000 ms).
+    #[schema(example = 180000)]
+    pub duration_ms: i64,
+    /// `public` (default) or `private`.
+    pub visibility: Option<String>,
+}
+
+/// Counters of a track (plays stay 0 until plays exist).
+#[derive(Debug, Serialize, Deserialize, ToSchema, Default)]
+pub struct TrackCounts {
+    pub likes: i64,
+    pub reposts: i64,
+    pub comments: i64,
+    pub plays: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrackResponse {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    /// Unique per owner; the page is `/{username}/{slug}`.
+    pub slug: String,
+    pub title: String,
+    pub description: String,
+    pub genre: String,
+    pub tags: Vec<String>,
+    pub duration_ms: i64,
+    /// `public` or `private`.
+    pub visibility: String,
+    /// `no_audio` until audio uploads exist.
+    pub processing: String,
+    pub counts: TrackCounts,
+    /// The private link's token (≥ 128 bits), shown to the owner only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_token: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn response(row: TrackRow, secret_token: Option<String>) -> TrackResponse {
+    TrackResponse {
+        id: row.track_id,
+        owner_id: row.owner_id,
+        slug: row.slug,
+        title: row.title,
+        description: row.description,
+        genre: row.genre,
+        tags: row.tags,
+        duration_ms: row.duration_ms,
+        visibility: row.visibility,
+        processing: row.processing,
+        counts: TrackCounts::default(),
+        secret_token,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+/// The write side's state as a response (answers a command at once,
+/// without waiting for the read model).
+fn from_state(
+    t: &domain::catalog::track::Track,
+    secret: Option<String>,
+    at: DateTime<Utc>,
+) -> Option<TrackResponse> {
+    let m = t.metadata.clone()?;
+    Some(TrackResponse {
+        id: t.id?,
+        owner_id: t.owner_id?,
+        slug: t.slug.clone(),
+        title: m.title,
+        description: m.description,
+        genre: m.genre,
+        tags: m.tags,
+        duration_ms: m.duration_ms,
+        visibility: t.visibility?.as_str().to_owned(),
+        processing: t.processing.as_str().to_owned(),
+        counts: TrackCounts::default(),
+        secret_token: secret,
+        created_at: t.created_at.unwrap_or(at),
+        updated_at: at,
+    })
+}
+
+/// Publish a track's metadata (audio comes with a later issue: `processing`
+/// is `no_audio`). A private track gets a secret token; its link is
+/// `/{username}/{slug}?secret_token=…`.
+#[utoipa::path(post, path = "/api/tracks", tag = "tracks", security(("bearer" = [])), request_body = CreateTrackRequest,
+    responses((status = 201, body = TrackResponse, headers(("X-Consistency-Token" = String))),
+        (status = 422, description = "validation_failed naming the field", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+pub async fn create_track(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ValidJson(req): ValidJson<CreateTrackRequest>,
+) -> Result<Response, ApiError> {
+    let metadata = TrackMetadata::parse(
+        &req.title,
+        req.description.as_deref().unwrap_or_default(),
+        req.genre.as_deref().unwrap_or_default(),
+        req.tags.as_deref().unwrap_or_default(),
+        req.duration_ms,
+    )?;
+    let visibility = Visibility::parse(req.visibility.as_deref().unwrap_or("public"))?;
+    let done =
+        state.catalog.create(user.user_id, metadata, visibility, &meta(&headers, Some(user.user_id))).await?;
+    let body = from_state(&done.track, done.secret_token, Utc::now())
+        .ok_or_else(|| ApiError::internal("created track without state"))?;
+    Ok((StatusCode::CREATED, consistency::headers(done.token.as_ref()), Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SecretQuery {
+    /// The private link's token.
+    pub secret_token: Option<String>,
+}
+
+/// A track: public ones for everyone (but users hidden by a block), private
+/// ones for the owner and holders of the secret token.
+#[utoipa::path(get, path = "/api/tracks/{id}", tag = "tracks",
+    params(("id" = Uuid, Path), SecretQuery, ("X-Consistency-Token" = Option<String>, Header)),
+    responses((status = 200, body = TrackResponse), (status = 404, description = "track_not_found", body = ErrorBody),
+        (status = 503, description = "consistency_timeout", body = ErrorBody)))]
+pub async fn get_track(
+    State(state): State<AppState>,
+    viewer: MaybeUser,
+    read_after: ReadAfter,
+    IdPath(id): IdPath,
+    ValidQuery(q): ValidQuery<SecretQuery>,
+) -> Result<Json<TrackResponse>, ApiError> {
+    read_after.wait(&state, &[ReadModel::Tracks]).await?;
+    let row = tracks::find_track(&state.read, id).await?.ok_or_else(track_not_found)?;
+    let viewer = viewer.0.map(|u| u.user_id);
+    let owner_looking = viewer == Some(row.owner_id);
+    require_visible(&state, viewer, row.owner_id).await.map_err(|_| track_not_found())?;
+    let token = match (&row.secret_token_sealed, owner_looking || q.secret_token.is_some()) {
+        (Some(sealed), true) => state.catalog.open_sealed_token(row.owner_id, sealed).await?,
+        _ => None,
+    };
+    if row.visibility != "public" && !owner_looking {
+        // Constant-time comparison (no early exit on the first difference).
+        let given = domain::values::Digest(q.secret_token.clone().unwrap_or_default());
+        let matches = token.as_ref().is_some_and(|t| domain::values::Digest(t.clone()).ct_eq(&given));
+        if !matches {
+            return Err(track_not_found());
+        }
+    }
+    Ok(Json(response(row, token.filter(|_| owner_looking))))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateTrackRequest {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub genre: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub duration_ms: Option<i64>,
+    /// `public` or `private`.
+    pub visibility: Option<String>,
+}
+
+/// Change a track's metadata (owner only). Absent fields stay as they are.
+#[utoipa::path(put, path = "/api/tracks/{id}", tag = "tracks", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = UpdateTrackRequest,
+    responses((status = 200, body = TrackResponse, headers(("X-Consistency-Token" = String))),
+        (status = 403, description = "not_track_owner", body = ErrorBody),
+        (status = 404, description = "track_not_found", body = ErrorBody),
+        (status = 422, description = "validation_failed naming the field", body = ErrorBody)))]
+pub async fn update_track(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    IdPath(id): IdPath,
+    ValidJson(req): ValidJson<UpdateTrackRequest>,
+) -> Result<Response, ApiError> {
+    use domain::catalog::track::TrackMetadata as M;
+    // Validate each given field with the creation rules.
+    let check = M::parse(
+        req.title.as_deref().unwrap_or("x"),
+        req.description.as_deref().unwrap_or_default(),
+        req.genre.as_deref().unwrap_or_default(),
+        req.tags.as_deref().unwrap_or_default(),
+        req.duration_ms.unwrap_or(1),
+    )?;
+    let patch = TrackPatch {
+        title: req.title.as_ref().map(|_| check.title.clone()),
+        description: req.description.as_ref().map(|_| check.description.clone()),
+        genre: req.genre.as_ref().map(|_| check.genre.clone()),
+        tags: req.tags.as_ref().map(|_| check.tags.clone()),
+        duration_ms: req.duration_ms,
+        visibility: req.visibility.as_deref().map(Visibility::parse).transpose()?,
+    };
+    let done = state.catalog.update(user.user_id, id, patch, &meta(&headers, Some(user.user_id))).await?;
+    let body = from_state(&done.track, done.secret_token, Utc::now()).ok_or_else(track_not_found)?;
+    Ok((StatusCode::OK, consistency::headers(done.token.as_ref()), Json(body)).into_response())
+}
+
+/// Delete a track (owner only): it disappears from every list and count.
+#[utoipa::path(delete, path = "/api/tracks/{id}", tag = "tracks", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted", headers(("X-Consistency-Token" = String))),
+        (status = 403, description = "not_track_owner", body = ErrorBody),
+        (status = 404, description = "track_not_found", body = ErrorBody)))]
+pub async fn delete_track(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let done = state.catalog.delete(user.user_id, id, &meta(&headers, Some(user.user_id))).await?;
+    Ok((StatusCode::NO_CONTENT, consistency::headers(done.token.as_ref())).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TrackPageQuery {
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// 1–100 (default 50).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrackPage {
+    pub items: Vec<TrackResponse>,
+    pub next_cursor: Option<String>,
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = c.split_once('_')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+}
+
+/// A user's tracks, newest first (their private ones only for themselves).
+#[utoipa::path(get, path = "/api/users/{id}/tracks", tag = "tracks",
+    params(("id" = Uuid, Path), TrackPageQuery, ("X-Consistency-Token" = Option<String>, Header)),
+    responses((status = 200, body = TrackPage), (status = 404, description = "user_not_found", body = ErrorBody),
+        (status = 503, description = "consistency_timeout", body = ErrorBody)))]
+pub async fn list_user_tracks(
+    State(state): State<AppState>,
+    viewer: MaybeUser,
+    read_after: ReadAfter,
+    IdPath(id): IdPath,
+    ValidQuery(q): ValidQuery<TrackPageQuery>,
+) -> Result<Json<TrackPage>, ApiError> {
+    let viewer = viewer.0.map(|u| u.user_id);
+    require_visible(&state, viewer, id).await?;
+    read_after.wait(&state, &[ReadModel::Tracks]).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "must be 1 to 100"));
+    }
+    let cursor = match &q.cursor {
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| invalid("cursor", "is not a cursor of this list"))?),
+        None => None,
+    };
+    let rows = tracks::list_owner_tracks(&state.read, id, viewer == Some(id), cursor, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.track_id)))
+        .flatten();
+    Ok(Json(TrackPage { items: rows.into_iter().map(|r| response(r, None)).collect(), next_cursor }))
+}

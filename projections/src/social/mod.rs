@@ -1,0 +1,3 @@
+//! The social context's read models (ARCHITECTURE decided 15, 16).
+
+pub mod graph;
