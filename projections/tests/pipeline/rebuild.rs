@@ -325,7 +325,7 @@ async fn snapshot(pool: &PgPool) -> Snapshot {
     Snapshot {
         profiles: sqlx::query_as(
             "SELECT user_id, email_sealed, name_sealed, bio_sealed, email_verified, phone_sealed,
-                    phone_verified, two_factor_channel, created_at, updated_at
+                    phone_verified, two_factor_channel, username, created_at, updated_at
              FROM rm_profiles ORDER BY user_id",
         )
         .fetch_all(pool)
