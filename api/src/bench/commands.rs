@@ -5,6 +5,10 @@
 //! same statements — the same `SELECT` of the stream, then one `INSERT` of
 //! one event (its own transaction) — at the same concurrency.
 //!
+//! FollowUser / UnfollowUser go through the social service (the followee's
+//! existence read from the store, the pair's stream loaded, decided,
+//! appended) against the same three statements in plain SQL.
+//!
 //! Each side works on streams of its own, prepared alike: pending OTP
 //! challenges (one `OtpIssued` each; a right code verifies each once) and
 //! sessions (one `SessionStarted`, then one `SessionRefreshed` per refresh,
@@ -23,6 +27,7 @@ use commands::Executor;
 use cqrs_es::DomainEvent as _;
 use domain::otp::{OtpChallenge, OtpChannel, OtpCommand, OtpEvent, OtpPurpose};
 use domain::session::{Session, SessionCommand, SessionEvent};
+use domain::social::relationship::{pair_id, RelationshipEvent, UnfollowCause};
 use domain::values::{Digest, Sealed};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -91,14 +96,20 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let otp_sql = Arc::new(prepare_challenges(&pool, &key, per_side).await?);
     let ses_cmd = Arc::new(prepare_sessions(&pool, clients).await?);
     let ses_sql = Arc::new(prepare_sessions(&pool, clients).await?);
+    let pairs_cmd = Arc::new(prepare_pairs(&pool, clients).await?);
+    let pairs_sql = Arc::new(prepare_pairs(&pool, clients).await?);
     sqlx::query("ANALYZE events").execute(&pool).await?;
+    let social = Arc::new(commands::social::SocialService::new(pool.clone()));
 
     let otps = Arc::new(Executor::<OtpChallenge>::new(pool.clone(), ()));
     let sessions = Arc::new(Executor::<Session>::new(pool.clone(), ()));
     let key = Arc::new(key);
     let (mut v_sql, mut v_cmd, mut r_sql, mut r_cmd) =
         (Sample::default(), Sample::default(), Sample::default(), Sample::default());
+    let (mut f_sql, mut f_cmd) = (Sample::default(), Sample::default());
     for _ in 0..2 {
+        f_sql.merge(follow_sql(&pool, &pairs_sql, clients, d / 2).await);
+        f_cmd.merge(follow_cmd(&social, &pairs_cmd, clients, d / 2).await);
         v_sql.merge(verify_sql(&pool, &otp_sql, clients, d / 2).await);
         v_cmd.merge(verify_cmd(&otps, &key, &otp_cmd, clients, d / 2).await);
         r_sql.merge(refresh_sql(&pool, &ses_sql, clients, d / 2).await);
@@ -124,10 +135,19 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ("VerifyOtp SQL", &v_sql),
         ("RefreshSession command", &r_cmd),
         ("RefreshSession SQL", &r_sql),
+        ("FollowUser command", &f_cmd),
+        ("FollowUser SQL", &f_sql),
     ] {
         r.notes.extend(error_note(what, s));
     }
-    for (name, cmd, sql) in [("VerifyOtp", &v_cmd, &v_sql), ("RefreshSession", &r_cmd, &r_sql)] {
+    r.note(format!(
+        "FollowUser/UnfollowUser alternate over {PAIRS_PER_CLIENT} pairs per client (a follow, then the unfollow of the same pair {PAIRS_PER_CLIENT} commands later)"
+    ));
+    for (name, cmd, sql) in [
+        ("VerifyOtp", &v_cmd, &v_sql),
+        ("RefreshSession", &r_cmd, &r_sql),
+        ("FollowUser + UnfollowUser", &f_cmd, &f_sql),
+    ] {
         r.rows.push(Row::ratio(
             format!("{name} commands/s ({clients} clients)"),
             fmt_rate(cmd.rate()),
@@ -143,6 +163,118 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ));
     }
     Ok(r)
+}
+
+/// Followee pairs per client (each client follows from its own user).
+const PAIRS_PER_CLIENT: usize = 50;
+
+/// Per client: its follower id and [`PAIRS_PER_CLIENT`] followees whose
+/// user streams exist (a first event each), so the existence check passes.
+struct Pairs {
+    followers: Vec<Uuid>,
+    followees: Vec<Vec<Uuid>>,
+    /// Commands issued per worker, across rounds.
+    issued: Vec<AtomicUsize>,
+}
+
+impl Pairs {
+    /// Worker `w`'s next command: the pair and whether it follows (a pass
+    /// over its followees) or unfollows (the next pass), counted across
+    /// rounds so every command changes something.
+    fn command(&self, worker: usize) -> (Uuid, Uuid, bool) {
+        let w = worker % self.followers.len();
+        let k = self.issued[w].fetch_add(1, Ordering::Relaxed);
+        let followees = &self.followees[w];
+        (self.followers[w], followees[k % followees.len()], (k / followees.len()).is_multiple_of(2))
+    }
+}
+
+async fn prepare_pairs(pool: &PgPool, clients: usize) -> anyhow::Result<Pairs> {
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    let user = |rows: &mut Vec<EventRow>| -> anyhow::Result<Uuid> {
+        let id = Uuid::now_v7();
+        let event =
+            domain::user::UserEvent::DuplicateRegistrationAttempted { delivery_id: id, attempted_at: now };
+        rows.push(EventRow::new("user", id.to_string(), 1, &event)?);
+        Ok(id)
+    };
+    let mut followers = Vec::new();
+    let mut followees = Vec::new();
+    for _ in 0..clients {
+        followers.push(user(&mut rows)?);
+        followees.push((0..PAIRS_PER_CLIENT).map(|_| user(&mut rows)).collect::<anyhow::Result<Vec<_>>>()?);
+    }
+    insert_events(pool, &rows).await?;
+    let issued = (0..clients).map(|_| AtomicUsize::new(0)).collect();
+    Ok(Pairs { followers, followees, issued })
+}
+
+/// The statement the social service's existence check runs.
+const USER_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
+                        AND sequence = 1)
+    AND NOT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
+                    AND event_type = 'RegistrationExpired')";
+
+async fn follow_sql(pool: &PgPool, pairs: &Arc<Pairs>, clients: usize, d: Duration) -> Sample {
+    let (pool, pairs) = (pool.clone(), pairs.clone());
+    closed_loop(clients, d, move |worker, _| {
+        let (pool, pairs) = (pool.clone(), pairs.clone());
+        async move {
+            let (follower, followee, follow) = pairs.command(worker);
+            let at = Utc::now();
+            let event = if follow {
+                let exists: bool =
+                    sqlx::query_scalar(USER_EXISTS).bind(followee.to_string()).fetch_one(&pool).await?;
+                anyhow::ensure!(exists, "the followee does not exist");
+                RelationshipEvent::UserFollowed { follower, followee, followed_at: at }
+            } else {
+                RelationshipEvent::UserUnfollowed {
+                    follower,
+                    followee,
+                    cause: UnfollowCause::Unfollowed,
+                    unfollowed_at: at,
+                }
+            };
+            let (t, v) = (event.event_type(), event.event_version());
+            load_and_append(
+                &pool,
+                "relationship",
+                &pair_id(follower, followee),
+                serde_json::to_value(&event)?,
+                t,
+                v,
+            )
+            .await
+        }
+    })
+    .await
+}
+
+async fn follow_cmd(
+    social: &Arc<commands::social::SocialService>,
+    pairs: &Arc<Pairs>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
+    use commands::social::Relation;
+    let (social, pairs) = (social.clone(), pairs.clone());
+    closed_loop(clients, d, move |worker, _| {
+        let (social, pairs) = (social.clone(), pairs.clone());
+        async move {
+            let (follower, followee, follow) = pairs.command(worker);
+            let relation = if follow { Relation::Follow } else { Relation::Unfollow };
+            let meta = commands::identity::RequestMeta::default();
+            let done = social
+                .relate(follower, relation, followee, &meta)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(done.changed, "the command changed nothing");
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn prepare_challenges(pool: &PgPool, key: &Secret32, n: usize) -> anyhow::Result<Challenges> {
