@@ -413,6 +413,73 @@ pub async fn seed_users(
     Ok(batches.into_iter().flatten().collect())
 }
 
+/// Follows per seeded user ([`seed_follows`]): 100k users give about 1M
+/// follows (issue 15's dataset).
+pub const FOLLOWS_PER_USER: i64 = 10;
+
+/// Seeds about `per_user` follows from each of `users` (set-based, in
+/// SQL): user number `n` (in id order) follows users of lower numbers,
+/// picked as `floor(n · r²)` for uniform `r`, so low numbers are popular
+/// (the first has thousands of followers at 100k users, most have a few) —
+/// a skewed graph like a real one. Writes the `UserFollowed` events (one
+/// pair stream each: the followee always has the lower number, so no pair
+/// repeats) and the graph read model (`rm_follows`, `rm_user_stats`) as the
+/// projector would. Returns the number of follows.
+///
+/// # Errors
+/// Database errors.
+pub async fn seed_follows(pool: &PgPool, users: &[Uuid], per_user: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE TEMP TABLE seed_users (n bigint PRIMARY KEY, user_id uuid NOT NULL) ON COMMIT DROP")
+        .execute(&mut *tx)
+        .await?;
+    let mut sorted = users.to_vec();
+    sorted.sort_unstable();
+    let numbers: Vec<i64> = (0..i64::try_from(sorted.len()).unwrap_or(i64::MAX)).collect();
+    sqlx::query("INSERT INTO seed_users SELECT * FROM UNNEST($1::int8[], $2::uuid[])")
+        .bind(&numbers)
+        .bind(&sorted)
+        .execute(&mut *tx)
+        .await?;
+    let follows = sqlx::query(
+        "INSERT INTO rm_follows (follower_id, followee_id, active, since, seq)
+         SELECT a.user_id, b.user_id, true, now() - make_interval(secs => random() * 31536000), 1
+         FROM (SELECT user_id, floor(n * power(random(), 2))::bigint AS t
+               FROM seed_users CROSS JOIN generate_series(1, $1) WHERE n > 0) a
+         JOIN seed_users b ON b.n = a.t
+         ON CONFLICT (follower_id, followee_id) DO NOTHING",
+    )
+    .bind(per_user)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'relationship', least(follower_id, followee_id)::text || ':' || greatest(follower_id, followee_id)::text,
+                1, 'UserFollowed', '1',
+                json_build_object('UserFollowed', json_build_object(
+                    'follower', follower_id, 'followee', followee_id,
+                    'followed_at', to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))),
+                '{"command": "seed"}'::json
+         FROM rm_follows f JOIN seed_users s ON s.user_id = f.follower_id"#,
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rm_user_stats (user_id, followers_count, following_count)
+         SELECT s.user_id,
+                (SELECT count(*) FROM rm_follows f WHERE f.followee_id = s.user_id AND f.active),
+                (SELECT count(*) FROM rm_follows f WHERE f.follower_id = s.user_id AND f.active)
+         FROM seed_users s
+         ON CONFLICT (user_id) DO UPDATE
+             SET followers_count = EXCLUDED.followers_count, following_count = EXCLUDED.following_count",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(follows)
+}
+
 /// `streamforge seed --users N`: seeds `users` accounts ([`SeedShape::USERS`])
 /// into the configured database with a progress bar on the terminal.
 ///
@@ -431,9 +498,11 @@ pub async fn seed_command(settings: &crate::config::Settings, users: usize) -> a
     let started = std::time::Instant::now();
     let seeded = seed_users(&pool, &keys, &hash, users, SeedShape::USERS, &bar).await?;
     bar.finish();
+    let ids: Vec<Uuid> = seeded.iter().map(|u| u.user_id).collect();
+    let follows = seed_follows(&pool, &ids, FOLLOWS_PER_USER).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "seeded {} users ({} events, read models included) in {secs:.1} s; password of every seeded account: {SEED_PASSWORD}",
+        "seeded {} users ({} events, read models included) and {follows} follows in {secs:.1} s; password of every seeded account: {SEED_PASSWORD}",
         seeded.len(),
         seeded.len() * SeedShape::USERS.events_per_user(),
     );

@@ -7,6 +7,12 @@
 //! loopback and driven by the same client loop, in alternating rounds, over
 //! a dataset of N seeded users (`streamforge seed`); requests pick among the
 //! tokens of up to 10,000 of them.
+//!
+//! Issue 15 adds the graph: about 10 follows per seeded user (100k users,
+//! ~1M follows; [`seed_follows`]), then anonymous `GET
+//! /api/users/{id}/followers` (first page of 50, over the 1,000 most
+//! followed users) and `GET /api/users/{id}` (the public profile, over the
+//! callers) against bare handlers selecting the same rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +27,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::data::{seed_users, SeedShape, SEED_PASSWORD};
+use super::data::{seed_follows, seed_users, SeedShape, FOLLOWS_PER_USER, SEED_PASSWORD};
 use super::{
     closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample,
 };
@@ -45,7 +51,17 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let bar = ProgressBar::new(u64::try_from(users)?);
     let seeded = seed_users(&app.pool, &keys, &hash, users, SeedShape::USERS, &bar).await?;
     bar.finish_and_clear();
-    sqlx::query("VACUUM ANALYZE rm_profiles, rm_sessions, subject_keys").execute(&app.pool).await?;
+    let ids: Vec<uuid::Uuid> = seeded.iter().map(|u| u.user_id).collect();
+    let follows = seed_follows(&app.pool, &ids, FOLLOWS_PER_USER).await?;
+    sqlx::query("VACUUM ANALYZE rm_profiles, rm_sessions, subject_keys, rm_follows, rm_user_stats, events")
+        .execute(&app.pool)
+        .await?;
+    let popular: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM rm_user_stats ORDER BY followers_count DESC LIMIT 1000")
+            .fetch_all(&app.pool)
+            .await?;
+    let profile_ids: Vec<uuid::Uuid> =
+        ids.iter().step_by((ids.len() / MAX_CALLERS).max(1)).copied().collect();
 
     let now = chrono::Utc::now();
     let step = (seeded.len() / MAX_CALLERS).max(1);
@@ -110,6 +126,32 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let bare_first = first_visits(&client, &bare_url, &tokens, clients).await?;
     let real_first = first_visits(&client, &real_url, &tokens, clients).await?;
     let d = o.duration;
+    let real_base = real_url.trim_end_matches("/api/users/me").to_owned();
+    let bare_base = bare_url.trim_end_matches("/api/users/me").to_owned();
+    let followers_paths =
+        Arc::new(popular.iter().map(|id| format!("/api/users/{id}/followers?limit=50")).collect::<Vec<_>>());
+    let profile_paths = Arc::new(profile_ids.iter().map(|id| format!("/api/users/{id}")).collect::<Vec<_>>());
+    for (base, paths) in [
+        (&real_base, &followers_paths),
+        (&bare_base, &followers_paths),
+        (&real_base, &profile_paths),
+        (&bare_base, &profile_paths),
+    ] {
+        let first = paths.first().ok_or_else(|| anyhow::anyhow!("no user"))?;
+        let status = client.get(format!("{base}{first}")).send().await?.status();
+        anyhow::ensure!(status == StatusCode::OK, "{base}{first} answered {status}");
+    }
+    // The public profile opens sealed fields: one first visit per profile
+    // on each side (cold subject-key cache), as for `/api/users/me`.
+    let _ = drive_paths(&client, &real_base, &profile_paths, clients, Duration::ZERO).await;
+    let (mut fr, mut fb, mut pr, mut pb) =
+        (Sample::default(), Sample::default(), Sample::default(), Sample::default());
+    for _ in 0..2 {
+        fb.merge(drive_paths(&client, &bare_base, &followers_paths, clients, d / 2).await);
+        fr.merge(drive_paths(&client, &real_base, &followers_paths, clients, d / 2).await);
+        pb.merge(drive_paths(&client, &bare_base, &profile_paths, clients, d / 2).await);
+        pr.merge(drive_paths(&client, &real_base, &profile_paths, clients, d / 2).await);
+    }
     let (mut bare_s, mut real_s, mut bare2_s) = (Sample::default(), Sample::default(), Sample::default());
     for _ in 0..2 {
         bare_s.merge(drive(&client, &bare_url, &tokens, clients, d / 2).await);
@@ -133,6 +175,15 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         "2 rounds of {:.1} s per side, alternating, after one request per caller on each side (the first-visit pass)",
         (d / 2).as_secs_f64()
     ));
+    r.note(format!(
+        "graph: {follows} follows; followers pages over the {} most followed users; profiles over {} users; anonymous requests",
+        popular.len(),
+        profile_ids.len()
+    ));
+    r.notes.extend(error_note("GET /api/users/{id}/followers", &fr));
+    r.notes.extend(error_note("bare followers handler", &fb));
+    r.notes.extend(error_note("GET /api/users/{id}", &pr));
+    r.notes.extend(error_note("bare profile handler", &pb));
     r.notes.extend(error_note("GET /api/users/me", &real_s));
     r.notes.extend(error_note("bare handler", &bare_s));
     r.notes.extend(error_note("bare handler + revocation lookup", &bare2_s));
@@ -155,6 +206,24 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         format!("{} (bare axum + sqlx, same pass)", fmt_rate(bare_first)),
         Some(ratio(real_first, bare_first)),
     ));
+    for (name, real, bare) in [
+        ("GET /api/users/{id}/followers (first page of 50)", &fr, &fb),
+        ("GET /api/users/{id} (public profile)", &pr, &pb),
+    ] {
+        r.rows.push(Row::ratio(
+            format!("{name} req/s ({clients} clients)"),
+            fmt_rate(real.rate()),
+            format!("{} (bare axum + sqlx)", fmt_rate(bare.rate())),
+            ratio(real.rate(), bare.rate()),
+            Check::RatioAtLeast(0.7),
+        ));
+        r.rows.push(Row::info(
+            format!("{name} p99"),
+            fmt_ms(real.quantile(0.99)),
+            format!("{} (bare axum + sqlx)", fmt_ms(bare.quantile(0.99))),
+            Some(ratio(real.quantile(0.99).as_secs_f64(), bare.quantile(0.99).as_secs_f64())),
+        ));
+    }
     r.rows.push(Row::info(
         "bare handler + the revocation lookup, req/s",
         fmt_rate(bare2_s.rate()),
@@ -220,6 +289,77 @@ async fn drive(
     .await
 }
 
+/// Anonymous requests over `paths` (relative to `base`), spread as
+/// [`drive`] spreads callers. A zero `d` requests every path once.
+async fn drive_paths(
+    client: &reqwest::Client,
+    base: &str,
+    paths: &Arc<Vec<String>>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
+    let (client, base, paths) = (client.clone(), base.to_owned(), paths.clone());
+    let once = d.is_zero();
+    let d = if once { Duration::from_secs(3_600) } else { d };
+    let total = paths.len() as u64;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    closed_loop(clients, d, move |worker, i| {
+        let (client, base, paths, next) = (client.clone(), base.clone(), paths.clone(), next.clone());
+        async move {
+            let k = if once {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                anyhow::ensure!(k < total, super::Exhausted);
+                k
+            } else {
+                (worker as u64).wrapping_mul(7_919).wrapping_add(i.wrapping_mul(104_729)) % total
+            };
+            let path = &paths[usize::try_from(k).unwrap_or(0)];
+            let response = client.get(format!("{base}{path}")).send().await?;
+            let status = response.status();
+            let body = response.bytes().await?;
+            anyhow::ensure!(status == StatusCode::OK, "status {status}");
+            anyhow::ensure!(!body.is_empty(), "empty body");
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The baseline of the followers page: the same `SELECT` as the list
+/// query, as JSON.
+async fn bare_followers(
+    State(s): State<Bare>,
+    axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    use projections::social::graph::{list_edges, EdgeList};
+    let rows = list_edges(&s.pool, EdgeList::Followers, id, None, 50)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| serde_json::json!({"user_id": r.user_id, "username": r.username, "since": r.since}))
+        .collect();
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
+/// The baseline of the public profile: the profile row, the counters and
+/// the tracks count, as JSON (fields still sealed).
+async fn bare_profile(
+    State(s): State<Bare>,
+    axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let err = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let row =
+        projections::profiles::find_profile(&s.pool, id).await.map_err(err)?.ok_or(StatusCode::NOT_FOUND)?;
+    let (followers, following) = projections::social::graph::counts(&s.pool, id).await.map_err(err)?;
+    let tracks = projections::catalog::tracks::count_tracks(&s.pool, id, false).await.map_err(err)?;
+    Ok(Json(serde_json::json!({
+        "id": row.user_id, "username": row.username, "display_name": row.name_sealed, "bio": row.bio_sealed,
+        "avatar_url": null, "followers_count": followers, "following_count": following, "tracks_count": tracks,
+    })))
+}
+
 #[derive(Clone)]
 struct Bare {
     pool: PgPool,
@@ -230,6 +370,8 @@ fn bare_router(pool: PgPool, tokens: Arc<TokenIssuer>) -> Router {
     Router::new()
         .route("/api/users/me", get(bare_me))
         .route("/with-revocation/api/users/me", get(bare_me_with_revocation))
+        .route("/api/users/{id}/followers", get(bare_followers))
+        .route("/api/users/{id}", get(bare_profile))
         .with_state(Bare { pool, tokens })
 }
 

@@ -223,13 +223,40 @@ pub enum EdgeList {
 }
 
 /// A page of `user`'s `list`, newest first, after `cursor`, at most
-/// `limit` items (the caller bounds it; 100 for the API). Keyset
-/// pagination: new edges never shift later pages. Users without a profile
-/// row (expired, erased) are left out.
+/// `limit` items (the caller bounds it; 100 for the API); `None` when
+/// `user` has no profile (unknown, expired, erased). Keyset pagination: new
+/// edges never shift later pages. Users without a profile row are left
+/// out of the items. One statement (a second only for an empty page, to
+/// tell "nobody" from "no such user").
 ///
 /// # Errors
 /// Database errors.
 pub async fn list_edges(
+    pool: &PgPool,
+    list: EdgeList,
+    user: Uuid,
+    cursor: Option<EdgeCursor>,
+    limit: i64,
+) -> Result<Option<Vec<EdgeItem>>, sqlx::Error> {
+    let items = list_edges_rows(pool, list, user, cursor, limit).await?;
+    if !items.is_empty() {
+        return Ok(Some(items));
+    }
+    Ok(profile_exists(pool, user).await?.then_some(items))
+}
+
+/// Whether `user` has a profile row (registered, not expired or erased).
+///
+/// # Errors
+/// Database errors.
+pub async fn profile_exists(pool: &PgPool, user: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm_profiles WHERE user_id = $1)")
+        .bind(user)
+        .fetch_one(pool)
+        .await
+}
+
+async fn list_edges_rows(
     pool: &PgPool,
     list: EdgeList,
     user: Uuid,
@@ -246,6 +273,7 @@ pub async fn list_edges(
         "SELECT e.{other} AS user_id, p.username, e.since
          FROM {table} e JOIN rm_profiles p ON p.user_id = e.{other}
          WHERE e.{me} = $1 AND e.active
+           AND EXISTS (SELECT 1 FROM rm_profiles o WHERE o.user_id = $1)
            AND ($2::timestamptz IS NULL OR (e.since, e.{other}) < ($2, $3))
          ORDER BY e.since DESC, e.{other} DESC
          LIMIT $4"
@@ -348,5 +376,46 @@ pub async fn suggestions(pool: &PgPool, user: Uuid, limit: i64) -> Result<Vec<Su
     .bind(user)
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// The public profile's rows of one user, read by one statement.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PublicProfileRow {
+    pub user_id: Uuid,
+    pub username: Option<String>,
+    /// Sealed with the subject's key.
+    pub name_sealed: Option<String>,
+    /// Sealed with the subject's key.
+    pub bio_sealed: Option<String>,
+    pub followers_count: i64,
+    pub following_count: i64,
+    /// Public tracks, or all when asked for the owner.
+    pub tracks_count: i64,
+}
+
+/// The profile row, the follower counters and the tracks count of `user`
+/// (all tracks when `include_private`: the owner looking), one statement;
+/// `None` when `user` has no profile.
+///
+/// # Errors
+/// Database errors.
+pub async fn public_profile(
+    pool: &PgPool,
+    user: Uuid,
+    include_private: bool,
+) -> Result<Option<PublicProfileRow>, sqlx::Error> {
+    sqlx::query_as::<_, PublicProfileRow>(
+        "SELECT p.user_id, p.username, p.name_sealed, p.bio_sealed,
+                COALESCE(s.followers_count, 0) AS followers_count,
+                COALESCE(s.following_count, 0) AS following_count,
+                (SELECT count(*) FROM rm_tracks t
+                 WHERE t.owner_id = p.user_id AND ($2 OR t.visibility = 'public')) AS tracks_count
+         FROM rm_profiles p LEFT JOIN rm_user_stats s ON s.user_id = p.user_id
+         WHERE p.user_id = $1",
+    )
+    .bind(user)
+    .bind(include_private)
+    .fetch_optional(pool)
     .await
 }

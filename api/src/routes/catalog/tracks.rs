@@ -315,6 +315,9 @@ pub async fn list_user_tracks(
         None => None,
     };
     let rows = tracks::list_owner_tracks(&state.read, id, viewer == Some(id), cursor, limit).await?;
+    if rows.is_empty() && !projections::social::graph::profile_exists(&state.read, id).await? {
+        return Err(crate::routes::social::user_not_found());
+    }
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.track_id)))
         .flatten();

@@ -226,7 +226,8 @@ pub struct UserPage {
 
 async fn page(state: &AppState, list: EdgeList, user: Uuid, q: &PageQuery) -> Result<UserPage, ApiError> {
     let (cursor, limit) = q.parse()?;
-    let rows = graph::list_edges(&state.read, list, user, cursor, limit).await?;
+    let rows =
+        graph::list_edges(&state.read, list, user, cursor, limit).await?.ok_or_else(super::user_not_found)?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| EdgeCursor { since: r.since, user_id: r.user_id }.encode()))
         .flatten();

@@ -30,17 +30,15 @@ impl From<SocialError> for ApiError {
     }
 }
 
-/// Whether `user` exists and is visible to `viewer`: 404 `user_not_found`
-/// otherwise — also when either blocks the other (each side's profile,
-/// tracks and lists answer 404 to the other; issue 15). Decided on the
-/// write side: the pair's relationship stream and the user stream.
+/// 404 `user_not_found` when either of `viewer` and `user` blocks the other
+/// (each side's profile, tracks and lists answer 404 to the other; issue
+/// 15). Decided on the write side: the pair's relationship stream, read
+/// only for a signed-in viewer other than the user. Whether `user` exists
+/// at all is for the caller's read-model query to tell.
 ///
 /// # Errors
 /// The 404 above, or 500.
 pub async fn require_visible(state: &AppState, viewer: Option<Uuid>, user: Uuid) -> Result<(), ApiError> {
-    if !state.social.exists(user).await? {
-        return Err(user_not_found());
-    }
     if let Some(viewer) = viewer.filter(|v| *v != user) {
         if state.social.relationship(viewer, user).await?.any_block() {
             return Err(user_not_found());

@@ -67,10 +67,9 @@ async fn public_profile(
 ) -> Result<PublicProfile, ApiError> {
     require_visible(state, viewer, id).await?;
     read_after.wait(state, &[ReadModel::Profiles, ReadModel::Graph, ReadModel::Tracks]).await?;
-    let row = projections::profiles::find_profile(&state.read, id).await?.ok_or_else(user_not_found)?;
-    let (followers_count, following_count) = projections::social::graph::counts(&state.read, id).await?;
-    let tracks_count =
-        projections::catalog::tracks::count_tracks(&state.read, id, viewer == Some(id)).await?;
+    let row = projections::social::graph::public_profile(&state.read, id, viewer == Some(id))
+        .await?
+        .ok_or_else(user_not_found)?;
     // The edges with the viewer come from the pair's stream (write side).
     let between = match viewer.filter(|v| *v != id) {
         Some(v) => Some(state.social.relationship(v, id).await?),
@@ -85,9 +84,9 @@ async fn public_profile(
         display_name: open(state, id, row.name_sealed).await?,
         bio: open(state, id, row.bio_sealed).await?,
         avatar_url: None,
-        followers_count,
-        following_count,
-        tracks_count,
+        followers_count: row.followers_count,
+        following_count: row.following_count,
+        tracks_count: row.tracks_count,
         followed_by_me: viewer_flag(&|r, v| r.follows(v, id)),
         follows_me: viewer_flag(&|r, v| r.follows(id, v)),
         blocked: viewer_flag(&|r, v| r.blocks(v, id)),
