@@ -86,6 +86,15 @@ async fn phone_signup_and_login_through_twilio() {
     assert_eq!(me["email"], Value::Null);
     assert_eq!(me["two_factor_channel"], "sms");
     let user_id = me["user_id"].as_str().unwrap().to_owned();
+    // A phone sign-up gets a generated handle: `user-` and 8 digits.
+    let handle = me["username"].as_str().unwrap();
+    assert!(
+        handle.len() == 13 && handle.starts_with("user-") && handle[5..].bytes().all(|b| b.is_ascii_digit()),
+        "{handle}"
+    );
+    let (_, public) =
+        app.wait_for(&format!("/api/users/by-username/{handle}"), &access, |s, _| s == 200).await;
+    assert_eq!(public["id"], user_id.as_str());
 
     // Later, the same number logs into the same account.
     let r = app.post("/api/auth/request-otp", json!({"phone": phone})).await;

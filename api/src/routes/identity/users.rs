@@ -29,6 +29,8 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProfileResponse {
     pub user_id: Uuid,
+    /// The public handle (change it with `PUT /api/users/me/username`).
+    pub username: Option<String>,
     /// `null` for accounts made by phone.
     pub email: Option<String>,
     pub name: Option<String>,
@@ -60,6 +62,7 @@ async fn load_profile(state: &AppState, user_id: Uuid) -> Result<ProfileResponse
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "profile_not_found", "profile not found"))?;
     Ok(ProfileResponse {
         user_id,
+        username: row.username,
         email: open(state, user_id, row.email_sealed).await?,
         name: open(state, user_id, row.name_sealed).await?,
         bio: open(state, user_id, row.bio_sealed).await?,
@@ -121,6 +124,7 @@ pub async fn put_me(
     let sealed = |s: Option<Sealed>| s.map(|s| s.0);
     let profile = ProfileResponse {
         user_id,
+        username: account.username.as_ref().map(|u| u.as_str().to_owned()),
         email: open(&state, user_id, sealed(account.email)).await?,
         name: open(&state, user_id, sealed(account.name)).await?,
         bio: open(&state, user_id, sealed(account.bio)).await?,
