@@ -568,3 +568,35 @@ async fn wrong_codes_by_address_take_as_long_for_known_and_unknown_addresses() {
     eprintln!("verify-email: pending {known_ms:.2} ms, unknown {unknown_ms:.2} ms, gap {:.1} %", gap * 100.0);
     assert!(gap < 0.10, "verify-email timing gap {:.1} % ({known_ms:.2} vs {unknown_ms:.2} ms)", gap * 100.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_by_username_takes_as_long_as_by_email_or_for_an_unknown_handle() {
+    let app = spawn_app(Feed::Postgres).await;
+    for i in 0..16 {
+        let body = json!({"email": format!("timer{i}@example.com"), "password": PASSWORD, "name": "T",
+                          "username": format!("timer_{i}")});
+        assert_eq!(app.post("/api/auth/register", body).await.status(), 201);
+    }
+    let wrong = |login: String| {
+        let body = json!({"email": login, "password": "wrong password!"});
+        let app = &app;
+        async move { app.post("/api/auth/login", body).await.status().as_u16() }
+    };
+    // Accounts 0–7: by handle and by email, 2 wrong passwords each way
+    // (under the 5 free failures).
+    let (by_name, by_email) = timing_gap(
+        16,
+        |i| wrong(format!("timer_{}", i % 8)),
+        |i| wrong(format!("timer{}@example.com", i % 8)),
+    )
+    .await;
+    let gap = (by_name - by_email).abs() / by_name.max(by_email);
+    eprintln!("login: by username {by_name:.1} ms, by email {by_email:.1} ms, gap {:.1} %", gap * 100.0);
+    assert!(gap < 0.10, "username vs email login timing gap {:.1} %", gap * 100.0);
+    // Accounts 8–15 by handle against handles nobody has.
+    let (known, unknown) =
+        timing_gap(32, |i| wrong(format!("timer_{}", 8 + i % 8)), |i| wrong(format!("nobody_{i}"))).await;
+    let gap = (known - unknown).abs() / known.max(unknown);
+    eprintln!("login: known handle {known:.1} ms, unknown handle {unknown:.1} ms, gap {:.1} %", gap * 100.0);
+    assert!(gap < 0.10, "known vs unknown handle timing gap {:.1} %", gap * 100.0);
+}
