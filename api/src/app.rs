@@ -68,6 +68,8 @@ pub struct App {
     pub social: Arc<commands::social::SocialService>,
     /// Tracks.
     pub catalog: Arc<commands::catalog::CatalogService>,
+    /// Likes, reposts, comments.
+    pub engagement: Arc<commands::social::engagement::EngagementService>,
     keys: Keyring,
 }
 
@@ -120,6 +122,11 @@ impl App {
             identity.vault.clone(),
             keys.lookup.clone(),
         ));
+        let engagement = Arc::new(commands::social::engagement::EngagementService::new(
+            pool.clone(),
+            social.clone(),
+            catalog.clone(),
+        ));
         Ok(Self {
             settings,
             pool,
@@ -131,6 +138,7 @@ impl App {
             trusted_proxies,
             social,
             catalog,
+            engagement,
         })
     }
 
@@ -167,6 +175,7 @@ impl App {
             revoked: self.revoked.clone(),
             social: self.social.clone(),
             catalog: self.catalog.clone(),
+            engagement: self.engagement.clone(),
             consistency_wait: Duration::from_millis(self.settings.consistency_wait_ms),
         })
     }
@@ -181,6 +190,7 @@ impl App {
             Arc::new(projections::passkeys::PasskeysProjector),
             Arc::new(projections::social::graph::GraphProjector),
             Arc::new(projections::catalog::tracks::TracksProjector),
+            Arc::new(projections::social::engagement::EngagementProjector),
         ]
     }
 

@@ -32,6 +32,8 @@ pub enum ReadModel {
     Graph,
     /// `rm_tracks`.
     Tracks,
+    /// Likes, reposts, comments and their counters.
+    Engagement,
 }
 
 impl ReadModel {
@@ -40,6 +42,7 @@ impl ReadModel {
             Self::Profiles => Box::new(projections::profiles::ProfilesProjector),
             Self::Graph => Box::new(projections::social::graph::GraphProjector),
             Self::Tracks => Box::new(projections::catalog::tracks::TracksProjector),
+            Self::Engagement => Box::new(projections::social::engagement::EngagementProjector),
         }
     }
 }

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::graph::router())
         .merge(routes::social::profiles::router())
         .merge(routes::catalog::tracks::router())
+        .merge(routes::social::engagement::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

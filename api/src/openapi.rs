@@ -32,11 +32,16 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::catalog::tracks::create_track, crate::routes::catalog::tracks::get_track,
         crate::routes::catalog::tracks::update_track, crate::routes::catalog::tracks::delete_track,
         crate::routes::catalog::tracks::list_user_tracks,
+        crate::routes::social::engagement::like, crate::routes::social::engagement::unlike,
+        crate::routes::social::engagement::repost, crate::routes::social::engagement::unrepost,
+        crate::routes::social::engagement::likers, crate::routes::social::engagement::user_likes,
+        crate::routes::social::engagement::user_reposts, crate::routes::social::engagement::post_comment,
+        crate::routes::social::engagement::list_comments, crate::routes::social::engagement::delete_comment,
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody, auth::TokenResponse, auth::SecondFactorResponse)),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "auth"), (name = "users"), (name = "social"), (name = "tracks"), (name = "meta"))
+    tags((name = "auth"), (name = "users"), (name = "social"), (name = "tracks"), (name = "engagement"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

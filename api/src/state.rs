@@ -22,6 +22,8 @@ pub struct AppState {
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
     /// Follows, blocks, mutes (write side).
     pub social: Arc<commands::social::SocialService>,
+    /// Likes, reposts, comments (write side).
+    pub engagement: Arc<commands::social::engagement::EngagementService>,
     /// Tracks (write side).
     pub catalog: Arc<commands::catalog::CatalogService>,
     /// Longest read-your-writes wait (`CONSISTENCY_WAIT_MS`).

@@ -106,4 +106,6 @@ pub const AGGREGATE_TYPES: &[&str] = &[
     "device_pin",
     "relationship",
     "track",
+    "engagement",
+    "comment",
 ];

@@ -90,3 +90,32 @@ fn the_envelope_serialises_with_the_documented_fields() {
     );
     assert_eq!(domain::envelope::ENVELOPE_SCHEMA_VERSION, "1");
 }
+
+/// Every aggregate's `TYPE` in the source has a topic (`AGGREGATE_TYPES`):
+/// one left out is never created on the broker, so its events reach no
+/// Kafka consumer (found the hard way in issue 16).
+#[test]
+fn every_aggregate_type_in_the_source_has_a_topic() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![src];
+    let mut found = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines() {
+                if let Some(rest) = line.trim().strip_prefix("const TYPE: &'static str = \"") {
+                    found.push(rest.split('"').next().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert!(found.len() >= 11, "found only {found:?}");
+    for t in &found {
+        assert!(domain::envelope::AGGREGATE_TYPES.contains(&t.as_str()), "aggregate type {t} has no topic");
+    }
+}

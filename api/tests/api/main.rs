@@ -8,6 +8,7 @@ mod abuse;
 mod bench;
 mod challenges;
 mod concurrency;
+mod engagement;
 mod factors;
 mod flow;
 mod helpers;

@@ -26,6 +26,10 @@ pub async fn member(app: &TestApp, username: &str) -> (Uuid, String) {
     let body: Value = r.json().await.unwrap();
     let id: Uuid = body["user_id"].as_str().unwrap().parse().unwrap();
     let token = app.tokens.issue_access(id, Uuid::new_v4(), Utc::now()).unwrap().0;
+    // Registration answers no consistency token (it stays silent about
+    // whether the address was new): wait until the profile is projected,
+    // so later reads that name other streams' tokens find the account.
+    app.wait_for(&format!("/api/users/{id}"), &token, |s, _| s == 200).await;
     (id, token)
 }
 

@@ -3,6 +3,8 @@
 //! (`domain::social::relationship`). The aggregate decides (decided 14);
 //! the read models only list.
 
+pub mod engagement;
+
 use chrono::Utc;
 use domain::consistency::ConsistencyToken;
 use domain::social::relationship::{pair_id, Relationship, RelationshipCommand, RelationshipError};

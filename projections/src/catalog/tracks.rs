@@ -118,20 +118,28 @@ pub struct TrackRow {
     pub processing: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// From the engagement read model (0 when none).
+    pub likes_count: i64,
+    pub reposts_count: i64,
+    pub comments_count: i64,
 }
 
 const COLUMNS: &str = "track_id, owner_id, slug, title, description, genre, tags, duration_ms, visibility, \
-                       secret_token_sealed, processing, created_at, updated_at";
+                       secret_token_sealed, processing, created_at, updated_at, \
+                       COALESCE(likes_count, 0) AS likes_count, COALESCE(reposts_count, 0) AS reposts_count, \
+                       COALESCE(comments_count, 0) AS comments_count";
 
 /// The live track `track_id`, if projected.
 ///
 /// # Errors
 /// Database errors.
 pub async fn find_track(pool: &PgPool, track_id: Uuid) -> Result<Option<TrackRow>, sqlx::Error> {
-    sqlx::query_as::<_, TrackRow>(&format!("SELECT {COLUMNS} FROM rm_tracks WHERE track_id = $1"))
-        .bind(track_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, TrackRow>(&format!(
+        "SELECT {COLUMNS} FROM rm_tracks LEFT JOIN rm_track_stats USING (track_id) WHERE track_id = $1"
+    ))
+    .bind(track_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The live track of `owner` with `slug`, if projected.
@@ -140,7 +148,8 @@ pub async fn find_track(pool: &PgPool, track_id: Uuid) -> Result<Option<TrackRow
 /// Database errors.
 pub async fn find_by_slug(pool: &PgPool, owner: Uuid, slug: &str) -> Result<Option<TrackRow>, sqlx::Error> {
     sqlx::query_as::<_, TrackRow>(&format!(
-        "SELECT {COLUMNS} FROM rm_tracks WHERE owner_id = $1 AND slug = $2 ORDER BY created_at LIMIT 1"
+        "SELECT {COLUMNS} FROM rm_tracks LEFT JOIN rm_track_stats USING (track_id)
+         WHERE owner_id = $1 AND slug = $2 ORDER BY created_at LIMIT 1"
     ))
     .bind(owner)
     .bind(slug)
@@ -163,7 +172,7 @@ pub async fn list_owner_tracks(
 ) -> Result<Vec<TrackRow>, sqlx::Error> {
     let (at, after) = cursor.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     sqlx::query_as::<_, TrackRow>(&format!(
-        "SELECT {COLUMNS} FROM rm_tracks
+        "SELECT {COLUMNS} FROM rm_tracks LEFT JOIN rm_track_stats USING (track_id)
          WHERE owner_id = $1 AND ($2 OR visibility = 'public')
            AND ($3::timestamptz IS NULL OR (created_at, track_id) < ($3, $4))
          ORDER BY created_at DESC, track_id DESC LIMIT $5"

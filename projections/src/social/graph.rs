@@ -113,9 +113,8 @@ impl Projector for GraphProjector {
     }
 }
 
-/// Switches edge `from → to` to `active` as of event `seq`, unless the row
-/// was already set by that event or a later one; moves the counters when a
-/// follow switches.
+/// Switches edge `from → to` to `active` as of event `seq` (see
+/// [`super::switch_edge`]); moves the counters when a follow switches.
 async fn set_edge(
     conn: &mut PgConnection,
     edge: Edge,
@@ -126,35 +125,8 @@ async fn set_edge(
     seq: i64,
 ) -> Result<(), ProjectionError> {
     let (table, a, b) = edge.table();
-    // Create the row switched off (seq 0) if absent, so it can be locked.
-    sqlx::query(&format!(
-        "INSERT INTO {table} ({a}, {b}, active, since, seq) VALUES ($1, $2, false, $3, 0)
-         ON CONFLICT ({a}, {b}) DO NOTHING"
-    ))
-    .bind(from)
-    .bind(to)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    let (was_active, stored): (bool, i64) =
-        sqlx::query_as(&format!("SELECT active, seq FROM {table} WHERE {a} = $1 AND {b} = $2 FOR UPDATE"))
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *conn)
-            .await?;
-    if seq <= stored {
-        tracing::debug!(table, seq, stored, "already applied; skipped");
-        return Ok(());
-    }
-    sqlx::query(&format!("UPDATE {table} SET active = $3, since = $4, seq = $5 WHERE {a} = $1 AND {b} = $2"))
-        .bind(from)
-        .bind(to)
-        .bind(active)
-        .bind(at)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
-    if edge == Edge::Follow && was_active != active {
+    let switched = super::switch_edge(conn, (table, a, b), from, to, active, at, seq).await?;
+    if edge == Edge::Follow && switched {
         let delta: i64 = if active { 1 } else { -1 };
         // Rows are created (zero) first, then changed in id order: two
         // transactions moving the same two counters lock them alike.

@@ -43,7 +43,8 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-fn track_not_found() -> ApiError {
+/// 404 `track_not_found`.
+pub fn track_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "track_not_found", "no such track")
 }
 
@@ -109,7 +110,12 @@ fn response(row: TrackRow, secret_token: Option<String>) -> TrackResponse {
         duration_ms: row.duration_ms,
         visibility: row.visibility,
         processing: row.processing,
-        counts: TrackCounts::default(),
+        counts: TrackCounts {
+            likes: row.likes_count,
+            reposts: row.reposts_count,
+            comments: row.comments_count,
+            plays: 0,
+        },
         secret_token,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -189,24 +195,42 @@ pub async fn get_track(
     IdPath(id): IdPath,
     ValidQuery(q): ValidQuery<SecretQuery>,
 ) -> Result<Json<TrackResponse>, ApiError> {
-    read_after.wait(&state, &[ReadModel::Tracks]).await?;
-    let row = tracks::find_track(&state.read, id).await?.ok_or_else(track_not_found)?;
+    read_after.wait(&state, &[ReadModel::Tracks, ReadModel::Engagement]).await?;
     let viewer = viewer.0.map(|u| u.user_id);
+    let (row, token) = visible_track(&state, viewer, id, q.secret_token.as_deref()).await?;
     let owner_looking = viewer == Some(row.owner_id);
-    require_visible(&state, viewer, row.owner_id).await.map_err(|_| track_not_found())?;
-    let token = match (&row.secret_token_sealed, owner_looking || q.secret_token.is_some()) {
+    Ok(Json(response(row, token.filter(|_| owner_looking))))
+}
+
+/// The track `id` if `viewer` may see it — public (and no block between
+/// them and the owner), theirs, or private with the right `secret_token`
+/// (compared in constant time) — with its secret token in clear when the
+/// owner looks or a token was given; 404 `track_not_found` otherwise.
+///
+/// # Errors
+/// The 404 above, or 500.
+pub async fn visible_track(
+    state: &AppState,
+    viewer: Option<Uuid>,
+    id: Uuid,
+    secret_token: Option<&str>,
+) -> Result<(TrackRow, Option<String>), ApiError> {
+    let row = tracks::find_track(&state.read, id).await?.ok_or_else(track_not_found)?;
+    let owner_looking = viewer == Some(row.owner_id);
+    require_visible(state, viewer, row.owner_id).await.map_err(|_| track_not_found())?;
+    let token = match (&row.secret_token_sealed, owner_looking || secret_token.is_some()) {
         (Some(sealed), true) => state.catalog.open_sealed_token(row.owner_id, sealed).await?,
         _ => None,
     };
     if row.visibility != "public" && !owner_looking {
         // Constant-time comparison (no early exit on the first difference).
-        let given = domain::values::Digest(q.secret_token.clone().unwrap_or_default());
+        let given = domain::values::Digest(secret_token.unwrap_or_default().to_owned());
         let matches = token.as_ref().is_some_and(|t| domain::values::Digest(t.clone()).ct_eq(&given));
         if !matches {
             return Err(track_not_found());
         }
     }
-    Ok(Json(response(row, token.filter(|_| owner_looking))))
+    Ok((row, token))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -252,7 +276,9 @@ pub async fn update_track(
         visibility: req.visibility.as_deref().map(Visibility::parse).transpose()?,
     };
     let done = state.catalog.update(user.user_id, id, patch, &meta(&headers, Some(user.user_id))).await?;
-    let body = from_state(&done.track, done.secret_token, Utc::now()).ok_or_else(track_not_found)?;
+    let mut body = from_state(&done.track, done.secret_token, Utc::now()).ok_or_else(track_not_found)?;
+    let (likes, reposts, comments) = projections::social::engagement::track_counts(&state.read, id).await?;
+    body.counts = TrackCounts { likes, reposts, comments, plays: 0 };
     Ok((StatusCode::OK, consistency::headers(done.token.as_ref()), Json(body)).into_response())
 }
 
@@ -305,7 +331,7 @@ pub async fn list_user_tracks(
 ) -> Result<Json<TrackPage>, ApiError> {
     let viewer = viewer.0.map(|u| u.user_id);
     require_visible(&state, viewer, id).await?;
-    read_after.wait(&state, &[ReadModel::Tracks]).await?;
+    read_after.wait(&state, &[ReadModel::Tracks, ReadModel::Engagement]).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(invalid("limit", "must be 1 to 100"));

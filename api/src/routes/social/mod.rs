@@ -1,6 +1,7 @@
 //! The social context's routes (ARCHITECTURE decided 15): the graph
 //! (follow, block, mute, lists, suggestions) and public profiles.
 
+pub mod engagement;
 pub mod graph;
 pub mod profiles;
 
