@@ -98,8 +98,17 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let ses_sql = Arc::new(prepare_sessions(&pool, clients).await?);
     let pairs_cmd = Arc::new(prepare_pairs(&pool, clients).await?);
     let pairs_sql = Arc::new(prepare_pairs(&pool, clients).await?);
+    let tracks_cmd = Arc::new(prepare_tracks(&pool, clients).await?);
+    let tracks_sql = Arc::new(prepare_tracks(&pool, clients).await?);
     sqlx::query("ANALYZE events").execute(&pool).await?;
     let social = Arc::new(commands::social::SocialService::new(pool.clone()));
+    let catalog = Arc::new(commands::catalog::CatalogService::new(
+        pool.clone(),
+        Arc::new(commands::vault::Vault::new(pool.clone(), Secret32::generate())),
+        Secret32::generate(),
+    ));
+    let engagement =
+        Arc::new(commands::social::engagement::EngagementService::new(pool.clone(), social.clone(), catalog));
 
     let otps = Arc::new(Executor::<OtpChallenge>::new(pool.clone(), ()));
     let sessions = Arc::new(Executor::<Session>::new(pool.clone(), ()));
@@ -107,7 +116,13 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let (mut v_sql, mut v_cmd, mut r_sql, mut r_cmd) =
         (Sample::default(), Sample::default(), Sample::default(), Sample::default());
     let (mut f_sql, mut f_cmd) = (Sample::default(), Sample::default());
+    let (mut l_sql, mut l_cmd, mut c_sql, mut c_cmd) =
+        (Sample::default(), Sample::default(), Sample::default(), Sample::default());
     for _ in 0..2 {
+        l_sql.merge(engage_sql(&pool, &tracks_sql, clients, d / 2).await);
+        l_cmd.merge(engage_cmd(&engagement, &tracks_cmd, clients, d / 2).await);
+        c_sql.merge(comment_sql(&pool, &tracks_sql, clients, d / 2).await);
+        c_cmd.merge(comment_cmd(&engagement, &tracks_cmd, clients, d / 2).await);
         f_sql.merge(follow_sql(&pool, &pairs_sql, clients, d / 2).await);
         f_cmd.merge(follow_cmd(&social, &pairs_cmd, clients, d / 2).await);
         v_sql.merge(verify_sql(&pool, &otp_sql, clients, d / 2).await);
@@ -137,16 +152,27 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ("RefreshSession SQL", &r_sql),
         ("FollowUser command", &f_cmd),
         ("FollowUser SQL", &f_sql),
+        ("LikeTrack command", &l_cmd),
+        ("LikeTrack SQL", &l_sql),
+        ("CommentOnTrack command", &c_cmd),
+        ("CommentOnTrack SQL", &c_sql),
     ] {
         r.notes.extend(error_note(what, s));
     }
     r.note(format!(
         "FollowUser/UnfollowUser alternate over {PAIRS_PER_CLIENT} pairs per client (a follow, then the unfollow of the same pair {PAIRS_PER_CLIENT} commands later)"
     ));
+    r.note(format!(
+        "LikeTrack, RepostTrack, UnlikeTrack, UnrepostTrack in turn over {PAIRS_PER_CLIENT} public tracks per client; \
+         likes, reposts and comments first read the track's stream and the pair's stream with its owner (blocks), \
+         as the plain-SQL side does too"
+    ));
     for (name, cmd, sql) in [
         ("VerifyOtp", &v_cmd, &v_sql),
         ("RefreshSession", &r_cmd, &r_sql),
         ("FollowUser + UnfollowUser", &f_cmd, &f_sql),
+        ("LikeTrack / RepostTrack (+ undo)", &l_cmd, &l_sql),
+        ("CommentOnTrack", &c_cmd, &c_sql),
     ] {
         r.rows.push(Row::ratio(
             format!("{name} commands/s ({clients} clients)"),
@@ -163,6 +189,191 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         ));
     }
     Ok(r)
+}
+
+/// Per client: its user and [`PAIRS_PER_CLIENT`] public tracks of one
+/// owner (a `TrackCreated` each), for likes, reposts and comments.
+struct Tracks {
+    users: Vec<Uuid>,
+    tracks: Vec<Vec<Uuid>>,
+    issued: Vec<AtomicUsize>,
+}
+
+impl Tracks {
+    /// Worker `w`'s next engagement: its user, the track, and which of
+    /// like, repost, unlike, unrepost (passes over its tracks in turn).
+    fn next(&self, worker: usize) -> (Uuid, Uuid, usize) {
+        let w = worker % self.users.len();
+        let k = self.issued[w].fetch_add(1, Ordering::Relaxed);
+        let tracks = &self.tracks[w];
+        (self.users[w], tracks[k % tracks.len()], (k / tracks.len()) % 4)
+    }
+
+    /// Worker `w`'s user and its `i`-th track (comments: any order will do).
+    fn pick(&self, worker: usize, i: u64) -> (Uuid, Uuid) {
+        let w = worker % self.users.len();
+        let tracks = &self.tracks[w];
+        (self.users[w], tracks[usize::try_from(i).unwrap_or(0) % tracks.len()])
+    }
+}
+
+async fn prepare_tracks(pool: &PgPool, clients: usize) -> anyhow::Result<Tracks> {
+    use domain::catalog::track::{Processing, TrackEvent, Visibility};
+    let now = Utc::now();
+    let owner = Uuid::now_v7();
+    let mut rows = Vec::new();
+    let mut tracks = Vec::new();
+    for _ in 0..clients {
+        let mut mine = Vec::new();
+        for _ in 0..PAIRS_PER_CLIENT {
+            let track_id = Uuid::now_v7();
+            let event = TrackEvent::TrackCreated {
+                track_id,
+                owner_id: owner,
+                slug: track_id.simple().to_string(),
+                title: "bench".to_owned(),
+                description: String::new(),
+                genre: String::new(),
+                tags: Vec::new(),
+                duration_ms: 180_000,
+                visibility: Visibility::Public,
+                secret_token: None,
+                processing: Processing::NoAudio,
+                created_at: now,
+            };
+            rows.push(EventRow::new("track", track_id.to_string(), 1, &event)?);
+            mine.push(track_id);
+        }
+        tracks.push(mine);
+    }
+    insert_events(pool, &rows).await?;
+    let users = (0..clients).map(|_| Uuid::now_v7()).collect();
+    let issued = (0..clients).map(|_| AtomicUsize::new(0)).collect();
+    Ok(Tracks { users, tracks, issued })
+}
+
+/// The engagement event of step `step` (0 like, 1 repost, 2 unlike, 3 unrepost).
+fn engagement_event(
+    user_id: Uuid,
+    track_id: Uuid,
+    step: usize,
+) -> domain::social::engagement::EngagementEvent {
+    use domain::social::engagement::EngagementEvent as E;
+    let at = Utc::now();
+    match step {
+        0 => E::TrackLiked { user_id, track_id, liked_at: at },
+        1 => E::TrackReposted { user_id, track_id, reposted_at: at },
+        2 => E::TrackUnliked { user_id, track_id, unliked_at: at },
+        _ => E::TrackUnreposted { user_id, track_id, unreposted_at: at },
+    }
+}
+
+/// The statements the service runs before a like or comment: the track's
+/// stream, then the pair's stream with the owner (blocks).
+async fn access_sql(pool: &PgPool, user: Uuid, track: Uuid) -> anyhow::Result<()> {
+    let rows = sqlx::query(SELECT_EVENTS).bind("track").bind(track.to_string()).fetch_all(pool).await?;
+    anyhow::ensure!(!rows.is_empty(), "no track");
+    let owner = Uuid::nil();
+    let _ =
+        sqlx::query(SELECT_EVENTS).bind("relationship").bind(pair_id(user, owner)).fetch_all(pool).await?;
+    Ok(())
+}
+
+async fn engage_sql(pool: &PgPool, tracks: &Arc<Tracks>, clients: usize, d: Duration) -> Sample {
+    let (pool, tracks) = (pool.clone(), tracks.clone());
+    closed_loop(clients, d, move |worker, _| {
+        let (pool, tracks) = (pool.clone(), tracks.clone());
+        async move {
+            let (user, track, step) = tracks.next(worker);
+            if step < 2 {
+                access_sql(&pool, user, track).await?;
+            }
+            let event = engagement_event(user, track, step);
+            let (t, v) = (event.event_type(), event.event_version());
+            let id = domain::social::engagement::engagement_id(user, track);
+            load_and_append(&pool, "engagement", &id, serde_json::to_value(&event)?, t, v).await
+        }
+    })
+    .await
+}
+
+async fn engage_cmd(
+    service: &Arc<commands::social::engagement::EngagementService>,
+    tracks: &Arc<Tracks>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
+    use commands::social::engagement::Engage;
+    let (service, tracks) = (service.clone(), tracks.clone());
+    closed_loop(clients, d, move |worker, _| {
+        let (service, tracks) = (service.clone(), tracks.clone());
+        async move {
+            let (user, track, step) = tracks.next(worker);
+            let engage = [Engage::Like, Engage::Repost, Engage::Unlike, Engage::Unrepost][step];
+            let meta = commands::identity::RequestMeta::default();
+            let done =
+                service.engage(user, track, engage, None, &meta).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(done.changed, "the command changed nothing");
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn comment_sql(pool: &PgPool, tracks: &Arc<Tracks>, clients: usize, d: Duration) -> Sample {
+    let (pool, tracks) = (pool.clone(), tracks.clone());
+    closed_loop(clients, d, move |worker, i| {
+        let (pool, tracks) = (pool.clone(), tracks.clone());
+        async move {
+            let (user, track) = tracks.pick(worker, i);
+            access_sql(&pool, user, track).await?;
+            let comment_id = Uuid::now_v7();
+            let event = domain::social::comment::CommentEvent::CommentPosted {
+                comment_id,
+                track_id: track,
+                author_id: user,
+                body: "nice drop".to_owned(),
+                timestamp_ms: Some(61_000),
+                reply_to: None,
+                posted_at: Utc::now(),
+            };
+            let (t, v) = (event.event_type(), event.event_version());
+            sqlx::query(INSERT_EVENT)
+                .bind("comment")
+                .bind(comment_id.to_string())
+                .bind(1_i64)
+                .bind(t)
+                .bind(v)
+                .bind(serde_json::to_value(&event)?)
+                .bind(serde_json::json!({"command": "bench"}))
+                .execute(&pool)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn comment_cmd(
+    service: &Arc<commands::social::engagement::EngagementService>,
+    tracks: &Arc<Tracks>,
+    clients: usize,
+    d: Duration,
+) -> Sample {
+    let (service, tracks) = (service.clone(), tracks.clone());
+    closed_loop(clients, d, move |worker, i| {
+        let (service, tracks) = (service.clone(), tracks.clone());
+        async move {
+            let (user, track) = tracks.pick(worker, i);
+            let meta = commands::identity::RequestMeta::default();
+            service
+                .comment(user, track, "nice drop".to_owned(), Some(61_000), None, None, &meta)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Followee pairs per client (each client follows from its own user).

@@ -67,7 +67,7 @@ async fn login_http_bench_drives_serve_and_api_processes() {
 async fn commands_bench_prints_ratios() {
     let r = run(BenchName::Commands, 0.4, 2, |_| {}).await;
     assert_has_ratios(&r);
-    assert_eq!(r.rows.iter().filter(|row| row.pass().is_some()).count(), 3);
+    assert_eq!(r.rows.iter().filter(|row| row.pass().is_some()).count(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
