@@ -261,8 +261,8 @@ fn engagement_event(
     use domain::social::engagement::EngagementEvent as E;
     let at = Utc::now();
     match step {
-        0 => E::TrackLiked { user_id, track_id, liked_at: at },
-        1 => E::TrackReposted { user_id, track_id, reposted_at: at },
+        0 => E::TrackLiked { user_id, track_id, owner_id: Some(Uuid::nil()), liked_at: at },
+        1 => E::TrackReposted { user_id, track_id, owner_id: Some(Uuid::nil()), reposted_at: at },
         2 => E::TrackUnliked { user_id, track_id, unliked_at: at },
         _ => E::TrackUnreposted { user_id, track_id, unreposted_at: at },
     }
@@ -335,6 +335,8 @@ async fn comment_sql(pool: &PgPool, tracks: &Arc<Tracks>, clients: usize, d: Dur
                 body: "nice drop".to_owned(),
                 timestamp_ms: Some(61_000),
                 reply_to: None,
+                track_owner: Some(Uuid::nil()),
+                parent_author: None,
                 posted_at: Utc::now(),
             };
             let (t, v) = (event.event_type(), event.event_version());

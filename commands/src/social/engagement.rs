@@ -144,17 +144,22 @@ impl EngagementService {
         meta: &RequestMeta,
     ) -> Result<Engaged, EngageError> {
         let at = Utc::now();
+        // Liking or reposting needs access, and records the track's owner.
+        let owner_id = if matches!(engage, Engage::Like | Engage::Repost) {
+            self.engageable(user, track_id, secret_token).await?.owner_id.unwrap_or_default()
+        } else {
+            Uuid::nil()
+        };
         let (cmd, name) = match engage {
-            Engage::Like => (EngagementCommand::Like { user_id: user, track_id, at }, "LikeTrack"),
+            Engage::Like => (EngagementCommand::Like { user_id: user, track_id, owner_id, at }, "LikeTrack"),
             Engage::Unlike => (EngagementCommand::Unlike { user_id: user, track_id, at }, "UnlikeTrack"),
-            Engage::Repost => (EngagementCommand::Repost { user_id: user, track_id, at }, "RepostTrack"),
+            Engage::Repost => {
+                (EngagementCommand::Repost { user_id: user, track_id, owner_id, at }, "RepostTrack")
+            }
             Engage::Unrepost => {
                 (EngagementCommand::Unrepost { user_id: user, track_id, at }, "UnrepostTrack")
             }
         };
-        if matches!(engage, Engage::Like | Engage::Repost) {
-            self.engageable(user, track_id, secret_token).await?;
-        }
         let done = self.engagements.execute(&engagement_id(user, track_id), cmd, meta.to_map(name)).await?;
         Ok(Engaged { changed: !done.events.is_empty(), token: done.token, comment_id: None })
     }
@@ -185,6 +190,7 @@ impl EngagementService {
                 reason: "must be within the track (0 to its duration)",
             });
         }
+        let mut parent_author = None;
         if let Some(parent) = reply_to {
             let p = self.comments.load(&parent.to_string()).await?;
             if p.id.is_none() || p.deleted || p.track_id != Some(track_id) || p.reply_to.is_some() {
@@ -193,7 +199,9 @@ impl EngagementService {
                     reason: "must be a top-level comment of the same track",
                 });
             }
+            parent_author = p.author_id;
         }
+        let track_owner = track.owner_id.unwrap_or_default();
         let comment_id = Uuid::now_v7();
         let cmd = CommentCommand::Post {
             comment_id,
@@ -202,6 +210,8 @@ impl EngagementService {
             body,
             timestamp_ms,
             reply_to,
+            track_owner,
+            parent_author,
             at: Utc::now(),
         };
         let done =

@@ -70,13 +70,13 @@ impl Projector for EngagementProjector {
         }
         let event: EngagementEvent = env.decode().map_err(|e| ProjectionError::decode(env, e))?;
         let (table, user, track, active, at) = match event {
-            EngagementEvent::TrackLiked { user_id, track_id, liked_at } => {
+            EngagementEvent::TrackLiked { user_id, track_id, liked_at, .. } => {
                 ("rm_likes", user_id, track_id, true, liked_at)
             }
             EngagementEvent::TrackUnliked { user_id, track_id, unliked_at } => {
                 ("rm_likes", user_id, track_id, false, unliked_at)
             }
-            EngagementEvent::TrackReposted { user_id, track_id, reposted_at } => {
+            EngagementEvent::TrackReposted { user_id, track_id, reposted_at, .. } => {
                 ("rm_reposts", user_id, track_id, true, reposted_at)
             }
             EngagementEvent::TrackUnreposted { user_id, track_id, unreposted_at } => {
@@ -152,6 +152,7 @@ async fn apply_comment(
             timestamp_ms,
             reply_to,
             posted_at,
+            ..
         } => {
             let inserted = sqlx::query(
                 "INSERT INTO rm_comments (comment_id, track_id, author_id, body, timestamp_ms, reply_to, posted_at, seq)

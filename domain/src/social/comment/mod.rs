@@ -44,6 +44,10 @@ pub enum CommentCommand {
         body: String,
         timestamp_ms: Option<i64>,
         reply_to: Option<Uuid>,
+        /// The track's owner and the replied-to comment's author (recorded
+        /// for notifications).
+        track_owner: Uuid,
+        parent_author: Option<Uuid>,
         at: DateTime<Utc>,
     },
     /// Delete: by its author or by the track's owner (`track_owner`).
@@ -61,6 +65,12 @@ pub enum CommentEvent {
         timestamp_ms: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<Uuid>,
+        /// The track's owner, so consumers (notifications) need no other stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        track_owner: Option<Uuid>,
+        /// The author of the comment replied to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_author: Option<Uuid>,
         posted_at: DateTime<Utc>,
     },
     CommentDeleted {
@@ -117,7 +127,17 @@ impl Aggregate for Comment {
         sink: &EventSink<Self>,
     ) -> Result<(), CommentError> {
         match command {
-            CommentCommand::Post { comment_id, track_id, author_id, body, timestamp_ms, reply_to, at } => {
+            CommentCommand::Post {
+                comment_id,
+                track_id,
+                author_id,
+                body,
+                timestamp_ms,
+                reply_to,
+                track_owner,
+                parent_author,
+                at,
+            } => {
                 if self.id.is_some() {
                     return Err(CommentError::AlreadyExists);
                 }
@@ -128,6 +148,8 @@ impl Aggregate for Comment {
                     body,
                     timestamp_ms,
                     reply_to,
+                    track_owner: Some(track_owner),
+                    parent_author,
                     posted_at: at,
                 };
                 sink.write(event, self).await;
@@ -175,6 +197,8 @@ mod tests {
             body: "nice drop".into(),
             timestamp_ms: Some(61_000),
             reply_to: None,
+            track_owner: Some(Uuid::from_u128(2)),
+            parent_author: None,
             posted_at: t(),
         }
     }

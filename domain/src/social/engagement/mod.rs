@@ -24,19 +24,41 @@ pub fn engagement_id(user: Uuid, track: Uuid) -> String {
 /// already holds appends nothing).
 #[derive(Debug, Clone)]
 pub enum EngagementCommand {
-    Like { user_id: Uuid, track_id: Uuid, at: DateTime<Utc> },
-    Unlike { user_id: Uuid, track_id: Uuid, at: DateTime<Utc> },
-    Repost { user_id: Uuid, track_id: Uuid, at: DateTime<Utc> },
-    Unrepost { user_id: Uuid, track_id: Uuid, at: DateTime<Utc> },
+    /// `owner_id`: the track's owner (recorded for notifications).
+    Like {
+        user_id: Uuid,
+        track_id: Uuid,
+        owner_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    Unlike {
+        user_id: Uuid,
+        track_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    Repost {
+        user_id: Uuid,
+        track_id: Uuid,
+        owner_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    Unrepost {
+        user_id: Uuid,
+        track_id: Uuid,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Events of the `Engagement` aggregate (ids only, no personal data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EngagementEvent {
-    /// The design card's `LikeTrack`.
+    /// The design card's `LikeTrack`. `owner_id`: the track's owner, so
+    /// consumers (notifications) need no other stream.
     TrackLiked {
         user_id: Uuid,
         track_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_id: Option<Uuid>,
         liked_at: DateTime<Utc>,
     },
     TrackUnliked {
@@ -47,6 +69,8 @@ pub enum EngagementEvent {
     TrackReposted {
         user_id: Uuid,
         track_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_id: Option<Uuid>,
         reposted_at: DateTime<Utc>,
     },
     TrackUnreposted {
@@ -112,14 +136,24 @@ impl Aggregate for Engagement {
             return Err(EngagementError::WrongStream);
         }
         let event = match command {
-            EngagementCommand::Like { at, .. } if !self.liked => {
-                Some(EngagementEvent::TrackLiked { user_id, track_id, liked_at: at })
+            EngagementCommand::Like { owner_id, at, .. } if !self.liked => {
+                Some(EngagementEvent::TrackLiked {
+                    user_id,
+                    track_id,
+                    owner_id: Some(owner_id),
+                    liked_at: at,
+                })
             }
             EngagementCommand::Unlike { at, .. } if self.liked => {
                 Some(EngagementEvent::TrackUnliked { user_id, track_id, unliked_at: at })
             }
-            EngagementCommand::Repost { at, .. } if !self.reposted => {
-                Some(EngagementEvent::TrackReposted { user_id, track_id, reposted_at: at })
+            EngagementCommand::Repost { owner_id, at, .. } if !self.reposted => {
+                Some(EngagementEvent::TrackReposted {
+                    user_id,
+                    track_id,
+                    owner_id: Some(owner_id),
+                    reposted_at: at,
+                })
             }
             EngagementCommand::Unrepost { at, .. } if self.reposted => {
                 Some(EngagementEvent::TrackUnreposted { user_id, track_id, unreposted_at: at })
@@ -158,6 +192,9 @@ mod tests {
     fn t() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
+    fn o() -> Uuid {
+        Uuid::from_u128(3)
+    }
     fn ids() -> (Uuid, Uuid) {
         (Uuid::from_u128(1), Uuid::from_u128(2))
     }
@@ -165,14 +202,15 @@ mod tests {
     #[test]
     fn a_like_counts_once_and_an_unlike_of_nothing_is_nothing() {
         let (u, k) = ids();
-        let liked = EngagementEvent::TrackLiked { user_id: u, track_id: k, liked_at: t() };
+        let liked =
+            EngagementEvent::TrackLiked { user_id: u, track_id: k, owner_id: Some(o()), liked_at: t() };
         TestFramework::<Engagement>::with(())
             .given_no_previous_events()
-            .when(EngagementCommand::Like { user_id: u, track_id: k, at: t() })
+            .when(EngagementCommand::Like { user_id: u, track_id: k, owner_id: o(), at: t() })
             .then_expect_events(vec![liked.clone()]);
         TestFramework::<Engagement>::with(())
             .given(vec![liked.clone()])
-            .when(EngagementCommand::Like { user_id: u, track_id: k, at: t() })
+            .when(EngagementCommand::Like { user_id: u, track_id: k, owner_id: o(), at: t() })
             .then_expect_events(vec![]);
         TestFramework::<Engagement>::with(())
             .given_no_previous_events()
@@ -180,10 +218,11 @@ mod tests {
             .then_expect_events(vec![]);
         TestFramework::<Engagement>::with(())
             .given(vec![liked])
-            .when(EngagementCommand::Repost { user_id: u, track_id: k, at: t() })
+            .when(EngagementCommand::Repost { user_id: u, track_id: k, owner_id: o(), at: t() })
             .then_expect_events(vec![EngagementEvent::TrackReposted {
                 user_id: u,
                 track_id: k,
+                owner_id: Some(o()),
                 reposted_at: t(),
             }]);
     }
@@ -192,8 +231,13 @@ mod tests {
     fn another_stream_is_refused() {
         let (u, k) = ids();
         TestFramework::<Engagement>::with(())
-            .given(vec![EngagementEvent::TrackLiked { user_id: u, track_id: k, liked_at: t() }])
-            .when(EngagementCommand::Like { user_id: k, track_id: u, at: t() })
+            .given(vec![EngagementEvent::TrackLiked {
+                user_id: u,
+                track_id: k,
+                owner_id: Some(o()),
+                liked_at: t(),
+            }])
+            .when(EngagementCommand::Like { user_id: k, track_id: u, owner_id: o(), at: t() })
             .then_expect_error(EngagementError::WrongStream);
     }
 }
