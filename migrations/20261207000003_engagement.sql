@@ -54,3 +54,28 @@ CREATE TABLE rm_user_likes
     user_id     uuid   PRIMARY KEY,
     likes_count bigint NOT NULL DEFAULT 0 CHECK (likes_count >= 0)
 );
+
+-- Notifications: one row per event that notifies someone (keyed by the
+-- event id: a duplicate inserts nothing), grouped when read.
+CREATE TABLE rm_notifications
+(
+    event_id     uuid        PRIMARY KEY,
+    recipient_id uuid        NOT NULL,
+    kind         text        NOT NULL,      -- follow | like | repost | comment | reply
+    actor_id     uuid        NOT NULL,
+    track_id     uuid,
+    comment_id   uuid,
+    at           timestamptz NOT NULL,
+    stream_type  text        NOT NULL,
+    stream_id    text        NOT NULL,
+    seq          bigint      NOT NULL
+);
+CREATE INDEX rm_notifications_recipient_idx ON rm_notifications (recipient_id, at DESC);
+CREATE INDEX rm_notifications_stream_idx ON rm_notifications (stream_type, stream_id, seq);
+
+CREATE TABLE rm_notification_reads
+(
+    user_id    uuid        PRIMARY KEY,
+    read_up_to timestamptz NOT NULL,
+    seq        bigint      NOT NULL
+);

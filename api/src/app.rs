@@ -191,6 +191,7 @@ impl App {
             Arc::new(projections::social::graph::GraphProjector),
             Arc::new(projections::catalog::tracks::TracksProjector),
             Arc::new(projections::social::engagement::EngagementProjector),
+            Arc::new(projections::social::notifications::NotificationsProjector),
         ]
     }
 

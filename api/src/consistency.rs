@@ -34,6 +34,8 @@ pub enum ReadModel {
     Tracks,
     /// Likes, reposts, comments and their counters.
     Engagement,
+    /// Notifications and read marks.
+    Notifications,
 }
 
 impl ReadModel {
@@ -43,6 +45,7 @@ impl ReadModel {
             Self::Graph => Box::new(projections::social::graph::GraphProjector),
             Self::Tracks => Box::new(projections::catalog::tracks::TracksProjector),
             Self::Engagement => Box::new(projections::social::engagement::EngagementProjector),
+            Self::Notifications => Box::new(projections::social::notifications::NotificationsProjector),
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::profiles::router())
         .merge(routes::catalog::tracks::router())
         .merge(routes::social::engagement::router())
+        .merge(routes::social::notifications::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

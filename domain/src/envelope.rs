@@ -108,4 +108,5 @@ pub const AGGREGATE_TYPES: &[&str] = &[
     "track",
     "engagement",
     "comment",
+    "inbox",
 ];

@@ -296,3 +296,82 @@ async fn timestamped_comments_replies_and_deletion() {
     let (_, t) = get_after(&app, &format!("/api/tracks/{id}"), None, None).await;
     assert_eq!(t["counts"]["comments"], 2, "four posted, two deleted: {t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notifications_group_per_track_and_kind_and_honour_mutes() {
+    let app = spawn_app(Feed::Kafka).await;
+    let (ann, ann_t) = member(&app, "ann").await;
+    let (bob, bob_t) = member(&app, "bob").await;
+    let (cid, cid_t) = member(&app, "cid").await;
+    let (dan, dan_t) = member(&app, "dan").await;
+    let (id, _) = track(&app, &ann_t, json!({"title": "Waves", "duration_ms": 120000})).await;
+    for t in [&bob_t, &cid_t] {
+        assert_eq!(
+            send(&app, reqwest::Method::POST, &format!("/api/tracks/{id}/like"), t).await.status(),
+            201
+        );
+    }
+    // Liking one's own track tells nobody.
+    assert_eq!(
+        send(&app, reqwest::Method::POST, &format!("/api/tracks/{id}/like"), &ann_t).await.status(),
+        201
+    );
+    assert_eq!(
+        send(&app, reqwest::Method::POST, &format!("/api/users/{ann}/follow"), &dan_t).await.status(),
+        201
+    );
+    let r = post_json(&app, &format!("/api/tracks/{id}/comments"), &bob_t, json!({"body": "nice"})).await;
+    let parent: Value = r.json().await.unwrap();
+    let r = post_json(
+        &app,
+        &format!("/api/tracks/{id}/comments"),
+        &cid_t,
+        json!({"body": "agreed", "reply_to": parent["id"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let page = loop {
+        let (status, page) = get_after(&app, "/api/notifications", Some(&ann_t), None).await;
+        assert_eq!(status, 200, "{page}");
+        if page["items"].as_array().unwrap().len() == 3 || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let items = page["items"].as_array().unwrap();
+    let find = |kind: &str| items.iter().find(|g| g["kind"] == kind).cloned().unwrap_or(Value::Null);
+    assert_eq!(find("like")["count"], 2, "{page}");
+    assert_eq!(find("like")["actors"].as_array().unwrap().len(), 2);
+    assert_eq!(find("follow")["actors"], json!([dan.to_string()]));
+    assert_eq!(find("comment")["count"], 2, "bob's comment and cid's reply on ann's track: {page}");
+    // Bob is told of the reply to his comment.
+    let (_, bobs) = app
+        .wait_for("/api/notifications", &bob_t, |_, b| b["items"].as_array().is_some_and(|i| !i.is_empty()))
+        .await;
+    assert_eq!(bobs["items"][0]["kind"], "reply");
+    assert_eq!(bobs["items"][0]["actors"], json!([cid.to_string()]));
+
+    let (_, unread) = get_after(&app, "/api/notifications/unread", Some(&ann_t), None).await;
+    assert_eq!(unread["unread"], 5, "two likes, a follow, two comments");
+    // A mute hides the muted one's notices (and lifting it shows them).
+    let r = send(&app, reqwest::Method::POST, &format!("/api/users/{bob}/mute"), &ann_t).await;
+    let t = token_of(&r).unwrap();
+    let (_, unread) = get_after(&app, "/api/notifications/unread", Some(&ann_t), Some(&t)).await;
+    assert_eq!(unread["unread"], 3);
+    // Marking read up to the newest group's time: nothing unread; an
+    // older mark afterwards changes nothing.
+    let newest = items[0]["latest_at"].clone();
+    let r = post_json(&app, "/api/notifications/read", &ann_t, json!({"up_to": newest})).await;
+    assert_eq!(r.status(), 204);
+    let t = token_of(&r).unwrap();
+    let (_, unread) = get_after(&app, "/api/notifications/unread", Some(&ann_t), Some(&t)).await;
+    assert_eq!(unread["unread"], 0);
+    let r =
+        post_json(&app, "/api/notifications/read", &ann_t, json!({"up_to": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(r.status(), 204);
+    assert!(token_of(&r).is_none(), "marks only move forward");
+    let (_, page) = get_after(&app, "/api/notifications", Some(&ann_t), None).await;
+    assert!(page["items"].as_array().unwrap().iter().all(|g| g["unread"] == false), "{page}");
+}

@@ -85,6 +85,7 @@ pub struct Engaged {
 
 /// The engagement write side.
 pub struct EngagementService {
+    inboxes: Executor<domain::social::inbox::Inbox>,
     engagements: Executor<Engagement>,
     comments: Executor<Comment>,
     social: Arc<SocialService>,
@@ -92,8 +93,11 @@ pub struct EngagementService {
 }
 
 impl EngagementService {
+    /// A service over the event store of `pool`, checking access through
+    /// `social` (blocks) and `catalog` (tracks).
     pub fn new(pool: PgPool, social: Arc<SocialService>, catalog: Arc<CatalogService>) -> Self {
         Self {
+            inboxes: Executor::new(pool.clone(), ()),
             engagements: Executor::new(pool.clone(), ()),
             comments: Executor::new(pool, ()),
             social,
@@ -217,6 +221,22 @@ impl EngagementService {
         let done =
             self.comments.execute_new(&comment_id.to_string(), cmd, meta.to_map("CommentOnTrack")).await?;
         Ok(Engaged { changed: true, token: done.token, comment_id: Some(comment_id) })
+    }
+
+    /// Marks `user`'s notifications up to `up_to` as read (`NotificationsRead`
+    /// on their inbox; an earlier mark changes nothing).
+    ///
+    /// # Errors
+    /// `Conflict`, `Internal`.
+    pub async fn mark_read(
+        &self,
+        user: Uuid,
+        up_to: chrono::DateTime<Utc>,
+        meta: &RequestMeta,
+    ) -> Result<Engaged, EngageError> {
+        let cmd = domain::social::inbox::InboxCommand::MarkRead { up_to, at: Utc::now() };
+        let done = self.inboxes.execute(&user.to_string(), cmd, meta.to_map("MarkNotificationsRead")).await?;
+        Ok(Engaged { changed: !done.events.is_empty(), token: done.token, comment_id: None })
     }
 
     /// Deletes `comment_id` as `actor` (its author or the track's owner).

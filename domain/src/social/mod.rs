@@ -4,4 +4,5 @@
 
 pub mod comment;
 pub mod engagement;
+pub mod inbox;
 pub mod relationship;

@@ -2,6 +2,7 @@
 
 pub mod engagement;
 pub mod graph;
+pub mod notifications;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;

@@ -3,6 +3,7 @@
 
 pub mod engagement;
 pub mod graph;
+pub mod notifications;
 pub mod profiles;
 
 use axum::http::StatusCode;
