@@ -80,7 +80,9 @@ async fn phone_signup_and_login_through_twilio() {
     assert_eq!(r.status(), 200);
     let tokens: Value = r.json().await.unwrap();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    let (_, me) = app.wait_for("/api/users/me", &access, |s, _| s == 200).await;
+    // The handle's event is in the registration's append; a feed batch may
+    // still split the two, so wait for both.
+    let (_, me) = app.wait_for("/api/users/me", &access, |s, b| s == 200 && b["username"].is_string()).await;
     assert_eq!(me["phone"], phone);
     assert_eq!(me["phone_verified"], true);
     assert_eq!(me["email"], Value::Null);

@@ -29,7 +29,9 @@ pub async fn member(app: &TestApp, username: &str) -> (Uuid, String) {
     // Registration answers no consistency token (it stays silent about
     // whether the address was new): wait until the profile is projected,
     // so later reads that name other streams' tokens find the account.
-    app.wait_for(&format!("/api/users/{id}"), &token, |s, _| s == 200).await;
+    // The handle's event is in the same append, but a feed batch may split
+    // the two: wait for the handle too.
+    app.wait_for(&format!("/api/users/{id}"), &token, |s, b| s == 200 && b["username"].is_string()).await;
     (id, token)
 }
 
