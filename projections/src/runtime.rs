@@ -22,19 +22,25 @@
 //! [`Projector::rebuild_chunk`]: set-based for the projectors that fold
 //! streams in memory (`profiles`, `sessions`), per event otherwise.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use domain::envelope::Envelope;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::error::ProjectionError;
 use crate::feed::{EventFeed, FeedError};
 use crate::rebuild::{self, Horizon, RebuildChunk, StreamReader};
+pub use projector::{Checkpoints, PerEventRebuild, Projector};
+
+mod checkpoints;
+mod projector;
+
+use checkpoints::{
+    apply_many, apply_one, store_rebuilt_checkpoints, STORE_REBUILT_CHECKPOINTS, STORE_REPLAYED_CHECKPOINTS,
+};
 
 /// A failure of the [`ProjectionRunner`].
 #[derive(Debug, thiserror::Error)]
@@ -77,186 +83,6 @@ pub enum RunError {
     /// cancelled); nothing after the last committed chunk was written.
     #[error("rebuild reader task failed")]
     ReaderTask(#[source] tokio::task::JoinError),
-}
-
-/// Where a projector keeps the duplicate guard of decided 5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoints {
-    /// The runner keeps one `projection_checkpoints` row per aggregate
-    /// (the last sequence applied) and skips envelopes at or below it.
-    PerAggregate,
-    /// The read model's rows carry the sequence that last set them and the
-    /// projector skips older envelopes itself: the runner writes no
-    /// checkpoint rows (for pair-keyed streams, where one row per stream
-    /// would be one row per edge). [`Projector::has_applied`] must then be
-    /// overridden.
-    InReadModel,
-}
-
-/// One read model's event handler.
-///
-/// `apply` runs inside the transaction that also advances the projector's
-/// checkpoint for the envelope's aggregate; it must only use `conn` (no
-/// other connection, no side effects outside the database), so a failure
-/// rolls everything back and a redelivery is harmless.
-#[async_trait]
-pub trait Projector: Send + Sync {
-    /// Stable name; the key of its rows in `projection_checkpoints`.
-    fn name(&self) -> &'static str;
-
-    /// Whether envelopes of `aggregate_type` concern this projector (all
-    /// events of a handled aggregate type are passed to `apply`).
-    fn handles(&self, aggregate_type: &str) -> bool;
-
-    /// Where the duplicate guard lives (default: the runner's
-    /// per-aggregate checkpoints).
-    fn checkpoints(&self) -> Checkpoints {
-        Checkpoints::PerAggregate
-    }
-
-    /// Whether the read model has applied event `sequence` of stream
-    /// `aggregate_type`/`aggregate_id` (read-your-writes, decided 13). The
-    /// default reads the stream's checkpoint row.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn has_applied(
-        &self,
-        pool: &PgPool,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT sequence FROM projection_checkpoints
-             WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3",
-        )
-        .bind(self.name())
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .fetch_optional(pool)
-        .await?;
-        Ok(stored.is_some_and(|s| s >= sequence))
-    }
-
-    /// Applies one envelope to the read model.
-    ///
-    /// # Errors
-    /// [`ProjectionError`]; the transaction is then rolled back and the
-    /// envelope retried later.
-    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError>;
-
-    /// Live batch entry point: applies `envelopes` — those of a feed batch
-    /// this projector handles and has not applied yet, in feed order —
-    /// inside the runner's transaction, which then stores the checkpoints
-    /// and commits.
-    ///
-    /// The result must be exactly what [`Projector::apply`] leaves after
-    /// the same envelopes one by one; the default does just that. A
-    /// projector overrides it to write runs of independent envelopes with
-    /// one set-based statement (fewer round trips on the latency path).
-    ///
-    /// # Errors
-    /// [`ProjectionError`]; the runner then rolls the batch back and
-    /// applies its envelopes one transaction each through `apply`, so that
-    /// a failing envelope is named exactly in [`RunError::Projector`].
-    async fn apply_many(
-        &self,
-        conn: &mut PgConnection,
-        envelopes: &[&Envelope],
-    ) -> Result<(), ProjectionError> {
-        for envelope in envelopes {
-            self.apply(&mut *conn, envelope).await?;
-        }
-        Ok(())
-    }
-
-    /// Empties the read model (before a rebuild), in the transaction that
-    /// also deletes the projector's checkpoints.
-    ///
-    /// # Errors
-    /// [`ProjectionError`]; the reset is then rolled back.
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
-
-    /// Rebuild entry point: brings the read model up to date with the
-    /// complete streams of `chunk` (every settled event of each aggregate,
-    /// ascending sequence), inside the runner's transaction, which then
-    /// stores each stream's last sequence as its checkpoint and commits.
-    ///
-    /// Called only after [`Projector::reset`], for streams no earlier chunk
-    /// of the same rebuild held; the result must be exactly what
-    /// [`Projector::apply`] would leave after the same events one by one.
-    /// An override may therefore insert its rows without `ON CONFLICT` (the
-    /// unique check is then the index's own, as in a bulk load): a row that
-    /// exists after all (a live runner left running, a row keyed by another
-    /// stream's id) fails the chunk, which is then replayed through `apply`.
-    /// The default does just that (one `apply` per event, in chunk order);
-    /// a projector whose rows are a function of one stream overrides it to
-    /// fold each stream in memory and write its rows with a few set-based
-    /// statements.
-    ///
-    /// # Errors
-    /// [`ProjectionError`]; the runner then rolls the chunk back and replays
-    /// it through `apply` one event at a time, so that a failing event is
-    /// named exactly in [`RunError::Projector`].
-    async fn rebuild_chunk(
-        &self,
-        conn: &mut PgConnection,
-        chunk: &RebuildChunk,
-    ) -> Result<(), ProjectionError> {
-        for event in chunk.events() {
-            let envelope = event.to_envelope()?;
-            self.apply(&mut *conn, &envelope).await?;
-        }
-        Ok(())
-    }
-}
-
-/// A projector that rebuilds through the per-event path: it delegates
-/// everything to the wrapped projector except [`Projector::rebuild_chunk`],
-/// which keeps the default (`apply` per event, one transaction per chunk).
-/// For comparisons of a set-based rebuild with the reference path.
-pub struct PerEventRebuild(pub Arc<dyn Projector>);
-
-#[async_trait]
-impl Projector for PerEventRebuild {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn handles(&self, aggregate_type: &str) -> bool {
-        self.0.handles(aggregate_type)
-    }
-
-    fn checkpoints(&self) -> Checkpoints {
-        self.0.checkpoints()
-    }
-
-    async fn has_applied(
-        &self,
-        pool: &PgPool,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: i64,
-    ) -> Result<bool, sqlx::Error> {
-        self.0.has_applied(pool, aggregate_type, aggregate_id, sequence).await
-    }
-
-    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
-        self.0.apply(conn, envelope).await
-    }
-
-    async fn apply_many(
-        &self,
-        conn: &mut PgConnection,
-        envelopes: &[&Envelope],
-    ) -> Result<(), ProjectionError> {
-        self.0.apply_many(conn, envelopes).await
-    }
-
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        self.0.reset(conn).await
-    }
 }
 
 /// What [`ProjectionRunner::apply_envelope`] (per envelope) or
@@ -354,60 +180,6 @@ impl fmt::Debug for ProjectionRunner {
             .finish_non_exhaustive()
     }
 }
-
-/// Locks (creating if needed) the checkpoint row and returns its sequence.
-/// A plain `SELECT … FOR UPDATE` cannot lock a row that does not exist yet,
-/// so two runners could both apply an aggregate's first event; the no-op
-/// upsert locks in both cases. A new row holds -1 until the update below
-/// (sequences are ≥ 0), and is rolled back with the transaction on failure.
-const LOCK_CHECKPOINT: &str = "INSERT INTO projection_checkpoints \
-     (projector, aggregate_type, aggregate_id, sequence) VALUES ($1, $2, $3, -1) \
-     ON CONFLICT (projector, aggregate_type, aggregate_id) \
-     DO UPDATE SET sequence = projection_checkpoints.sequence RETURNING sequence";
-
-const STORE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET sequence = $4 \
-     WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3";
-
-/// [`LOCK_CHECKPOINT`] for many aggregates at once (`$2` types, `$3` ids,
-/// distinct pairs). The rows are locked in array order (`ORDER BY` the
-/// ordinality), which the caller makes sorted, so two runners locking
-/// overlapping sets always take the locks in the same order and cannot
-/// deadlock on them.
-const LOCK_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
-     (projector, aggregate_type, aggregate_id, sequence) \
-     SELECT $1, k.t, k.i, -1 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS k(t, i, n) ORDER BY k.n \
-     ON CONFLICT (projector, aggregate_type, aggregate_id) \
-     DO UPDATE SET sequence = projection_checkpoints.sequence \
-     RETURNING aggregate_type, aggregate_id, sequence";
-
-/// [`STORE_CHECKPOINT`] for many aggregates at once (`$2` types, `$3` ids,
-/// `$4` sequences); the rows exist and are already locked by
-/// [`LOCK_CHECKPOINTS`]. Written as an upsert, not `UPDATE … FROM UNNEST`:
-/// the upsert finds each row through the primary key whatever the table's
-/// statistics say, while the join was planned as a hash join over all of
-/// the projector's checkpoints once they outgrew their statistics (3.7 ms
-/// per batch and growing with the table in `bench freshness`).
-const STORE_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
-     (projector, aggregate_type, aggregate_id, sequence) \
-     SELECT $1, u.t, u.i, u.s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
-     ON CONFLICT (projector, aggregate_type, aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence";
-
-/// The checkpoints a set-based rebuild chunk leaves (`$2` type, `$3` ids,
-/// `$4` sequences): after the reset there are none and each stream is in
-/// one chunk only, so a plain insert; an existing checkpoint fails the
-/// chunk, which is then replayed with [`STORE_REPLAYED_CHECKPOINTS`].
-const STORE_REBUILT_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
-     (projector, aggregate_type, aggregate_id, sequence) \
-     SELECT $1, t, i, s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s)";
-
-/// The checkpoints of a rebuild chunk replayed event by event: as
-/// [`STORE_REBUILT_CHECKPOINTS`], but a checkpoint that exists is kept when
-/// higher (never lowered).
-const STORE_REPLAYED_CHECKPOINTS: &str = "INSERT INTO projection_checkpoints \
-     (projector, aggregate_type, aggregate_id, sequence) \
-     SELECT $1, t, i, s FROM UNNEST($2::text[], $3::text[], $4::int8[]) AS u(t, i, s) \
-     ON CONFLICT (projector, aggregate_type, aggregate_id) \
-     DO UPDATE SET sequence = GREATEST(projection_checkpoints.sequence, EXCLUDED.sequence)";
 
 impl ProjectionRunner {
     /// A runner over `projectors` with default [`RunOptions`].
@@ -803,22 +575,6 @@ async fn write_chunk(
     Ok(true)
 }
 
-async fn store_rebuilt_checkpoints(
-    conn: &mut PgConnection,
-    projector: &str,
-    chunk: &RebuildChunk,
-    statement: &'static str,
-) -> Result<(), sqlx::Error> {
-    let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
-    for (aggregate_type, aggregate_id, sequence) in chunk.checkpoints() {
-        types.push(aggregate_type);
-        ids.push(aggregate_id);
-        sequences.push(sequence);
-    }
-    sqlx::query(statement).bind(projector).bind(types).bind(ids).bind(sequences).execute(conn).await?;
-    Ok(())
-}
-
 enum Step {
     /// The shutdown channel changed (`true`) or its sender is gone (`false`).
     Signal(bool),
@@ -833,135 +589,6 @@ fn projector_error(projector: &dyn Projector, envelope: &Envelope, source: Proje
         sequence: envelope.sequence,
         source,
     }
-}
-
-/// One projector, one envelope, one transaction. `Ok(false)`: duplicate.
-#[tracing::instrument(level = "debug", skip_all, fields(projector = projector.name()))]
-async fn apply_one(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    envelope: &Envelope,
-) -> Result<bool, ProjectionError> {
-    let mut tx = pool.begin().await?;
-    if projector.checkpoints() == Checkpoints::InReadModel {
-        projector.apply(&mut tx, envelope).await?;
-        tx.commit().await?;
-        return Ok(true);
-    }
-    let stored: i64 = sqlx::query_scalar(LOCK_CHECKPOINT)
-        .bind(projector.name())
-        .bind(&envelope.aggregate_type)
-        .bind(&envelope.aggregate_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if envelope.sequence <= stored {
-        tx.rollback().await?;
-        tracing::debug!(stored, "already applied; skipped");
-        return Ok(false);
-    }
-    if stored >= 0 && envelope.sequence > stored + 1 {
-        tracing::warn!(stored, "sequence gap: events of this aggregate were not seen");
-    }
-    projector.apply(&mut tx, envelope).await?;
-    sqlx::query(STORE_CHECKPOINT)
-        .bind(projector.name())
-        .bind(&envelope.aggregate_type)
-        .bind(&envelope.aggregate_id)
-        .bind(envelope.sequence)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// One projector, many envelopes (those it handles, in feed order), one
-/// transaction; see the module docs.
-#[tracing::instrument(level = "debug", skip_all, fields(projector = projector.name(), envelopes = envelopes.len()))]
-async fn apply_many(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    envelopes: &[&Envelope],
-) -> Result<Applied, ProjectionError> {
-    if projector.checkpoints() == Checkpoints::InReadModel {
-        let mut tx = pool.begin().await?;
-        projector.apply_many(&mut tx, envelopes).await?;
-        tx.commit().await?;
-        return Ok(Applied { applied: envelopes.len(), skipped: 0 });
-    }
-    let mut keys: Vec<(&str, &str)> =
-        envelopes.iter().map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str())).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut tx = pool.begin().await?;
-    let locked: Vec<(String, String, i64)> = sqlx::query_as(LOCK_CHECKPOINTS)
-        .bind(projector.name())
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-    // Per aggregate: (stored checkpoint, running checkpoint).
-    let mut checkpoints: HashMap<(String, String), (i64, i64)> =
-        locked.into_iter().map(|(t, i, s)| ((t, i), (s, s))).collect();
-    let mut outcome = Applied::default();
-    let mut fresh: Vec<&Envelope> = Vec::with_capacity(envelopes.len());
-    for envelope in envelopes {
-        let key = (envelope.aggregate_type.clone(), envelope.aggregate_id.clone());
-        let Some((_, running)) = checkpoints.get_mut(&key) else {
-            // Every key was locked above; a missing one means the statement
-            // did not return it, so do not guess.
-            return Err(ProjectionError::Other(anyhow::anyhow!(
-                "checkpoint of {}/{} was not locked",
-                envelope.aggregate_type,
-                envelope.aggregate_id
-            )));
-        };
-        if envelope.sequence <= *running {
-            outcome.skipped += 1;
-            tracing::debug!(
-                aggregate_id = %envelope.aggregate_id,
-                sequence = envelope.sequence,
-                checkpoint = *running,
-                "already applied; skipped"
-            );
-            continue;
-        }
-        if *running >= 0 && envelope.sequence > *running + 1 {
-            tracing::warn!(
-                aggregate_type = %envelope.aggregate_type,
-                aggregate_id = %envelope.aggregate_id,
-                sequence = envelope.sequence,
-                checkpoint = *running,
-                "sequence gap: events of this aggregate were not seen"
-            );
-        }
-        fresh.push(envelope);
-        *running = envelope.sequence;
-        outcome.applied += 1;
-    }
-    if !fresh.is_empty() {
-        projector.apply_many(&mut tx, &fresh).await?;
-    }
-    if outcome.applied == 0 {
-        tx.rollback().await?;
-        return Ok(outcome);
-    }
-    let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
-    for ((aggregate_type, aggregate_id), (stored, running)) in &checkpoints {
-        if running != stored {
-            types.push(aggregate_type.as_str());
-            ids.push(aggregate_id.as_str());
-            sequences.push(*running);
-        }
-    }
-    sqlx::query(STORE_CHECKPOINTS)
-        .bind(projector.name())
-        .bind(types)
-        .bind(ids)
-        .bind(sequences)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(outcome)
 }
 
 /// Displays an error with its whole `source()` chain: `a: b: c`.

@@ -403,10 +403,21 @@ async fn metrics_show_requests_commands_projectors_and_queues_after_a_login() {
     let tokens: Value = r.json().await.unwrap();
     app.wait_for("/api/users/me", tokens["access_token"].as_str().unwrap(), |s, _| s == 200).await;
 
-    let r = app.client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    let text = r.text().await.unwrap();
+    // The sessions projector's gauge is set when its batch (the session
+    // started by this login) commits, which may come after the profile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let r = app.client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = r.text().await.unwrap();
+        if text.contains(r#"streamforge_projector_lag_seconds{projector="sessions"}"#)
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let has = |needle: &str| {
         assert!(text.lines().any(|l| l.starts_with(needle)), "{needle} missing:\n{text}");
     };

@@ -136,6 +136,10 @@ pub async fn spawn_app_roles(feed: Feed, roles: Roles, customise: impl FnOnce(&m
     // `abuse` and `phone`): many tests send several codes within seconds.
     settings.otp_codes_per_hour = 1_000;
     settings.otp_resend_interval_secs = 0;
+    // Read-your-writes waits: the whole suite runs side by side on two
+    // cores, where a projector may lag seconds; the 503 after the default
+    // 2 s is tested on its own with a short wait.
+    settings.consistency_wait_ms = 15_000;
     customise(&mut settings);
     let app = App::build(settings.clone()).await.expect("app builds");
     let tokens = app.tokens.clone();

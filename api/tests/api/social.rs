@@ -133,7 +133,7 @@ async fn follows_are_read_back_at_once_with_the_token_postgres_feed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_graph_requests_are_refused_and_write_nothing() {
-    let app = spawn_app(Feed::Kafka).await;
+    let app = crate::helpers::spawn_app_with(Feed::Kafka, |s| s.consistency_wait_ms = 500).await;
     let (ann, ann_t) = member(&app, "ann").await;
     let relationship_events = || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_type = 'relationship'")

@@ -1,0 +1,191 @@
+//! The [`Projector`] trait — one read model's event handler — and where it
+//! keeps its duplicate guard ([`Checkpoints`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use domain::envelope::Envelope;
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::ProjectionError;
+use crate::rebuild::RebuildChunk;
+
+/// Where a projector keeps the duplicate guard of decided 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// The runner keeps one `projection_checkpoints` row per aggregate
+    /// (the last sequence applied) and skips envelopes at or below it.
+    PerAggregate,
+    /// The read model's rows carry the sequence that last set them and the
+    /// projector skips older envelopes itself: the runner writes no
+    /// checkpoint rows (for pair-keyed streams, where one row per stream
+    /// would be one row per edge). [`Projector::has_applied`] must then be
+    /// overridden.
+    InReadModel,
+}
+
+/// One read model's event handler.
+///
+/// `apply` runs inside the transaction that also advances the projector's
+/// checkpoint for the envelope's aggregate; it must only use `conn` (no
+/// other connection, no side effects outside the database), so a failure
+/// rolls everything back and a redelivery is harmless.
+#[async_trait]
+pub trait Projector: Send + Sync {
+    /// Stable name; the key of its rows in `projection_checkpoints`.
+    fn name(&self) -> &'static str;
+
+    /// Whether envelopes of `aggregate_type` concern this projector (all
+    /// events of a handled aggregate type are passed to `apply`).
+    fn handles(&self, aggregate_type: &str) -> bool;
+
+    /// Where the duplicate guard lives (default: the runner's
+    /// per-aggregate checkpoints).
+    fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::PerAggregate
+    }
+
+    /// Whether the read model has applied event `sequence` of stream
+    /// `aggregate_type`/`aggregate_id` (read-your-writes, decided 13). The
+    /// default reads the stream's checkpoint row.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn has_applied(
+        &self,
+        pool: &PgPool,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM projection_checkpoints
+             WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+        )
+        .bind(self.name())
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(stored.is_some_and(|s| s >= sequence))
+    }
+
+    /// Applies one envelope to the read model.
+    ///
+    /// # Errors
+    /// [`ProjectionError`]; the transaction is then rolled back and the
+    /// envelope retried later.
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError>;
+
+    /// Live batch entry point: applies `envelopes` — those of a feed batch
+    /// this projector handles and has not applied yet, in feed order —
+    /// inside the runner's transaction, which then stores the checkpoints
+    /// and commits.
+    ///
+    /// The result must be exactly what [`Projector::apply`] leaves after
+    /// the same envelopes one by one; the default does just that. A
+    /// projector overrides it to write runs of independent envelopes with
+    /// one set-based statement (fewer round trips on the latency path).
+    ///
+    /// # Errors
+    /// [`ProjectionError`]; the runner then rolls the batch back and
+    /// applies its envelopes one transaction each through `apply`, so that
+    /// a failing envelope is named exactly in [`RunError::Projector`].
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), ProjectionError> {
+        for envelope in envelopes {
+            self.apply(&mut *conn, envelope).await?;
+        }
+        Ok(())
+    }
+
+    /// Empties the read model (before a rebuild), in the transaction that
+    /// also deletes the projector's checkpoints.
+    ///
+    /// # Errors
+    /// [`ProjectionError`]; the reset is then rolled back.
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+
+    /// Rebuild entry point: brings the read model up to date with the
+    /// complete streams of `chunk` (every settled event of each aggregate,
+    /// ascending sequence), inside the runner's transaction, which then
+    /// stores each stream's last sequence as its checkpoint and commits.
+    ///
+    /// Called only after [`Projector::reset`], for streams no earlier chunk
+    /// of the same rebuild held; the result must be exactly what
+    /// [`Projector::apply`] would leave after the same events one by one.
+    /// An override may therefore insert its rows without `ON CONFLICT` (the
+    /// unique check is then the index's own, as in a bulk load): a row that
+    /// exists after all (a live runner left running, a row keyed by another
+    /// stream's id) fails the chunk, which is then replayed through `apply`.
+    /// The default does just that (one `apply` per event, in chunk order);
+    /// a projector whose rows are a function of one stream overrides it to
+    /// fold each stream in memory and write its rows with a few set-based
+    /// statements.
+    ///
+    /// # Errors
+    /// [`ProjectionError`]; the runner then rolls the chunk back and replays
+    /// it through `apply` one event at a time, so that a failing event is
+    /// named exactly in [`RunError::Projector`].
+    async fn rebuild_chunk(
+        &self,
+        conn: &mut PgConnection,
+        chunk: &RebuildChunk,
+    ) -> Result<(), ProjectionError> {
+        for event in chunk.events() {
+            let envelope = event.to_envelope()?;
+            self.apply(&mut *conn, &envelope).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A projector that rebuilds through the per-event path: it delegates
+/// everything to the wrapped projector except [`Projector::rebuild_chunk`],
+/// which keeps the default (`apply` per event, one transaction per chunk).
+/// For comparisons of a set-based rebuild with the reference path.
+pub struct PerEventRebuild(pub Arc<dyn Projector>);
+
+#[async_trait]
+impl Projector for PerEventRebuild {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        self.0.handles(aggregate_type)
+    }
+
+    fn checkpoints(&self) -> Checkpoints {
+        self.0.checkpoints()
+    }
+
+    async fn has_applied(
+        &self,
+        pool: &PgPool,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<bool, sqlx::Error> {
+        self.0.has_applied(pool, aggregate_type, aggregate_id, sequence).await
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
+        self.0.apply(conn, envelope).await
+    }
+
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<(), ProjectionError> {
+        self.0.apply_many(conn, envelopes).await
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.0.reset(conn).await
+    }
+}
