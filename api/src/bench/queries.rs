@@ -358,19 +358,20 @@ async fn bare_followers(
 }
 
 /// The baseline of the public profile: the profile row, the counters and
-/// the tracks count, as JSON (fields still sealed).
+/// the tracks count read by the same one statement as the route
+/// (`graph::public_profile`), as JSON (fields still sealed).
 async fn bare_profile(
     State(s): State<Bare>,
     axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
 ) -> Result<Json<serde_json::Value>, StatusCode> {
-    let err = |_| StatusCode::INTERNAL_SERVER_ERROR;
-    let row =
-        projections::profiles::find_profile(&s.pool, id).await.map_err(err)?.ok_or(StatusCode::NOT_FOUND)?;
-    let (followers, following) = projections::social::graph::counts(&s.pool, id).await.map_err(err)?;
-    let tracks = projections::catalog::tracks::count_tracks(&s.pool, id, false).await.map_err(err)?;
+    let row = projections::social::graph::public_profile(&s.pool, id, false)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
     Ok(Json(serde_json::json!({
         "id": row.user_id, "username": row.username, "display_name": row.name_sealed, "bio": row.bio_sealed,
-        "avatar_url": null, "followers_count": followers, "following_count": following, "tracks_count": tracks,
+        "avatar_url": null, "followers_count": row.followers_count, "following_count": row.following_count,
+        "tracks_count": row.tracks_count,
     })))
 }
 

@@ -185,16 +185,3 @@ pub async fn list_owner_tracks(
     .fetch_all(pool)
     .await
 }
-
-/// How many live tracks `owner` has: public ones only (what others see),
-/// or all when `include_private` (the owner looking).
-///
-/// # Errors
-/// Database errors.
-pub async fn count_tracks(pool: &PgPool, owner: Uuid, include_private: bool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM rm_tracks WHERE owner_id = $1 AND ($2 OR visibility = 'public')")
-        .bind(owner)
-        .bind(include_private)
-        .fetch_one(pool)
-        .await
-}

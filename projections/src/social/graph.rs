@@ -258,19 +258,6 @@ async fn list_edges_rows(
     .await
 }
 
-/// Follower and following counts of `user` (zeros if none).
-///
-/// # Errors
-/// Database errors.
-pub async fn counts(pool: &PgPool, user: Uuid) -> Result<(i64, i64), sqlx::Error> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT followers_count, following_count FROM rm_user_stats WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.unwrap_or((0, 0)))
-}
-
 /// The edges between a viewer and another user, as the viewer may know them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct Between {
