@@ -147,21 +147,33 @@ pub async fn shed_hashing(
     next.run(req).await
 }
 
-/// Sets each security header unless the route already set its own.
+/// The security headers of every answer (the helmet set; SECURITY.md).
+const SECURITY_HEADERS: [(HeaderName, &str); 8] = [
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CONTENT_SECURITY_POLICY, API_CSP),
+    (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
+    (HeaderName::from_static("cross-origin-resource-policy"), "same-origin"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+/// Sets each security header unless the route already set its own: one
+/// layer for all eight (eight nested layers cost each request eight more
+/// futures on the hot path of the cheapest reads).
 fn with_security_headers(router: Router) -> Router {
-    let headers = [
-        (header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::CONTENT_SECURITY_POLICY, API_CSP),
-        (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
-        (HeaderName::from_static("cross-origin-resource-policy"), "same-origin"),
-        (header::CACHE_CONTROL, "no-store"),
-    ];
-    headers.into_iter().fold(router, |r, (name, value)| {
-        r.layer(SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value)))
-    })
+    router.layer(axum::middleware::map_response(set_security_headers))
+}
+
+async fn set_security_headers(mut res: axum::response::Response) -> axum::response::Response {
+    let headers = res.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    res
 }
 
 async fn not_found() -> impl IntoResponse {
