@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod identity;
 pub mod meta;
+pub mod paging;
 pub mod social;
 
 pub use identity::{auth, challenges, factors, passkeys, sessions, users};

@@ -21,7 +21,7 @@ use crate::consistency::{self, ReadAfter, ReadModel};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{IdPath, ValidJson, ValidQuery};
 use crate::routes::auth::meta;
-use crate::routes::social::graph::invalid;
+use crate::routes::paging;
 use crate::routes::social::require_visible;
 use crate::state::AppState;
 
@@ -312,11 +312,6 @@ pub struct TrackPage {
     pub next_cursor: Option<String>,
 }
 
-fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let (micros, id) = c.split_once('_')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
-}
-
 /// A user's tracks, newest first (their private ones only for themselves).
 #[utoipa::path(get, path = "/api/users/{id}/tracks", tag = "tracks",
     params(("id" = Uuid, Path), TrackPageQuery, ("X-Consistency-Token" = Option<String>, Header)),
@@ -332,20 +327,11 @@ pub async fn list_user_tracks(
     let viewer = viewer.0.map(|u| u.user_id);
     require_visible(&state, viewer, id).await?;
     read_after.wait(&state, &[ReadModel::Tracks, ReadModel::Engagement]).await?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "must be 1 to 100"));
-    }
-    let cursor = match &q.cursor {
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| invalid("cursor", "is not a cursor of this list"))?),
-        None => None,
-    };
+    let (limit, cursor) = (paging::limit(q.limit)?, paging::keyset(q.cursor.as_deref())?);
     let rows = tracks::list_owner_tracks(&state.read, id, viewer == Some(id), cursor, limit).await?;
     if rows.is_empty() && !projections::social::graph::profile_exists(&state.read, id).await? {
         return Err(crate::routes::social::user_not_found());
     }
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.track_id)))
-        .flatten();
+    let next_cursor = paging::next_cursor(&rows, limit, |r| (r.created_at, r.track_id));
     Ok(Json(TrackPage { items: rows.into_iter().map(|r| response(r, None)).collect(), next_cursor }))
 }

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::graph::invalid;
 use super::require_visible;
 use crate::auth::{AuthUser, MaybeUser};
 use crate::consistency::{self, ReadAfter, ReadModel};
@@ -21,6 +20,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{IdPath, ValidJson, ValidQuery};
 use crate::routes::auth::meta;
 use crate::routes::catalog::tracks::{track_not_found, visible_track, SecretQuery};
+use crate::routes::paging::{self, invalid};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -145,24 +145,8 @@ pub struct EngagementPageQuery {
     pub secret_token: Option<String>,
 }
 
-/// A keyset position in an engagement list: the item's time and id.
-type Position = (DateTime<Utc>, Uuid);
-
-fn page_params(q: &EngagementPageQuery) -> Result<(Option<Position>, i64), ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "must be 1 to 100"));
-    }
-    let cursor = match &q.cursor {
-        Some(c) => {
-            let parsed = c.split_once('_').and_then(|(m, id)| {
-                Some((DateTime::from_timestamp_micros(m.parse().ok()?)?, id.parse().ok()?))
-            });
-            Some(parsed.ok_or_else(|| invalid("cursor", "is not a cursor of this list"))?)
-        }
-        None => None,
-    };
-    Ok((cursor, limit))
+fn page_params(q: &EngagementPageQuery) -> Result<(Option<paging::Position>, i64), ApiError> {
+    Ok((paging::keyset(q.cursor.as_deref())?, paging::limit(q.limit)?))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -180,13 +164,8 @@ pub struct EngagementPage {
 }
 
 fn engagement_page(rows: Vec<rm::EngagementItem>, limit: i64, by_user: bool) -> EngagementPage {
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| {
-            rows.last().map(|r| {
-                format!("{}_{}", r.since.timestamp_micros(), if by_user { r.track_id } else { r.user_id })
-            })
-        })
-        .flatten();
+    let next_cursor =
+        paging::next_cursor(&rows, limit, |r| (r.since, if by_user { r.track_id } else { r.user_id }));
     let items = rows
         .into_iter()
         .map(|r| EngagementItem { user_id: r.user_id, track_id: r.track_id, at: r.since })
@@ -360,10 +339,7 @@ pub async fn list_comments(
         "newest" => CommentOrder::Newest,
         _ => return Err(invalid("order", "must be timestamp or newest")),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "must be 1 to 100"));
-    }
+    let limit = paging::limit(q.limit)?;
     let cursor = match &q.cursor {
         Some(c) => {
             Some(parse_comment_cursor(c).ok_or_else(|| invalid("cursor", "is not a cursor of this list"))?)

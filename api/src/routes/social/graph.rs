@@ -20,12 +20,10 @@ use crate::consistency::{self, ReadAfter, ReadModel};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{IdPath, ValidQuery};
 use crate::routes::auth::meta;
+use crate::routes::paging;
+pub use crate::routes::paging::invalid;
 use crate::state::AppState;
 
-/// Most items per page of a list.
-pub const MAX_PAGE: i64 = 100;
-/// Items per page when `limit` is not given.
-pub const DEFAULT_PAGE: i64 = 50;
 /// Most suggestions (issue 15).
 pub const MAX_SUGGESTIONS: i64 = 50;
 
@@ -180,31 +178,15 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    /// The cursor and limit, or 422 naming the field.
+    /// The cursor and limit, or 422 naming the field ([`paging`]).
     ///
     /// # Errors
     /// 422 `validation_failed` (`cursor` or `limit`).
     pub fn parse(&self) -> Result<(Option<EdgeCursor>, i64), ApiError> {
-        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(invalid("limit", "must be 1 to 100"));
-        }
-        let cursor = match &self.cursor {
-            Some(c) => {
-                Some(EdgeCursor::parse(c).ok_or_else(|| invalid("cursor", "is not a cursor of this list"))?)
-            }
-            None => None,
-        };
-        Ok((cursor, limit))
+        let cursor =
+            paging::keyset(self.cursor.as_deref())?.map(|(since, user_id)| EdgeCursor { since, user_id });
+        Ok((cursor, paging::limit(self.limit)?))
     }
-}
-
-/// 422 `validation_failed` naming `field`.
-pub fn invalid(field: &'static str, message: &str) -> ApiError {
-    let mut e =
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{field} {message}"));
-    e.field = Some(field);
-    e
 }
 
 /// One user of a list.
@@ -228,9 +210,7 @@ async fn page(state: &AppState, list: EdgeList, user: Uuid, q: &PageQuery) -> Re
     let (cursor, limit) = q.parse()?;
     let rows =
         graph::list_edges(&state.read, list, user, cursor, limit).await?.ok_or_else(super::user_not_found)?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| EdgeCursor { since: r.since, user_id: r.user_id }.encode()))
-        .flatten();
+    let next_cursor = paging::next_cursor(&rows, limit, |r| (r.since, r.user_id));
     let items = rows
         .into_iter()
         .map(|r| UserItem { user_id: r.user_id, username: r.username, since: r.since })

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::graph::invalid;
 use crate::auth::AuthUser;
 use crate::consistency::{self, ReadAfter, ReadModel};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidJson, ValidQuery};
 use crate::routes::auth::meta;
+use crate::routes::paging;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -70,10 +70,7 @@ pub async fn list(
     ValidQuery(q): ValidQuery<NotificationQuery>,
 ) -> Result<Json<NotificationPage>, ApiError> {
     read_after.wait(&state, &[ReadModel::Notifications, ReadModel::Graph]).await?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "must be 1 to 100"));
-    }
+    let limit = paging::limit(q.limit)?;
     let rows = rm::groups(&state.read, user.user_id, q.cursor, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|g| g.latest_at)).flatten();
     let items = rows

@@ -65,16 +65,19 @@ async fn public_profile(
     id: Uuid,
     read_after: &ReadAfter,
 ) -> Result<PublicProfile, ApiError> {
-    require_visible(state, viewer, id).await?;
-    read_after.wait(state, &[ReadModel::Profiles, ReadModel::Graph, ReadModel::Tracks]).await?;
-    let row = projections::social::graph::public_profile(&state.read, id, viewer == Some(id))
-        .await?
-        .ok_or_else(user_not_found)?;
-    // The edges with the viewer come from the pair's stream (write side).
+    // The pair's stream (write side), read once: it decides whether a
+    // block hides the profile and gives the viewer's flags.
     let between = match viewer.filter(|v| *v != id) {
         Some(v) => Some(state.social.relationship(v, id).await?),
         None => None,
     };
+    if between.as_ref().is_some_and(domain::social::relationship::Relationship::any_block) {
+        return Err(user_not_found());
+    }
+    read_after.wait(state, &[ReadModel::Profiles, ReadModel::Graph, ReadModel::Tracks]).await?;
+    let row = projections::social::graph::public_profile(&state.read, id, viewer == Some(id))
+        .await?
+        .ok_or_else(user_not_found)?;
     let viewer_flag = |f: &dyn Fn(&domain::social::relationship::Relationship, Uuid) -> bool| {
         between.as_ref().zip(viewer).map(|(r, v)| f(r, v))
     };
