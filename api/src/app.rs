@@ -37,6 +37,8 @@ use crate::state::AppState;
 
 /// The projection runner's consumer name (group `<prefix>-projections`).
 const PROJECTIONS_CONSUMER: &str = "projections";
+/// The home feed's fan-out consumer (its own group: see `run_projector`).
+const HOME_FEED_CONSUMER: &str = "home-feed";
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy)]
@@ -242,8 +244,25 @@ impl App {
         let types: Vec<&str> =
             AGGREGATE_TYPES.iter().copied().filter(|t| projectors.iter().any(|p| p.handles(t))).collect();
         let mut feed = self.feed(PROJECTIONS_CONSUMER, &types).await?;
-        ProjectionRunner::new(self.pool.clone(), projectors).run(feed.as_mut(), shutdown).await;
+        // The home feed's fan-out runs beside, on its own consumer: a post
+        // to 10,000 followers must not hold back the other read models.
+        let home = self.home_feed_projector();
+        let home_types: Vec<&str> = AGGREGATE_TYPES.iter().copied().filter(|t| home.handles(t)).collect();
+        let mut home_feed = self.feed(HOME_FEED_CONSUMER, &home_types).await?;
+        let home_runner = ProjectionRunner::new(self.pool.clone(), vec![Arc::new(home)]);
+        let runner = ProjectionRunner::new(self.pool.clone(), projectors);
+        tokio::join!(
+            runner.run(feed.as_mut(), shutdown.clone()),
+            home_runner.run(home_feed.as_mut(), shutdown),
+        );
         Ok(())
+    }
+
+    /// The home feed's fan-out projector, with `FEED_FANOUT_MAX_FOLLOWERS`.
+    pub fn home_feed_projector(&self) -> projections::social::home::HomeFeedProjector {
+        projections::social::home::HomeFeedProjector {
+            max_fanout_followers: self.settings.feed_fanout_max_followers,
+        }
     }
 
     /// Runs the notifier role until shutdown.

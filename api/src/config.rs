@@ -131,6 +131,11 @@ pub struct Settings {
     /// `consistency_timeout` with `Retry-After` (ARCHITECTURE decided 13).
     #[arg(long, env = "CONSISTENCY_WAIT_MS", default_value_t = 2_000)]
     pub consistency_wait_ms: u64,
+    /// Authors with more followers than this are not fanned out into
+    /// their followers' home feeds: their posts and reposts are merged into
+    /// each follower's page at read time (issue 16).
+    #[arg(long, env = "FEED_FANOUT_MAX_FOLLOWERS", default_value_t = projections::social::home::DEFAULT_MAX_FANOUT_FOLLOWERS)]
+    pub feed_fanout_max_followers: i64,
     /// Password hashes waiting for a hashing thread beyond which requests
     /// that hash are answered 503 with `Retry-After` (load shedding).
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64)]

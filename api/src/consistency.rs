@@ -36,6 +36,8 @@ pub enum ReadModel {
     Engagement,
     /// Notifications and read marks.
     Notifications,
+    /// The home feed (fan-out and its own copies of follows, tracks, reposts).
+    HomeFeed,
 }
 
 impl ReadModel {
@@ -46,6 +48,7 @@ impl ReadModel {
             Self::Tracks => Box::new(projections::catalog::tracks::TracksProjector),
             Self::Engagement => Box::new(projections::social::engagement::EngagementProjector),
             Self::Notifications => Box::new(projections::social::notifications::NotificationsProjector),
+            Self::HomeFeed => Box::new(projections::social::home::HomeFeedProjector::default()),
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::catalog::tracks::router())
         .merge(routes::social::engagement::router())
         .merge(routes::social::notifications::router())
+        .merge(routes::social::feed::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

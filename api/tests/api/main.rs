@@ -10,6 +10,7 @@ mod challenges;
 mod concurrency;
 mod engagement;
 mod factors;
+mod feed;
 mod flow;
 mod helpers;
 mod http_edges;

@@ -2,6 +2,7 @@
 
 pub mod engagement;
 pub mod graph;
+pub mod home;
 pub mod notifications;
 
 use chrono::{DateTime, Utc};

@@ -2,6 +2,7 @@
 //! (follow, block, mute, lists, suggestions) and public profiles.
 
 pub mod engagement;
+pub mod feed;
 pub mod graph;
 pub mod notifications;
 pub mod profiles;
