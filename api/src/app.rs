@@ -72,6 +72,8 @@ pub struct App {
     pub catalog: Arc<commands::catalog::CatalogService>,
     /// Likes, reposts, comments.
     pub engagement: Arc<commands::social::engagement::EngagementService>,
+    /// Live updates for this node's SSE connections (see [`crate::live`]).
+    pub live: Arc<crate::live::LiveHub>,
     keys: Keyring,
 }
 
@@ -137,6 +139,7 @@ impl App {
             keys,
             passkeys,
             revoked,
+            live: Arc::new(crate::live::LiveHub::new()),
             trusted_proxies,
             social,
             catalog,
@@ -175,6 +178,7 @@ impl App {
             tokens: self.tokens.clone(),
             passkeys: self.passkeys.clone(),
             revoked: self.revoked.clone(),
+            live: self.live.clone(),
             social: self.social.clone(),
             catalog: self.catalog.clone(),
             engagement: self.engagement.clone(),
@@ -300,28 +304,29 @@ impl App {
         Ok(())
     }
 
-    /// Follows `session` events from the head of the feed into
-    /// [`App::revoked`] until shutdown (every HTTP node runs one).
-    ///
-    /// # Errors
-    /// When the feed cannot be created.
-    pub async fn run_revocation_follower(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let node = Uuid::new_v4().simple().to_string();
-        let consumer = format!("revocations-{node}");
-        let mut feed: Box<dyn EventFeed> = match &self.settings.kafka_brokers {
+    /// A feed of `aggregate_types` for this node alone (consumer
+    /// `consumer`), starting at the head: Kafka with `auto.offset.reset =
+    /// latest` in a group of its own, Postgres from the newest event.
+    async fn node_feed(
+        &self,
+        consumer: &str,
+        aggregate_types: &[&str],
+    ) -> anyhow::Result<Box<dyn EventFeed>> {
+        Ok(match &self.settings.kafka_brokers {
             Some(brokers) => {
-                let topic = format!("{}session", self.settings.kafka_topic_prefix);
+                let topics =
+                    aggregate_types.iter().map(|t| format!("{}{t}", self.settings.kafka_topic_prefix));
                 let mut cfg = KafkaFeedConfig::new(
                     brokers.clone(),
                     format!("{}-{consumer}", self.settings.kafka_group_prefix),
-                    [topic],
+                    topics,
                 );
                 cfg.fetch_wait_max_ms = self.settings.kafka_fetch_wait_max_ms;
                 cfg.extra.push(("auto.offset.reset".to_owned(), "latest".to_owned()));
                 Box::new(KafkaFeed::new(&cfg)?)
             }
             None => {
-                // Start at the head: earlier revocations come from the read model.
+                // Start at the head: what came before is in the read models.
                 let head: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT txid::text::bigint, position FROM events ORDER BY txid DESC, position DESC LIMIT 1",
                 )
@@ -330,14 +335,47 @@ impl App {
                 let cursor = head.map_or(projections::tail::Cursor::ZERO, |(txid, position)| {
                     projections::tail::Cursor { txid, position }
                 });
-                projections::tail::store_checkpoint(&self.pool, &PgFeed::checkpoint_name(&consumer), cursor)
+                projections::tail::store_checkpoint(&self.pool, &PgFeed::checkpoint_name(consumer), cursor)
                     .await?;
                 Box::new(
-                    PgFeed::new(self.pool.clone(), PgFeedConfig::new(&consumer).aggregate_types(["session"]))
-                        .await?,
+                    PgFeed::new(
+                        self.pool.clone(),
+                        PgFeedConfig::new(consumer).aggregate_types(aggregate_types.iter().copied()),
+                    )
+                    .await?,
                 )
             }
-        };
+        })
+    }
+
+    /// Follows the social events from the head of the feed into
+    /// [`App::live`] until shutdown (every HTTP node runs one).
+    ///
+    /// # Errors
+    /// When the feed cannot be created.
+    pub async fn run_live_follower(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let consumer = format!("live-{}", Uuid::new_v4().simple());
+        let mut feed = self.node_feed(&consumer, &crate::live::LIVE_TYPES).await?;
+        self.live.follow(feed.as_mut(), &self.pool, shutdown).await;
+        self.live.close();
+        if self.settings.kafka_brokers.is_none() {
+            let _ = sqlx::query("DELETE FROM tail_checkpoints WHERE name = $1")
+                .bind(PgFeed::checkpoint_name(&consumer))
+                .execute(&self.pool)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Follows `session` events from the head of the feed into
+    /// [`App::revoked`] until shutdown (every HTTP node runs one).
+    ///
+    /// # Errors
+    /// When the feed cannot be created.
+    pub async fn run_revocation_follower(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let node = Uuid::new_v4().simple().to_string();
+        let consumer = format!("revocations-{node}");
+        let mut feed = self.node_feed(&consumer, &["session"]).await?;
         self.revoked.follow(feed.as_mut(), &self.pool, shutdown).await;
         if self.settings.kafka_brokers.is_none() {
             let _ = sqlx::query("DELETE FROM tail_checkpoints WHERE name = $1")
@@ -431,6 +469,8 @@ impl App {
             tasks.spawn(async move { app.serve_http(listener, s).await.context("http") });
             let (app, s) = (self.clone(), shutdown.clone());
             tasks.spawn(async move { app.run_revocation_follower(s).await.context("revocations") });
+            let (app, s) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move { app.run_live_follower(s).await.context("live updates") });
         }
         if roles.relay {
             let (app, s) = (self.clone(), shutdown.clone());

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::engagement::router())
         .merge(routes::social::notifications::router())
         .merge(routes::social::feed::router())
+        .merge(routes::social::stream::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

@@ -16,6 +16,7 @@ pub mod cookies;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;

@@ -39,6 +39,7 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::social::engagement::list_comments, crate::routes::social::engagement::delete_comment,
         crate::routes::social::notifications::list, crate::routes::social::notifications::unread,
         crate::routes::social::notifications::mark_read, crate::routes::social::feed::feed,
+        crate::routes::social::stream::stream,
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody, auth::TokenResponse, auth::SecondFactorResponse)),

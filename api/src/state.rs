@@ -18,6 +18,8 @@ pub struct AppState {
     pub tokens: Arc<TokenIssuer>,
     /// Sessions revoked recently, learned from the event feed (every node).
     pub revoked: Arc<crate::revocations::RevokedSessions>,
+    /// This node's live-update hub (SSE, `GET /api/stream`).
+    pub live: Arc<crate::live::LiveHub>,
     /// Passkeys (WebAuthn) write side.
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
     /// Follows, blocks, mutes (write side).

@@ -14,6 +14,7 @@ mod feed;
 mod flow;
 mod helpers;
 mod http_edges;
+mod live;
 mod passkeys;
 mod phone;
 mod sessions;

@@ -9,14 +9,14 @@ use crate::helpers::{code_in, spawn_app, spawn_app_roles, Feed, TestApp};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn account(app: &TestApp, email: &str) {
+pub(crate) async fn account(app: &TestApp, email: &str) {
     assert_eq!(app.register(email, PASSWORD, "Sessions").await.status(), 201);
     let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
     assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
 }
 
 /// Logs in from a device; returns the token response.
-async fn login_from(app: &TestApp, email: &str, device: &str, label: &str, nth: usize) -> Value {
+pub(crate) async fn login_from(app: &TestApp, email: &str, device: &str, label: &str, nth: usize) -> Value {
     let send = |path: &str, body: Value| {
         app.client
             .post(format!("{}{path}", app.base))

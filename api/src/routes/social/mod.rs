@@ -6,6 +6,7 @@ pub mod feed;
 pub mod graph;
 pub mod notifications;
 pub mod profiles;
+pub mod stream;
 
 use axum::http::StatusCode;
 use commands::social::SocialError;
