@@ -512,3 +512,104 @@ pub async fn seed_command(settings: &crate::config::Settings, users: usize) -> a
     pool.close().await;
     Ok(())
 }
+
+/// Seeds the home feed's tables for `bench queries` (issue 16): the
+/// projector's copy of the follows (from `rm_follows`), `tracks` public
+/// tracks spread over `users`, `reposts` reposts of them, and
+/// `items_per_caller` feed rows for each of `callers` plus `items_per_user`
+/// for every other user (rows point at seeded tracks, newest first as
+/// fan-out leaves them). Returns the number of feed rows.
+///
+/// # Errors
+/// Database errors.
+pub async fn seed_feed(
+    pool: &PgPool,
+    users: &[Uuid],
+    callers: &[Uuid],
+    (tracks, reposts): (i64, i64),
+    (items_per_caller, items_per_user): (i64, i64),
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO feed_follows (follower_id, followee_id, active, since, seq)
+         SELECT follower_id, followee_id, active, since, seq FROM rm_follows",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO feed_authors (user_id, followers)
+         SELECT followee_id, count(*) FROM feed_follows WHERE active GROUP BY 1",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "CREATE TEMP TABLE seed_numbered (n bigint PRIMARY KEY, user_id uuid NOT NULL) ON COMMIT DROP",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let numbers: Vec<i64> = (0..i64::try_from(users.len()).unwrap_or(i64::MAX)).collect();
+    sqlx::query("INSERT INTO seed_numbered SELECT * FROM UNNEST($1::int8[], $2::uuid[])")
+        .bind(&numbers)
+        .bind(users)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TEMP TABLE seed_tracks (n bigint PRIMARY KEY, track_id uuid NOT NULL, owner_id uuid NOT NULL,
+                                        created_at timestamptz NOT NULL) ON COMMIT DROP",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let n_users = i64::try_from(users.len()).unwrap_or(1).max(1);
+    sqlx::query(
+        "INSERT INTO seed_tracks
+         SELECT g, gen_random_uuid(), u.user_id, now() - make_interval(secs => g::double precision)
+         FROM generate_series(1, $1) g JOIN seed_numbered u ON u.n = g % $2",
+    )
+    .bind(tracks)
+    .bind(n_users)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO feed_tracks (track_id, owner_id, created_at, title, public, fanned_out, seq)
+         SELECT track_id, owner_id, created_at, 'Track ' || n, true, true, 1 FROM seed_tracks",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO feed_reposts (user_id, track_id, active, since, fanned_out, seq)
+         SELECT u.user_id, t.track_id, true, t.created_at + interval '1 minute', true, 1
+         FROM generate_series(1, $1) g
+         JOIN seed_tracks t ON t.n = 1 + (g * 7919) % $3
+         JOIN seed_numbered u ON u.n = (g * 104729) % $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(reposts)
+    .bind(n_users)
+    .bind(tracks.max(1))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("CREATE TEMP TABLE seed_callers (user_id uuid PRIMARY KEY) ON COMMIT DROP;")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO seed_callers SELECT DISTINCT * FROM UNNEST($1::uuid[])")
+        .bind(callers)
+        .execute(&mut *tx)
+        .await?;
+    let items = sqlx::query(
+        "INSERT INTO feed_items (user_id, kind, actor_id, track_id, at, item_id)
+         SELECT u.user_id, 'post', t.owner_id, t.track_id, t.created_at, feed_item_id('post', t.owner_id, t.track_id)
+         FROM seed_numbered u
+         CROSS JOIN LATERAL generate_series(1, CASE WHEN u.user_id IN (SELECT user_id FROM seed_callers)
+                                                    THEN $1 ELSE $2 END) k
+         JOIN seed_tracks t ON t.n = 1 + (u.n * 1009 + k * 7) % $3
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(items_per_caller)
+    .bind(items_per_user)
+    .bind(tracks.max(1))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(items)
+}

@@ -39,7 +39,7 @@ pub const LIMIT: Duration = Duration::from_millis(50);
 /// Longest wait for a committed write to become visible.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
-async fn start_session(sessions: &Executor<Session>) -> anyhow::Result<Uuid> {
+pub(super) async fn start_session(sessions: &Executor<Session>) -> anyhow::Result<Uuid> {
     let session_id = Uuid::now_v7();
     let cmd = SessionCommand::Start {
         session_id,
@@ -101,14 +101,14 @@ async fn staged_phase(app: &App, o: &BenchOptions, rate: f64) -> anyhow::Result<
 }
 
 /// The relay and projector roles of an [`App`], running until stopped.
-struct Pipeline {
-    app: App,
+pub(super) struct Pipeline {
+    pub(super) app: App,
     stop: watch::Sender<bool>,
     runner: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Pipeline {
-    async fn start(settings: crate::config::Settings) -> anyhow::Result<Self> {
+    pub(super) async fn start(settings: crate::config::Settings) -> anyhow::Result<Self> {
         let app = App::build(settings).await?;
         let (stop, stopped) = watch::channel(false);
         let roles = Roles { http: false, relay: true, project: true, notify: false };
@@ -130,7 +130,7 @@ impl Pipeline {
         Ok(Self { app, stop, runner })
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         let _ = self.stop.send(true);
         match tokio::time::timeout(Duration::from_secs(20), self.runner).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %format!("{e:#}"), "a role stopped with an error"),
@@ -461,7 +461,7 @@ impl Drop for TopicProbe {
 }
 
 /// Waits until `sql` (bound to `id`) counts at least `n`.
-async fn wait_until(
+pub(super) async fn wait_until(
     pool: &PgPool,
     sql: &str,
     id: Option<Uuid>,

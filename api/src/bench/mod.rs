@@ -11,12 +11,14 @@
 pub mod argon;
 pub mod commands;
 pub mod data;
+pub mod fanout;
 pub mod freshness;
 pub mod login;
 pub mod login_http;
 pub mod queries;
 pub mod relay;
 pub mod replay;
+pub mod stream;
 
 use std::fmt;
 use std::future::Future;
@@ -57,6 +59,11 @@ pub enum BenchName {
     Replay,
     /// `GET /api/users/me` against a bare axum + sqlx handler.
     Queries,
+    /// Post → every follower's home feed (1,000 and 10,000 followers) under
+    /// a background workload at half the maximum write rate.
+    Fanout,
+    /// Open SSE connections on one node: like → notification p99, RSS per connection.
+    Stream,
 }
 
 impl fmt::Display for BenchName {
@@ -69,6 +76,8 @@ impl fmt::Display for BenchName {
             Self::Freshness => "freshness",
             Self::Replay => "replay",
             Self::Queries => "queries",
+            Self::Fanout => "fanout",
+            Self::Stream => "stream",
         };
         f.write_str(s)
     }
@@ -131,6 +140,8 @@ pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -
         BenchName::Freshness => freshness::run(&env, options).await,
         BenchName::Replay => replay::run(&env, options).await,
         BenchName::Queries => queries::run(&env, options).await,
+        BenchName::Fanout => fanout::run(&env, options).await,
+        BenchName::Stream => stream::run(&env, options).await,
     };
     if matches!(name, BenchName::Relay) {
         // The run's topics (also the `raw.` copies) go with its database,

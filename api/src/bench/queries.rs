@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::data::{seed_follows, seed_users, SeedShape, FOLLOWS_PER_USER, SEED_PASSWORD};
+use super::data::{seed_feed, seed_follows, seed_users, SeedShape, FOLLOWS_PER_USER, SEED_PASSWORD};
 use super::{
     closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample,
 };
@@ -37,6 +37,8 @@ use crate::app::App;
 pub const DEFAULT_USERS: usize = 100_000;
 /// Most distinct callers.
 const MAX_CALLERS: usize = 10_000;
+/// The home feed's p99 target (issue 16).
+pub const FEED_P99: Duration = Duration::from_millis(20);
 
 /// Runs the benchmark on `env`.
 ///
@@ -65,6 +67,14 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
 
     let now = chrono::Utc::now();
     let step = (seeded.len() / MAX_CALLERS).max(1);
+    // The home feed (issue 16): at 100k users 800k tracks, 200k reposts,
+    // 100 feed rows for each caller and 11 for every other user (≈ 2M).
+    let callers: Vec<uuid::Uuid> = seeded.iter().step_by(step).take(MAX_CALLERS).map(|u| u.user_id).collect();
+    let n = i64::try_from(ids.len())?;
+    let feed_rows = seed_feed(&app.pool, &ids, &callers, (n * 8, n * 2), (100, 11)).await?;
+    sqlx::query("VACUUM ANALYZE feed_follows, feed_authors, feed_tracks, feed_reposts, feed_items")
+        .execute(&app.pool)
+        .await?;
     let tokens: Vec<String> = seeded
         .iter()
         .step_by(step)
@@ -166,6 +176,19 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
             }
         }
     }
+    let (mut feed_real, mut feed_bare) = (Sample::default(), Sample::default());
+    let (feed_real_url, feed_bare_url) =
+        (format!("{real_base}/api/feed?limit=50"), format!("{bare_base}/api/feed?limit=50"));
+    for round in 0..2 {
+        let sides = if round == 0 { [false, true] } else { [true, false] };
+        for is_real in sides {
+            if is_real {
+                feed_real.merge(drive(&client, &feed_real_url, &tokens, clients, d / 2).await);
+            } else {
+                feed_bare.merge(drive(&client, &feed_bare_url, &tokens, clients, d / 2).await);
+            }
+        }
+    }
     let (mut bare_s, mut real_s, mut bare2_s) = (Sample::default(), Sample::default(), Sample::default());
     for _ in 0..2 {
         bare_s.merge(drive(&client, &bare_url, &tokens, clients, d / 2).await);
@@ -198,6 +221,14 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     r.notes.extend(error_note("bare followers handler", &fb));
     r.notes.extend(error_note("GET /api/users/{id}", &pr));
     r.notes.extend(error_note("bare profile handler", &pb));
+    r.note(format!(
+        "home feed: {feed_rows} feed rows, {} tracks, {} reposts; first pages of 50 for the {} callers (100 rows each); alternating rounds as above",
+        n * 8,
+        n * 2,
+        callers.len()
+    ));
+    r.notes.extend(error_note("GET /api/feed", &feed_real));
+    r.notes.extend(error_note("bare feed handler", &feed_bare));
     r.notes.extend(error_note("GET /api/users/me", &real_s));
     r.notes.extend(error_note("bare handler", &bare_s));
     r.notes.extend(error_note("bare handler + revocation lookup", &bare2_s));
@@ -238,6 +269,20 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
             Some(ratio(real.quantile(0.99).as_secs_f64(), bare.quantile(0.99).as_secs_f64())),
         ));
     }
+    r.rows.push(Row::ratio(
+        format!("GET /api/feed (first page of 50) req/s ({clients} clients)"),
+        fmt_rate(feed_real.rate()),
+        format!("{} (bare axum + sqlx)", fmt_rate(feed_bare.rate())),
+        ratio(feed_real.rate(), feed_bare.rate()),
+        Check::RatioAtLeast(0.7),
+    ));
+    r.rows.push(Row::ratio(
+        "GET /api/feed p99",
+        fmt_ms(feed_real.quantile(0.99)),
+        format!("{} (issue 16; bare: {})", fmt_ms(FEED_P99), fmt_ms(feed_bare.quantile(0.99))),
+        feed_real.quantile(0.99).as_secs_f64() / FEED_P99.as_secs_f64(),
+        Check::RatioAtMost(1.0),
+    ));
     r.rows.push(Row::info(
         "bare handler + the revocation lookup, req/s",
         fmt_rate(bare2_s.rate()),
@@ -375,6 +420,30 @@ async fn bare_profile(
     })))
 }
 
+/// The baseline of the home feed: JWT check, the same page query as the
+/// route (`home::home_page`), the rows as JSON.
+async fn bare_feed(State(s): State<Bare>, headers: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(StatusCode::UNAUTHORIZED)?;
+    let claims = s.tokens.verify_access(token).map_err(|_| StatusCode::UNAUTHORIZED)?;
+    let rows = projections::social::home::home_page(&s.pool, claims.sub, None, 50)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({"type": r.kind, "actor": r.actor_id, "at": r.at, "track": {
+                "id": r.track_id, "title": r.title, "owner": r.owner_id,
+                "counts": {"likes": r.likes, "reposts": r.reposts, "comments": r.comments},
+                "liked_by_me": r.liked_by_me, "reposted_by_me": r.reposted_by_me}})
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"items": items, "next_cursor": null})))
+}
+
 #[derive(Clone)]
 struct Bare {
     pool: PgPool,
@@ -387,6 +456,7 @@ fn bare_router(pool: PgPool, tokens: Arc<TokenIssuer>) -> Router {
         .route("/with-revocation/api/users/me", get(bare_me_with_revocation))
         .route("/api/users/{id}/followers", get(bare_followers))
         .route("/api/users/{id}", get(bare_profile))
+        .route("/api/feed", get(bare_feed))
         .with_state(Bare { pool, tokens })
 }
 

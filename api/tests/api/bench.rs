@@ -97,3 +97,20 @@ async fn queries_bench_prints_ratios() {
     let r = run(BenchName::Queries, 0.6, 2, |o| o.users = Some(300)).await;
     assert_has_ratios(&r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_bench_prints_ratios() {
+    let r = run(BenchName::Fanout, 0.6, 2, |o| o.events = Some(2)).await;
+    assert_has_ratios(&r);
+    assert!(r.rows.iter().any(|row| row.figure.contains("10000 followers, p99")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_bench_prints_ratios() {
+    let r = run(BenchName::Stream, 0.5, 2, |o| {
+        o.users = Some(50);
+        o.events = Some(10);
+    })
+    .await;
+    assert_has_ratios(&r);
+}
