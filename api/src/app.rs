@@ -74,6 +74,8 @@ pub struct App {
     pub engagement: Arc<commands::social::engagement::EngagementService>,
     /// Live updates for this node's SSE connections (see [`crate::live`]).
     pub live: Arc<crate::live::LiveHub>,
+    /// Roles and permissions (write side).
+    pub access: Arc<commands::access::AccessService>,
     keys: Keyring,
 }
 
@@ -121,6 +123,7 @@ impl App {
         let _ = crate::metrics::handle();
         let trusted_proxies = Arc::new(crate::client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
         let social = Arc::new(commands::social::SocialService::new(pool.clone()));
+        let access = Arc::new(commands::access::AccessService::new(pool.clone()));
         let catalog = Arc::new(commands::catalog::CatalogService::new(
             pool.clone(),
             identity.vault.clone(),
@@ -140,6 +143,7 @@ impl App {
             passkeys,
             revoked,
             live: Arc::new(crate::live::LiveHub::new()),
+            access,
             trusted_proxies,
             social,
             catalog,
@@ -179,6 +183,7 @@ impl App {
             passkeys: self.passkeys.clone(),
             revoked: self.revoked.clone(),
             live: self.live.clone(),
+            access: self.access.clone(),
             social: self.social.clone(),
             catalog: self.catalog.clone(),
             engagement: self.engagement.clone(),
@@ -198,6 +203,7 @@ impl App {
             Arc::new(projections::catalog::tracks::TracksProjector),
             Arc::new(projections::social::engagement::EngagementProjector),
             Arc::new(projections::social::notifications::NotificationsProjector),
+            Arc::new(projections::access::AccessProjector),
         ]
     }
 
@@ -260,6 +266,32 @@ impl App {
             home_runner.run(home_feed.as_mut(), shutdown),
         );
         Ok(())
+    }
+
+    /// `streamforge admin grant|revoke`: grants (or revokes) `role` to the
+    /// account of `email`, as the operator (`$USER` in the event's
+    /// metadata; the operator holds no role). Returns whether it changed
+    /// anything.
+    ///
+    /// # Errors
+    /// A malformed email, no account for it, an unknown role, a store failure.
+    pub async fn operator_set_role(&self, email: &str, role: &str, grant: bool) -> anyhow::Result<bool> {
+        let email = domain::values::EmailAddress::parse(email).map_err(|e| anyhow::anyhow!("email: {e}"))?;
+        let hash = self.identity.email_hash(&email);
+        let user =
+            commands::reservations::owner(&self.pool, commands::reservations::ReservationKind::Email, &hash)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no account has that email address"))?;
+        let meta = commands::identity::RequestMeta {
+            request_id: Some(format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+            )),
+            ..Default::default()
+        };
+        let done =
+            self.access.set_role(None, user, role, grant, &meta).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(done.changed)
     }
 
     /// The home feed's fan-out projector, with `FEED_FANOUT_MAX_FOLLOWERS`.

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::notifications::router())
         .merge(routes::social::feed::router())
         .merge(routes::social::stream::router())
+        .merge(routes::admin::roles::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

@@ -57,11 +57,35 @@ enum Command {
         #[command(subcommand)]
         action: ChaosAction,
     },
+    /// Operator commands: grant or revoke a role by email (the first admin).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Seed N registered, verified, logged-in users into DATABASE_URL.
     Seed {
         /// How many users.
         #[arg(long)]
         users: usize,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum AdminAction {
+    /// Grant a role to the account of an email address; the event names
+    /// the operator (`$USER`) as its actor.
+    Grant {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// Revoke a role from the account of an email address.
+    Revoke {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -126,6 +150,21 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Seed { users } => return api::bench::data::seed_command(&cli.settings, users).await,
+        Command::Admin { action } => {
+            let (email, role, grant) = match action {
+                AdminAction::Grant { email, role } => (email, role, true),
+                AdminAction::Revoke { email, role } => (email, role, false),
+            };
+            let app = App::build(cli.settings).await?;
+            let changed = app.operator_set_role(&email, &role, grant).await?;
+            println!(
+                "{} {role} {}: {}",
+                if grant { "grant" } else { "revoke" },
+                email,
+                if changed { "done" } else { "already so" }
+            );
+            return Ok(());
+        }
         Command::Chaos { action } => return chaos(action, &cli.settings).await,
         Command::Migrate => {
             let pool = projections::db::connect(&cli.settings.database_url).await?;

@@ -20,6 +20,8 @@ pub struct AppState {
     pub revoked: Arc<crate::revocations::RevokedSessions>,
     /// This node's live-update hub (SSE, `GET /api/stream`).
     pub live: Arc<crate::live::LiveHub>,
+    /// Roles and permissions (write side).
+    pub access: Arc<commands::access::AccessService>,
     /// Passkeys (WebAuthn) write side.
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
     /// Follows, blocks, mutes (write side).

@@ -7,6 +7,7 @@
 //! Depends on `domain` only among our crates; never on the api, projections
 //! or workers.
 
+pub mod access;
 pub mod catalog;
 pub mod deliveries;
 pub mod executor;

@@ -109,4 +109,6 @@ pub const AGGREGATE_TYPES: &[&str] = &[
     "engagement",
     "comment",
     "inbox",
+    "role",
+    "access",
 ];

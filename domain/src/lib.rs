@@ -3,6 +3,7 @@
 //! sqlx, axum or rdkafka. Time, ids, randomness and hashing come in as
 //! command fields or through the small service traits in [`services`].
 
+pub mod access;
 pub mod catalog;
 pub mod consistency;
 pub mod envelope;

@@ -18,6 +18,7 @@
 //! Among streamforge's crates this one depends on `domain` only (for the
 //! envelope); it must never depend on `commands`, `workers` or `api`.
 
+pub mod access;
 pub mod catalog;
 pub mod db;
 pub mod error;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse;
+mod admin;
 mod bench;
 mod challenges;
 mod concurrency;
