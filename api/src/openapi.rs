@@ -44,7 +44,7 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::admin::roles::define_role, crate::routes::admin::roles::get_role,
         crate::routes::admin::roles::update_role, crate::routes::admin::roles::delete_role,
         crate::routes::admin::roles::grant_role, crate::routes::admin::roles::revoke_role,
-        crate::routes::admin::roles::search_users,
+        crate::routes::admin::roles::search_users, crate::routes::admin::roles::my_roles,
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody, auth::TokenResponse, auth::SecondFactorResponse)),

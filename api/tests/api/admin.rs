@@ -31,7 +31,7 @@ async fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_admin_route_answers_403_without_its_permission_and_not_with_it() {
     let app = spawn_app(Feed::Postgres).await;
-    let (_root, root_t) = member(&app, "chief").await;
+    let (_root, chief_t) = member(&app, "chief").await;
     let (_moddy, mod_t) = member(&app, "moddy").await;
     let (_plain, plain_t) = member(&app, "plain").await;
     let (auditor, auditor_t) = member(&app, "auditor").await;
@@ -41,13 +41,13 @@ async fn every_admin_route_answers_403_without_its_permission_and_not_with_it() 
         &app,
         "POST",
         "/api/admin/roles",
-        &root_t,
+        &chief_t,
         Some(json!({"name": "reader", "description": "reads accounts", "permissions": ["admin.users.read"]})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
     let (status, _) =
-        call(&app, "PUT", &format!("/api/admin/users/{auditor}/roles/reader"), &root_t, None).await;
+        call(&app, "PUT", &format!("/api/admin/users/{auditor}/roles/reader"), &chief_t, None).await;
     assert_eq!(status, 204);
 
     // Every admin or moderator path of the API is declared with a permission.
@@ -69,7 +69,7 @@ async fn every_admin_route_answers_403_without_its_permission_and_not_with_it() 
 
     // The matrix: each built-in role and a custom one against every route.
     let holders = [
-        ("admin", &root_t, domain::access::builtin_permissions("admin").unwrap()),
+        ("admin", &chief_t, domain::access::builtin_permissions("admin").unwrap()),
         ("moderator", &mod_t, domain::access::builtin_permissions("moderator").unwrap()),
         ("user", &plain_t, vec![]),
         ("reader", &auditor_t, vec![domain::access::Permission::AdminUsersRead]),
@@ -108,7 +108,7 @@ async fn every_admin_route_answers_403_without_its_permission_and_not_with_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     let app = spawn_app(Feed::Postgres).await;
-    let (root, root_t) = member(&app, "chief").await;
+    let (root, chief_t) = member(&app, "chief").await;
     let (manager, manager_t) = member(&app, "manager").await;
     let (plain, _plain_t) = member(&app, "plain").await;
     operator_grant(&app, "chief@example.com", "admin").await;
@@ -119,7 +119,7 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
         (json!({"name": "curator", "permissions": ["admin.everything"]}), "unknown_permission"),
         (json!({"name": "admin", "permissions": []}), "role_exists"),
     ] {
-        let (status, answer) = call(&app, "POST", "/api/admin/roles", &root_t, Some(body)).await;
+        let (status, answer) = call(&app, "POST", "/api/admin/roles", &chief_t, Some(body)).await;
         assert!(status == 422 || status == 409, "{answer}");
         assert_eq!(answer["code"], code, "{answer}");
     }
@@ -134,13 +134,13 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
         &app,
         "POST",
         "/api/admin/roles",
-        &root_t,
+        &chief_t,
         Some(json!({"name": "role_manager", "permissions": ["admin.roles.manage"]})),
     )
     .await;
     assert_eq!(status, 201);
     let (status, _) =
-        call(&app, "PUT", &format!("/api/admin/users/{manager}/roles/role_manager"), &root_t, None).await;
+        call(&app, "PUT", &format!("/api/admin/users/{manager}/roles/role_manager"), &chief_t, None).await;
     assert_eq!(status, 204);
     // …cannot define, or grant, what they do not hold…
     let (status, body) = call(
@@ -161,7 +161,7 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
             .await;
     assert_eq!((status, body["code"].as_str()), (403, Some("own_roles")), "{body}");
     let (status, _) =
-        call(&app, "DELETE", &format!("/api/admin/users/{root}/roles/admin"), &root_t, None).await;
+        call(&app, "DELETE", &format!("/api/admin/users/{root}/roles/admin"), &chief_t, None).await;
     assert_eq!(status, 403);
     // What they hold, they may pass on.
     let (status, _) =
@@ -174,7 +174,7 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     // A role still held cannot be deleted; built-in roles never.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let body = loop {
-        let (status, body) = call(&app, "DELETE", "/api/admin/roles/role_manager", &root_t, None).await;
+        let (status, body) = call(&app, "DELETE", "/api/admin/roles/role_manager", &chief_t, None).await;
         if status == 409 || std::time::Instant::now() > deadline {
             break body;
         }
@@ -182,28 +182,32 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     };
     assert_eq!(body["code"], "role_in_use", "{body}");
     assert!(body["message"].as_str().unwrap().contains('2'), "the count: {body}");
-    let (status, body) = call(&app, "DELETE", "/api/admin/roles/moderator", &root_t, None).await;
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/moderator", &chief_t, None).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("builtin_role")));
 
     // Revoking takes effect at once: the manager's next request is refused.
     let (status, _) =
-        call(&app, "DELETE", &format!("/api/admin/users/{manager}/roles/role_manager"), &root_t, None).await;
+        call(&app, "DELETE", &format!("/api/admin/users/{manager}/roles/role_manager"), &chief_t, None).await;
     assert_eq!(status, 204);
     let (status, _) = call(&app, "GET", "/api/admin/roles", &manager_t, None).await;
     assert_eq!(status, 403);
+    let (_, mine) = call(&app, "GET", "/api/users/me/roles", &manager_t, None).await;
+    assert_eq!(mine, json!({"roles": ["user"], "permissions": []}));
+    let (_, mine) = call(&app, "GET", "/api/users/me/roles", &chief_t, None).await;
+    assert_eq!(mine["roles"], json!(["admin", "user"]));
 
     // The list shows holders; the search finds by role, handle and email.
-    let (status, roles) = call(&app, "GET", "/api/admin/roles", &root_t, None).await;
+    let (status, roles) = call(&app, "GET", "/api/admin/roles", &chief_t, None).await;
     assert_eq!(status, 200);
     let names: Vec<&str> = roles.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["admin", "moderator", "user", "role_manager"]);
-    let (_, found) = call(&app, "GET", "/api/admin/users?role=role_manager", &root_t, None).await;
+    let (_, found) = call(&app, "GET", "/api/admin/users?role=role_manager", &chief_t, None).await;
     let ids: Vec<&str> = found.as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [plain.to_string()], "{found}");
-    let (_, found) = call(&app, "GET", "/api/admin/users?q=pla", &root_t, None).await;
+    let (_, found) = call(&app, "GET", "/api/admin/users?q=pla", &chief_t, None).await;
     assert_eq!(found[0]["username"], "plain", "{found}");
-    let (_, found) = call(&app, "GET", "/api/admin/users?q=manager@example.com", &root_t, None).await;
+    let (_, found) = call(&app, "GET", "/api/admin/users?q=manager@example.com", &chief_t, None).await;
     assert_eq!(found[0]["id"], manager.to_string(), "{found}");
-    let (_, found) = call(&app, "GET", "/api/admin/users?q=p_a", &root_t, None).await;
+    let (_, found) = call(&app, "GET", "/api/admin/users?q=p_a", &chief_t, None).await;
     assert!(found.as_array().unwrap().is_empty(), "_ is not a wildcard: {found}");
 }

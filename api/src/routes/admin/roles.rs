@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{Authorized, RolesManage, UsersRead};
+use crate::auth::AuthUser;
 use crate::consistency;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidJson, ValidQuery};
@@ -29,6 +30,26 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/roles/{name}", get(get_role).put(update_role).delete(delete_role))
         .route("/api/admin/users/{id}/roles/{name}", put(grant_role).delete(revoke_role))
         .route("/api/admin/users", get(search_users))
+        .route("/api/users/me/roles", get(my_roles))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MyRoles {
+    /// Always includes `user`.
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+}
+
+/// The caller's roles and the permissions they give (read from the store:
+/// current, whatever the token's age).
+#[utoipa::path(get, path = "/api/users/me/roles", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = MyRoles), (status = 401, description = "unauthorized", body = ErrorBody)))]
+pub async fn my_roles(State(state): State<AppState>, user: AuthUser) -> Result<Json<MyRoles>, ApiError> {
+    let e = state.access.effective(user.user_id).await?;
+    Ok(Json(MyRoles {
+        roles: e.roles,
+        permissions: e.permissions.iter().map(|p| p.as_str().to_owned()).collect(),
+    }))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
