@@ -76,6 +76,8 @@ pub struct App {
     pub live: Arc<crate::live::LiveHub>,
     /// Roles and permissions (write side).
     pub access: Arc<commands::access::AccessService>,
+    /// Reports and moderation actions (write side).
+    pub moderation: Arc<commands::moderation::ModerationService>,
     keys: Keyring,
 }
 
@@ -124,6 +126,11 @@ impl App {
         let trusted_proxies = Arc::new(crate::client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
         let social = Arc::new(commands::social::SocialService::new(pool.clone()));
         let access = Arc::new(commands::access::AccessService::new(pool.clone()));
+        let moderation = Arc::new(commands::moderation::ModerationService::new(
+            pool.clone(),
+            access.clone(),
+            identity.clone(),
+        ));
         let catalog = Arc::new(commands::catalog::CatalogService::new(
             pool.clone(),
             identity.vault.clone(),
@@ -144,6 +151,7 @@ impl App {
             revoked,
             live: Arc::new(crate::live::LiveHub::new()),
             access,
+            moderation,
             trusted_proxies,
             social,
             catalog,
@@ -184,6 +192,7 @@ impl App {
             revoked: self.revoked.clone(),
             live: self.live.clone(),
             access: self.access.clone(),
+            moderation: self.moderation.clone(),
             social: self.social.clone(),
             catalog: self.catalog.clone(),
             engagement: self.engagement.clone(),
@@ -204,6 +213,7 @@ impl App {
             Arc::new(projections::social::engagement::EngagementProjector),
             Arc::new(projections::social::notifications::NotificationsProjector),
             Arc::new(projections::access::AccessProjector),
+            Arc::new(projections::moderation::ModerationProjector),
         ]
     }
 

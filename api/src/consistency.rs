@@ -38,6 +38,8 @@ pub enum ReadModel {
     Notifications,
     /// The home feed (fan-out and its own copies of follows, tracks, reposts).
     HomeFeed,
+    /// Reports, moderation state and the audit trail.
+    Moderation,
 }
 
 impl ReadModel {
@@ -49,6 +51,7 @@ impl ReadModel {
             Self::Engagement => Box::new(projections::social::engagement::EngagementProjector),
             Self::Notifications => Box::new(projections::social::notifications::NotificationsProjector),
             Self::HomeFeed => Box::new(projections::social::home::HomeFeedProjector::default()),
+            Self::Moderation => Box::new(projections::moderation::ModerationProjector),
         }
     }
 }

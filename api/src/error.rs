@@ -87,6 +87,7 @@ impl From<IdentityError> for ApiError {
     fn from(e: IdentityError) -> Self {
         use IdentityError as E;
         let (status, code) = match &e {
+            E::AccountSuspended { .. } => (StatusCode::FORBIDDEN, "account_suspended"),
             E::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             E::EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
             E::InvalidCode => (StatusCode::BAD_REQUEST, "invalid_code"),

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::feed::router())
         .merge(routes::social::stream::router())
         .merge(routes::admin::roles::router())
+        .merge(routes::admin::moderation::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

@@ -22,6 +22,8 @@ pub struct AppState {
     pub live: Arc<crate::live::LiveHub>,
     /// Roles and permissions (write side).
     pub access: Arc<commands::access::AccessService>,
+    /// Reports and moderation actions (write side).
+    pub moderation: Arc<commands::moderation::ModerationService>,
     /// Passkeys (WebAuthn) write side.
     pub passkeys: Arc<commands::passkeys::PasskeyService>,
     /// Follows, blocks, mutes (write side).

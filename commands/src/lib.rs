@@ -13,6 +13,7 @@ pub mod deliveries;
 pub mod executor;
 pub mod identity;
 pub mod keys;
+pub mod moderation;
 pub mod otp_codes;
 pub mod passkeys;
 pub mod passwords;

@@ -111,4 +111,5 @@ pub const AGGREGATE_TYPES: &[&str] = &[
     "inbox",
     "role",
     "access",
+    "moderation",
 ];

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod consistency;
 pub mod envelope;
 pub mod identity;
+pub mod moderation;
 pub mod services;
 pub mod social;
 pub mod values;

@@ -25,6 +25,7 @@ pub mod error;
 pub mod feed;
 pub mod identity;
 pub mod kafka_feed;
+pub mod moderation;
 pub mod pg_feed;
 pub mod rebuild;
 pub mod runtime;

@@ -16,6 +16,7 @@ mod flow;
 mod helpers;
 mod http_edges;
 mod live;
+mod moderation;
 mod passkeys;
 mod phone;
 mod sessions;

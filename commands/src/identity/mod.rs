@@ -98,6 +98,10 @@ impl Default for IdentityConfig {
 /// Flow failures; the api maps each to one status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// 403 `account_suspended` — a moderator suspended the account until
+    /// `until` (issue 17); no session opens before then.
+    #[error("the account is suspended until {until}")]
+    AccountSuspended { until: chrono::DateTime<chrono::Utc> },
     /// 401 `invalid_credentials` — wrong password or unknown account, indistinguishable.
     #[error("invalid email or password")]
     InvalidCredentials,
@@ -191,6 +195,9 @@ pub struct RequestMeta {
     pub request_id: Option<String>,
     pub actor: Option<Uuid>,
     pub client: ClientInfo,
+    /// The event that caused this command (a moderation action's id for
+    /// its side effects): `causation_id` in the metadata.
+    pub causation_id: Option<String>,
 }
 
 /// The client as it describes itself; stored sealed with the user's key.
@@ -216,6 +223,9 @@ impl RequestMeta {
         }
         if let Some(a) = self.actor {
             m.insert("actor".to_owned(), a.to_string());
+        }
+        if let Some(c) = &self.causation_id {
+            m.insert("causation_id".to_owned(), c.clone());
         }
         m
     }

@@ -39,6 +39,13 @@ impl IdentityService {
         meta: &RequestMeta,
         quick_factor: bool,
     ) -> Result<TokenPair, IdentityError> {
+        // A suspended account opens no session (issue 17; the case stream,
+        // the write side). Suspensions end by themselves at their end time.
+        if let Some(until) =
+            crate::moderation::suspended_until(&self.pool, user_id).await.map_err(internal)?
+        {
+            return Err(IdentityError::AccountSuspended { until });
+        }
         let session_id = Uuid::now_v7();
         let refresh = new_refresh_token(session_id);
         let now = Utc::now();

@@ -174,6 +174,10 @@ pub async fn list_owner_tracks(
     sqlx::query_as::<_, TrackRow>(&format!(
         "SELECT {COLUMNS} FROM rm_tracks LEFT JOIN rm_track_stats USING (track_id)
          WHERE owner_id = $1 AND ($2 OR visibility = 'public')
+           AND ($2 OR NOT EXISTS (
+                SELECT 1 FROM rm_moderation_state m
+                WHERE (m.subject_type = 'track' AND m.subject_id = track_id AND m.hidden)
+                   OR (m.subject_type = 'user' AND m.subject_id = owner_id AND m.suspended_until > now())))
            AND ($3::timestamptz IS NULL OR (created_at, track_id) < ($3, $4))
          ORDER BY created_at DESC, track_id DESC LIMIT $5"
     ))

@@ -317,8 +317,13 @@ pub async fn comments(
     let hide = "NOT EXISTS (SELECT 1 FROM rm_blocks b WHERE b.active AND $2::uuid IS NOT NULL
                    AND ((b.blocker_id = $2 AND b.blocked_id = c.author_id)
                      OR (b.blocker_id = c.author_id AND b.blocked_id = $2)))";
-    let cols =
-        "c.comment_id, c.track_id, c.author_id, c.body, c.timestamp_ms, c.reply_to, c.posted_at, c.deleted";
+    // A comment a moderator removed (issue 17) reads as deleted: a tombstone.
+    let removed = "EXISTS (SELECT 1 FROM rm_moderation_state m WHERE m.subject_type = 'comment'
+                       AND m.subject_id = c.comment_id AND m.comment_removed)";
+    let cols = format!(
+        "c.comment_id, c.track_id, c.author_id, CASE WHEN {removed} THEN NULL ELSE c.body END AS body,
+         c.timestamp_ms, c.reply_to, c.posted_at, c.deleted OR {removed} AS deleted"
+    );
     let q = match order {
         CommentOrder::Newest => format!(
             "SELECT {cols} FROM rm_comments c WHERE c.track_id = $1 AND {hide}

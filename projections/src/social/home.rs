@@ -544,8 +544,9 @@ pub struct FeedRow {
 /// item's `(at, item_id)`), at most `limit` items: the fanned-out rows merged with the not-fanned-out posts
 /// and reposts of followed authors above the fan-out threshold; never
 /// items of users the reader blocks or mutes or who block the reader, nor
-/// of private or deleted tracks. Counters and the reader's own like and
-/// repost come from the engagement read model.
+/// of private or deleted tracks, nor (issue 17) hidden tracks or items of
+/// suspended accounts (the moderation read model). Counters and the
+/// reader's own like and repost come from the engagement read model.
 ///
 /// # Errors
 /// Database errors.
@@ -561,6 +562,9 @@ pub async fn home_page(
              SELECT blocked_id AS other FROM feed_blocks WHERE blocker_id = $1 AND active
              UNION SELECT blocker_id FROM feed_blocks WHERE blocked_id = $1 AND active
              UNION SELECT muted_id FROM feed_mutes WHERE muter_id = $1 AND active),
+         moderated AS (
+             SELECT subject_id AS id FROM rm_moderation_state
+             WHERE (subject_type = 'track' AND hidden) OR (subject_type = 'user' AND suspended_until > now())),
          large AS (
              SELECT f.followee_id AS id FROM feed_follows f
              JOIN feed_authors a ON a.user_id = f.followee_id AND a.large
@@ -571,6 +575,8 @@ pub async fn home_page(
              WHERE i.user_id = $1 AND ($2::timestamptz IS NULL OR (i.at, i.item_id) < ($2, $3))
                AND i.actor_id NOT IN (SELECT other FROM hidden)
                AND t.owner_id NOT IN (SELECT other FROM hidden)
+               AND i.track_id NOT IN (SELECT id FROM moderated)
+               AND i.actor_id NOT IN (SELECT id FROM moderated) AND t.owner_id NOT IN (SELECT id FROM moderated)
              ORDER BY i.at DESC, i.item_id DESC LIMIT $4),
          merged AS (
              SELECT 'post' AS kind, t.owner_id AS actor_id, t.track_id, t.created_at AS at,
@@ -581,12 +587,13 @@ pub async fn home_page(
              SELECT 'repost', r.user_id, r.track_id, r.since, feed_item_id('repost', r.user_id, r.track_id)
              FROM large l JOIN feed_reposts r ON r.user_id = l.id AND r.active AND NOT r.fanned_out
              JOIN feed_tracks t ON t.track_id = r.track_id AND t.public AND NOT t.deleted
-             WHERE t.owner_id NOT IN (SELECT other FROM hidden)),
+             WHERE t.owner_id NOT IN (SELECT other FROM hidden) AND t.owner_id NOT IN (SELECT id FROM moderated)),
          page AS (
              SELECT * FROM fanned
              UNION ALL
              SELECT * FROM merged
              WHERE actor_id NOT IN (SELECT other FROM hidden)
+               AND track_id NOT IN (SELECT id FROM moderated) AND actor_id NOT IN (SELECT id FROM moderated)
                AND ($2::timestamptz IS NULL OR (at, item_id) < ($2, $3))
              ORDER BY at DESC, item_id DESC LIMIT $4)
          SELECT p.kind, p.actor_id, p.track_id, p.at, p.item_id, t.title, t.owner_id,

@@ -3,6 +3,7 @@
 //! extractor for it; the permission matrix test walks [`ROUTES`] and the
 //! OpenAPI document, so a route without a declared permission fails it.
 
+pub mod moderation;
 pub mod roles;
 
 use std::marker::PhantomData;
@@ -29,6 +30,10 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("PUT", "/api/admin/users/{id}/roles/{name}", Permission::AdminRolesManage),
     ("DELETE", "/api/admin/users/{id}/roles/{name}", Permission::AdminRolesManage),
     ("GET", "/api/admin/users", Permission::AdminUsersRead),
+    ("GET", "/api/moderation/reports", Permission::ModerationReportsRead),
+    ("POST", "/api/moderation/actions", Permission::ModerationReportsRead),
+    ("GET", "/api/moderation/audit", Permission::ModerationAuditRead),
+    ("GET", "/api/moderation/subjects/{kind}/{id}", Permission::ModerationAuditRead),
 ];
 
 /// A permission an extractor requires (one marker type per permission).

@@ -96,6 +96,9 @@ pub struct TrackResponse {
     pub secret_token: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Shown to the owner only, when moderation hides the track.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationNotice>,
 }
 
 fn response(row: TrackRow, secret_token: Option<String>) -> TrackResponse {
@@ -119,6 +122,7 @@ fn response(row: TrackRow, secret_token: Option<String>) -> TrackResponse {
         secret_token,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        moderation: None,
     }
 }
 
@@ -145,6 +149,7 @@ fn from_state(
         secret_token: secret,
         created_at: t.created_at.unwrap_or(at),
         updated_at: at,
+        moderation: None,
     })
 }
 
@@ -199,7 +204,35 @@ pub async fn get_track(
     let viewer = viewer.0.map(|u| u.user_id);
     let (row, token) = visible_track(&state, viewer, id, q.secret_token.as_deref()).await?;
     let owner_looking = viewer == Some(row.owner_id);
-    Ok(Json(response(row, token.filter(|_| owner_looking))))
+    let notice =
+        if owner_looking { moderation_notice(&state, row.track_id, row.owner_id).await? } else { None };
+    let mut body = response(row, token.filter(|_| owner_looking));
+    body.moderation = notice;
+    Ok(Json(body))
+}
+
+/// What moderation did to a track, as its owner is told.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModerationNotice {
+    /// Hidden by a moderator: others do not see it.
+    pub hidden: bool,
+    /// The owner's account is suspended until then: others do not see it.
+    pub owner_suspended_until: Option<DateTime<Utc>>,
+}
+
+/// The track's and its owner's moderation state (their case streams: the
+/// write side), `None` when neither applies.
+async fn moderation_notice(
+    state: &AppState,
+    track: uuid::Uuid,
+    owner: uuid::Uuid,
+) -> Result<Option<ModerationNotice>, ApiError> {
+    use domain::moderation::{Subject, SubjectKind};
+    let hidden = state.moderation.case(Subject { kind: SubjectKind::Track, id: track }).await?.hidden;
+    let suspended =
+        commands::moderation::suspended_until(&state.read, owner).await.map_err(ApiError::internal)?;
+    Ok((hidden || suspended.is_some())
+        .then_some(ModerationNotice { hidden, owner_suspended_until: suspended }))
 }
 
 /// The track `id` if `viewer` may see it — public (and no block between
@@ -222,6 +255,10 @@ pub async fn visible_track(
         (Some(sealed), true) => state.catalog.open_sealed_token(row.owner_id, sealed).await?,
         _ => None,
     };
+    if !owner_looking && moderation_notice(state, row.track_id, row.owner_id).await?.is_some() {
+        // Hidden by a moderator, or its owner suspended (issue 17).
+        return Err(track_not_found());
+    }
     if row.visibility != "public" && !owner_looking {
         // Constant-time comparison (no early exit on the first difference).
         let given = domain::values::Digest(secret_token.unwrap_or_default().to_owned());

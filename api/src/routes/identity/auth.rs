@@ -62,6 +62,7 @@ pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
             user_agent: header_str(headers, "user-agent", 256),
             ip_prefix: header_str(headers, PEER_PREFIX_HEADER, 64),
         },
+        causation_id: None,
     }
 }
 

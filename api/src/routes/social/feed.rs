@@ -94,7 +94,7 @@ pub async fn feed(
         return Err(paging::invalid("limit", "must be 1 to 50"));
     }
     let cursor = paging::keyset(q.cursor.as_deref())?;
-    read_after.wait(&state, &[ReadModel::HomeFeed, ReadModel::Engagement]).await?;
+    read_after.wait(&state, &[ReadModel::HomeFeed, ReadModel::Engagement, ReadModel::Moderation]).await?;
     let rows = home::home_page(&state.read, user.user_id, cursor, limit).await?;
     let next_cursor = paging::next_cursor(&rows, limit, |r| (r.at, r.item_id));
     let items = rows
