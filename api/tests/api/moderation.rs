@@ -196,6 +196,19 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
     let (status, own) = get(&app, &format!("/api/tracks/{track_id}"), &ann_t, None).await;
     assert_eq!(status, 200);
     assert_eq!(own["moderation"]["hidden"], true);
+    // The reporter is told the outcome, the owner what happened and why;
+    // neither learns who acted.
+    let (_, told) = get(&app, "/api/notifications", &bob_t, Some(&t)).await;
+    let resolved = told["items"].as_array().unwrap().iter().find(|g| g["kind"] == "report_resolved").cloned();
+    let resolved = resolved.unwrap_or_else(|| panic!("no report_resolved notice: {told}"));
+    assert_eq!(resolved["detail"]["outcome"], "hide");
+    assert_eq!(resolved["actors"], json!([]), "never the moderator's identity");
+    let (_, told) = get(&app, "/api/notifications", &ann_t, Some(&t)).await;
+    let notice = told["items"].as_array().unwrap().iter().find(|g| g["kind"] == "moderation").cloned();
+    let notice = notice.unwrap_or_else(|| panic!("no moderation notice: {told}"));
+    assert_eq!(notice["detail"]["action"], "hide");
+    assert_eq!(notice["detail"]["reason"], "spam wave");
+    assert!(!told.to_string().contains(&moddy.to_string()), "{told}");
     let (_, open) = get(&app, "/api/moderation/reports", &mod_t, Some(&t)).await;
     assert_eq!(open, json!([]));
     let (_, closed) = get(&app, "/api/moderation/reports?state=closed", &mod_t, Some(&t)).await;

@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::envelope::Envelope;
+use domain::moderation::{Action, CaseEvent, SubjectKind};
 use domain::social::comment::CommentEvent;
 use domain::social::engagement::EngagementEvent;
 use domain::social::inbox::InboxEvent;
@@ -32,6 +33,9 @@ pub struct Notice {
     pub track: Option<Uuid>,
     pub comment: Option<Uuid>,
     pub at: DateTime<Utc>,
+    /// What a moderation notice says (`action`, `reason`, `until`,
+    /// `subject`); `None` for the social kinds.
+    pub detail: Option<serde_json::Value>,
 }
 
 /// The notices `env` gives (none for events that tell nobody, e.g. an
@@ -54,6 +58,7 @@ pub fn notices(env: &Envelope) -> Result<Vec<Notice>, ProjectionError> {
                     track: None,
                     comment: None,
                     at: followed_at,
+                    detail: None,
                 });
             }
         }
@@ -66,6 +71,7 @@ pub fn notices(env: &Envelope) -> Result<Vec<Notice>, ProjectionError> {
                     track: Some(track_id),
                     comment: None,
                     at: liked_at,
+                    detail: None,
                 });
             }
             EngagementEvent::TrackReposted { user_id, track_id, owner_id: Some(owner), reposted_at } => {
@@ -76,6 +82,7 @@ pub fn notices(env: &Envelope) -> Result<Vec<Notice>, ProjectionError> {
                     track: Some(track_id),
                     comment: None,
                     at: reposted_at,
+                    detail: None,
                 });
             }
             _ => {}
@@ -99,6 +106,7 @@ pub fn notices(env: &Envelope) -> Result<Vec<Notice>, ProjectionError> {
                         track: Some(track_id),
                         comment: Some(comment_id),
                         at: posted_at,
+                        detail: None,
                     });
                 }
                 if let Some(owner) = track_owner.filter(|o| Some(*o) != parent_author) {
@@ -109,6 +117,54 @@ pub fn notices(env: &Envelope) -> Result<Vec<Notice>, ProjectionError> {
                         track: Some(track_id),
                         comment: Some(comment_id),
                         at: posted_at,
+                        detail: None,
+                    });
+                }
+            }
+        }
+        "moderation" => {
+            if let CaseEvent::ModerationActionTaken {
+                subject,
+                action,
+                reason,
+                until,
+                reporters,
+                report_state,
+                owner,
+                taken_at,
+                ..
+            } = env.decode().map_err(decode)?
+            {
+                // Never who acted: the actor of a moderation notice is the
+                // nil id ("the moderators").
+                let track = (subject.kind == SubjectKind::Track).then_some(subject.id);
+                let comment = (subject.kind == SubjectKind::Comment).then_some(subject.id);
+                let about = serde_json::json!({"type": subject.kind.as_str(), "id": subject.id});
+                if let Some(state) = report_state {
+                    for reporter in reporters {
+                        out.push(Notice {
+                            recipient: reporter,
+                            kind: "report_resolved",
+                            actor: Uuid::nil(),
+                            track,
+                            comment,
+                            at: taken_at,
+                            detail: Some(serde_json::json!({
+                                "outcome": action.as_str(), "report_state": state.as_str(), "subject": about})),
+                        });
+                    }
+                }
+                let tells_owner = !matches!(action, Action::Escalate | Action::Dismiss | Action::Comment);
+                if let Some(owner) = owner.filter(|_| tells_owner) {
+                    out.push(Notice {
+                        recipient: owner,
+                        kind: "moderation",
+                        actor: Uuid::nil(),
+                        track,
+                        comment,
+                        at: taken_at,
+                        detail: Some(serde_json::json!({
+                            "action": action.as_str(), "reason": reason, "until": until, "subject": about})),
                     });
                 }
             }
@@ -126,7 +182,7 @@ impl Projector for NotificationsProjector {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        matches!(aggregate_type, "relationship" | "engagement" | "comment" | "inbox")
+        matches!(aggregate_type, "relationship" | "engagement" | "comment" | "inbox" | "moderation")
     }
 
     fn checkpoints(&self) -> Checkpoints {
@@ -209,14 +265,15 @@ impl Projector for NotificationsProjector {
             return Ok(());
         }
         for (i, n) in notices(env)?.into_iter().enumerate() {
-            // One event may tell two people (a reply on someone's track):
-            // the second row's key is the event id with its lowest bit
-            // flipped (deterministic, so a redelivery inserts nothing).
-            let key = if i == 0 { env.event_id } else { Uuid::from_u128(env.event_id.as_u128() ^ 1) };
+            // One event may tell several people (a reply on someone's
+            // track, a moderation action's reporters and owner): the n-th
+            // row's key is the event id XOR n (deterministic, so a
+            // redelivery inserts nothing).
+            let key = Uuid::from_u128(env.event_id.as_u128() ^ i as u128);
             sqlx::query(
                 "INSERT INTO rm_notifications (event_id, recipient_id, kind, actor_id, track_id, comment_id, at,
-                                               stream_type, stream_id, seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING",
+                                               stream_type, stream_id, seq, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(key)
             .bind(n.recipient)
@@ -228,6 +285,7 @@ impl Projector for NotificationsProjector {
             .bind(&env.aggregate_type)
             .bind(&env.aggregate_id)
             .bind(env.sequence)
+            .bind(n.detail)
             .execute(&mut *conn)
             .await?;
         }
@@ -254,6 +312,8 @@ pub struct NotificationGroup {
     pub latest_at: DateTime<Utc>,
     /// Some of them are after the user's read mark.
     pub unread: bool,
+    /// The newest notice's detail (moderation notices).
+    pub detail: Option<serde_json::Value>,
 }
 
 /// Filters out notices of actors `$1` mutes, blocks or is blocked by.
@@ -276,7 +336,8 @@ pub async fn groups(
         "SELECT n.kind, n.track_id, (n.at AT TIME ZONE 'UTC')::date AS day,
                 (array_agg(n.actor_id ORDER BY n.at DESC))[1:3] AS actors,
                 count(*) AS count, max(n.at) AS latest_at,
-                bool_or(n.at > COALESCE(r.read_up_to, '-infinity')) AS unread
+                bool_or(n.at > COALESCE(r.read_up_to, '-infinity')) AS unread,
+                (array_agg(n.detail ORDER BY n.at DESC))[1] AS detail
          FROM rm_notifications n LEFT JOIN rm_notification_reads r ON r.user_id = n.recipient_id
          WHERE n.recipient_id = $1 AND {VISIBLE}
          GROUP BY n.kind, n.track_id, (n.at AT TIME ZONE 'UTC')::date

@@ -38,7 +38,10 @@ pub struct NotificationQuery {
 /// "A and 12 others liked …": one kind, one track, one UTC day.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NotificationGroup {
-    /// `follow`, `like`, `repost`, `comment` or `reply`.
+    /// `follow`, `like`, `repost`, `comment`, `reply`; `report_resolved`
+    /// (a report of yours was acted on: `detail.outcome`) or `moderation`
+    /// (a moderator acted on your account or content: `detail.action`,
+    /// `detail.reason`, `detail.until`). Moderation notices name no actor.
     pub kind: String,
     /// The track (none for follows).
     pub track_id: Option<Uuid>,
@@ -49,6 +52,9 @@ pub struct NotificationGroup {
     pub count: i64,
     pub latest_at: DateTime<Utc>,
     pub unread: bool,
+    /// What a moderation notice says; absent for the social kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -79,10 +85,11 @@ pub async fn list(
             kind: g.kind,
             track_id: g.track_id,
             day: g.day,
-            actors: g.actors,
+            actors: g.actors.into_iter().filter(|a| !a.is_nil()).collect(),
             count: g.count,
             latest_at: g.latest_at,
             unread: g.unread,
+            detail: g.detail,
         })
         .collect();
     Ok(Json(NotificationPage { items, next_cursor }))
