@@ -193,6 +193,8 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
     assert!(feed_titles(&page).is_empty(), "{page}");
     let (status, _) = get(&app, &format!("/api/tracks/{track_id}"), &bob_t, None).await;
     assert_eq!(status, 404);
+    let (_, profile) = get(&app, &format!("/api/users/{ann}"), &bob_t, Some(&t)).await;
+    assert_eq!(profile["tracks_count"], 0, "a hidden track does not count for others: {profile}");
     let (status, own) = get(&app, &format!("/api/tracks/{track_id}"), &ann_t, None).await;
     assert_eq!(status, 200);
     assert_eq!(own["moderation"]["hidden"], true);

@@ -369,7 +369,9 @@ pub async fn public_profile(
                 COALESCE(s.followers_count, 0) AS followers_count,
                 COALESCE(s.following_count, 0) AS following_count,
                 (SELECT count(*) FROM rm_tracks t
-                 WHERE t.owner_id = p.user_id AND ($2 OR t.visibility = 'public')) AS tracks_count
+                 WHERE t.owner_id = p.user_id AND ($2 OR t.visibility = 'public')
+                   AND ($2 OR NOT EXISTS (SELECT 1 FROM rm_moderation_state m WHERE m.subject_type = 'track'
+                                           AND m.subject_id = t.track_id AND m.hidden))) AS tracks_count
          FROM rm_profiles p LEFT JOIN rm_user_stats s ON s.user_id = p.user_id
          WHERE p.user_id = $1",
     )

@@ -74,7 +74,9 @@ async fn public_profile(
     if between.as_ref().is_some_and(domain::social::relationship::Relationship::any_block) {
         return Err(user_not_found());
     }
-    read_after.wait(state, &[ReadModel::Profiles, ReadModel::Graph, ReadModel::Tracks]).await?;
+    read_after
+        .wait(state, &[ReadModel::Profiles, ReadModel::Graph, ReadModel::Tracks, ReadModel::Moderation])
+        .await?;
     let row = projections::social::graph::public_profile(&state.read, id, viewer == Some(id))
         .await?
         .ok_or_else(user_not_found)?;
