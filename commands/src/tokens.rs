@@ -62,6 +62,12 @@ pub struct AccessClaims {
     /// Last time the user proved a factor, seconds since the Unix epoch
     /// (RFC 9068 §2.2.1; step-up checks it, ASVS 7.5.1).
     pub auth_time: i64,
+    /// The roles the user held when the token was issued, besides `user`
+    /// (RFC 9068 §2.2.3.1 `roles`). For clients only: permission checks
+    /// read the store on every request (issue 17), so a role taken away
+    /// stops working at once, whatever the token says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// Token failures.
@@ -181,6 +187,21 @@ impl TokenIssuer {
         now: DateTime<Utc>,
         auth_time: DateTime<Utc>,
     ) -> Result<(String, i64), TokenError> {
+        self.issue_access_with_roles(user, session, now, auth_time, Vec::new())
+    }
+
+    /// As [`TokenIssuer::issue_access_at`], naming the user's `roles`.
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`].
+    pub fn issue_access_with_roles(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        now: DateTime<Utc>,
+        auth_time: DateTime<Utc>,
+        roles: Vec<String>,
+    ) -> Result<(String, i64), TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         header.kid = Some(self.kid.clone());
@@ -194,6 +215,7 @@ impl TokenIssuer {
             iat,
             jti: Uuid::new_v4(),
             auth_time: auth_time.timestamp(),
+            roles,
         };
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| TokenError::Signing(e.to_string()))?;

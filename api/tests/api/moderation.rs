@@ -109,10 +109,21 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
         app.post("/api/auth/verify-email", json!({"email": ann_email, "code": code})).await.status(),
         204
     );
+    // A role of hers is named in the access token she gets (for clients).
+    let (_, found) = app
+        .wait_for("/api/admin/users?q=ann@example.com", &chief_t, |s, b| {
+            s == 200 && b.as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let ann_id = found[0]["id"].as_str().unwrap().to_owned();
+    let r = call(&app, "PUT", &format!("/api/admin/users/{ann_id}/roles/triager"), &chief_t, None).await;
+    assert_eq!(r.status(), 204);
     let r = login(&app, ann_email, 1).await;
     assert_eq!(r.status(), 200);
     let tokens: Value = r.json().await.unwrap();
     let ann_t = tokens["access_token"].as_str().unwrap().to_owned();
+    let claims = app.tokens.verify_access(&ann_t).unwrap();
+    assert_eq!(claims.roles, ["triager"]);
     let (_, me) = get(&app, "/api/users/me", &ann_t, None).await;
     let ann: Uuid = me["user_id"].as_str().unwrap().parse().unwrap();
     let r = app.client.get(format!("{node_b}/api/users/me")).bearer_auth(&ann_t).send().await.unwrap();

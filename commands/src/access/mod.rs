@@ -378,6 +378,20 @@ impl AccessService {
     }
 }
 
+/// The roles `user` holds besides `user`, as the store has them (for the
+/// access token's `roles` claim; a deleted custom role may still be named
+/// until the next token: it confers nothing).
+///
+/// # Errors
+/// A store failure, as text.
+pub async fn roles_of(pool: &PgPool, user: Uuid) -> Result<Vec<String>, String> {
+    Executor::<Grants>::new(pool.clone(), ())
+        .load(&user.to_string())
+        .await
+        .map(|g| g.roles)
+        .map_err(|e| e.to_string())
+}
+
 fn metadata(meta: &RequestMeta, command: &str, actor: Uuid) -> std::collections::HashMap<String, String> {
     let mut m = meta.to_map(command);
     m.insert("actor".to_owned(), actor.to_string());

@@ -135,8 +135,16 @@ impl IdentityService {
                 ExecError::Domain(_) => IdentityError::NotFound,
                 other => other.into(),
             })?;
-        let (access_token, expires_in) =
-            self.tokens.issue_access_at(user_id, session_id, now, now).map_err(internal)?;
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access_with_roles(
+                user_id,
+                session_id,
+                now,
+                now,
+                crate::access::roles_of(&self.pool, user_id).await.map_err(internal)?,
+            )
+            .map_err(internal)?;
         Ok(Reauthenticated { access_token, expires_in })
     }
 }
