@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::social::stream::router())
         .merge(routes::admin::roles::router())
         .merge(routes::admin::moderation::router())
+        .merge(routes::admin::history::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

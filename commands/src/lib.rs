@@ -11,6 +11,7 @@ pub mod access;
 pub mod catalog;
 pub mod deliveries;
 pub mod executor;
+pub mod history;
 pub mod identity;
 pub mod keys;
 pub mod moderation;

@@ -14,6 +14,7 @@ mod factors;
 mod feed;
 mod flow;
 mod helpers;
+mod history;
 mod http_edges;
 mod live;
 mod moderation;

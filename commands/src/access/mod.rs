@@ -365,6 +365,31 @@ impl AccessService {
         Ok(())
     }
 
+    /// Records that admin `reader` read personal fields of `subjects`
+    /// (issue 18). Nothing is written when `subjects` is empty.
+    ///
+    /// # Errors
+    /// `Conflict`, `Internal`.
+    pub async fn record_history_read(
+        &self,
+        reader: Uuid,
+        subjects: Vec<Uuid>,
+        what: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), AccessError> {
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        let cmd = GrantsCommand::RecordHistoryRead {
+            user_id: reader,
+            subjects,
+            what: what.to_owned(),
+            at: Utc::now(),
+        };
+        self.grants.execute(&reader.to_string(), cmd, metadata(meta, "ReadHistory", reader)).await?;
+        Ok(())
+    }
+
     async fn user_exists(&self, user: Uuid) -> Result<bool, AccessError> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1

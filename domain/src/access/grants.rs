@@ -20,6 +20,9 @@ pub enum GrantsCommand {
     Revoke { user_id: Uuid, role: String, actor: Actor, at: DateTime<Utc> },
     /// Record a refused request (`method`, route `path`) that needed `permission`.
     RecordDenied { user_id: Uuid, permission: Permission, method: String, path: String, at: DateTime<Utc> },
+    /// Record that `user_id` (an admin) read personal fields of `subjects`
+    /// in the history (`what`: the request, e.g. `events` or `aggregate user:…`).
+    RecordHistoryRead { user_id: Uuid, subjects: Vec<Uuid>, what: String, at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +46,14 @@ pub enum GrantsEvent {
         path: String,
         denied_at: DateTime<Utc>,
     },
+    /// An admin read the personal fields of `subjects` (issue 18: every
+    /// such read is recorded).
+    HistoryRead {
+        user_id: Uuid,
+        subjects: Vec<Uuid>,
+        what: String,
+        read_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for GrantsEvent {
@@ -51,6 +62,7 @@ impl DomainEvent for GrantsEvent {
             Self::RoleGranted { .. } => "RoleGranted",
             Self::RoleRevoked { .. } => "RoleRevoked",
             Self::PermissionDenied { .. } => "PermissionDenied",
+            Self::HistoryRead { .. } => "HistoryRead",
         }
         .to_owned()
     }
@@ -102,6 +114,9 @@ impl Aggregate for Grants {
                 )
                 .await;
             }
+            GrantsCommand::RecordHistoryRead { user_id, subjects, what, at } => {
+                sink.write(GrantsEvent::HistoryRead { user_id, subjects, what, read_at: at }, self).await;
+            }
         }
         Ok(())
     }
@@ -114,7 +129,7 @@ impl Aggregate for Grants {
                 }
             }
             GrantsEvent::RoleRevoked { role, .. } => self.roles.retain(|r| *r != role),
-            GrantsEvent::PermissionDenied { .. } => {}
+            GrantsEvent::PermissionDenied { .. } | GrantsEvent::HistoryRead { .. } => {}
         }
     }
 }

@@ -86,7 +86,7 @@ impl Projector for AccessProjector {
                     .execute(conn)
                     .await?;
             }
-            GrantsEvent::PermissionDenied { .. } => {}
+            GrantsEvent::PermissionDenied { .. } | GrantsEvent::HistoryRead { .. } => {}
         }
         Ok(())
     }

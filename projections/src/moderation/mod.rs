@@ -109,6 +109,21 @@ impl Projector for ModerationProjector {
                         };
                         audit(conn, env, row).await
                     }
+                    GrantsEvent::HistoryRead { user_id, subjects, what, read_at } => {
+                        let actor = Actor { user_id: Some(*user_id), roles: Vec::new() };
+                        let whose: Vec<String> = subjects.iter().map(Uuid::to_string).collect();
+                        let what = format!("{what}; personal fields of {}", whose.join(", "));
+                        let row = AuditRow {
+                            action: "history_read",
+                            subject: (None, None),
+                            actor: Some(&actor),
+                            reason: Some(&what),
+                            reports: &[],
+                            until: None,
+                            at: *read_at,
+                        };
+                        audit(conn, env, row).await
+                    }
                     GrantsEvent::PermissionDenied { user_id, permission, method, path, denied_at } => {
                         let actor = Actor { user_id: Some(*user_id), roles: Vec::new() };
                         let what = format!("{method} {path} needs {}", permission.as_str());

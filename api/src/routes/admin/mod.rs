@@ -3,6 +3,7 @@
 //! extractor for it; the permission matrix test walks [`ROUTES`] and the
 //! OpenAPI document, so a route without a declared permission fails it.
 
+pub mod history;
 pub mod moderation;
 pub mod roles;
 
@@ -30,6 +31,8 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("PUT", "/api/admin/users/{id}/roles/{name}", Permission::AdminRolesManage),
     ("DELETE", "/api/admin/users/{id}/roles/{name}", Permission::AdminRolesManage),
     ("GET", "/api/admin/users", Permission::AdminUsersRead),
+    ("GET", "/api/admin/events", Permission::AdminAuditRead),
+    ("GET", "/api/admin/aggregates/{kind}/{id}", Permission::AdminAuditRead),
     ("GET", "/api/moderation/reports", Permission::ModerationReportsRead),
     ("POST", "/api/moderation/actions", Permission::ModerationReportsRead),
     ("GET", "/api/moderation/audit", Permission::ModerationAuditRead),
