@@ -66,6 +66,32 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(server_request_id))
+}
+
+/// The header a client's own `X-Request-Id` is kept in (issue 18).
+pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
+
+/// The request id is the server's (issue 18: never trusted as an
+/// identifier): a client's `X-Request-Id` moves to `X-Client-Request-Id`
+/// (printable ASCII, at most 64 characters, else dropped) and the id layer
+/// inside makes a fresh UUID.
+async fn server_request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = req.headers_mut();
+    headers.remove(CLIENT_REQUEST_ID);
+    if let Some(v) = headers.remove("x-request-id") {
+        let ok = v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic()));
+        if let Some(v) = ok.and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert(CLIENT_REQUEST_ID, v);
+        }
+    }
+    next.run(req).await
 }
 
 /// Replaces any client-sent peer header with the client's IP

@@ -317,3 +317,38 @@ async fn a_request_past_the_time_limit_is_answered_503() {
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "request_timeout");
     assert_eq!(reqwest::get(format!("{base}/fast")).await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_is_the_servers_and_the_clients_is_kept_beside_it() {
+    let app = spawn_app(Feed::Postgres).await;
+    let r = app
+        .client
+        .post(format!("{}/api/auth/register", app.base))
+        .header("x-request-id", "client-chosen-id")
+        .json(&json!({"email": "rid@example.com", "password": "correct horse battery staple", "name": "Rid",
+                      "username": "rid_user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let answered = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(answered, "client-chosen-id");
+    assert!(answered.parse::<uuid::Uuid>().is_ok(), "a server-made UUID: {answered}");
+    let metadata: Value = sqlx::query_scalar(
+        "SELECT metadata::jsonb FROM events WHERE aggregate_type = 'user' AND event_type = 'UserRegistered'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(metadata["request_id"], answered.as_str(), "{metadata}");
+    assert_eq!(metadata["client_request_id"], "client-chosen-id");
+    // An over-long or odd client id is dropped, never stored.
+    let r = app
+        .client
+        .get(format!("{}/health/ready", app.base))
+        .header("x-request-id", "x".repeat(65))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), "x".repeat(65));
+}

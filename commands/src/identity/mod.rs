@@ -198,6 +198,9 @@ pub struct RequestMeta {
     /// The event that caused this command (a moderation action's id for
     /// its side effects): `causation_id` in the metadata.
     pub causation_id: Option<String>,
+    /// The client's own request id (`X-Request-Id` as sent, ≤ 64
+    /// characters), kept beside the server's: `client_request_id`.
+    pub client_request_id: Option<String>,
 }
 
 /// The client as it describes itself; stored sealed with the user's key.
@@ -226,6 +229,9 @@ impl RequestMeta {
         }
         if let Some(c) = &self.causation_id {
             m.insert("causation_id".to_owned(), c.clone());
+        }
+        if let Some(c) = &self.client_request_id {
+            m.insert("client_request_id".to_owned(), c.clone());
         }
         m
     }

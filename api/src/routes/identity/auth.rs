@@ -63,6 +63,10 @@ pub(crate) fn meta(headers: &HeaderMap, actor: Option<Uuid>) -> RequestMeta {
             ip_prefix: header_str(headers, PEER_PREFIX_HEADER, 64),
         },
         causation_id: None,
+        client_request_id: headers
+            .get(crate::http::CLIENT_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     }
 }
 
