@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::admin::roles::router())
         .merge(routes::admin::moderation::router())
         .merge(routes::admin::history::router())
+        .merge(routes::admin::projections::router())
         .with_state(state)
         .merge(docs)
         .fallback(not_found)

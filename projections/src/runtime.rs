@@ -371,6 +371,9 @@ impl ProjectionRunner {
                 Step::Signal(false) => break,
                 Step::Done(Ok(_)) => backoff = options.min_backoff,
                 Step::Done(Err(error)) => {
+                    if let Err(e) = self.record_failure(&error).await {
+                        tracing::warn!(error = %e, "projection failure not recorded");
+                    }
                     tracing::error!(
                         error = %ErrorChain(&error),
                         backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
@@ -394,6 +397,77 @@ impl ProjectionRunner {
         tracing::info!("projection runner stopped");
     }
 
+    /// Records each projector's progress over `batch` in
+    /// `projection_status` (position and time of the last envelope it
+    /// handles, events applied, a smoothed events/s) and clears a recorded
+    /// failure: the status page's source (issue 18).
+    async fn record_progress(&self, batch: &[Envelope]) -> Result<(), sqlx::Error> {
+        let (mut names, mut positions, mut times, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for projector in &self.projectors {
+            let mine = batch.iter().filter(|e| projector.handles(&e.aggregate_type));
+            let (n, last) = mine.fold((0_i64, None::<&Envelope>), |(n, last), e| {
+                (n + 1, Some(last.filter(|l| l.position >= e.position).unwrap_or(e)))
+            });
+            if let Some(last) = last {
+                names.push(projector.name());
+                positions.push(last.position);
+                times.push(last.occurred_at);
+                counts.push(n);
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        // One statement for every projector of the batch (the latency path).
+        sqlx::query(
+            "INSERT INTO projection_status (projector, position, last_event_at, applied, updated_at)
+             SELECT * , now() FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::int8[])
+             ON CONFLICT (projector) DO UPDATE SET
+                 position = GREATEST(projection_status.position, excluded.position),
+                 last_event_at = excluded.last_event_at,
+                 applied = projection_status.applied + excluded.applied,
+                 rate = CASE WHEN extract(epoch FROM now() - projection_status.updated_at) > 0.001
+                             THEN 0.8 * projection_status.rate
+                                  + 0.2 * (excluded.applied / extract(epoch FROM now() - projection_status.updated_at))
+                             ELSE projection_status.rate END,
+                 state = 'live', error = NULL, failed_event = NULL, updated_at = now()",
+        )
+        .bind(&names)
+        .bind(&positions)
+        .bind(&times)
+        .bind(&counts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the failure a step stopped on (`failed`, the error chain and,
+    /// for a projector's failure, its event), until the next step succeeds.
+    async fn record_failure(&self, error: &RunError) -> Result<(), sqlx::Error> {
+        let (names, event): (Vec<&str>, Option<String>) = match error {
+            RunError::Projector { projector, aggregate_type, aggregate_id, sequence, .. } => {
+                (vec![*projector], Some(format!("{aggregate_type}/{aggregate_id}#{sequence}")))
+            }
+            _ => (self.names(), None),
+        };
+        let text = ErrorChain(error).to_string();
+        for name in names {
+            sqlx::query(
+                "INSERT INTO projection_status (projector, state, error, failed_event, updated_at)
+                 VALUES ($1, 'failed', $2, $3, now())
+                 ON CONFLICT (projector) DO UPDATE SET state = 'failed', error = $2, failed_event = $3,
+                     updated_at = now()",
+            )
+            .bind(name)
+            .bind(&text)
+            .bind(event.as_deref())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// One step of [`ProjectionRunner::run`]: like
     /// [`ProjectionRunner::run_once`], but the feed is committed only when
     /// the oldest uncommitted batch is [`RunOptions::commit_interval`] old
@@ -408,6 +482,9 @@ impl ProjectionRunner {
         if !batch.is_empty() {
             self.apply_batch(&batch).await?;
             uncommitted.get_or_insert_with(tokio::time::Instant::now);
+            if let Err(error) = self.record_progress(&batch).await {
+                tracing::warn!(error = %error, "projection status not recorded");
+            }
         }
         if let Some(since) = *uncommitted {
             if batch.is_empty() || since.elapsed() >= options.commit_interval {

@@ -118,6 +118,25 @@ async fn the_event_log_filters_opens_personal_fields_records_reads_and_folds_as_
     let (status, user) = get(&app, &format!("/api/admin/aggregates/user/{ann}"), &chief_t).await;
     assert_eq!(status, 200, "{user}");
 
+    // The projection status page: every projector live, caught up in time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let (code, status) = get(&app, "/api/admin/projections", &chief_t).await;
+        assert_eq!(code, 200, "{status}");
+        let profiles = status.as_array().unwrap().iter().find(|p| p["name"] == "profiles").cloned().unwrap();
+        if profiles["applied"].as_i64().unwrap_or(0) > 0 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = status.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"home_feed") && names.contains(&"moderation"), "{status}");
+    let profiles = status.as_array().unwrap().iter().find(|p| p["name"] == "profiles").unwrap();
+    assert_eq!(profiles["state"], "live", "{status}");
+    assert!(profiles["position"].as_i64().unwrap() > 0);
+    let (code, _) = get(&app, "/api/admin/projections", &bob_t).await;
+    assert_eq!(code, 403);
+
     // After the subject's key is gone, personal fields read "[erased]".
     sqlx::query("DELETE FROM subject_keys WHERE subject_id = $1").bind(ann).execute(&app.pool).await.unwrap();
     let node = api::app::App::build(app.settings.clone()).await.unwrap();

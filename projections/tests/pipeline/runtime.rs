@@ -350,6 +350,56 @@ async fn run_keeps_going_after_errors_and_stops_on_shutdown() {
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     assert!(counts(&db.pool).await.iter().all(|(_, applied, _)| *applied == 1));
+    // The status page's row: live again after the failure, every event counted.
+    let (state, applied, position): (String, i64, i64) =
+        sqlx::query_as("SELECT state, applied, position FROM projection_status WHERE projector = 'counter'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "live");
+    assert!(applied >= 3, "{applied}");
+    assert_eq!(position, last);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_projector_stuck_on_an_event_reports_it_in_its_status() {
+    let db = TestDb::new().await;
+    create_table(&db.pool).await;
+    let runner =
+        ProjectionRunner::new(db.pool.clone(), vec![Counter::failing("b", 1_000)]).with_options(RunOptions {
+            max_wait: Duration::from_millis(200),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            ..RunOptions::default()
+        });
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("stuck")).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { runner.run(&mut feed, shutdown).await });
+    insert_event(&db.pool, "test", "b", 1, "Happened", json!({})).await;
+    let pool = db.pool.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move {
+                let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT state, failed_event, error FROM projection_status WHERE projector = 'counter'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                row.is_some_and(|(state, event, error)| {
+                    state == "failed"
+                        && event.as_deref() == Some("test/b#1")
+                        && error.is_some_and(|e| e.contains("counter"))
+                })
+            }
+        })
+        .await,
+        "the failure is not in the status"
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     db.drop().await;
 }
 

@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod moderation;
+pub mod projections;
 pub mod roles;
 
 use std::marker::PhantomData;
@@ -33,6 +34,7 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("GET", "/api/admin/users", Permission::AdminUsersRead),
     ("GET", "/api/admin/events", Permission::AdminAuditRead),
     ("GET", "/api/admin/aggregates/{kind}/{id}", Permission::AdminAuditRead),
+    ("GET", "/api/admin/projections", Permission::AdminReplay),
     ("GET", "/api/moderation/reports", Permission::ModerationReportsRead),
     ("POST", "/api/moderation/actions", Permission::ModerationReportsRead),
     ("GET", "/api/moderation/audit", Permission::ModerationAuditRead),
