@@ -40,6 +40,8 @@ pub enum ReadModel {
     HomeFeed,
     /// Reports, moderation state and the audit trail.
     Moderation,
+    /// Custom roles and who holds them (lists and counts).
+    Access,
 }
 
 impl ReadModel {
@@ -52,6 +54,7 @@ impl ReadModel {
             Self::Notifications => Box::new(projections::social::notifications::NotificationsProjector),
             Self::HomeFeed => Box::new(projections::social::home::HomeFeedProjector::default()),
             Self::Moderation => Box::new(projections::moderation::ModerationProjector),
+            Self::Access => Box::new(projections::access::AccessProjector),
         }
     }
 }

@@ -186,9 +186,15 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     assert_eq!((status, body["code"].as_str()), (403, Some("builtin_role")));
 
     // Revoking takes effect at once: the manager's next request is refused.
-    let (status, _) =
-        call(&app, "DELETE", &format!("/api/admin/users/{manager}/roles/role_manager"), &chief_t, None).await;
-    assert_eq!(status, 204);
+    let r = app
+        .client
+        .delete(format!("{}/api/admin/users/{manager}/roles/role_manager", app.base))
+        .bearer_auth(&chief_t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let revoked = r.headers()["x-consistency-token"].to_str().unwrap().to_owned();
     let (status, _) = call(&app, "GET", "/api/admin/roles", &manager_t, None).await;
     assert_eq!(status, 403);
     let (_, mine) = call(&app, "GET", "/api/users/me/roles", &manager_t, None).await;
@@ -201,7 +207,17 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     assert_eq!(status, 200);
     let names: Vec<&str> = roles.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["admin", "moderator", "user", "role_manager"]);
-    let (_, found) = call(&app, "GET", "/api/admin/users?role=role_manager", &chief_t, None).await;
+    let found: Value = app
+        .client
+        .get(format!("{}/api/admin/users?role=role_manager", app.base))
+        .bearer_auth(&chief_t)
+        .header("X-Consistency-Token", &revoked)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let ids: Vec<&str> = found.as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [plain.to_string()], "{found}");
     let (_, found) = call(&app, "GET", "/api/admin/users?q=pla", &chief_t, None).await;

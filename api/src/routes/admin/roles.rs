@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{Authorized, RolesManage, UsersRead};
 use crate::auth::AuthUser;
-use crate::consistency;
+use crate::consistency::{self, ReadAfter, ReadModel};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidJson, ValidQuery};
 use crate::routes::auth::meta;
@@ -98,7 +98,9 @@ fn response(view: RoleView, holders: i64) -> RoleResponse {
 pub async fn list_roles(
     State(state): State<AppState>,
     _: Authorized<RolesManage>,
+    read_after: ReadAfter,
 ) -> Result<Json<Vec<RoleResponse>>, ApiError> {
+    read_after.wait(&state, &[ReadModel::Access]).await?;
     let holders: HashMap<String, i64> =
         projections::access::holders(&state.read).await?.into_iter().collect();
     let mut out = Vec::new();
@@ -331,8 +333,10 @@ pub struct AdminUser {
 pub async fn search_users(
     State(state): State<AppState>,
     _: Authorized<UsersRead>,
+    read_after: ReadAfter,
     ValidQuery(q): ValidQuery<UserSearch>,
 ) -> Result<Json<Vec<AdminUser>>, ApiError> {
+    read_after.wait(&state, &[ReadModel::Access, ReadModel::Profiles]).await?;
     let limit = paging::limit(q.limit)?;
     let query = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let (prefix, exact) = match query {
