@@ -95,6 +95,12 @@ impl Envelope {
     }
 }
 
+/// Reserved event type (issue 18): published on the `user` topic when a
+/// person is erased, payload `{subject_id, erased_at}`; every consumer
+/// must then purge what it derived about the subject (docs/envelope.md
+/// "Erasure"). Nothing emits it yet: the privacy issue will.
+pub const SUBJECT_ERASED: &str = "SubjectErased";
+
 /// Aggregate types that exist, i.e. the topics the relay creates at start.
 pub const AGGREGATE_TYPES: &[&str] = &[
     "user",
