@@ -195,7 +195,7 @@ fn assert_clean(text: &str, email: &str, codes: &[String]) {
 }
 
 /// Every message on the test's topics: (key, value, event-type header).
-async fn read_topics(app: &TestApp, expected: usize) -> Vec<(String, String, String)> {
+pub(crate) async fn read_topics(app: &TestApp, expected: usize) -> Vec<(String, String, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &app.brokers)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
