@@ -582,3 +582,28 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
     });
     rx
 }
+
+/// `streamforge topics`: the topics of `prefix` (partitions, messages
+/// held, retention) and every consumer group's lag on them, as Markdown
+/// tables.
+///
+/// # Errors
+/// The broker cannot be reached.
+pub async fn topics_report(brokers: &str, prefix: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let (topics, groups) = workers::kafka::describe(brokers, prefix).await?;
+    let mut out = String::new();
+    writeln!(out, "| topic | partitions | messages | retention.ms |")?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    for t in &topics {
+        let retention = t.retention_ms.as_deref().unwrap_or("(not reported)");
+        writeln!(out, "| {} | {} | {} | {retention} |", t.name, t.partitions, t.messages)?;
+    }
+    writeln!(out)?;
+    writeln!(out, "| consumer group | partitions committed | lag (messages) |")?;
+    writeln!(out, "|---|---:|---:|")?;
+    for g in &groups {
+        writeln!(out, "| {} | {} | {} |", g.group, g.partitions, g.lag)?;
+    }
+    Ok(out)
+}

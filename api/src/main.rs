@@ -57,6 +57,9 @@ enum Command {
         #[command(subcommand)]
         action: ChaosAction,
     },
+    /// The topics (partitions, messages held, retention) and each consumer
+    /// group's lag on them (needs KAFKA_BROKERS).
+    Topics,
     /// Operator commands: grant or revoke a role by email (the first admin).
     Admin {
         #[command(subcommand)]
@@ -150,6 +153,15 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Seed { users } => return api::bench::data::seed_command(&cli.settings, users).await,
+        Command::Topics => {
+            let brokers = cli
+                .settings
+                .kafka_brokers
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("KAFKA_BROKERS is not set"))?;
+            print!("{}", api::app::topics_report(&brokers, &cli.settings.kafka_topic_prefix).await?);
+            return Ok(());
+        }
         Command::Admin { action } => {
             let (email, role, grant) = match action {
                 AdminAction::Grant { email, role } => (email, role, true),

@@ -168,3 +168,109 @@ pub fn producer_with(config: &ProducerConfig) -> Result<FutureProducer, KafkaErr
     }
     client.create()
 }
+
+/// One topic as `streamforge topics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: usize,
+    /// Messages held (sum of high − low watermarks).
+    pub messages: i64,
+    /// `retention.ms` as the broker reports it (`None`: not reported).
+    pub retention_ms: Option<String>,
+}
+
+/// One consumer group's lag on the topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub group: String,
+    /// Messages behind (high watermark − committed offset), over the
+    /// partitions it has committed on.
+    pub lag: i64,
+    /// Partitions it has committed offsets on.
+    pub partitions: usize,
+}
+
+/// The topics whose name starts with `prefix`, and the lag of every
+/// consumer group the broker lists (`ListGroups`, `OffsetFetch`) on them.
+/// Retention comes from `DescribeConfigs` where the broker answers it.
+///
+/// # Errors
+/// [`KafkaSetupError::Client`] when the broker cannot be reached (30 s).
+pub async fn describe(
+    brokers: &str,
+    prefix: &str,
+) -> Result<(Vec<TopicInfo>, Vec<GroupLag>), KafkaSetupError> {
+    use rdkafka::admin::{ConfigResourceResult, ResourceSpecifier};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "streamforge-topics-inspector")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, ADMIN_TIMEOUT)?;
+    let mut topics = Vec::new();
+    let mut partitions: Vec<(String, i32, i64)> = Vec::new();
+    for t in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        let mut messages = 0;
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(t.name(), p.id(), ADMIN_TIMEOUT).unwrap_or((0, 0));
+            messages += (high - low).max(0);
+            partitions.push((t.name().to_owned(), p.id(), high));
+        }
+        topics.push(TopicInfo {
+            name: t.name().to_owned(),
+            partitions: t.partitions().len(),
+            messages,
+            retention_ms: None,
+        });
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    // Retention, where the broker answers DescribeConfigs.
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let resources: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(&t.name)).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    if let Ok(results) = admin.describe_configs(resources.iter(), &options).await {
+        for (topic, result) in topics.iter_mut().zip(results) {
+            let result: ConfigResourceResult = result;
+            if let Ok(resource) = result {
+                topic.retention_ms = resource.get("retention.ms").and_then(|e| e.value.clone());
+            }
+        }
+    }
+    // Every group's committed offsets on those partitions.
+    let mut groups = Vec::new();
+    let list = consumer.fetch_group_list(None, ADMIN_TIMEOUT)?;
+    for g in list.groups() {
+        let member: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", g.name())
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, _) in &partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        let Ok(committed) = member.committed_offsets(tpl, ADMIN_TIMEOUT) else { continue };
+        let (mut lag, mut n) = (0, 0);
+        for e in committed.elements() {
+            if let Offset::Offset(at) = e.offset() {
+                let high = partitions
+                    .iter()
+                    .find(|(t, p, _)| t == e.topic() && *p == e.partition())
+                    .map_or(at, |(_, _, h)| *h);
+                lag += (high - at).max(0);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            groups.push(GroupLag { group: g.name().to_owned(), lag, partitions: n });
+        }
+    }
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok((topics, groups))
+}

@@ -337,4 +337,22 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
         assert!(!value.contains("ann@example.com"), "a readable email on a topic");
         assert!(!value.contains("buy-cheap-pills-now"), "a readable report note on a topic");
     }
+    // `streamforge topics`: the run's topics with what they hold, and the
+    // projections' consumer group caught up.
+    let group = format!("{}-projections", app.settings.kafka_group_prefix);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = loop {
+        let report = api::app::topics_report(&app.brokers, &app.topic_prefix).await.unwrap();
+        let caught_up =
+            report.lines().any(|l| l.starts_with(&format!("| {group} |")) && l.ends_with("| 0 |"));
+        if caught_up || std::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(report.contains(&format!("| {}moderation | 3 |", app.topic_prefix)), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with(&format!("| {group} |")) && l.ends_with("| 0 |")),
+        "{report}"
+    );
 }
