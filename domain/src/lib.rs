@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod envelope;
 pub mod identity;
 pub mod moderation;
+pub mod schema;
 pub mod services;
 pub mod social;
 pub mod values;

@@ -293,13 +293,13 @@ impl fmt::Debug for Pin {
 /// Ciphertext of a personal field, sealed with the subject's data key
 /// (XChaCha20-Poly1305; ARCHITECTURE decided 7). Opaque to the domain; only
 /// the `commands` vault opens it. Serialised as a plain string.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Sealed(pub String);
 
 /// Lower-case hex of a keyed hash (HMAC-SHA256) or digest (SHA-256), as carried
 /// in events instead of a secret (ARCHITECTURE decided 6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Digest(pub String);
 
@@ -317,7 +317,7 @@ impl Digest {
 /// never sealed (issue 15). Accounts made by phone get a generated one,
 /// `user-` and 8 digits (as SoundCloud does), which [`Username::parse`]
 /// refuses (`-` is not allowed) so nobody can choose one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Username(String);
 

@@ -208,6 +208,7 @@ async fn device_pin_signs_in_and_five_wrong_pins_disable_it() {
     let r = delete_auth(&app, "/api/auth/pin?device_id=phone-A", &access(&again)).await;
     assert_eq!(r.status(), 404);
     wait_quick_factor(&app, &fresh, "phone-A", false).await;
+    crate::helpers::assert_events_match_schemas(&app.pool).await;
 }
 
 /// Mails to `to` whose text contains `needle`, so far.
@@ -373,4 +374,5 @@ async fn totp_replaces_the_mailed_code_steps_and_recovery_codes_work_once() {
     assert_eq!(delete_auth(&app, "/api/users/me/totp", &latest).await.status(), 204);
     assert_eq!(delete_auth(&app, "/api/users/me/totp", &latest).await.status(), 404);
     login(&app, email, 2).await;
+    crate::helpers::assert_events_match_schemas(&app.pool).await;
 }

@@ -193,6 +193,7 @@ async fn the_home_feed_fans_out_pulls_removes_and_hides_through_the_broker() {
     }
     assert_eq!(live, replayed);
 
+    crate::helpers::assert_events_match_schemas(&app.pool).await;
     // Deleting a track removes it from every feed (rows included).
     let r = send(&app, reqwest::Method::DELETE, &format!("/api/tracks/{one}"), &ann_t).await;
     assert_eq!(r.status(), 204);

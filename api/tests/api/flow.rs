@@ -158,6 +158,7 @@ async fn full_flow(feed: Feed) {
                 .unwrap();
         assert_clean(&dump, email, &codes);
     }
+    crate::helpers::assert_events_match_schemas(&app.pool).await;
     // Delivery records are deleted once sent.
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries").fetch_one(&app.pool).await.unwrap();
     assert_eq!(left, 0);

@@ -250,3 +250,30 @@ pub fn code_in(mail: &ReceivedMail) -> String {
     assert!(code.chars().all(|c| c.is_ascii_digit()), "code {code:?}");
     code
 }
+
+/// Validates every event in the store against its committed JSON Schema
+/// (`schemas/`, issue 18), with the `jsonschema` crate.
+pub async fn assert_events_match_schemas(pool: &PgPool) {
+    let schemas = domain::schema::event_schemas();
+    let rows: Vec<(String, String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT aggregate_type, event_type, event_version, payload::jsonb FROM events")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(!rows.is_empty());
+    for (aggregate_type, event_type, version, payload) in rows {
+        let schema = schemas
+            .iter()
+            .find(|s| {
+                s.aggregate_type == aggregate_type && s.event_type == event_type && s.version == version
+            })
+            .unwrap_or_else(|| panic!("no schema for {aggregate_type}/{event_type} v{version}"));
+        let validator = jsonschema::validator_for(&schema.schema).expect("a valid schema");
+        let fields = &payload[&event_type];
+        let errors: Vec<String> = validator.iter_errors(fields).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{aggregate_type}/{event_type} does not match its schema: {errors:?}\n{fields}"
+        );
+    }
+}

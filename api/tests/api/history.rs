@@ -137,6 +137,16 @@ async fn the_event_log_filters_opens_personal_fields_records_reads_and_folds_as_
     let (code, _) = get(&app, "/api/admin/projections", &bob_t).await;
     assert_eq!(code, 403);
 
+    // The event catalogue: every type with its schema.
+    let (code, catalogue) = get(&app, "/api/admin/event-types", &chief_t).await;
+    assert_eq!(code, 200);
+    let registered =
+        catalogue.as_array().unwrap().iter().find(|t| t["event_type"] == "UserRegistered").cloned().unwrap();
+    assert_eq!(registered["aggregate_type"], "user");
+    assert_eq!(registered["versions"], json!(["1"]));
+    assert_eq!(registered["schema"]["additionalProperties"], false);
+    assert!(registered["schema"]["required"].as_array().unwrap().contains(&json!("email")));
+
     // After the subject's key is gone, personal fields read "[erased]".
     sqlx::query("DELETE FROM subject_keys WHERE subject_id = $1").bind(ann).execute(&app.pool).await.unwrap();
     let node = api::app::App::build(app.settings.clone()).await.unwrap();

@@ -337,6 +337,8 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
         assert!(!value.contains("ann@example.com"), "a readable email on a topic");
         assert!(!value.contains("buy-cheap-pills-now"), "a readable report note on a topic");
     }
+    // Every event of the run matches its committed schema (issue 18).
+    crate::helpers::assert_events_match_schemas(&app.pool).await;
     // `streamforge topics`: the run's topics with what they hold, and the
     // projections' consumer group caught up.
     let group = format!("{}-projections", app.settings.kafka_group_prefix);

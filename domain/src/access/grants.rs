@@ -25,7 +25,7 @@ pub enum GrantsCommand {
     RecordHistoryRead { user_id: Uuid, subjects: Vec<Uuid>, what: String, at: DateTime<Utc> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum GrantsEvent {
     RoleGranted {
         user_id: Uuid,

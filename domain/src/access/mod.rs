@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 /// The permission catalogue (`GET /api/admin/permissions`). Names are
 /// `<area>.<object>.<verb>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum Permission {
     /// Read reports and the moderation queue.
     #[serde(rename = "moderation.reports.read")]

@@ -11,7 +11,7 @@ use super::Permission;
 
 /// Who acted: the user (none for the operator's CLI) and the roles they
 /// held at the time (the audit trail's "roles at the time").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Actor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Uuid>,
@@ -39,7 +39,7 @@ pub enum RoleCommand {
     Delete { actor: Actor, at: DateTime<Utc> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RoleEvent {
     RoleDefined {
         name: String,

@@ -17,7 +17,7 @@ use crate::access::Permission;
 use crate::values::Sealed;
 
 /// What can be reported and moderated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectKind {
     User,
@@ -40,7 +40,7 @@ impl SubjectKind {
 }
 
 /// A reported or moderated thing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subject {
     #[serde(rename = "type")]
     pub kind: SubjectKind,
@@ -61,7 +61,7 @@ impl Subject {
 }
 
 /// Why something is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportReason {
     Spam,
@@ -71,7 +71,7 @@ pub enum ReportReason {
 }
 
 /// A report's review state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportState {
     Open,
@@ -90,7 +90,7 @@ impl ReportState {
 }
 
 /// A moderation action (seed 002).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Hide,
@@ -198,7 +198,7 @@ pub enum CaseCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CaseEvent {
     ReportFiled {
         report_id: Uuid,

@@ -14,7 +14,7 @@ pub enum InboxCommand {
     MarkRead { up_to: DateTime<Utc>, at: DateTime<Utc> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum InboxEvent {
     NotificationsRead { up_to: DateTime<Utc>, read_at: DateTime<Utc> },
 }

@@ -24,6 +24,35 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/events", get(list_events))
         .route("/api/admin/aggregates/{kind}/{id}", get(aggregate_as_of))
+        .route("/api/admin/event-types", get(event_types))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventTypeView {
+    pub aggregate_type: String,
+    pub event_type: String,
+    /// Versions with a schema (each under `schemas/`).
+    pub versions: Vec<String>,
+    /// The current version's JSON Schema (closed; draft 2020-12).
+    pub schema: serde_json::Value,
+}
+
+/// The event catalogue: every event type with its aggregate type, versions
+/// and JSON Schema (`admin.audit.read`).
+#[utoipa::path(get, path = "/api/admin/event-types", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = [EventTypeView]), (status = 403, description = "forbidden", body = ErrorBody)))]
+pub async fn event_types(_: Authorized<AuditRead>) -> Json<Vec<EventTypeView>> {
+    Json(
+        domain::schema::event_schemas()
+            .into_iter()
+            .map(|s| EventTypeView {
+                aggregate_type: s.aggregate_type.to_owned(),
+                event_type: s.event_type,
+                versions: (1..=s.version.parse::<u32>().unwrap_or(1)).map(|v| v.to_string()).collect(),
+                schema: s.schema,
+            })
+            .collect(),
+    )
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -9,7 +9,7 @@ use crate::values::Sealed;
 
 /// A change of a track's metadata; `None` leaves a field as it is. Fields
 /// are validated by the caller ([`TrackMetadata`]'s rules).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrackPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
@@ -47,7 +47,7 @@ pub enum TrackCommand {
 }
 
 /// Events of the `Track` aggregate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum TrackEvent {
     TrackCreated {
         track_id: Uuid,

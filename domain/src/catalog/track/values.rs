@@ -8,7 +8,7 @@ pub const MAX_TAGS: usize = 10;
 pub const MAX_DURATION_MS: i64 = 24 * 3_600_000;
 
 /// Who may see a track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Everyone (except users it is hidden from by a block).
@@ -40,7 +40,7 @@ impl Visibility {
 
 /// Where the track's audio is. Only `no_audio` exists until the media
 /// issue adds uploads and transcoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Processing {
     /// Metadata only, no audio file yet.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::values::{Digest, Sealed};
 
 /// What a challenge proves once answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OtpPurpose {
     EmailVerification,
@@ -17,7 +17,7 @@ pub enum OtpPurpose {
 }
 
 /// Where the code is delivered.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OtpChannel {
     #[default]
@@ -40,7 +40,7 @@ impl OtpChannel {
 }
 
 /// Events of an `OtpChallenge`. None carries the code (decided 6).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OtpEvent {
     /// A code was issued; the notifier delivers it from the delivery record
     /// whose id is the challenge id.

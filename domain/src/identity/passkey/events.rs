@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::values::Sealed;
 
 /// Events of a user's `Passkeys`. Public key material only, never a secret.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PasskeyEvent {
     /// A credential was registered after a verified registration ceremony.
     PasskeyRegistered {

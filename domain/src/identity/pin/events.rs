@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::values::Digest;
 
 /// Events of a `DevicePin`. None carries the PIN (decided 6).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PinEvent {
     /// A PIN was set for the device (replacing any earlier one, re-enabling
     /// a disabled one, and clearing the failure count).

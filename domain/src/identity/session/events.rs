@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::values::{Digest, Sealed};
 
 /// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationReason {
     Logout,
@@ -31,7 +31,7 @@ impl RevocationReason {
 }
 
 /// Events of a `Session`. Refresh tokens appear only as SHA-256 digests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SessionEvent {
     SessionStarted {
         session_id: Uuid,

@@ -31,7 +31,7 @@ pub enum ThrottleCommand {
 }
 
 /// Events of a `Throttle`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ThrottleEvent {
     FailureRecorded {
         policy: Policy,

@@ -26,7 +26,7 @@ pub struct RequestPolicy {
 }
 
 /// The named policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Wrong one-time codes per subject (user or phone), across challenges:

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::values::{Digest, Sealed};
 
 /// Events of a `Totp`. None carries the secret in clear or a code.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum TotpEvent {
     /// A new secret was generated; it is not in force until confirmed.
     TotpEnrollmentStarted {

@@ -10,7 +10,7 @@ use crate::values::{Digest, Sealed, Username};
 /// Events of the `User` aggregate. Personal fields are [`Sealed`]; passwords
 /// appear only as argon2id PHC hashes (ARCHITECTURE decided 6, 7). Events
 /// that ask for a message carry the delivery record's id as `delivery_id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum UserEvent {
     UserRegistered {
         user_id: Uuid,

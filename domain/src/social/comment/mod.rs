@@ -54,7 +54,7 @@ pub enum CommentCommand {
     Delete { actor: Uuid, track_owner: Uuid, at: DateTime<Utc> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CommentEvent {
     CommentPosted {
         comment_id: Uuid,

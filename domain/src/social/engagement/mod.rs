@@ -50,7 +50,7 @@ pub enum EngagementCommand {
 }
 
 /// Events of the `Engagement` aggregate (ids only, no personal data).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EngagementEvent {
     /// The design card's `LikeTrack`. `owner_id`: the track's owner, so
     /// consumers (notifications) need no other stream.

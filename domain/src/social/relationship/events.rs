@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Why a follow ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnfollowCause {
     /// The follower unfollowed.
@@ -15,7 +15,7 @@ pub enum UnfollowCause {
 
 /// Events of the `Relationship` aggregate. They carry user ids only (no
 /// personal data); blocks and mutes are private to the API, not to the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RelationshipEvent {
     /// `follower` now follows `followee` (the design card's `FollowUser`).
     UserFollowed { follower: Uuid, followee: Uuid, followed_at: DateTime<Utc> },

@@ -1,0 +1,174 @@
+//! JSON Schemas of the event types (issue 18, the analysts' contract): one
+//! closed schema (`additionalProperties: false` on every object) per event
+//! type and version, generated from the Rust types with `schemars`, so a
+//! change to an event's fields changes its schema. The committed copies
+//! live under `schemas/<aggregate_type>/<EventType>.v<version>.json`; the
+//! test `domain/tests/schemas.rs` fails when the generated and committed
+//! schemas differ (a changed event needs a new version) and checks new
+//! versions against the old with [`full_transitive_compatible`].
+
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+use crate::access::grants::GrantsEvent;
+use crate::access::role::RoleEvent;
+use crate::catalog::track::TrackEvent;
+use crate::identity::otp::OtpEvent;
+use crate::identity::passkey::PasskeyEvent;
+use crate::identity::pin::PinEvent;
+use crate::identity::session::SessionEvent;
+use crate::identity::throttle::ThrottleEvent;
+use crate::identity::totp::TotpEvent;
+use crate::identity::user::UserEvent;
+use crate::moderation::CaseEvent;
+use crate::social::comment::CommentEvent;
+use crate::social::engagement::EngagementEvent;
+use crate::social::inbox::InboxEvent;
+use crate::social::relationship::RelationshipEvent;
+
+/// One event type's schema at one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSchema {
+    pub aggregate_type: &'static str,
+    pub event_type: String,
+    pub version: &'static str,
+    /// A JSON Schema (draft 2020-12) of the event's payload fields.
+    pub schema: Value,
+}
+
+impl EventSchema {
+    /// `schemas/<aggregate_type>/<EventType>.v<version>.json`, relative to the workspace.
+    pub fn path(&self) -> String {
+        format!("schemas/{}/{}.v{}.json", self.aggregate_type, self.event_type, self.version)
+    }
+}
+
+/// Every event type's current schema (every event is at version 1 today).
+pub fn event_schemas() -> Vec<EventSchema> {
+    let mut out = Vec::new();
+    add::<UserEvent>(&mut out, "user");
+    add::<OtpEvent>(&mut out, "otp_challenge");
+    add::<SessionEvent>(&mut out, "session");
+    add::<ThrottleEvent>(&mut out, "throttle");
+    add::<PasskeyEvent>(&mut out, "passkeys");
+    add::<TotpEvent>(&mut out, "totp");
+    add::<PinEvent>(&mut out, "device_pin");
+    add::<RelationshipEvent>(&mut out, "relationship");
+    add::<TrackEvent>(&mut out, "track");
+    add::<EngagementEvent>(&mut out, "engagement");
+    add::<CommentEvent>(&mut out, "comment");
+    add::<InboxEvent>(&mut out, "inbox");
+    add::<RoleEvent>(&mut out, "role");
+    add::<GrantsEvent>(&mut out, "access");
+    add::<CaseEvent>(&mut out, "moderation");
+    out
+}
+
+/// Splits the enum's schema (externally tagged: one object per variant)
+/// into one schema per variant.
+fn add<E: JsonSchema>(out: &mut Vec<EventSchema>, aggregate_type: &'static str) {
+    let root = serde_json::to_value(schemars::schema_for!(E)).unwrap_or(Value::Null);
+    let defs = root.get("$defs").cloned();
+    let variants = root.get("oneOf").and_then(Value::as_array).cloned().unwrap_or_default();
+    for variant in variants {
+        let Some((name, inner)) =
+            variant.get("properties").and_then(Value::as_object).and_then(|p| p.iter().next())
+        else {
+            continue;
+        };
+        let mut schema = Map::new();
+        schema.insert("$schema".to_owned(), json!("https://json-schema.org/draft/2020-12/schema"));
+        schema.insert("title".to_owned(), json!(name));
+        if let Some(d) = variant.get("description") {
+            schema.insert("description".to_owned(), d.clone());
+        }
+        if let Value::Object(fields) = inner {
+            for (k, v) in fields {
+                schema.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(defs) = &defs {
+            let used = referenced(&Value::Object(schema.clone()), defs);
+            if !used.is_empty() {
+                schema.insert("$defs".to_owned(), Value::Object(used));
+            }
+        }
+        let mut schema = Value::Object(schema);
+        close(&mut schema);
+        out.push(EventSchema { aggregate_type, event_type: name.clone(), version: "1", schema });
+    }
+}
+
+/// The definitions `value` refers to, transitively.
+fn referenced(value: &Value, defs: &Value) -> Map<String, Value> {
+    let mut found = Map::new();
+    let mut stack = vec![value.clone()];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    if let Some(name) = r.strip_prefix("#/$defs/") {
+                        if !found.contains_key(name) {
+                            if let Some(d) = defs.get(name) {
+                                found.insert(name.to_owned(), d.clone());
+                                stack.push(d.clone());
+                            }
+                        }
+                    }
+                }
+                stack.extend(m.into_iter().map(|(_, v)| v));
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Sets `additionalProperties: false` on every object schema that lists
+/// its properties and says nothing about others.
+fn close(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+                m.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+            for v in m.values_mut() {
+                close(v);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(close),
+        _ => {}
+    }
+}
+
+/// Confluent's FULL_TRANSITIVE rule for two versions of an event type's
+/// schema: only optional fields may be added or removed — the required
+/// fields are the same, and every field both have keeps its schema.
+/// Returns the first difference that breaks it.
+pub fn full_transitive_compatible(old: &Value, new: &Value) -> Result<(), String> {
+    let required = |s: &Value| -> Vec<String> {
+        let mut r: Vec<String> = s
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        r.sort();
+        r
+    };
+    if required(old) != required(new) {
+        return Err(format!("required fields changed: {:?} → {:?}", required(old), required(new)));
+    }
+    let empty = Map::new();
+    let props =
+        |s: &Value| s.get("properties").and_then(Value::as_object).cloned().unwrap_or_else(|| empty.clone());
+    let (old_p, new_p) = (props(old), props(new));
+    for (name, schema) in &old_p {
+        if let Some(other) = new_p.get(name) {
+            if other != schema {
+                return Err(format!("field {name} changed its schema"));
+            }
+        }
+    }
+    Ok(())
+}
