@@ -172,3 +172,70 @@ pub fn full_transitive_compatible(old: &Value, new: &Value) -> Result<(), String
     }
     Ok(())
 }
+
+/// `docs/events.md`: every event type's fields from its schema (type,
+/// required or not, the field's doc comment), by aggregate type (topic).
+/// Generated; `domain/tests/schemas.rs` checks the committed file.
+pub fn events_markdown() -> String {
+    let mut out = String::from(
+        "# Event types (generated)\n\n\
+         Generated from the event types' JSON Schemas (`schemas/`, `domain::schema`); do not edit by hand.\n\
+         Regenerate: `STREAMFORGE_WRITE_SCHEMAS=1 cargo test -p domain --test schemas`. The envelope, keys,\n\
+         headers and what each field means for privacy: [envelope.md](envelope.md).\n",
+    );
+    let schemas = event_schemas();
+    for aggregate_type in crate::envelope::AGGREGATE_TYPES {
+        out.push_str(&format!("\n## `{aggregate_type}` (topic `streamforge.events.{aggregate_type}`)\n"));
+        for s in schemas.iter().filter(|s| s.aggregate_type == *aggregate_type) {
+            out.push_str(&format!("\n### `{}` (v{}) — `{}`\n\n", s.event_type, s.version, s.path()));
+            if let Some(d) = s.schema.get("description").and_then(Value::as_str) {
+                out.push_str(&one_line(d));
+                out.push_str("\n\n");
+            }
+            out.push_str("| field | type | required | meaning |\n|---|---|---|---|\n");
+            let required: Vec<&str> = s
+                .schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(props) = s.schema.get("properties").and_then(Value::as_object) {
+                for (name, p) in props {
+                    let meaning =
+                        p.get("description").and_then(Value::as_str).map(one_line).unwrap_or_default();
+                    let req = if required.contains(&name.as_str()) { "yes" } else { "no" };
+                    out.push_str(&format!("| `{name}` | {} | {req} | {meaning} |\n", type_of(p)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+}
+
+/// A short rendering of a property's type.
+fn type_of(p: &Value) -> String {
+    if let Some(r) = p.get("$ref").and_then(Value::as_str) {
+        return format!("`{}`", r.trim_start_matches("#/$defs/"));
+    }
+    if let Some(any) = p.get("anyOf").or_else(|| p.get("oneOf")).and_then(Value::as_array) {
+        let parts: Vec<String> = any.iter().map(type_of).collect();
+        return parts.join(" or ");
+    }
+    if let Some(c) = p.get("const") {
+        return format!("`{c}`");
+    }
+    let base = match p.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" or "),
+        _ => "any".to_owned(),
+    };
+    match (p.get("items"), p.get("format").and_then(Value::as_str)) {
+        (Some(items), _) => format!("{base} of {}", type_of(items)),
+        (None, Some(f)) => format!("{base} ({f})"),
+        (None, None) => base,
+    }
+}

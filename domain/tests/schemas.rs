@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use domain::schema::{event_schemas, full_transitive_compatible};
+use domain::schema::{event_schemas, events_markdown, full_transitive_compatible};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {
@@ -57,6 +57,20 @@ fn committed_schemas_equal_the_generated_ones() {
             let rel = format!("schemas/{}/{name}", aggregate.file_name().unwrap().to_string_lossy());
             assert!(schemas.iter().any(|s| s.path() == rel), "{rel} has no event type");
         }
+    }
+}
+
+#[test]
+fn docs_events_md_is_generated_from_the_schemas() {
+    let path = root().join("docs/events.md");
+    let generated = events_markdown();
+    if std::env::var_os("STREAMFORGE_WRITE_SCHEMAS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(committed == generated, "docs/events.md differs from the schemas: regenerate it");
+    for s in event_schemas() {
+        assert!(committed.contains(&format!("### `{}` (v{})", s.event_type, s.version)), "{}", s.event_type);
     }
 }
 
