@@ -239,3 +239,48 @@ fn type_of(p: &Value) -> String {
         (None, None) => base,
     }
 }
+
+/// `schemas/asyncapi.yaml`: an AsyncAPI 3 document of the topics — one
+/// channel per aggregate type (`streamforge.events.<type>`), its messages
+/// (one per event type, payload = the envelope, whose `payload` field is
+/// the event's schema file), the Kafka bindings (key = aggregate id,
+/// headers, partitions). Generated; checked by `domain/tests/schemas.rs`.
+pub fn asyncapi_yaml() -> String {
+    let schemas = event_schemas();
+    let mut y = String::new();
+    y.push_str("# Generated from the event types (domain::schema::asyncapi_yaml); do not edit by hand.\n");
+    y.push_str("asyncapi: 3.0.0\ninfo:\n  title: streamforge events\n  version: '1'\n");
+    y.push_str("  description: Every change is an event on the topic of its aggregate type, keyed by aggregate id, as a versioned JSON envelope (docs/envelope.md).\n");
+    y.push_str("defaultContentType: application/json\nchannels:\n");
+    for t in crate::envelope::AGGREGATE_TYPES {
+        y.push_str(&format!("  {t}:\n    address: streamforge.events.{t}\n    messages:\n"));
+        for s in schemas.iter().filter(|s| s.aggregate_type == *t) {
+            y.push_str(&format!("      {}:\n        $ref: '#/components/messages/{}'\n", s.event_type, s.event_type));
+        }
+        y.push_str("    bindings:\n      kafka:\n        topic: streamforge.events.");
+        y.push_str(t);
+        y.push_str("\n        partitions: 6\n        bindingVersion: 0.5.0\n");
+    }
+    y.push_str("operations:\n");
+    for t in crate::envelope::AGGREGATE_TYPES {
+        y.push_str(&format!("  consume_{t}:\n    action: receive\n    channel:\n      $ref: '#/channels/{t}'\n"));
+    }
+    y.push_str("components:\n  messages:\n");
+    for s in &schemas {
+        y.push_str(&format!(
+            "    {name}:\n      name: {name}\n      headers:\n        type: object\n        properties:\n          \
+             event-type:\n            const: {name}\n          event-version:\n            const: '{v}'\n          \
+             envelope-version:\n            const: '1'\n      payload:\n        type: object\n        required: \
+             [event_id, aggregate_type, aggregate_id, sequence, position, event_type, event_version, occurred_at, \
+             payload, metadata]\n        properties:\n          aggregate_type:\n            const: {t}\n          \
+             event_type:\n            const: {name}\n          event_version:\n            const: '{v}'\n          \
+             payload:\n            $ref: '{file}'\n      bindings:\n        kafka:\n          key:\n            \
+             type: string\n            description: the aggregate id\n          bindingVersion: 0.5.0\n",
+            name = s.event_type,
+            v = s.version,
+            t = s.aggregate_type,
+            file = s.path().trim_start_matches("schemas/").replace(".json", ".json"),
+        ));
+    }
+    y
+}

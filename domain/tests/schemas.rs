@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use domain::schema::{event_schemas, events_markdown, full_transitive_compatible};
+use domain::schema::{asyncapi_yaml, event_schemas, events_markdown, full_transitive_compatible};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {
@@ -71,6 +71,25 @@ fn docs_events_md_is_generated_from_the_schemas() {
     assert!(committed == generated, "docs/events.md differs from the schemas: regenerate it");
     for s in event_schemas() {
         assert!(committed.contains(&format!("### `{}` (v{})", s.event_type, s.version)), "{}", s.event_type);
+    }
+}
+
+#[test]
+fn the_asyncapi_document_is_generated_and_names_every_topic_and_message() {
+    let path = root().join("schemas/asyncapi.yaml");
+    let generated = asyncapi_yaml();
+    if std::env::var_os("STREAMFORGE_WRITE_SCHEMAS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(committed == generated, "schemas/asyncapi.yaml differs: regenerate it");
+    for t in domain::envelope::AGGREGATE_TYPES {
+        assert!(committed.contains(&format!("address: streamforge.events.{t}\n")), "{t}");
+    }
+    for s in event_schemas() {
+        let file = s.path().trim_start_matches("schemas/").to_owned();
+        assert!(committed.contains(&format!("$ref: '{file}'")), "{file}");
+        assert!(root().join("schemas").join(&file).exists(), "{file} referenced but absent");
     }
 }
 
