@@ -255,7 +255,10 @@ pub fn asyncapi_yaml() -> String {
     for t in crate::envelope::AGGREGATE_TYPES {
         y.push_str(&format!("  {t}:\n    address: streamforge.events.{t}\n    messages:\n"));
         for s in schemas.iter().filter(|s| s.aggregate_type == *t) {
-            y.push_str(&format!("      {}:\n        $ref: '#/components/messages/{}'\n", s.event_type, s.event_type));
+            y.push_str(&format!(
+                "      {}:\n        $ref: '#/components/messages/{}'\n",
+                s.event_type, s.event_type
+            ));
         }
         y.push_str("    bindings:\n      kafka:\n        topic: streamforge.events.");
         y.push_str(t);
@@ -263,7 +266,9 @@ pub fn asyncapi_yaml() -> String {
     }
     y.push_str("operations:\n");
     for t in crate::envelope::AGGREGATE_TYPES {
-        y.push_str(&format!("  consume_{t}:\n    action: receive\n    channel:\n      $ref: '#/channels/{t}'\n"));
+        y.push_str(&format!(
+            "  consume_{t}:\n    action: receive\n    channel:\n      $ref: '#/channels/{t}'\n"
+        ));
     }
     y.push_str("components:\n  messages:\n");
     for s in &schemas {
