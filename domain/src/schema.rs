@@ -284,7 +284,7 @@ pub fn asyncapi_yaml() -> String {
             name = s.event_type,
             v = s.version,
             t = s.aggregate_type,
-            file = s.path().trim_start_matches("schemas/").replace(".json", ".json"),
+            file = s.path().trim_start_matches("schemas/"),
         ));
     }
     y
