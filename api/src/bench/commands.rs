@@ -424,11 +424,7 @@ async fn prepare_pairs(pool: &PgPool, clients: usize) -> anyhow::Result<Pairs> {
 }
 
 /// The statement the social service's existence check runs.
-const USER_EXISTS: &str =
-    "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                        AND sequence = 1)
-    AND NOT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                    AND event_type = 'RegistrationExpired')";
+const USER_EXISTS: &str = commands::identity::ACCOUNT_EXISTS_SQL;
 
 async fn follow_sql(pool: &PgPool, pairs: &Arc<Pairs>, clients: usize, d: Duration) -> Sample {
     let (pool, pairs) = (pool.clone(), pairs.clone());

@@ -317,7 +317,7 @@ impl AccessService {
             }
             (None, _) => return Err(AccessError::RoleNotFound),
         };
-        if grant && !self.user_exists(user).await? {
+        if grant && !crate::identity::account_exists(&self.pool, user).await? {
             return Err(AccessError::UserNotFound);
         }
         let who = match actor {
@@ -388,18 +388,6 @@ impl AccessService {
         };
         self.grants.execute(&reader.to_string(), cmd, metadata(meta, "ReadHistory", reader)).await?;
         Ok(())
-    }
-
-    async fn user_exists(&self, user: Uuid) -> Result<bool, AccessError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                                AND sequence = 1)
-                AND NOT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                                AND event_type = 'RegistrationExpired')",
-        )
-        .bind(user.to_string())
-        .fetch_one(&self.pool)
-        .await?)
     }
 }
 

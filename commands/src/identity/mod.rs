@@ -95,6 +95,23 @@ impl Default for IdentityConfig {
     }
 }
 
+/// The statement of [`account_exists`] (the plain-SQL side of
+/// `bench commands` runs it too).
+pub const ACCOUNT_EXISTS_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence = 1)
+        AND NOT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
+                        AND event_type = 'RegistrationExpired')";
+
+/// Whether account `user` exists (registered, not expired): the user
+/// stream's first event and the absence of its expiry, read from the store
+/// (the write side), not a read model.
+///
+/// # Errors
+/// Database errors.
+pub async fn account_exists(pool: &PgPool, user: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(ACCOUNT_EXISTS_SQL).bind(user.to_string()).fetch_one(pool).await
+}
+
 /// Flow failures; the api maps each to one status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

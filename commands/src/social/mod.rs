@@ -151,17 +151,8 @@ impl SocialService {
     /// # Errors
     /// `Internal`.
     pub async fn exists(&self, user: Uuid) -> Result<bool, SocialError> {
-        // The user stream's first event and the absence of its expiry,
-        // read from the store (the write side), not a read model.
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                                AND sequence = 1)
-                AND NOT EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
-                                AND event_type = 'RegistrationExpired')",
-        )
-        .bind(user.to_string())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| SocialError::Internal(e.to_string()))
+        crate::identity::account_exists(&self.pool, user)
+            .await
+            .map_err(|e| SocialError::Internal(e.to_string()))
     }
 }
