@@ -314,19 +314,7 @@ impl Viewer {
     /// # Errors
     /// Database errors.
     pub async fn load(pool: &PgPool, user: Uuid, tracks: HashSet<Uuid>) -> Result<Self, sqlx::Error> {
-        let followees: Vec<Uuid> =
-            sqlx::query_scalar("SELECT followee_id FROM feed_follows WHERE follower_id = $1 AND active")
-                .bind(user)
-                .fetch_all(pool)
-                .await?;
-        let hidden: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT blocked_id FROM feed_blocks WHERE blocker_id = $1 AND active
-             UNION SELECT blocker_id FROM feed_blocks WHERE blocked_id = $1 AND active
-             UNION SELECT muted_id FROM feed_mutes WHERE muter_id = $1 AND active",
-        )
-        .bind(user)
-        .fetch_all(pool)
-        .await?;
+        let (followees, hidden) = projections::social::home::reader_view(pool, user).await?;
         Ok(Self {
             user,
             followees: followees.into_iter().collect(),

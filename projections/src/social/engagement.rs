@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::envelope::Envelope;
 use domain::social::comment::CommentEvent;
-use domain::social::engagement::EngagementEvent;
+use domain::social::engagement::{parse_engagement_id, EngagementEvent};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -47,10 +47,7 @@ impl Projector for EngagementProjector {
                 .fetch_optional(pool)
                 .await?
         } else {
-            let Some((user, track)) = aggregate_id.split_once(':') else { return Ok(false) };
-            let (Ok(user), Ok(track)) = (user.parse::<Uuid>(), track.parse::<Uuid>()) else {
-                return Ok(false);
-            };
+            let Some((user, track)) = parse_engagement_id(aggregate_id) else { return Ok(false) };
             sqlx::query_scalar(
                 "SELECT GREATEST((SELECT seq FROM rm_likes WHERE user_id = $1 AND track_id = $2),
                                  (SELECT seq FROM rm_reposts WHERE user_id = $1 AND track_id = $2))",

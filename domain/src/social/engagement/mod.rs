@@ -20,6 +20,12 @@ pub fn engagement_id(user: Uuid, track: Uuid) -> String {
     format!("{user}:{track}")
 }
 
+/// The user and track an [`engagement_id`] names.
+pub fn parse_engagement_id(id: &str) -> Option<(Uuid, Uuid)> {
+    let (user, track) = id.split_once(':')?;
+    Some((user.parse().ok()?, track.parse().ok()?))
+}
+
 /// Commands on an [`Engagement`]; each is idempotent (asking for what
 /// already holds appends nothing).
 #[derive(Debug, Clone)]

@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::catalog::track::{TrackEvent, Visibility};
 use domain::envelope::Envelope;
-use domain::social::engagement::EngagementEvent;
+use domain::social::engagement::{parse_engagement_id, EngagementEvent};
 use domain::social::relationship::{parse_pair_id, RelationshipEvent};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -129,10 +129,7 @@ impl Projector for HomeFeedProjector {
                 if kind.as_deref().is_some_and(|k| !k.contains("Repost")) {
                     return Ok(true);
                 }
-                let Some((user, track)) = aggregate_id.split_once(':') else { return Ok(false) };
-                let (Ok(user), Ok(track)) = (user.parse::<Uuid>(), track.parse::<Uuid>()) else {
-                    return Ok(false);
-                };
+                let Some((user, track)) = parse_engagement_id(aggregate_id) else { return Ok(false) };
                 sqlx::query_scalar("SELECT seq FROM feed_reposts WHERE user_id = $1 AND track_id = $2")
                     .bind(user)
                     .bind(track)
@@ -522,5 +519,5 @@ async fn count_inserted(conn: &mut PgConnection, readers: &[Uuid]) -> Result<(),
 mod page;
 mod rebuild;
 
-pub use page::{home_page, FeedRow};
+pub use page::{home_page, reader_view, FeedRow};
 pub use rebuild::rebuild_user_feed;

@@ -5,6 +5,32 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// Users `$1` does not see in a feed: those they block or mute and those
+/// who block them (the home feed's copies of the edges). One column,
+/// `other`.
+macro_rules! hidden_sql {
+    () => {
+        "SELECT blocked_id AS other FROM feed_blocks WHERE blocker_id = $1 AND active
+         UNION SELECT blocker_id FROM feed_blocks WHERE blocked_id = $1 AND active
+         UNION SELECT muted_id FROM feed_mutes WHERE muter_id = $1 AND active"
+    };
+}
+
+/// `reader`'s followees and the users hidden from them (see
+/// [`home_page`]'s filters), for a live connection's view.
+///
+/// # Errors
+/// Database errors.
+pub async fn reader_view(pool: &PgPool, reader: Uuid) -> Result<(Vec<Uuid>, Vec<Uuid>), sqlx::Error> {
+    let followees =
+        sqlx::query_scalar("SELECT followee_id FROM feed_follows WHERE follower_id = $1 AND active")
+            .bind(reader)
+            .fetch_all(pool)
+            .await?;
+    let hidden = sqlx::query_scalar(hidden_sql!()).bind(reader).fetch_all(pool).await?;
+    Ok((followees, hidden))
+}
+
 /// One item of a home feed page.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FeedRow {
@@ -43,11 +69,10 @@ pub async fn home_page(
     limit: i64,
 ) -> Result<Vec<FeedRow>, sqlx::Error> {
     let (after_at, after_id) = cursor.map_or((None, None), |(a, i)| (Some(a), Some(i)));
-    sqlx::query_as(
-        "WITH hidden AS (
-             SELECT blocked_id AS other FROM feed_blocks WHERE blocker_id = $1 AND active
-             UNION SELECT blocker_id FROM feed_blocks WHERE blocked_id = $1 AND active
-             UNION SELECT muted_id FROM feed_mutes WHERE muter_id = $1 AND active),
+    sqlx::query_as(concat!(
+        "WITH hidden AS (",
+        hidden_sql!(),
+        "),
          moderated AS (
              SELECT subject_id AS id FROM rm_moderation_state
              WHERE (subject_type = 'track' AND hidden) OR (subject_type = 'user' AND suspended_until > now())),
@@ -92,8 +117,8 @@ pub async fn home_page(
          FROM page p
          JOIN feed_tracks t ON t.track_id = p.track_id
          LEFT JOIN rm_track_stats s ON s.track_id = p.track_id
-         ORDER BY p.at DESC, p.item_id DESC",
-    )
+         ORDER BY p.at DESC, p.item_id DESC"
+    ))
     .bind(reader)
     .bind(after_at)
     .bind(after_id)
