@@ -202,7 +202,17 @@ impl App {
             catalog: self.catalog.clone(),
             engagement: self.engagement.clone(),
             consistency_wait: Duration::from_millis(self.settings.consistency_wait_ms),
+            replay: self.replay_runner(),
         })
+    }
+
+    /// A runner over every projector, the home feed's included, for shadow
+    /// rebuilds (`streamforge replay`, the rebuild endpoint); it never runs
+    /// a feed.
+    pub fn replay_runner(&self) -> ProjectionRunner {
+        let mut all = Self::projectors();
+        all.push(Arc::new(self.home_feed_projector()));
+        ProjectionRunner::new(self.pool.clone(), all)
     }
 
     /// Every projector of the read models, in the order they run.

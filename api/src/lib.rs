@@ -20,6 +20,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+pub mod replay;
 pub mod revocations;
 pub mod routes;
 pub mod state;

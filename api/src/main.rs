@@ -1,6 +1,7 @@
 //! `streamforge` — one binary, one role per subcommand:
 //! `serve` (default: HTTP + relay + projector + notifier), `api`, `relay`,
-//! `project`, `notify`, `migrate`; and `bench <name>` / `seed --users N` /
+//! `project`, `notify`, `migrate`; `replay <projector>|--all`, `topics`,
+//! `admin grant|revoke`; and `bench <name>` / `seed --users N` /
 //! `chaos load|verify|replay-check` (measurements and fault tests,
 //! `docs/performance.md`).
 
@@ -56,6 +57,15 @@ enum Command {
     Chaos {
         #[command(subcommand)]
         action: ChaosAction,
+    },
+    /// Rebuild read models into shadow tables and swap them in while the
+    /// live ones keep serving and consuming (progress bar on stderr).
+    Replay {
+        /// The projector (names: `GET /api/admin/projections`).
+        name: Option<String>,
+        /// Every projector, one after the other.
+        #[arg(long)]
+        all: bool,
     },
     /// The topics (partitions, messages held, retention) and each consumer
     /// group's lag on them (needs KAFKA_BROKERS).
@@ -178,6 +188,10 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Chaos { action } => return chaos(action, &cli.settings).await,
+        Command::Replay { name, all } => {
+            let app = App::build(cli.settings).await?;
+            return api::replay::replay_command(&app, name.as_deref(), all).await;
+        }
         Command::Migrate => {
             let pool = projections::db::connect(&cli.settings.database_url).await?;
             pool.close().await;

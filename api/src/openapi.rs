@@ -49,7 +49,7 @@ use crate::routes::{auth, challenges, meta, users};
         crate::routes::admin::moderation::take_action, crate::routes::admin::moderation::audit,
         crate::routes::admin::moderation::subject_history,
         crate::routes::admin::history::list_events, crate::routes::admin::history::aggregate_as_of,
-        crate::routes::admin::projections::status, crate::routes::admin::history::event_types,
+        crate::routes::admin::projections::status, crate::routes::admin::projections::rebuild, crate::routes::admin::history::event_types,
         crate::routes::passkeys::register_start, crate::routes::passkeys::register_finish, crate::routes::passkeys::login_start, crate::routes::passkeys::login_finish, crate::routes::passkeys::list_passkeys, crate::routes::passkeys::delete_passkey,
     ),
     components(schemas(crate::error::ErrorBody, auth::TokenResponse, auth::SecondFactorResponse)),

@@ -34,4 +34,7 @@ pub struct AppState {
     pub catalog: Arc<commands::catalog::CatalogService>,
     /// Longest read-your-writes wait (`CONSISTENCY_WAIT_MS`).
     pub consistency_wait: std::time::Duration,
+    /// Every projector (the home feed's included), for shadow rebuilds
+    /// (`POST /api/admin/projections/{name}/rebuild`).
+    pub replay: projections::runtime::ProjectionRunner,
 }

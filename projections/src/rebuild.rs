@@ -219,7 +219,8 @@ pub async fn aggregate_types<'e, E: PgExecutor<'e>>(executor: E) -> Result<Vec<S
     .await
 }
 
-const COLUMNS: &str = "SELECT event_id, aggregate_type, aggregate_id, sequence, position, event_type, \
+pub(crate) const COLUMNS: &str =
+    "SELECT event_id, aggregate_type, aggregate_id, sequence, position, event_type, \
      event_version, recorded_at, payload::text, metadata::text FROM events";
 
 /// The statement that reads the next events of a rebuild: binds `$1`
@@ -234,7 +235,7 @@ pub fn read_streams_sql(first: bool) -> String {
     )
 }
 
-fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
+pub(crate) fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
         event_id: row.try_get(0)?,
         aggregate_type: row.try_get(1)?,

@@ -36,7 +36,11 @@ use crate::rebuild::{self, Horizon, RebuildChunk, StreamReader};
 pub use projector::{Checkpoints, PerEventRebuild, Projector};
 
 mod checkpoints;
+mod parking;
 mod projector;
+mod shadow;
+
+pub use shadow::{ReplayGuard, ReplayOptions, ReplayProgress, ReplayStats};
 
 use checkpoints::{
     apply_many, apply_one, store_rebuilt_checkpoints, STORE_REBUILT_CHECKPOINTS, STORE_REPLAYED_CHECKPOINTS,
@@ -170,6 +174,8 @@ pub struct ProjectionRunner {
     pool: PgPool,
     projectors: Vec<Arc<dyn Projector>>,
     options: RunOptions,
+    /// Projectors parked on a failing event ([`parking`]).
+    parked: parking::ParkedSet,
 }
 
 impl fmt::Debug for ProjectionRunner {
@@ -184,7 +190,7 @@ impl fmt::Debug for ProjectionRunner {
 impl ProjectionRunner {
     /// A runner over `projectors` with default [`RunOptions`].
     pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>) -> Self {
-        Self { pool, projectors, options: RunOptions::default() }
+        Self { pool, projectors, options: RunOptions::default(), parked: parking::ParkedSet::default() }
     }
 
     /// Replaces the [`RunOptions`] used by [`ProjectionRunner::run`].
@@ -258,6 +264,43 @@ impl ProjectionRunner {
             outcome += result?;
         }
         Ok(outcome)
+    }
+
+    /// [`ProjectionRunner::apply_batch`] as [`ProjectionRunner::run`] does
+    /// it: parked projectors get nothing, and a projector that fails on an
+    /// envelope for a reason that is not transient is parked
+    /// ([`parking`]) while the others' changes stand.
+    ///
+    /// # Errors
+    /// A transient failure (the first, in projector order): the step is
+    /// then retried whole (the others skip what they committed).
+    async fn apply_batch_parking(&self, batch: &[Envelope]) -> Result<Applied, RunError> {
+        let active: Vec<&dyn Projector> =
+            self.projectors.iter().map(|p| p.as_ref()).filter(|p| !self.parked.contains(p.name())).collect();
+        let results = futures::future::join_all(active.iter().filter_map(|projector| {
+            let mine: Vec<&Envelope> =
+                batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
+            (!mine.is_empty())
+                .then_some(async move { (*projector, self.apply_projector_batch(*projector, mine).await) })
+        }))
+        .await;
+        let mut outcome = Applied::default();
+        let mut transient = None;
+        for (projector, result) in results {
+            match result {
+                Ok(applied) => outcome += applied,
+                Err(error) if !parking::is_transient(&error) => {
+                    self.park(projector, &error, self.options.min_backoff).await;
+                }
+                Err(error) => {
+                    transient.get_or_insert(error);
+                }
+            }
+        }
+        match transient {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 
     /// [`ProjectionRunner::apply_batch`] for one projector: one transaction,
@@ -358,6 +401,9 @@ impl ProjectionRunner {
         let mut backoff = options.min_backoff;
         // When the oldest applied but unacknowledged batch was applied.
         let mut uncommitted: Option<tokio::time::Instant> = None;
+        if let Err(error) = self.load_parked().await {
+            tracing::warn!(error = %error, "parked projectors not loaded");
+        }
         loop {
             if *shutdown.borrow_and_update() {
                 break;
@@ -402,9 +448,16 @@ impl ProjectionRunner {
     /// handles, events applied, a smoothed events/s) and clears a recorded
     /// failure: the status page's source (issue 18).
     async fn record_progress(&self, batch: &[Envelope]) -> Result<(), sqlx::Error> {
+        let active: Vec<&'static str> =
+            self.projectors.iter().map(|p| p.name()).filter(|n| !self.parked.contains(n)).collect();
+        self.record_progress_of(&active, batch).await
+    }
+
+    /// [`ProjectionRunner::record_progress`] for the projectors `only`.
+    async fn record_progress_of(&self, only: &[&'static str], batch: &[Envelope]) -> Result<(), sqlx::Error> {
         let (mut names, mut positions, mut times, mut counts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for projector in &self.projectors {
+        for projector in self.projectors.iter().filter(|p| only.contains(&p.name())) {
             let mine = batch.iter().filter(|e| projector.handles(&e.aggregate_type));
             let (n, last) = mine.fold((0_i64, None::<&Envelope>), |(n, last), e| {
                 (n + 1, Some(last.filter(|l| l.position >= e.position).unwrap_or(e)))
@@ -479,8 +532,9 @@ impl ProjectionRunner {
     ) -> Result<usize, RunError> {
         let options = self.options;
         let batch = feed.next_batch(options.batch_size, options.max_wait).await?;
+        self.retry_parked().await;
         if !batch.is_empty() {
-            self.apply_batch(&batch).await?;
+            self.apply_batch_parking(&batch).await?;
             uncommitted.get_or_insert_with(tokio::time::Instant::now);
             if let Err(error) = self.record_progress(&batch).await {
                 tracing::warn!(error = %error, "projection status not recorded");
@@ -545,7 +599,7 @@ impl ProjectionRunner {
         let mut stats = RebuildStats::default();
         while let Some(chunk) = received.recv().await {
             let chunk = chunk?;
-            if write_chunk(&self.pool, projector.as_ref(), &chunk).await? {
+            if write_chunk(&self.pool, projector.as_ref(), &chunk, None).await? {
                 stats.replayed_chunks += 1;
             }
             stats.chunks += 1;
@@ -607,14 +661,21 @@ async fn read_chunks(
 /// Writes one rebuild chunk with its checkpoints in one transaction:
 /// set-based through [`Projector::rebuild_chunk`], or — when that fails —
 /// replayed through [`Projector::apply`] one event at a time in a new
-/// transaction. Returns whether it had to replay.
+/// transaction. Returns whether it had to replay. With `search_path`, each
+/// transaction sets it first (a shadow rebuild's tables).
 async fn write_chunk(
     pool: &PgPool,
     projector: &dyn Projector,
     chunk: &RebuildChunk,
+    search_path: Option<&str>,
 ) -> Result<bool, RunError> {
+    let set_path =
+        |path: &str| sqlx::query("SELECT set_config('search_path', $1, true)").bind(path.to_owned());
     let set_based = async {
         let mut tx = pool.begin().await?;
+        if let Some(path) = search_path {
+            set_path(path).execute(&mut *tx).await?;
+        }
         projector.rebuild_chunk(&mut tx, chunk).await?;
         if projector.checkpoints() == Checkpoints::PerAggregate {
             store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REBUILT_CHECKPOINTS).await?;
@@ -631,6 +692,9 @@ async fn write_chunk(
         "rebuild chunk failed; replaying it event by event"
     );
     let mut tx = pool.begin().await?;
+    if let Some(path) = search_path {
+        set_path(path).execute(&mut *tx).await?;
+    }
     for event in chunk.events() {
         let applied = async {
             let envelope = event.to_envelope()?;

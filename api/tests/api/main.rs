@@ -20,6 +20,7 @@ mod live;
 mod moderation;
 mod passkeys;
 mod phone;
+mod replay;
 mod sessions;
 mod social;
 mod tracks;

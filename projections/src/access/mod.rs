@@ -91,9 +91,8 @@ impl Projector for AccessProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_roles, rm_user_roles").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_roles", "rm_user_roles"]
     }
 }
 

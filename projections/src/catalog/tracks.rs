@@ -94,9 +94,8 @@ impl Projector for TracksProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_tracks").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_tracks"]
     }
 }
 

@@ -70,9 +70,8 @@ impl Projector for ChallengesProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_challenges").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_challenges"]
     }
 }
 

@@ -73,8 +73,7 @@ impl Projector for PinsProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_device_pins").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_device_pins"]
     }
 }

@@ -152,9 +152,8 @@ impl Projector for ProfilesProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_profiles").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_profiles"]
     }
 
     /// Set-based: folds each user stream into its final `rm_profiles` row

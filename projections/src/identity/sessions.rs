@@ -128,9 +128,8 @@ impl Projector for SessionsProjector {
         started.insert(&mut *conn, true).await
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_sessions").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_sessions"]
     }
 
     /// Set-based: folds each session stream into its final `rm_sessions`

@@ -147,9 +147,8 @@ impl Projector for ModerationProjector {
         }
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_reports, rm_moderation_state, rm_moderation_audit").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_reports", "rm_moderation_state", "rm_moderation_audit"]
     }
 }
 

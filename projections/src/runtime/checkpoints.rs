@@ -65,6 +65,21 @@ pub(super) const STORE_REPLAYED_CHECKPOINTS: &str = "INSERT INTO projection_chec
      ON CONFLICT (projector, aggregate_type, aggregate_id) \
      DO UPDATE SET sequence = GREATEST(projection_checkpoints.sequence, EXCLUDED.sequence)";
 
+/// Taken (shared) by every live transaction of a projector, as its first
+/// statement: a shadow rebuild's swap takes the same key exclusively
+/// ([`SWAP_LOCK`]) to stop the projector's live writers on every node
+/// while it catches up and swaps. `$1` the projector's name; key space
+/// 1801 (issue 18).
+pub(super) const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1801, hashtext($1))";
+
+/// The exclusive side of [`WRITE_LOCK`], taken by a swap.
+pub(super) const SWAP_LOCK: &str = "SELECT pg_advisory_xact_lock(1801, hashtext($1))";
+
+async fn write_lock(conn: &mut PgConnection, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+    sqlx::query(WRITE_LOCK).bind(projector.name()).execute(conn).await?;
+    Ok(())
+}
+
 pub(super) async fn store_rebuilt_checkpoints(
     conn: &mut PgConnection,
     projector: &str,
@@ -89,6 +104,7 @@ pub(super) async fn apply_one(
     envelope: &Envelope,
 ) -> Result<bool, ProjectionError> {
     let mut tx = pool.begin().await?;
+    write_lock(&mut tx, projector).await?;
     if projector.checkpoints() == Checkpoints::InReadModel {
         projector.apply(&mut tx, envelope).await?;
         tx.commit().await?;
@@ -128,17 +144,33 @@ pub(super) async fn apply_many(
     projector: &dyn Projector,
     envelopes: &[&Envelope],
 ) -> Result<Applied, ProjectionError> {
-    if projector.checkpoints() == Checkpoints::InReadModel {
-        let mut tx = pool.begin().await?;
-        projector.apply_many(&mut tx, envelopes).await?;
+    let mut tx = pool.begin().await?;
+    write_lock(&mut tx, projector).await?;
+    let outcome = apply_many_in(&mut tx, projector, envelopes).await?;
+    if outcome.applied == 0 {
+        tx.rollback().await?;
+    } else {
         tx.commit().await?;
+    }
+    Ok(outcome)
+}
+
+/// [`apply_many`] inside the caller's transaction (no lock, no commit): the
+/// live path above, and a shadow rebuild's catch-up, whose `search_path`
+/// sends the writes — checkpoints included — to the shadow tables.
+pub(super) async fn apply_many_in(
+    tx: &mut PgConnection,
+    projector: &dyn Projector,
+    envelopes: &[&Envelope],
+) -> Result<Applied, ProjectionError> {
+    if projector.checkpoints() == Checkpoints::InReadModel {
+        projector.apply_many(&mut *tx, envelopes).await?;
         return Ok(Applied { applied: envelopes.len(), skipped: 0 });
     }
     let mut keys: Vec<(&str, &str)> =
         envelopes.iter().map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str())).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut tx = pool.begin().await?;
     let locked: Vec<(String, String, i64)> = sqlx::query_as(LOCK_CHECKPOINTS)
         .bind(projector.name())
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
@@ -185,10 +217,9 @@ pub(super) async fn apply_many(
         outcome.applied += 1;
     }
     if !fresh.is_empty() {
-        projector.apply_many(&mut tx, &fresh).await?;
+        projector.apply_many(&mut *tx, &fresh).await?;
     }
     if outcome.applied == 0 {
-        tx.rollback().await?;
         return Ok(outcome);
     }
     let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
@@ -206,6 +237,5 @@ pub(super) async fn apply_many(
         .bind(sequences)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(outcome)
 }

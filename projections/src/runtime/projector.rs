@@ -102,12 +102,26 @@ pub trait Projector: Send + Sync {
         Ok(())
     }
 
-    /// Empties the read model (before a rebuild), in the transaction that
-    /// also deletes the projector's checkpoints.
+    /// The tables of the read model, unqualified (they live in the
+    /// connection's `search_path`): the tables [`Projector::reset`]
+    /// empties and a shadow rebuild ([`crate::replay`]) copies, fills and
+    /// swaps in. Every statement of the projector must name its tables
+    /// unqualified, so that a shadow rebuild's `search_path` redirects it.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Empties the read model (before an in-place rebuild), in the
+    /// transaction that also deletes the projector's checkpoints. The
+    /// default truncates [`Projector::tables`].
     ///
     /// # Errors
     /// [`ProjectionError`]; the reset is then rolled back.
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        let tables = self.tables();
+        if !tables.is_empty() {
+            sqlx::query(&format!("TRUNCATE {}", tables.join(", "))).execute(conn).await?;
+        }
+        Ok(())
+    }
 
     /// Rebuild entry point: brings the read model up to date with the
     /// complete streams of `chunk` (every settled event of each aggregate,
@@ -161,6 +175,10 @@ impl Projector for PerEventRebuild {
 
     fn checkpoints(&self) -> Checkpoints {
         self.0.checkpoints()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
     }
 
     async fn has_applied(

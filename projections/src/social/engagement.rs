@@ -107,11 +107,8 @@ impl Projector for EngagementProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_likes, rm_reposts, rm_comments, rm_track_stats, rm_user_likes")
-            .execute(conn)
-            .await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_likes", "rm_reposts", "rm_comments", "rm_track_stats", "rm_user_likes"]
     }
 }
 

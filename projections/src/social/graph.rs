@@ -107,9 +107,8 @@ impl Projector for GraphProjector {
         set_edge(conn, edge, from, to, active, at, env.sequence).await
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_follows, rm_blocks, rm_mutes, rm_user_stats").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_follows", "rm_blocks", "rm_mutes", "rm_user_stats"]
     }
 }
 

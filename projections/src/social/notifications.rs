@@ -292,9 +292,8 @@ impl Projector for NotificationsProjector {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query("TRUNCATE rm_notifications, rm_notification_reads").execute(conn).await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_notifications", "rm_notification_reads"]
     }
 }
 

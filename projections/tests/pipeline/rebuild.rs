@@ -40,6 +40,9 @@ impl Projector for PerEvent {
     fn handles(&self, aggregate_type: &str) -> bool {
         self.0.handles(aggregate_type)
     }
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
+    }
     async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
         self.0.apply(conn, envelope).await
     }
@@ -427,6 +430,9 @@ impl Projector for RacedByLive {
     }
     fn handles(&self, aggregate_type: &str) -> bool {
         self.inner.handles(aggregate_type)
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
     }
     async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
         self.inner.apply(conn, envelope).await

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("GET", "/api/admin/events", Permission::AdminAuditRead),
     ("GET", "/api/admin/aggregates/{kind}/{id}", Permission::AdminAuditRead),
     ("GET", "/api/admin/projections", Permission::AdminReplay),
+    ("POST", "/api/admin/projections/{name}/rebuild", Permission::AdminReplay),
     ("GET", "/api/admin/event-types", Permission::AdminAuditRead),
     ("GET", "/api/moderation/reports", Permission::ModerationReportsRead),
     ("POST", "/api/moderation/actions", Permission::ModerationReportsRead),

@@ -158,14 +158,17 @@ impl Projector for HomeFeedProjector {
         }
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query(
-            "TRUNCATE feed_follows, feed_blocks, feed_mutes, feed_authors, feed_tracks, feed_reposts,
-                      feed_items, feed_sizes",
-        )
-        .execute(conn)
-        .await?;
-        Ok(())
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "feed_follows",
+            "feed_blocks",
+            "feed_mutes",
+            "feed_authors",
+            "feed_tracks",
+            "feed_reposts",
+            "feed_items",
+            "feed_sizes",
+        ]
     }
 }
 
