@@ -12,6 +12,7 @@ pub mod moderation;
 pub mod schema;
 pub mod services;
 pub mod social;
+pub mod upcast;
 pub mod values;
 
 pub use identity::{otp, passkey, pin, session, throttle, totp, user};
