@@ -368,7 +368,12 @@ impl App {
             return Ok(());
         };
         let producer = workers::kafka::producer(brokers)?;
-        Relay::new(self.pool.clone(), producer, self.settings.kafka_topic_prefix.clone()).run(shutdown).await;
+        let pseudonyms =
+            commands::keys::SubjectPseudonyms::derive(&self.keys, &self.settings.analytics_subject_key_id);
+        Relay::new(self.pool.clone(), producer, self.settings.kafka_topic_prefix.clone())
+            .with_pseudonyms(pseudonyms)
+            .run(shutdown)
+            .await;
         Ok(())
     }
 

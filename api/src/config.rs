@@ -29,6 +29,13 @@ pub struct Settings {
     /// Topic prefix; topic = prefix + aggregate type.
     #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = domain::envelope::DEFAULT_TOPIC_PREFIX)]
     pub kafka_topic_prefix: String,
+    /// Key id of the pseudonymous subject ids on the topics (issue 18,
+    /// docs/envelope.md "Subject"): the key is derived from the master key
+    /// and this id; a new id rotates every subject (published as
+    /// `subject_key`). One relay per analyst audience, each with its own
+    /// `KAFKA_TOPIC_PREFIX` and key id, keeps audiences from joining ids.
+    #[arg(long, env = "ANALYTICS_SUBJECT_KEY_ID", default_value = "1")]
+    pub analytics_subject_key_id: String,
     /// Consumer `fetch.wait.max.ms` (milliseconds).
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 5)]
     pub kafka_fetch_wait_max_ms: u32,

@@ -93,7 +93,7 @@ where
     pub fn new(pool: PgPool, services: A::Services) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
         Self {
-            store: PersistedEventStore::new_event_store(repo),
+            store: PersistedEventStore::new_event_store(repo).with_upcasters(domain::upcast::upcasters()),
             tail: |_| Tail::All,
             pool,
             services,
@@ -136,7 +136,7 @@ where
             }
             q.push("(SELECT ");
             q.push_bind(i32::try_from(i).unwrap_or(i32::MAX));
-            q.push(" AS k, sequence, payload FROM events WHERE aggregate_type = ");
+            q.push(" AS k, sequence, event_type, event_version, payload FROM events WHERE aggregate_type = ");
             q.push_bind(A::TYPE);
             q.push(" AND aggregate_id = ");
             q.push_bind(*id);
@@ -166,11 +166,13 @@ where
             q.push(")");
         }
         q.push(" ORDER BY k, sequence");
-        let rows: Vec<(i32, i64, serde_json::Value)> =
+        let rows: Vec<(i32, i64, String, String, serde_json::Value)> =
             q.build_query_as().fetch_all(&self.pool).await.map_err(|e| ExecError::Store(e.to_string()))?;
         let mut contexts: Vec<EventStoreAggregateContext<A>> =
             ids.iter().map(|id| empty_context(id)).collect();
-        for (k, sequence, payload) in rows {
+        for (k, sequence, event_type, event_version, payload) in rows {
+            // Older versions through the upcasters, as cqrs-es loads them.
+            let (_, payload) = domain::upcast::upcast(&event_type, &event_version, payload);
             let ctx = usize::try_from(k)
                 .ok()
                 .and_then(|k| contexts.get_mut(k))

@@ -156,7 +156,8 @@ pub async fn fold_as_of(
 fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<Value, HistoryError> {
     let mut state = A::default();
     for e in events {
-        let event: A::Event = serde_json::from_value(e.payload.clone())
+        let (_, payload) = domain::upcast::upcast(&e.event_type, &e.event_version, e.payload.clone());
+        let event: A::Event = serde_json::from_value(payload)
             .map_err(|err| HistoryError::Decode(format!("{} #{}: {err}", e.event_type, e.sequence)))?;
         state.apply(event);
     }

@@ -82,6 +82,47 @@ impl Keyring {
     }
 }
 
+/// Pseudonymous subject ids for the analysts' topics (issue 18; docs/
+/// envelope.md "Subject"): `subject = hex(HMAC-SHA256(K, user id))`, 64
+/// lower-case hex characters, stable for one key and unlinkable to the
+/// user id without it. `K` is derived from the server's keyring and a key
+/// id (`ANALYTICS_SUBJECT_KEY_ID`): a new key id rotates every subject at
+/// once (published beside it as `subject_key`), and a relay per analyst
+/// audience (its own `KAFKA_TOPIC_PREFIX` and key id) gives each audience
+/// ids that do not join with another's.
+#[derive(Clone)]
+pub struct SubjectPseudonyms {
+    key_id: String,
+    key: Secret32,
+}
+
+impl std::fmt::Debug for SubjectPseudonyms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectPseudonyms").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl SubjectPseudonyms {
+    /// The pseudonyms of key id `key_id` (any short string, e.g. `2026-12`).
+    pub fn derive(keys: &Keyring, key_id: &str) -> Self {
+        let hex = hmac_hex(&keys.lookup, &[b"streamforge/v1 analytics-subject:", key_id.as_bytes()]);
+        let mut key = [0u8; 32];
+        // 64 hex characters always decode into 32 bytes.
+        let _ = hex::decode_to_slice(hex, &mut key);
+        Self { key_id: key_id.to_owned(), key: Secret32(key) }
+    }
+
+    /// The key id published as `subject_key`.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The pseudonymous id of `user_id` (64 lower-case hex characters).
+    pub fn subject(&self, user_id: &uuid::Uuid) -> String {
+        hmac_hex(&self.key, &[user_id.as_bytes()])
+    }
+}
+
 /// HMAC-SHA256 of `parts` concatenated, as lower-case hex.
 pub fn hmac_hex(key: &Secret32, parts: &[&[u8]]) -> String {
     use hmac::{Hmac, Mac};

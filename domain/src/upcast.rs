@@ -88,6 +88,13 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     Vec::new()
 }
 
+/// Whether a stored `event_type` at `event_version` goes through an
+/// upcaster (it is not at its current version): readers that decode the
+/// stored text directly take their fast path only when this is `false`.
+pub fn has_upcaster(event_type: &str, event_version: &str) -> bool {
+    registry().iter().any(|u| u.can_upcast(event_type, event_version))
+}
+
 /// [`upcasters`], built once for [`upcast`] and [`upcast_envelope`].
 fn registry() -> &'static [Box<dyn EventUpcaster>] {
     static REGISTRY: OnceLock<Vec<Box<dyn EventUpcaster>>> = OnceLock::new();

@@ -398,7 +398,8 @@ impl KafkaFeed {
             return None;
         };
         match serde_json::from_slice::<Envelope>(value) {
-            Ok(envelope) => Some(envelope),
+            // Topics carry the stored version; readers see the current one.
+            Ok(envelope) => Some(domain::upcast::upcast_envelope(envelope)),
             Err(error) => {
                 tracing::warn!(
                     topic, partition, offset, error = %error,

@@ -75,7 +75,8 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// The [`Envelope`] of this event, exactly as the feeds deliver it
-    /// (`Envelope::from_stored`).
+    /// (`Envelope::from_stored`, then the upcasters of
+    /// [`domain::upcast`] for an older version).
     ///
     /// # Errors
     /// [`ProjectionError::Decode`] when the payload or metadata text is not
@@ -88,7 +89,7 @@ impl StoredEvent {
         };
         let payload: serde_json::Value = serde_json::from_str(&self.payload).map_err(decode_error)?;
         let metadata: serde_json::Value = serde_json::from_str(&self.metadata).map_err(decode_error)?;
-        Ok(Envelope::from_stored(
+        Ok(domain::upcast::upcast_envelope(Envelope::from_stored(
             self.event_id,
             self.aggregate_type.clone(),
             self.aggregate_id.clone(),
@@ -99,7 +100,7 @@ impl StoredEvent {
             self.occurred_at,
             payload,
             metadata,
-        ))
+        )))
     }
 
     /// Decodes the payload into the event enum `E`, with the same result as
@@ -111,8 +112,9 @@ impl StoredEvent {
     /// # Errors
     /// [`ProjectionError::Decode`] when the payload does not match `E`.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, ProjectionError> {
+        let current = !domain::upcast::has_upcaster(&self.event_type, &self.event_version);
         match serde_json::from_str::<E>(&self.payload) {
-            Ok(event) if event.event_type() == self.event_type => Ok(event),
+            Ok(event) if current && event.event_type() == self.event_type => Ok(event),
             _ => {
                 let envelope = self.to_envelope()?;
                 envelope.decode().map_err(|e| ProjectionError::decode(&envelope, e))

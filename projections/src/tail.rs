@@ -96,7 +96,7 @@ pub fn read_after_sql(filtered: bool) -> String {
 
 fn envelope_from_row(row: &PgRow) -> Result<(Cursor, Envelope), sqlx::Error> {
     let cursor = Cursor { txid: row.try_get("cursor_txid")?, position: row.try_get("position")? };
-    let envelope = Envelope::from_stored(
+    let envelope = domain::upcast::upcast_envelope(Envelope::from_stored(
         row.try_get::<Uuid, _>("event_id")?,
         row.try_get("aggregate_type")?,
         row.try_get("aggregate_id")?,
@@ -107,7 +107,7 @@ fn envelope_from_row(row: &PgRow) -> Result<(Cursor, Envelope), sqlx::Error> {
         row.try_get::<DateTime<Utc>, _>("recorded_at")?,
         row.try_get::<serde_json::Value, _>("payload")?,
         row.try_get::<serde_json::Value, _>("metadata")?,
-    );
+    ));
     Ok((cursor, envelope))
 }
 
@@ -132,6 +132,45 @@ pub struct EncodedEnvelope {
     pub event_version: String,
     /// The envelope, JSON bytes.
     pub value: Vec<u8>,
+    /// The user the event concerns ([`subject_of`]), for the relay's
+    /// pseudonymous `subject` (issue 18); never published as is.
+    pub subject: Option<Uuid>,
+}
+
+/// The user an event concerns, for the analysts' pseudonymous subject id
+/// (docs/envelope.md "Subject"): the acting user (`metadata.actor`) when
+/// there is one; else the aggregate id of the streams kept per user
+/// (`user`, `passkeys`, `totp`, `access`); else the payload's `user_id`,
+/// `owner_id` or `author_id`. `None` for events that concern no user (a
+/// throttle, an expired registration's reservation, …). `payload` is the
+/// untagged payload text, `metadata` the metadata text.
+pub fn subject_of(aggregate_type: &str, aggregate_id: &str, payload: &str, metadata: &str) -> Option<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        actor: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Owner {
+        user_id: Option<serde_json::Value>,
+        owner_id: Option<serde_json::Value>,
+        author_id: Option<serde_json::Value>,
+    }
+    let parse = |s: &str| Uuid::parse_str(s).ok();
+    if let Some(actor) = serde_json::from_str::<Meta>(metadata).ok().and_then(|m| m.actor) {
+        if let Some(id) = parse(&actor) {
+            return Some(id);
+        }
+    }
+    if matches!(aggregate_type, "user" | "passkeys" | "totp" | "access") {
+        if let Some(id) = parse(aggregate_id) {
+            return Some(id);
+        }
+    }
+    let owner = serde_json::from_str::<Owner>(payload).ok()?;
+    [owner.user_id, owner.owner_id, owner.author_id]
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.as_str().and_then(parse))
 }
 
 /// Like [`read_after`] (unfiltered), but returns each envelope encoded
@@ -202,7 +241,17 @@ fn encoded_from_row(row: &PgRow) -> Result<EncodedEnvelope, sqlx::Error> {
     value.extend_from_slice(b",\"metadata\":");
     value.extend_from_slice(metadata.as_bytes());
     value.push(b'}');
-    Ok(EncodedEnvelope { cursor, aggregate_type, aggregate_id, sequence, event_type, event_version, value })
+    let subject = subject_of(&aggregate_type, &aggregate_id, &payload, metadata);
+    Ok(EncodedEnvelope {
+        cursor,
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type,
+        event_version,
+        value,
+        subject,
+    })
 }
 
 /// The payload text inside postgres-es' tag: `{"<event_type>": X}` → `X`

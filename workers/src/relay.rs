@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use commands::keys::SubjectPseudonyms;
 use domain::envelope::ENVELOPE_SCHEMA_VERSION;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -265,6 +266,8 @@ pub struct Relay {
     topic_prefix: String,
     checkpoint: String,
     options: RelayOptions,
+    /// Pseudonymous subject ids (issue 18), when configured.
+    pseudonyms: Option<SubjectPseudonyms>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -315,7 +318,15 @@ impl Relay {
             topic_prefix: topic_prefix.into(),
             checkpoint: DEFAULT_CHECKPOINT.to_owned(),
             options: RelayOptions::default(),
+            pseudonyms: None,
         }
+    }
+
+    /// Adds the pseudonymous `subject` and its `subject_key` to every
+    /// envelope that concerns a user (docs/envelope.md "Subject").
+    pub fn with_pseudonyms(mut self, pseudonyms: SubjectPseudonyms) -> Self {
+        self.pseudonyms = Some(pseudonyms);
+        self
     }
 
     /// Uses checkpoint `name` in `tail_checkpoints` instead of `relay`.
@@ -499,9 +510,14 @@ impl Relay {
     /// acknowledgement.
     async fn enqueue_batch(
         &self,
-        rows: Vec<EncodedEnvelope>,
+        mut rows: Vec<EncodedEnvelope>,
         topics: &mut TopicNames,
     ) -> Result<BatchFuture, RelayError> {
+        if let Some(pseudonyms) = &self.pseudonyms {
+            for row in &mut rows {
+                add_subject(row, pseudonyms);
+            }
+        }
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let record = FutureRecord::to(topics.get(&row.aggregate_type))
@@ -657,6 +673,23 @@ fn headers(event_type: &str, event_version: &str) -> OwnedHeaders {
         .insert(Header { key: HEADER_EVENT_TYPE, value: Some(event_type) })
         .insert(Header { key: HEADER_EVENT_VERSION, value: Some(event_version) })
         .insert(Header { key: HEADER_ENVELOPE_VERSION, value: Some(ENVELOPE_SCHEMA_VERSION) })
+}
+
+/// Appends `"subject"` and `"subject_key"` to the encoded envelope of `row`
+/// (its JSON object's last byte is the closing brace) when the event
+/// concerns a user.
+fn add_subject(row: &mut EncodedEnvelope, pseudonyms: &SubjectPseudonyms) {
+    let Some(user) = row.subject else { return };
+    if row.value.last() != Some(&b'}') {
+        return;
+    }
+    row.value.pop();
+    row.value.extend_from_slice(b",\"subject\":\"");
+    row.value.extend_from_slice(pseudonyms.subject(&user).as_bytes());
+    row.value.extend_from_slice(b"\",\"subject_key\":");
+    // A JSON string of the key id (serde escapes it).
+    let _ = serde_json::to_writer(&mut row.value, pseudonyms.key_id());
+    row.value.push(b'}');
 }
 
 #[cfg(test)]

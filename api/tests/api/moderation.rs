@@ -332,11 +332,64 @@ async fn reports_a_bulk_hide_and_the_suspension_cascade_with_their_audit_trail()
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&app.pool).await.unwrap();
     let messages = crate::flow::read_topics(&app, usize::try_from(stored).unwrap()).await;
     assert_eq!(messages.len(), usize::try_from(stored).unwrap(), "every event on its topic once");
+    // Per UTC day: distinct pseudonymous subjects and follows, for the
+    // example consumer's check below.
+    let mut days: std::collections::BTreeMap<String, (std::collections::BTreeSet<String>, u64)> =
+        std::collections::BTreeMap::new();
     for (_, value, _) in &messages {
         assert!(!value.contains("$argon2"), "a readable password hash on a topic");
         assert!(!value.contains("ann@example.com"), "a readable email on a topic");
         assert!(!value.contains("buy-cheap-pills-now"), "a readable report note on a topic");
+        // The pseudonymous subject: on every event with an acting user,
+        // 64 hex characters under key id "1", never the user id itself.
+        let envelope: serde_json::Value = serde_json::from_str(value).unwrap();
+        let subject = envelope["subject"].as_str();
+        if let Some(actor) = envelope["metadata"]["actor"].as_str() {
+            let subject = subject.unwrap_or_else(|| panic!("no subject on {envelope}"));
+            assert!(subject.len() == 64 && subject.bytes().all(|b| b.is_ascii_hexdigit()), "{envelope}");
+            assert!(!subject.contains(&actor.replace('-', "")), "{envelope}");
+            assert_eq!(envelope["subject_key"], "1", "{envelope}");
+        }
+        let day = envelope["occurred_at"].as_str().unwrap()[..10].to_owned();
+        let entry = days.entry(day).or_default();
+        if let Some(subject) = subject {
+            entry.0.insert(subject.to_owned());
+        }
+        if envelope["event_type"] == "UserFollowed" {
+            entry.1 += 1;
+        }
     }
+    let ann_subject = messages
+        .iter()
+        .map(|(_, v, _)| serde_json::from_str::<serde_json::Value>(v).unwrap())
+        .find(|e| e["aggregate_type"] == "user" && e["aggregate_id"] == ann.to_string())
+        .and_then(|e| e["subject"].as_str().map(str::to_owned));
+    assert!(ann_subject.is_some(), "the user stream's events carry their user's subject");
+
+    // The analysts' example consumer (examples/analyst) against the broker:
+    // every message valid against its schema, and the same daily figures.
+    let consumer = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/analyst/consumer.py");
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas");
+    let (brokers, prefix) = (app.brokers.clone(), app.topic_prefix.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([consumer, "--brokers", &brokers, "--prefix", &prefix, "--schemas", schemas])
+            .args(["--group", &format!("analyst-{}", Uuid::new_v4()), "--timeout", "120"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/test installs examples/analyst/requirements.txt)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "consumer failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["messages"], messages.len(), "{report} {stderr}");
+    assert_eq!(report["invalid"], 0, "{report} {stderr}");
+    let expected: serde_json::Map<String, serde_json::Value> = days
+        .into_iter()
+        .map(|(day, (subjects, follows))| (day, json!({"active_users": subjects.len(), "follows": follows})))
+        .collect();
+    assert_eq!(report["days"], serde_json::Value::Object(expected), "{report}");
     // Every event of the run matches its committed schema (issue 18).
     crate::helpers::assert_events_match_schemas(&app.pool).await;
     // `streamforge topics`: the run's topics with what they hold, and the
