@@ -279,7 +279,10 @@ pub fn asyncapi_yaml() -> String {
              [event_id, aggregate_type, aggregate_id, sequence, position, event_type, event_version, occurred_at, \
              payload, metadata]\n        properties:\n          aggregate_type:\n            const: {t}\n          \
              event_type:\n            const: {name}\n          event_version:\n            const: '{v}'\n          \
-             payload:\n            $ref: '{file}'\n      bindings:\n        kafka:\n          key:\n            \
+             payload:\n            $ref: '{file}'\n          subject:\n            type: string\n            \
+             pattern: '^[0-9a-f]{{64}}$'\n            description: pseudonymous id of the user the event concerns \
+             (HMAC-SHA256 under the key subject_key; absent when it concerns no user)\n          subject_key:\n            \
+             type: string\n            description: id of the key that made subject\n      bindings:\n        kafka:\n          key:\n            \
              type: string\n            description: the aggregate id\n          bindingVersion: 0.5.0\n",
             name = s.event_type,
             v = s.version,
