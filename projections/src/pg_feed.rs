@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use crate::feed::{EventFeed, FeedError};
 use crate::tail::{self, Cursor, EventsListener};
 
+/// Events a typed feed walks per read at least (see `tail::read_scanning`).
+const SCAN_LIMIT: usize = 1_000;
+
 /// Poll interval used while no notification arrives.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -133,16 +136,38 @@ impl EventFeed for PgFeed {
         loop {
             // Listen before reading, so a commit right after the read wakes us.
             self.listener.connect().await;
-            let rows = tail::read_after(&self.pool, self.returned, max, types).await?;
-            if let Some((cursor, _)) = rows.last() {
-                self.returned = *cursor;
-                return Ok(rows.into_iter().map(|(_, envelope)| envelope).collect());
+            match types {
+                None => {
+                    let rows = tail::read_after(&self.pool, self.returned, max, None).await?;
+                    if let Some((cursor, _)) = rows.last() {
+                        self.returned = *cursor;
+                        return Ok(rows.into_iter().map(|(_, envelope)| envelope).collect());
+                    }
+                }
+                Some(types) => {
+                    // Walk every type, so the cursor passes unwanted events
+                    // once (see `tail::read_scanning`).
+                    let scanned =
+                        tail::read_scanning(&self.pool, self.returned, max.max(SCAN_LIMIT), types).await?;
+                    if let Some(to) = scanned.scanned_to {
+                        self.returned = to;
+                    }
+                    if !scanned.envelopes.is_empty() {
+                        return Ok(scanned.envelopes.into_iter().map(|(_, envelope)| envelope).collect());
+                    }
+                    if scanned.scanned >= max.max(SCAN_LIMIT) {
+                        continue;
+                    }
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let pause = if tail::has_unsettled_after(&self.pool, self.returned, types).await? {
+            // Unfiltered: the cursor is past every settled event, so this is
+            // one index probe (an unsettled event of another type only
+            // makes the feed look again sooner).
+            let pause = if tail::has_unsettled_after(&self.pool, self.returned, None).await? {
                 self.unsettled_retry
             } else {
                 self.poll_interval

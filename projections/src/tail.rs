@@ -79,6 +79,73 @@ where
     rows.iter().map(envelope_from_row).collect()
 }
 
+/// What [`read_scanning`] read: the envelopes of the wanted aggregate
+/// types, and the cursor of the last settled event it scanned (of any
+/// type), from where the next read goes on.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    /// The wanted envelopes, each with its cursor, in commit-safe order.
+    pub envelopes: Vec<(Cursor, Envelope)>,
+    /// The last settled event scanned (`None`: nothing settled after the
+    /// cursor).
+    pub scanned_to: Option<Cursor>,
+    /// Events scanned, wanted or not (`< scan_limit`: caught up).
+    pub scanned: usize,
+}
+
+/// Like [`read_after`] filtered by `aggregate_types`, but it walks the next
+/// `scan_limit` settled events of **every** type and reports how far it
+/// got ([`Scanned::scanned_to`]), so a feed of a few types moves its cursor
+/// past the events of other types instead of scanning them again on every
+/// read. (Filtering in the statement, as [`read_after`] does, costs a walk
+/// over every unwanted event after the cursor per read: 0.8 ms per read
+/// and growing for the typed feeds of a node under a login load, the
+/// largest share of Postgres' CPU; issue 14.) Unwanted rows come back with
+/// only their cursor (payload and metadata stay unread).
+///
+/// # Errors
+/// Any database error.
+pub async fn read_scanning<'e, E>(
+    executor: E,
+    cursor: Cursor,
+    scan_limit: usize,
+    aggregate_types: &[String],
+) -> Result<Scanned, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    let limit = i64::try_from(scan_limit).unwrap_or(i64::MAX);
+    let rows = sqlx::query(&read_scanning_sql())
+        .bind(cursor.txid)
+        .bind(cursor.position)
+        .bind(aggregate_types)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    let mut out = Scanned { scanned: rows.len(), ..Scanned::default() };
+    for row in &rows {
+        let at = Cursor { txid: row.try_get("cursor_txid")?, position: row.try_get("position")? };
+        out.scanned_to = Some(at);
+        if row.try_get::<bool, _>("wanted")? {
+            out.envelopes.push(envelope_from_row(row)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The statement [`read_scanning`] runs: `$1` cursor txid, `$2` cursor
+/// position, `$3` the wanted aggregate types, `$4` the scan limit; it walks
+/// `events_cursor_idx` and reads payload and metadata of wanted rows only.
+pub fn read_scanning_sql() -> String {
+    format!(
+        "SELECT txid::text::bigint AS cursor_txid, position, aggregate_type = ANY($3) AS wanted, event_id, \
+         aggregate_type, aggregate_id, sequence, event_type, event_version, recorded_at, \
+         CASE WHEN aggregate_type = ANY($3) THEN payload ELSE 'null'::json END AS payload, \
+         CASE WHEN aggregate_type = ANY($3) THEN metadata ELSE 'null'::json END AS metadata \
+         FROM events WHERE {SETTLED} ORDER BY txid, position LIMIT $4"
+    )
+}
+
 /// The statement [`read_after`] runs: binds `$1` cursor txid, `$2` cursor
 /// position, then (when `filtered`) `$3` the aggregate types, and last the
 /// limit. Public so that tests and operators can `EXPLAIN` it (it must use

@@ -345,3 +345,31 @@ async fn randomized_writers_are_seen_exactly_once() {
     assert!(!committed.is_empty() && !rolled_back.is_empty());
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_typed_scan_returns_the_wanted_events_and_moves_past_the_others() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    insert_event(pool, "user", "u1", 1, "UserRegistered", json!({"a": 1})).await;
+    insert_event(pool, "session", "s1", 1, "SessionStarted", json!({"b": 2})).await;
+    insert_event(pool, "user", "u2", 1, "UserRegistered", json!({"a": 3})).await;
+    settle(pool).await;
+    let only_sessions = ["session".to_owned()];
+
+    let all = tail::read_after(pool, Cursor::ZERO, 10, None).await.unwrap();
+    let scanned = tail::read_scanning(pool, Cursor::ZERO, 10, &only_sessions).await.unwrap();
+    assert_eq!(scanned.scanned, 3);
+    assert_eq!(scanned.scanned_to, Some(all[2].0), "the cursor passes the unwanted user events");
+    assert_eq!(scanned.envelopes.len(), 1);
+    let (cursor, session) = &scanned.envelopes[0];
+    assert_eq!((*cursor, session), (all[1].0, &all[1].1), "the same envelope as the unfiltered read");
+
+    // A limit that ends on unwanted events still moves the cursor.
+    let first = tail::read_scanning(pool, Cursor::ZERO, 1, &only_sessions).await.unwrap();
+    assert!(first.envelopes.is_empty());
+    assert_eq!(first.scanned_to, Some(all[0].0));
+    // Nothing after the end.
+    let end = tail::read_scanning(pool, all[2].0, 10, &only_sessions).await.unwrap();
+    assert_eq!((end.scanned, end.scanned_to, end.envelopes.len()), (0, None, 0));
+    db.drop().await;
+}
