@@ -16,6 +16,10 @@ use crate::tail::{self, Cursor, EventsListener};
 /// Events a typed feed walks per read at least (see `tail::read_scanning`).
 const SCAN_LIMIT: usize = 1_000;
 
+/// Shortest time between two reads of one feed (default of
+/// [`PgFeedConfig::min_read_interval`]).
+pub const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Poll interval used while no notification arrives.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -37,6 +41,14 @@ pub struct PgFeedConfig {
     /// Re-read interval while newer events wait behind an open transaction
     /// (default [`DEFAULT_UNSETTLED_RETRY`]).
     pub unsettled_retry: Duration,
+    /// Shortest time between two reads (default
+    /// [`DEFAULT_MIN_READ_INTERVAL`]): a read sooner after the previous one
+    /// first waits for the rest, so that under load one read takes the
+    /// commits of many transactions (every append notifies) instead of
+    /// one read — and one projector transaction — per commit. At light
+    /// load the previous read is older and nothing waits. Adds at most this
+    /// much latency; zero turns it off.
+    pub min_read_interval: Duration,
 }
 
 impl PgFeedConfig {
@@ -47,6 +59,7 @@ impl PgFeedConfig {
             aggregate_types: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             unsettled_retry: DEFAULT_UNSETTLED_RETRY,
+            min_read_interval: DEFAULT_MIN_READ_INTERVAL,
         }
     }
 
@@ -65,6 +78,12 @@ impl PgFeedConfig {
         self.poll_interval = interval;
         self
     }
+
+    /// Sets the shortest time between two reads ([`PgFeedConfig::min_read_interval`]).
+    pub fn min_read_interval(mut self, interval: Duration) -> Self {
+        self.min_read_interval = interval;
+        self
+    }
 }
 
 /// The Postgres-tail feed of one consumer. Not `Clone`: one instance per
@@ -76,6 +95,8 @@ pub struct PgFeed {
     aggregate_types: Option<Vec<String>>,
     poll_interval: Duration,
     unsettled_retry: Duration,
+    min_read_interval: Duration,
+    last_read: Option<Instant>,
     listener: EventsListener,
     committed: Cursor,
     returned: Cursor,
@@ -107,6 +128,8 @@ impl PgFeed {
             aggregate_types: config.aggregate_types,
             poll_interval: config.poll_interval,
             unsettled_retry: config.unsettled_retry,
+            min_read_interval: config.min_read_interval,
+            last_read: None,
             listener,
             committed,
             returned: committed,
@@ -136,6 +159,15 @@ impl EventFeed for PgFeed {
         loop {
             // Listen before reading, so a commit right after the read wakes us.
             self.listener.connect().await;
+            if let Some(last) = self.last_read {
+                let since = last.elapsed();
+                if since < self.min_read_interval {
+                    tokio::time::sleep(self.min_read_interval - since).await;
+                    // The read below covers what was notified meanwhile.
+                    self.listener.drain().await;
+                }
+            }
+            self.last_read = Some(Instant::now());
             match types {
                 None => {
                     let rows = tail::read_after(&self.pool, self.returned, max, None).await?;

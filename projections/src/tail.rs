@@ -519,6 +519,14 @@ impl EventsListener {
         }
     }
 
+    /// Consumes the notifications already received, without waiting (a
+    /// read that follows covers them).
+    pub async fn drain(&mut self) {
+        if let Some(listener) = self.listener.as_mut() {
+            while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {}
+        }
+    }
+
     /// Waits at most `timeout` for a notification. While the listener is
     /// down it reconnects first and otherwise just sleeps `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Wake {
