@@ -171,8 +171,14 @@ async fn relay_pipelined(
     prefix: &str,
     checkpoint: &str,
 ) -> anyhow::Result<Relayed> {
+    // As production runs it: with the analysts' pseudonymous subjects.
+    let pseudonyms = commands::keys::SubjectPseudonyms::derive(
+        &commands::Keyring::derive(&commands::keys::Secret32([7; 32])),
+        "1",
+    );
     let relay = Relay::new(pool.clone(), workers::kafka::producer(brokers)?, prefix.to_owned())
-        .with_checkpoint(checkpoint);
+        .with_checkpoint(checkpoint)
+        .with_pseudonyms(pseudonyms);
     let mut lock = LeaderLock::try_acquire(pool, checkpoint)
         .await?
         .ok_or_else(|| anyhow::anyhow!("leader lock of `{checkpoint}` already held"))?;
