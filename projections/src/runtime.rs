@@ -32,13 +32,15 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::error::ProjectionError;
 use crate::feed::{EventFeed, FeedError};
-use crate::rebuild::{self, Horizon, RebuildChunk, StreamReader};
+use crate::rebuild::{Horizon, RebuildChunk, StreamReader};
 pub use projector::{Checkpoints, PerEventRebuild, Projector};
 
 mod checkpoints;
 mod parking;
 mod projector;
+mod range;
 mod shadow;
+mod status;
 
 pub use shadow::{ReplayGuard, ReplayOptions, ReplayProgress, ReplayStats};
 
@@ -417,7 +419,7 @@ impl ProjectionRunner {
                 Step::Signal(false) => break,
                 Step::Done(Ok(_)) => backoff = options.min_backoff,
                 Step::Done(Err(error)) => {
-                    if let Err(e) = self.record_failure(&error).await {
+                    if let Err(e) = self.record_failure(&error, false).await {
                         tracing::warn!(error = %e, "projection failure not recorded");
                     }
                     tracing::error!(
@@ -441,84 +443,6 @@ impl ProjectionRunner {
         // a batch from the feed without applying it. What was applied but
         // not acknowledged is delivered again after a restart and skipped.
         tracing::info!("projection runner stopped");
-    }
-
-    /// Records each projector's progress over `batch` in
-    /// `projection_status` (position and time of the last envelope it
-    /// handles, events applied, a smoothed events/s) and clears a recorded
-    /// failure: the status page's source (issue 18).
-    async fn record_progress(&self, batch: &[Envelope]) -> Result<(), sqlx::Error> {
-        let active: Vec<&'static str> =
-            self.projectors.iter().map(|p| p.name()).filter(|n| !self.parked.contains(n)).collect();
-        self.record_progress_of(&active, batch).await
-    }
-
-    /// [`ProjectionRunner::record_progress`] for the projectors `only`.
-    async fn record_progress_of(&self, only: &[&'static str], batch: &[Envelope]) -> Result<(), sqlx::Error> {
-        let (mut names, mut positions, mut times, mut counts) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for projector in self.projectors.iter().filter(|p| only.contains(&p.name())) {
-            let mine = batch.iter().filter(|e| projector.handles(&e.aggregate_type));
-            let (n, last) = mine.fold((0_i64, None::<&Envelope>), |(n, last), e| {
-                (n + 1, Some(last.filter(|l| l.position >= e.position).unwrap_or(e)))
-            });
-            if let Some(last) = last {
-                names.push(projector.name());
-                positions.push(last.position);
-                times.push(last.occurred_at);
-                counts.push(n);
-            }
-        }
-        if names.is_empty() {
-            return Ok(());
-        }
-        // One statement for every projector of the batch (the latency path).
-        sqlx::query(
-            "INSERT INTO projection_status (projector, position, last_event_at, applied, updated_at)
-             SELECT * , now() FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::int8[])
-             ON CONFLICT (projector) DO UPDATE SET
-                 position = GREATEST(projection_status.position, excluded.position),
-                 last_event_at = excluded.last_event_at,
-                 applied = projection_status.applied + excluded.applied,
-                 rate = CASE WHEN extract(epoch FROM now() - projection_status.updated_at) > 0.001
-                             THEN 0.8 * projection_status.rate
-                                  + 0.2 * (excluded.applied / extract(epoch FROM now() - projection_status.updated_at))
-                             ELSE projection_status.rate END,
-                 state = 'live', error = NULL, failed_event = NULL, updated_at = now()",
-        )
-        .bind(&names)
-        .bind(&positions)
-        .bind(&times)
-        .bind(&counts)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records the failure a step stopped on (`failed`, the error chain and,
-    /// for a projector's failure, its event), until the next step succeeds.
-    async fn record_failure(&self, error: &RunError) -> Result<(), sqlx::Error> {
-        let (names, event): (Vec<&str>, Option<String>) = match error {
-            RunError::Projector { projector, aggregate_type, aggregate_id, sequence, .. } => {
-                (vec![*projector], Some(format!("{aggregate_type}/{aggregate_id}#{sequence}")))
-            }
-            _ => (self.names(), None),
-        };
-        let text = ErrorChain(error).to_string();
-        for name in names {
-            sqlx::query(
-                "INSERT INTO projection_status (projector, state, error, failed_event, updated_at)
-                 VALUES ($1, 'failed', $2, $3, now())
-                 ON CONFLICT (projector) DO UPDATE SET state = 'failed', error = $2, failed_event = $3,
-                     updated_at = now()",
-            )
-            .bind(name)
-            .bind(&text)
-            .bind(event.as_deref())
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
     }
 
     /// One step of [`ProjectionRunner::run`]: like
@@ -570,12 +494,7 @@ impl ProjectionRunner {
     /// failed rebuild can simply be started again.
     #[tracing::instrument(skip_all, fields(projector = name))]
     pub async fn rebuild(&self, name: &str, chunk_size: usize) -> Result<RebuildStats, RunError> {
-        let projector = self
-            .projectors
-            .iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| RunError::UnknownProjector(name.to_owned()))?
-            .clone();
+        let projector = self.projector(name).ok_or_else(|| RunError::UnknownProjector(name.to_owned()))?;
         let reset_error = |source| RunError::Reset { projector: projector.name(), source };
         let mut tx = self.pool.begin().await?;
         projector.reset(&mut tx).await.map_err(reset_error)?;
@@ -587,11 +506,7 @@ impl ProjectionRunner {
         tx.commit().await?;
 
         let horizon = Horizon::now(&self.pool).await?;
-        let types: Vec<String> = rebuild::aggregate_types(&self.pool)
-            .await?
-            .into_iter()
-            .filter(|t| projector.handles(t))
-            .collect();
+        let types = range::handled_types(&self.pool, projector.as_ref()).await?;
         let (chunks, mut received) = mpsc::channel(2);
         let mut reader =
             AbortOnDrop(tokio::spawn(read_chunks(self.pool.clone(), types, horizon, chunk_size, chunks)));
@@ -669,12 +584,10 @@ async fn write_chunk(
     chunk: &RebuildChunk,
     search_path: Option<&str>,
 ) -> Result<bool, RunError> {
-    let set_path =
-        |path: &str| sqlx::query("SELECT set_config('search_path', $1, true)").bind(path.to_owned());
     let set_based = async {
         let mut tx = pool.begin().await?;
         if let Some(path) = search_path {
-            set_path(path).execute(&mut *tx).await?;
+            range::set_search_path(&mut tx, path).await?;
         }
         projector.rebuild_chunk(&mut tx, chunk).await?;
         if projector.checkpoints() == Checkpoints::PerAggregate {
@@ -693,7 +606,7 @@ async fn write_chunk(
     );
     let mut tx = pool.begin().await?;
     if let Some(path) = search_path {
-        set_path(path).execute(&mut *tx).await?;
+        range::set_search_path(&mut tx, path).await?;
     }
     for event in chunk.events() {
         let applied = async {

@@ -43,7 +43,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::{Connection as _, PgConnection, PgPool};
+use subject::add_subject;
 use tokio::sync::watch;
+
+mod subject;
 
 /// Default checkpoint name in `tail_checkpoints`.
 pub const DEFAULT_CHECKPOINT: &str = "relay";
@@ -673,23 +676,6 @@ fn headers(event_type: &str, event_version: &str) -> OwnedHeaders {
         .insert(Header { key: HEADER_EVENT_TYPE, value: Some(event_type) })
         .insert(Header { key: HEADER_EVENT_VERSION, value: Some(event_version) })
         .insert(Header { key: HEADER_ENVELOPE_VERSION, value: Some(ENVELOPE_SCHEMA_VERSION) })
-}
-
-/// Appends `"subject"` and `"subject_key"` to the encoded envelope of `row`
-/// (its JSON object's last byte is the closing brace) when the event
-/// concerns a user.
-fn add_subject(row: &mut EncodedEnvelope, pseudonyms: &SubjectPseudonyms) {
-    let Some(user) = row.subject else { return };
-    if row.value.last() != Some(&b'}') {
-        return;
-    }
-    row.value.pop();
-    row.value.extend_from_slice(b",\"subject\":\"");
-    row.value.extend_from_slice(pseudonyms.subject(&user).as_bytes());
-    row.value.extend_from_slice(b"\",\"subject_key\":");
-    // A JSON string of the key id (serde escapes it).
-    let _ = serde_json::to_writer(&mut row.value, pseudonyms.key_id());
-    row.value.push(b'}');
 }
 
 #[cfg(test)]

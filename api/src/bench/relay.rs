@@ -82,7 +82,9 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let raw_before = produce_raw(&o.brokers, &envelopes, &encoded).await?;
 
     let options = RelayOptions::default();
-    let relayed = relay_pipelined(&pool, &o.brokers, &relay_prefix, "bench-relay").await?;
+    // As production runs it: with the analysts' pseudonymous subjects.
+    let pseudonyms = commands::keys::SubjectPseudonyms::derive(&keys, &env.settings.analytics_subject_key_id);
+    let relayed = relay_pipelined(&pool, &pseudonyms, &o.brokers, &relay_prefix, "bench-relay").await?;
 
     let raw_after = produce_raw(&o.brokers, &envelopes, &encoded).await?;
     let raw = (raw_before + raw_after) / 2.0;
@@ -167,18 +169,14 @@ struct Relayed {
 /// publish nothing: the end-to-end check counts duplicates).
 async fn relay_pipelined(
     pool: &sqlx::PgPool,
+    pseudonyms: &commands::keys::SubjectPseudonyms,
     brokers: &str,
     prefix: &str,
     checkpoint: &str,
 ) -> anyhow::Result<Relayed> {
-    // As production runs it: with the analysts' pseudonymous subjects.
-    let pseudonyms = commands::keys::SubjectPseudonyms::derive(
-        &commands::Keyring::derive(&commands::keys::Secret32([7; 32])),
-        "1",
-    );
     let relay = Relay::new(pool.clone(), workers::kafka::producer(brokers)?, prefix.to_owned())
         .with_checkpoint(checkpoint)
-        .with_pseudonyms(pseudonyms);
+        .with_pseudonyms(pseudonyms.clone());
     let mut lock = LeaderLock::try_acquire(pool, checkpoint)
         .await?
         .ok_or_else(|| anyhow::anyhow!("leader lock of `{checkpoint}` already held"))?;

@@ -70,12 +70,15 @@ pub(super) const STORE_REPLAYED_CHECKPOINTS: &str = "INSERT INTO projection_chec
 /// ([`SWAP_LOCK`]) to stop the projector's live writers on every node
 /// while it catches up and swaps. `$1` the projector's name; key space
 /// 1801 (issue 18).
-pub(super) const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1801, hashtext($1))";
+const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1801, hashtext($1))";
 
 /// The exclusive side of [`WRITE_LOCK`], taken by a swap.
 pub(super) const SWAP_LOCK: &str = "SELECT pg_advisory_xact_lock(1801, hashtext($1))";
 
-async fn write_lock(conn: &mut PgConnection, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+pub(super) async fn write_lock(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+) -> Result<(), sqlx::Error> {
     sqlx::query(WRITE_LOCK).bind(projector.name()).execute(conn).await?;
     Ok(())
 }

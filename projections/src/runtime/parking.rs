@@ -26,8 +26,8 @@ use std::time::Duration;
 use domain::envelope::Envelope;
 use tokio::time::Instant;
 
-use super::checkpoints::{apply_many_in, WRITE_LOCK};
-use super::shadow::{apply_named, read_range};
+use super::checkpoints::{apply_many_in, write_lock};
+use super::range::{handled_types, with_txid, Range};
 use super::{Checkpoints, ErrorChain, ProjectionRunner, Projector, RunError};
 use crate::error::ProjectionError;
 use crate::rebuild::{self, Horizon};
@@ -136,15 +136,8 @@ impl ProjectionRunner {
         );
         self.parked
             .insert(projector.name(), Parked { retry_at: Instant::now() + backoff, backoff, failed_on });
-        if let Err(e) = self.record_failure(error).await {
+        if let Err(e) = self.record_failure(error, true).await {
             tracing::warn!(error = %e, "projection failure not recorded");
-        }
-        let parked = sqlx::query("UPDATE projection_status SET parked = true WHERE projector = $1")
-            .bind(projector.name())
-            .execute(&self.pool)
-            .await;
-        if let Err(e) = parked {
-            tracing::warn!(error = %e, "parking not recorded");
         }
     }
 
@@ -190,7 +183,7 @@ impl ProjectionRunner {
             let stored = sqlx::query(&format!(
                 "{} WHERE aggregate_type = $1 AND aggregate_id = $2 \
                  AND sequence = $3",
-                super::shadow::with_txid()
+                with_txid()
             ))
             .bind(aggregate_type)
             .bind(aggregate_id)
@@ -213,31 +206,23 @@ impl ProjectionRunner {
             }
         }
         let horizon = Horizon::now(&self.pool).await?;
-        let types: Vec<String> = rebuild::aggregate_types(&self.pool)
-            .await?
-            .into_iter()
-            .filter(|t| projector.handles(t))
-            .collect();
-        let unapplied_for = (projector.checkpoints() == Checkpoints::PerAggregate).then(|| projector.name());
-        let mut after = None;
+        let types = handled_types(&self.pool, projector).await?;
+        let mut range = Range::new(&types, None, Some(horizon));
+        range.unapplied_for =
+            (projector.checkpoints() == Checkpoints::PerAggregate).then(|| projector.name());
         let mut applied = 0;
         loop {
             let mut tx = self.pool.begin().await?;
-            sqlx::query(WRITE_LOCK).bind(projector.name()).execute(&mut *tx).await?;
-            let events =
-                read_range(&mut tx, &types, None, Some(horizon), after, CATCH_UP_BATCH, unapplied_for)
-                    .await?;
-            let Some((txid, last)) = events.last() else { break };
-            after = Some((*txid, last.position));
-            let envelopes: Vec<&Envelope> = events.iter().map(|(_, e)| e).collect();
-            apply_named(&mut tx, projector, &envelopes).await?;
+            write_lock(&mut tx, projector).await?;
+            let page = range.apply_next_page(&mut tx, projector, CATCH_UP_BATCH).await?;
             tx.commit().await?;
-            applied += events.len();
-            let batch: Vec<Envelope> = events.into_iter().map(|(_, e)| e).collect();
-            if let Err(e) = self.record_progress_of(&[projector.name()], &batch).await {
-                tracing::warn!(error = %e, "projection status not recorded");
+            applied += page.len();
+            if !page.is_empty() {
+                if let Err(e) = self.record_progress_of(&[projector.name()], &page).await {
+                    tracing::warn!(error = %e, "projection status not recorded");
+                }
             }
-            if batch.len() < CATCH_UP_BATCH {
+            if page.len() < CATCH_UP_BATCH {
                 break;
             }
         }
@@ -248,7 +233,7 @@ impl ProjectionRunner {
     /// lock.
     async fn apply_locked(&self, projector: &dyn Projector, envelopes: &[&Envelope]) -> Result<(), RunError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(WRITE_LOCK).bind(projector.name()).execute(&mut *tx).await?;
+        write_lock(&mut tx, projector).await?;
         if let Err(source) = apply_many_in(&mut tx, projector, envelopes).await {
             return Err(match envelopes.first() {
                 Some(envelope) => super::projector_error(projector, envelope, source),

@@ -34,12 +34,13 @@
 
 use std::sync::Arc;
 
-use domain::envelope::Envelope;
-use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::checkpoints::{apply_many_in, SWAP_LOCK};
+use super::checkpoints::SWAP_LOCK;
+use super::parking::is_transient;
+use super::range::{handled_types, set_search_path, Range};
 use super::{read_chunks, write_chunk, AbortOnDrop, ErrorChain, ProjectionRunner, RunError};
-use crate::rebuild::{self, stored_event, Horizon, COLUMNS};
+use crate::rebuild::Horizon;
 use crate::runtime::Projector;
 
 /// Key space of the "one replay per projector" lock.
@@ -227,11 +228,7 @@ impl ProjectionRunner {
 
         // 2. Copy.
         let horizon = Horizon::now(&self.pool).await?;
-        let types: Vec<String> = rebuild::aggregate_types(&self.pool)
-            .await?
-            .into_iter()
-            .filter(|t| projector.handles(t))
-            .collect();
+        let types = handled_types(&self.pool, projector).await?;
         let total: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE aggregate_type = ANY($1) AND txid < $2::text::xid8",
         )
@@ -281,9 +278,19 @@ impl ProjectionRunner {
         let mut from = horizon;
         for _ in 0..options.max_catch_up_rounds {
             let to = Horizon::now(&self.pool).await?;
-            let applied =
-                catch_up(&self.pool, projector, &search_path, &types, from, Some(to), options.catch_up_batch)
-                    .await?;
+            // One transaction per page, the shadow first in its path.
+            let mut range = Range::new(&types, Some(from), Some(to));
+            let mut applied = 0;
+            loop {
+                let mut tx = self.pool.begin().await?;
+                set_search_path(&mut tx, &search_path).await?;
+                let page = range.apply_next_page(&mut tx, projector, options.catch_up_batch).await?;
+                tx.commit().await?;
+                applied += page.len();
+                if page.len() < options.catch_up_batch {
+                    break;
+                }
+            }
             stats.rounds += 1;
             stats.caught_up += applied;
             done += applied as u64;
@@ -305,8 +312,8 @@ impl ProjectionRunner {
             attempt += 1;
             match swap(&self.pool, projector, &live, &shadow, &search_path, &types, from).await {
                 Ok(applied) => break applied,
-                Err(RunError::Store(error)) if attempt < 5 && retryable(&error) => {
-                    tracing::warn!(projector = name, attempt, error = %error, "swap failed; retrying");
+                Err(error) if attempt < 5 && is_transient(&error) => {
+                    tracing::warn!(projector = name, attempt, error = %ErrorChain(&error), "swap failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                 }
                 Err(error) => return Err(error),
@@ -339,129 +346,6 @@ impl ProjectionRunner {
             tracing::warn!(error = %error, "replay progress not recorded");
         }
     }
-}
-
-/// Deadlocks (40P01), lock timeouts (55P03) and serialization failures
-/// (40001) are worth another swap attempt.
-fn retryable(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| matches!(code.as_ref(), "40P01" | "55P03" | "40001"))
-}
-
-/// [`COLUMNS`] with the event's `txid` as `cursor_txid` after them (the
-/// columns keep their positions for [`stored_event`]).
-pub(super) fn with_txid() -> String {
-    COLUMNS.replacen(" FROM events", ", txid::text::bigint AS cursor_txid FROM events", 1)
-}
-
-/// Events of `types` with `txid` in `[from, to)` (no lower bound without
-/// `from`; no upper bound without `to`: every committed one), after
-/// `(txid, position)` `after`, in commit order, at most `limit`. With
-/// `unapplied_for`, only the events above that projector's checkpoint of
-/// their aggregate (a parked projector's catch-up).
-pub(super) async fn read_range(
-    conn: &mut PgConnection,
-    types: &[String],
-    from: Option<Horizon>,
-    to: Option<Horizon>,
-    after: Option<(i64, i64)>,
-    limit: usize,
-    unapplied_for: Option<&str>,
-) -> Result<Vec<(i64, Envelope)>, RunError> {
-    let rows = sqlx::query(&format!(
-        "{columns} e WHERE aggregate_type = ANY($1) \
-         AND ($2::bigint IS NULL OR txid >= $2::text::xid8) AND ($3::bigint IS NULL OR txid < $3::text::xid8) \
-         AND ($4::bigint IS NULL OR (txid, position) > ($4::text::xid8, $5)) \
-         AND ($7::text IS NULL OR sequence > COALESCE((SELECT c.sequence FROM projection_checkpoints c \
-              WHERE c.projector = $7 AND c.aggregate_type = e.aggregate_type \
-                AND c.aggregate_id = e.aggregate_id), -1)) \
-         ORDER BY txid, position LIMIT $6",
-        columns = with_txid()
-    ))
-    .bind(types)
-    .bind(from.map(|h| h.0))
-    .bind(to.map(|h| h.0))
-    .bind(after.map(|a| a.0))
-    .bind(after.map_or(0, |a| a.1))
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(unapplied_for)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let txid: i64 = row.try_get("cursor_txid")?;
-        let stored = stored_event(row)?;
-        let envelope = stored.to_envelope().map_err(|source| RunError::Projector {
-            projector: "replay",
-            aggregate_type: stored.aggregate_type.clone(),
-            aggregate_id: stored.aggregate_id.clone(),
-            sequence: stored.sequence,
-            source,
-        })?;
-        out.push((txid, envelope));
-    }
-    Ok(out)
-}
-
-/// Applies the events of `[from, to)` to the shadow tables (one
-/// transaction per `batch`, `search_path` set to the shadow first);
-/// returns how many were read.
-async fn catch_up(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    search_path: &str,
-    types: &[String],
-    from: Horizon,
-    to: Option<Horizon>,
-    batch: usize,
-) -> Result<usize, RunError> {
-    let mut after = None;
-    let mut read = 0;
-    loop {
-        let mut tx = pool.begin().await?;
-        set_search_path(&mut tx, search_path).await?;
-        let events = read_range(&mut tx, types, Some(from), to, after, batch, None).await?;
-        let Some((txid, last)) = events.last() else { return Ok(read) };
-        after = Some((*txid, last.position));
-        read += events.len();
-        let envelopes: Vec<&Envelope> = events.iter().map(|(_, e)| e).collect();
-        apply_named(&mut tx, projector, &envelopes).await?;
-        tx.commit().await?;
-        if events.len() < batch {
-            return Ok(read);
-        }
-    }
-}
-
-/// [`apply_many_in`], naming the envelope on failure: the transaction is
-/// then lost, so the culprit is found by applying the envelopes one at a
-/// time in a savepoint each.
-pub(super) async fn apply_named(
-    tx: &mut PgConnection,
-    projector: &dyn Projector,
-    envelopes: &[&Envelope],
-) -> Result<(), RunError> {
-    sqlx::query("SAVEPOINT catch_up").execute(&mut *tx).await?;
-    let Err(batch_error) = apply_many_in(&mut *tx, projector, envelopes).await else {
-        sqlx::query("RELEASE SAVEPOINT catch_up").execute(&mut *tx).await?;
-        return Ok(());
-    };
-    sqlx::query("ROLLBACK TO SAVEPOINT catch_up").execute(&mut *tx).await?;
-    for envelope in envelopes {
-        if let Err(source) = apply_many_in(&mut *tx, projector, std::slice::from_ref(envelope)).await {
-            return Err(super::projector_error(projector, envelope, source));
-        }
-    }
-    // Applied one by one after all: the batch failed for a reason of its own.
-    tracing::warn!(projector = projector.name(), error = %ErrorChain(&batch_error), "catch-up batch failed; applied one by one");
-    Ok(())
-}
-
-async fn set_search_path(conn: &mut PgConnection, search_path: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('search_path', $1, true)").bind(search_path).execute(conn).await?;
-    Ok(())
 }
 
 /// Index names and definitions (name and table stripped) of `schema.table`.
@@ -504,16 +388,12 @@ async fn swap(
     let original_path: String =
         sqlx::query_scalar("SELECT current_setting('search_path')").fetch_one(&mut *tx).await?;
     set_search_path(&mut tx, search_path).await?;
+    let mut range = Range::new(types, Some(from), None);
     let mut applied = 0;
-    let mut after = None;
     loop {
-        let events = read_range(&mut tx, types, Some(from), None, after, 1_000, None).await?;
-        let Some((txid, last)) = events.last() else { break };
-        after = Some((*txid, last.position));
-        applied += events.len();
-        let envelopes: Vec<&Envelope> = events.iter().map(|(_, e)| e).collect();
-        apply_named(&mut tx, projector, &envelopes).await?;
-        if events.len() < 1_000 {
+        let page = range.apply_next_page(&mut tx, projector, 1_000).await?;
+        applied += page.len();
+        if page.len() < 1_000 {
             break;
         }
     }
@@ -579,6 +459,6 @@ mod tests {
 
     #[test]
     fn only_lock_and_conflict_errors_are_retried() {
-        assert!(!retryable(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&RunError::Store(sqlx::Error::RowNotFound)));
     }
 }

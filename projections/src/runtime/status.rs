@@ -1,0 +1,93 @@
+//! The `projection_status` rows a runner writes: each projector's
+//! progress after a batch, and the failure a step stopped on (the admin
+//! status page's source, issue 18).
+
+use domain::envelope::Envelope;
+
+use super::{ErrorChain, ProjectionRunner, RunError};
+
+impl ProjectionRunner {
+    /// Records each projector's progress over `batch` in
+    /// `projection_status` (position and time of the last envelope it
+    /// handles, events applied, a smoothed events/s) and clears a recorded
+    /// failure: the status page's source (issue 18).
+    pub(super) async fn record_progress(&self, batch: &[Envelope]) -> Result<(), sqlx::Error> {
+        let active: Vec<&'static str> =
+            self.projectors.iter().map(|p| p.name()).filter(|n| !self.parked.contains(n)).collect();
+        self.record_progress_of(&active, batch).await
+    }
+
+    /// [`ProjectionRunner::record_progress`] for the projectors `only`.
+    pub(super) async fn record_progress_of(
+        &self,
+        only: &[&'static str],
+        batch: &[Envelope],
+    ) -> Result<(), sqlx::Error> {
+        let (mut names, mut positions, mut times, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for projector in self.projectors.iter().filter(|p| only.contains(&p.name())) {
+            let mine = batch.iter().filter(|e| projector.handles(&e.aggregate_type));
+            let (n, last) = mine.fold((0_i64, None::<&Envelope>), |(n, last), e| {
+                (n + 1, Some(last.filter(|l| l.position >= e.position).unwrap_or(e)))
+            });
+            if let Some(last) = last {
+                names.push(projector.name());
+                positions.push(last.position);
+                times.push(last.occurred_at);
+                counts.push(n);
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        // One statement for every projector of the batch (the latency path).
+        sqlx::query(
+            "INSERT INTO projection_status (projector, position, last_event_at, applied, updated_at)
+             SELECT * , now() FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::int8[])
+             ON CONFLICT (projector) DO UPDATE SET
+                 position = GREATEST(projection_status.position, excluded.position),
+                 last_event_at = excluded.last_event_at,
+                 applied = projection_status.applied + excluded.applied,
+                 rate = CASE WHEN extract(epoch FROM now() - projection_status.updated_at) > 0.001
+                             THEN 0.8 * projection_status.rate
+                                  + 0.2 * (excluded.applied / extract(epoch FROM now() - projection_status.updated_at))
+                             ELSE projection_status.rate END,
+                 state = 'live', error = NULL, failed_event = NULL, updated_at = now()",
+        )
+        .bind(&names)
+        .bind(&positions)
+        .bind(&times)
+        .bind(&counts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the failure a step stopped on (`failed`, the error chain and,
+    /// with `park`, that the projector is parked ([`super::parking`]);
+    /// for a projector's failure, its event), until the next step succeeds.
+    pub(super) async fn record_failure(&self, error: &RunError, park: bool) -> Result<(), sqlx::Error> {
+        let (names, event): (Vec<&str>, Option<String>) = match error {
+            RunError::Projector { projector, aggregate_type, aggregate_id, sequence, .. } => {
+                (vec![*projector], Some(format!("{aggregate_type}/{aggregate_id}#{sequence}")))
+            }
+            _ => (self.names(), None),
+        };
+        let text = ErrorChain(error).to_string();
+        for name in names {
+            sqlx::query(
+                "INSERT INTO projection_status (projector, state, error, failed_event, parked, updated_at)
+                 VALUES ($1, 'failed', $2, $3, $4, now())
+                 ON CONFLICT (projector) DO UPDATE SET state = 'failed', error = $2, failed_event = $3,
+                     parked = projection_status.parked OR $4, updated_at = now()",
+            )
+            .bind(name)
+            .bind(&text)
+            .bind(event.as_deref())
+            .bind(park)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
