@@ -234,16 +234,7 @@ impl IdentityService {
         // Revoked with all of the account's sessions (decided on the user).
         self.refuse_if_cut_off(user_id, session_id, meta).await?;
         let auth_time = done.state.authenticated_at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access_with_roles(
-                user_id,
-                session_id,
-                now,
-                auth_time,
-                crate::access::roles_of(&self.pool, user_id).await.map_err(internal)?,
-            )
-            .map_err(internal)?;
+        let (access_token, expires_in) = self.access_token(user_id, session_id, now, auth_time).await?;
         Ok(TokenPair {
             access_token,
             refresh_token: next.token,

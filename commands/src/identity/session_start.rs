@@ -71,16 +71,7 @@ impl IdentityService {
         let done =
             self.sessions.execute_new(&session_id.to_string(), cmd, meta.to_map("StartSession")).await?;
         let auth_time = done.state.authenticated_at.unwrap_or(DateTime::UNIX_EPOCH);
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access_with_roles(
-                user_id,
-                session_id,
-                now,
-                auth_time,
-                crate::access::roles_of(&self.pool, user_id).await.map_err(internal)?,
-            )
-            .map_err(internal)?;
+        let (access_token, expires_in) = self.access_token(user_id, session_id, now, auth_time).await?;
         Ok(TokenPair {
             access_token,
             refresh_token: refresh.token,

@@ -135,16 +135,26 @@ impl IdentityService {
                 ExecError::Domain(_) => IdentityError::NotFound,
                 other => other.into(),
             })?;
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access_with_roles(
-                user_id,
-                session_id,
-                now,
-                now,
-                crate::access::roles_of(&self.pool, user_id).await.map_err(internal)?,
-            )
-            .map_err(internal)?;
+        let (access_token, expires_in) = self.access_token(user_id, session_id, now, now).await?;
         Ok(Reauthenticated { access_token, expires_in })
+    }
+
+    /// An access token for `session_id` of `user_id` carrying the user's
+    /// role names (`roles` claim, read now; checks never rely on it), with
+    /// its lifetime in seconds: login, refresh and step-up all issue
+    /// through here.
+    ///
+    /// # Errors
+    /// [`IdentityError::Internal`] when the roles cannot be read or the
+    /// token cannot be signed.
+    pub(crate) async fn access_token(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: chrono::DateTime<Utc>,
+        auth_time: chrono::DateTime<Utc>,
+    ) -> Result<(String, i64), IdentityError> {
+        let roles = crate::access::roles_of(&self.pool, user_id).await.map_err(internal)?;
+        self.tokens.issue_access_with_roles(user_id, session_id, now, auth_time, roles).map_err(internal)
     }
 }
