@@ -39,6 +39,22 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// The deletion of a sent delivery record, written as the `sent` `WITH`
+/// query of the append that records the outcome
+/// ([`Executor::execute_with`](crate::executor::Executor::execute_with)):
+/// the record goes and the outcome is recorded in one statement, so a
+/// redelivered event finds nothing to send and no sent record outlives its
+/// outcome event.
+pub struct SentDelivery(pub Uuid);
+
+impl CoWrite for SentDelivery {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        query.push("sent AS (DELETE FROM deliveries WHERE delivery_id = ");
+        query.push_bind(self.0);
+        query.push(")");
+    }
+}
+
 /// Delivery-record failures.
 /// A delivery record sealed and ready to insert (see [`DeliveryStore::seal`]);
 /// written as the `delivery` `WITH` query of an append.

@@ -461,6 +461,194 @@ where
 
 /// A stream as loaded by [`Executor::load_with`], to hand to
 /// [`Executor::execute_loaded`]: the state and the stream's last sequence.
+/// A command handled on one stream whose events are not appended yet
+/// ([`Executor::decide`], [`Executor::decide_new`]): appended together
+/// with other streams' by [`append_together`], all or none.
+pub struct Decided<A: Aggregate> {
+    /// The stream's aggregate id.
+    pub id: String,
+    /// The state after the events.
+    pub state: A,
+    /// The events the command produced (possibly none).
+    pub events: Vec<A::Event>,
+    last_sequence: usize,
+    metadata: HashMap<String, String>,
+}
+
+impl<A> Executor<A>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    /// Handles `command` on the stream `loaded` without appending: the
+    /// caller appends the result with [`append_together`] (and, on
+    /// [`Together::Conflict`], decides again from a fresh load).
+    ///
+    /// # Errors
+    /// [`ExecError::Domain`] when the aggregate refuses the command.
+    pub async fn decide(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<Decided<A>, ExecError<A::Error>> {
+        self.decide_on(loaded.0, command, metadata).await
+    }
+
+    /// [`Executor::decide`] on a stream that does not exist yet (a freshly
+    /// named id): nothing is read.
+    ///
+    /// # Errors
+    /// As [`Executor::decide`].
+    pub async fn decide_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<Decided<A>, ExecError<A::Error>> {
+        self.decide_on(empty_context(id), command, metadata).await
+    }
+
+    async fn decide_on(
+        &self,
+        mut ctx: EventStoreAggregateContext<A>,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<Decided<A>, ExecError<A::Error>> {
+        let sink = EventSink::default();
+        let handled = ctx.aggregate().handle(command, &self.services, &sink).await;
+        if handled.is_err() {
+            count_command::<A>(&metadata, "refused");
+        }
+        handled.map_err(ExecError::Domain)?;
+        let events = sink.collect().await;
+        Ok(Decided {
+            id: ctx.aggregate_id,
+            state: ctx.aggregate,
+            events,
+            last_sequence: ctx.current_sequence,
+            metadata,
+        })
+    }
+}
+
+/// One stream's part of an [`append_together`]: its rows of `events`.
+pub trait DecidedRows: Send + Sync {
+    /// How many events it appends.
+    fn len(&self) -> usize;
+    /// Whether it appends nothing.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Pushes its rows, each `(aggregate_type, aggregate_id, sequence,
+    /// event_type, event_version, payload, metadata)`, comma-separated
+    /// after `first` rows already pushed.
+    fn push_rows<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>, first: &mut bool);
+    /// Counts the command under `outcome` (`streamforge_commands_total`).
+    fn count(&self, outcome: &'static str);
+}
+
+impl<A: Aggregate> DecidedRows for Decided<A> {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn push_rows<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>, first: &mut bool) {
+        let metadata = sqlx::types::Json(&self.metadata);
+        let start = i64::try_from(self.last_sequence).unwrap_or(i64::MAX).saturating_add(1);
+        for (event, sequence) in self.events.iter().zip(start..) {
+            if !std::mem::take(first) {
+                query.push(", ");
+            }
+            query.push("(");
+            let mut row = query.separated(", ");
+            row.push_bind(A::TYPE)
+                .push_bind(self.id.as_str())
+                .push_bind(sequence)
+                .push_bind(event.event_type())
+                .push_bind(event.event_version())
+                .push_bind(sqlx::types::Json(event))
+                .push_bind(metadata);
+            query.push(")");
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        count_command::<A>(&self.metadata, if self.events.is_empty() { "unchanged" } else { outcome });
+    }
+}
+
+/// Why [`append_together`] appended nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Together {
+    /// One of the streams was changed since it was loaded: decide again.
+    #[error("a stream was changed concurrently")]
+    Conflict,
+    #[error("event store error: {0}")]
+    Store(String),
+}
+
+/// Appends the events of several streams' decided commands, and `also`, in
+/// one statement (its own transaction): all of them or none, with one round
+/// trip, one commit and one notification for the lot (a password login's
+/// three events: `LoginPasswordAccepted`, the code budget's
+/// `RequestRecorded` and `OtpIssued` with its delivery record). Returns
+/// the position of the last event.
+///
+/// # Errors
+/// [`Together::Conflict`] when a stream moved on (its sequence is taken:
+/// nothing was written), [`Together::Store`] for any other failure or when
+/// there is nothing to append.
+pub async fn append_together(
+    pool: &PgPool,
+    parts: &[&dyn DecidedRows],
+    also: Option<&dyn CoWrite>,
+) -> Result<i64, Together> {
+    let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
+    if let Some(also) = also {
+        insert.push("WITH ");
+        also.push_cte(&mut insert);
+        insert.push(" ");
+    }
+    insert.push(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ",
+    );
+    let mut first = true;
+    for part in parts {
+        part.push_rows(&mut insert, &mut first);
+    }
+    if first {
+        return Err(Together::Store("nothing to append".to_owned()));
+    }
+    insert.push(" RETURNING position");
+    let result = match insert.build_query_scalar::<i64>().fetch_all(pool).await {
+        Ok(positions) => {
+            positions.into_iter().max().ok_or_else(|| Together::Store("no row appended".to_owned()))
+        }
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey") =>
+        {
+            Err(Together::Conflict)
+        }
+        Err(e) => Err(Together::Store(e.to_string())),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(Together::Conflict) => "conflict",
+        Err(Together::Store(_)) => "error",
+    };
+    for part in parts {
+        part.count(outcome);
+    }
+    result
+}
+
+fn count_command<A: Aggregate>(metadata: &HashMap<String, String>, outcome: &'static str) {
+    let name = metadata.get("command").cloned().unwrap_or_else(|| "unknown".to_owned());
+    metrics::counter!("streamforge_commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
+        .increment(1);
+}
+
 pub struct Loaded<A: Aggregate>(EventStoreAggregateContext<A>);
 
 impl<A: Aggregate> Loaded<A> {
@@ -509,7 +697,9 @@ fn empty_context<A: Aggregate>(id: &str) -> EventStoreAggregateContext<A> {
 /// Pause before attempt `attempt + 1`: "full jitter" over an exponential
 /// ceiling of 4, 8, 16, 32 … ms, so writers that collided do not collide
 /// again in lock step.
-fn retry_delay(attempt: u32) -> Duration {
+/// The pause before retry `attempt` of a conflicted command: jittered
+/// between 0.5 ms and 2^(attempt+1) ms (at most about 2 s).
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
     let ceiling_ms = 2u64 << attempt.min(10);
     Duration::from_micros(rand::Rng::gen_range(&mut rand::thread_rng(), 500..=ceiling_ms * 1000))
 }

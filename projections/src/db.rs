@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 /// The workspace migrations, embedded at compile time. `build.rs` makes a new
@@ -56,7 +56,7 @@ pub async fn connect_pool(
     max_connections: u32,
 ) -> anyhow::Result<PgPool> {
     ensure_database(database_url).await?;
-    let options = PgConnectOptions::from_str(database_url).context("invalid database URL")?;
+    let options = connect_options(database_url)?;
     let pool = PgPoolOptions::new()
         .min_connections(min_connections.min(max_connections))
         .max_connections(max_connections)
@@ -66,6 +66,37 @@ pub async fn connect_pool(
         .context("cannot connect to the database")?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// The connection options of `database_url`, with one default of ours:
+/// a server on this host (a loopback address, `localhost` or a Unix
+/// socket) is reached without TLS unless the URL (`sslmode=…`) or
+/// `PGSSLMODE` asks for it. libpq's and sqlx's default `prefer` would
+/// encrypt loopback traffic, which never leaves the host and which only
+/// root could read anyway, at a cost of about 1 ms of CPU per login on
+/// both ends (docs/performance.md, "login-http"); any other host keeps
+/// the `prefer` default, and an explicit mode always wins.
+///
+/// # Errors
+/// The URL does not parse.
+pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(database_url).context("invalid database URL")?;
+    let explicit =
+        database_url.to_ascii_lowercase().contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    Ok(if !explicit && is_local(&options) { options.ssl_mode(PgSslMode::Disable) } else { options })
+}
+
+/// Whether `options` reach a server on this host.
+fn is_local(options: &PgConnectOptions) -> bool {
+    let host = options.get_host();
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Applies every pending migration of [`MIGRATOR`] (concurrent callers are
@@ -85,7 +116,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Fails when the URL does not parse, the server is unreachable, or
 /// `CREATE DATABASE` fails for another reason than a concurrent creation.
 pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
-    let options = PgConnectOptions::from_str(database_url).context("invalid database URL")?;
+    let options = connect_options(database_url)?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -203,6 +234,37 @@ pub mod testing {
                 "postgres://u:p@h:5/x?sslmode=disable"
             );
             assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_server_on_this_host_is_reached_without_tls_unless_asked() {
+        // (Run where PGSSLMODE is unset, as the test command does.)
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/db",
+            "postgres://postgres@localhost/db",
+            "postgres://postgres@[::1]:5432/db",
+            "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/db",
+        ] {
+            assert!(matches!(connect_options(url).unwrap().get_ssl_mode(), PgSslMode::Disable), "{url}");
+        }
+        for (url, mode) in [
+            ("postgres://postgres@db.internal:5432/db", PgSslMode::Prefer),
+            ("postgres://postgres@10.0.0.5/db", PgSslMode::Prefer),
+            ("postgres://postgres@127.0.0.1/db?sslmode=require", PgSslMode::Require),
+            ("postgres://postgres@localhost/db?sslmode=prefer", PgSslMode::Prefer),
+        ] {
+            let got = connect_options(url).unwrap().get_ssl_mode();
+            assert_eq!(format!("{got:?}"), format!("{mode:?}"), "{url}");
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct PgFeedConfig {
     /// load the previous read is older and nothing waits. Adds at most this
     /// much latency; zero turns it off.
     pub min_read_interval: Duration,
+    /// Where an ephemeral feed starts ([`PgFeedConfig::ephemeral_from`]):
+    /// `None` (the default) loads and stores the consumer's cursor in
+    /// `tail_checkpoints`.
+    pub ephemeral_start: Option<Cursor>,
 }
 
 impl PgFeedConfig {
@@ -60,7 +64,18 @@ impl PgFeedConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             unsettled_retry: DEFAULT_UNSETTLED_RETRY,
             min_read_interval: DEFAULT_MIN_READ_INTERVAL,
+            ephemeral_start: None,
         }
+    }
+
+    /// Makes the feed ephemeral, starting after `cursor`: its cursor lives
+    /// in memory only (nothing read from or written to
+    /// `tail_checkpoints`, one statement fewer per batch), for a node's
+    /// own followers that start at the head on every boot and need no
+    /// cursor after a restart.
+    pub fn ephemeral_from(mut self, cursor: Cursor) -> Self {
+        self.ephemeral_start = Some(cursor);
+        self
     }
 
     /// Restricts the feed to these aggregate types.
@@ -97,6 +112,7 @@ pub struct PgFeed {
     unsettled_retry: Duration,
     min_read_interval: Duration,
     last_read: Option<Instant>,
+    ephemeral: bool,
     listener: EventsListener,
     committed: Cursor,
     returned: Cursor,
@@ -119,7 +135,10 @@ impl PgFeed {
             return Err(FeedError::Config("empty Postgres feed consumer name".into()));
         }
         let checkpoint = Self::checkpoint_name(&config.consumer);
-        let committed = tail::load_checkpoint(&pool, &checkpoint).await?;
+        let committed = match config.ephemeral_start {
+            Some(start) => start,
+            None => tail::load_checkpoint(&pool, &checkpoint).await?,
+        };
         let mut listener = EventsListener::new(pool.clone());
         listener.connect().await;
         Ok(Self {
@@ -130,6 +149,7 @@ impl PgFeed {
             unsettled_retry: config.unsettled_retry,
             min_read_interval: config.min_read_interval,
             last_read: None,
+            ephemeral: config.ephemeral_start.is_some(),
             listener,
             committed,
             returned: committed,
@@ -210,10 +230,10 @@ impl EventFeed for PgFeed {
 
     #[tracing::instrument(level = "debug", skip_all, fields(feed = %self.checkpoint))]
     async fn commit(&mut self) -> Result<(), FeedError> {
-        if self.returned != self.committed {
+        if self.returned != self.committed && !self.ephemeral {
             tail::store_checkpoint(&self.pool, &self.checkpoint, self.returned).await?;
-            self.committed = self.returned;
         }
+        self.committed = self.returned;
         Ok(())
     }
 

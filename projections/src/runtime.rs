@@ -256,8 +256,7 @@ impl ProjectionRunner {
         // transactions run side by side; each keeps feed order within.
         let results = futures::future::join_all(self.projectors.iter().filter_map(|projector| {
             let projector = projector.as_ref();
-            let mine: Vec<&Envelope> =
-                batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
+            let mine = live_envelopes(projector, batch);
             (!mine.is_empty()).then(|| self.apply_projector_batch(projector, mine))
         }))
         .await;
@@ -280,8 +279,7 @@ impl ProjectionRunner {
         let active: Vec<&dyn Projector> =
             self.projectors.iter().map(|p| p.as_ref()).filter(|p| !self.parked.contains(p.name())).collect();
         let results = futures::future::join_all(active.iter().filter_map(|projector| {
-            let mine: Vec<&Envelope> =
-                batch.iter().filter(|e| projector.handles(&e.aggregate_type)).collect();
+            let mine = live_envelopes(*projector, batch);
             (!mine.is_empty())
                 .then_some(async move { (*projector, self.apply_projector_batch(*projector, mine).await) })
         }))
@@ -633,6 +631,17 @@ enum Step {
     /// The shutdown channel changed (`true`) or its sender is gone (`false`).
     Signal(bool),
     Done(Result<usize, RunError>),
+}
+
+/// The envelopes of `batch` the live runner gives `projector`: of the
+/// aggregate types it handles, minus the event types it ignores
+/// ([`Projector::ignored_event_types`]).
+fn live_envelopes<'b>(projector: &dyn Projector, batch: &'b [Envelope]) -> Vec<&'b Envelope> {
+    let ignored = projector.ignored_event_types();
+    batch
+        .iter()
+        .filter(|e| projector.handles(&e.aggregate_type) && !ignored.contains(&e.event_type.as_str()))
+        .collect()
 }
 
 fn projector_error(projector: &dyn Projector, envelope: &Envelope, source: ProjectionError) -> RunError {

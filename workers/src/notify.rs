@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use commands::deliveries::{Delivery, DeliveryError, DeliveryStore};
+use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDelivery};
 use commands::executor::{ExecError, Executor};
 use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpCommand};
@@ -115,6 +115,10 @@ async fn write_mail_file(dir: &std::path::Path, stem: &str, content: &[u8]) -> s
     tokio::fs::write(&tmp, content).await?;
     tokio::fs::rename(&tmp, dir.join(format!("{stem}.eml"))).await
 }
+
+/// How long [`Notifier::run`] may leave handled batches unacknowledged
+/// (the projection runner's default `commit_interval` too).
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Classifies an SMTP failure: a 5xx reply or a client-side error is
 /// permanent; 4xx replies, connection, TLS and timeout errors are retryable.
@@ -475,13 +479,13 @@ impl Notifier {
         let attempts = claim.attempts();
         match sent {
             Ok(()) => {
-                // Deleted before the success is recorded: a redelivered event
-                // finds nothing to send.
-                self.delete_after_send(id).await?;
+                // The record is deleted by the statement that records the
+                // success (or before a success that cannot be recorded): a
+                // redelivered event finds nothing to send.
+                self.record_sent(&claim).await?;
                 tracing::info!(attempts, template = %delivery.template, channel = %delivery.channel, "message sent");
                 metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "sent")
                     .increment(1);
-                self.record_success(&claim).await;
                 Ok(Handled::Sent)
             }
             Err(SendError::Retryable(reason)) if attempts < self.policy.max_attempts => {
@@ -551,10 +555,26 @@ impl Notifier {
         }
     }
 
-    async fn record_success(&self, claim: &Claim) {
-        let Some(challenge) = claim.challenge() else { return };
+    /// Deletes a sent record and records the success on its challenge in
+    /// one statement ([`SentDelivery`]); a notice (no challenge), a success
+    /// already recorded, or one the challenge refuses or the store fails to
+    /// take, deletes the record on its own ([`Notifier::delete_after_send`]), the outcome
+    /// then logged as not recorded.
+    async fn record_sent(&self, claim: &Claim) -> Result<(), NotifyError> {
+        let id = claim.delivery_id;
+        let Some(challenge) = claim.challenge() else { return self.delete_after_send(id).await };
         let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: Utc::now() };
-        self.record(challenge, cmd, "RecordDelivery").await;
+        let name = "RecordDelivery";
+        match self.otps.execute_with(challenge, cmd, Self::metadata(name), &SentDelivery(id)).await {
+            // Nothing appended (an outcome already recorded): nor deleted.
+            Ok(done) if done.events.is_empty() => self.delete_after_send(id).await,
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.delete_after_send(id).await?;
+                Self::not_recorded(challenge, name, &e);
+                Ok(())
+            }
+        }
     }
 
     async fn record_failure(&self, claim: &Claim, reason: &str) {
@@ -570,16 +590,26 @@ impl Notifier {
     /// Executes an outcome command on the challenge. The record is already
     /// deleted, so a failure here cannot be retried by redelivery: logged.
     async fn record(&self, challenge: &str, cmd: OtpCommand, name: &str) {
+        if let Err(e) = self.otps.execute(challenge, cmd, Self::metadata(name)).await {
+            Self::not_recorded(challenge, name, &e);
+        }
+    }
+
+    /// The metadata of an outcome command `name`.
+    fn metadata(name: &str) -> HashMap<String, String> {
         let mut metadata = HashMap::new();
         metadata.insert("command".to_owned(), name.to_owned());
         metadata.insert("source".to_owned(), "notifier".to_owned());
-        match self.otps.execute(challenge, cmd, metadata).await {
-            Ok(_) => {}
-            Err(ExecError::Domain(e)) => {
+        metadata
+    }
+
+    fn not_recorded(challenge: &str, name: &str, e: &ExecError<domain::otp::OtpError>) {
+        match e {
+            ExecError::Domain(e) => {
                 tracing::warn!(challenge_id = %challenge, error = %e, command = name, "outcome not recorded");
             }
-            Err(e) => {
-                tracing::error!(challenge_id = %challenge, error = %e, command = name, "outcome not recorded");
+            e => {
+                tracing::error!(challenge_id = %challenge, error = %e, command = name, "outcome not recorded")
             }
         }
     }
@@ -608,6 +638,34 @@ impl Notifier {
         Ok(batch.len())
     }
 
+    /// One step of [`Notifier::run`]: [`Notifier::run_once`], but the feed
+    /// is committed only once the oldest handled, unacknowledged batch is
+    /// [`COMMIT_INTERVAL`] old or the feed had nothing new (as the
+    /// projection runner does), not per batch on the latency path. After a
+    /// crash at most that much is delivered again, and finds its records
+    /// sent (deleted) or leased.
+    async fn step(
+        &self,
+        feed: &mut dyn EventFeed,
+        max_wait: Duration,
+        uncommitted: &mut Option<tokio::time::Instant>,
+    ) -> Result<usize, NotifyError> {
+        let batch = feed.next_batch(100, max_wait).await?;
+        for env in &batch {
+            self.handle(env).await?;
+        }
+        if !batch.is_empty() {
+            uncommitted.get_or_insert_with(tokio::time::Instant::now);
+        }
+        if let Some(since) = *uncommitted {
+            if batch.is_empty() || since.elapsed() >= COMMIT_INTERVAL {
+                feed.commit().await?;
+                *uncommitted = None;
+            }
+        }
+        Ok(batch.len())
+    }
+
     /// Deletes orphaned records (see the purge rule on `deliveries`).
     /// Returns how many were removed.
     ///
@@ -628,10 +686,12 @@ impl Notifier {
         let mut backoff = Duration::from_millis(100);
         let mut last_retry: Option<tokio::time::Instant> = None;
         let mut last_purge = tokio::time::Instant::now();
+        let mut uncommitted = None;
         while !*shutdown.borrow() {
-            match self.run_once(&mut *feed, 100, poll).await {
+            match self.step(&mut *feed, poll, &mut uncommitted).await {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    uncommitted = None;
                     tracing::error!(error = %ErrorChain(&e), "notifier step failed; will retry");
                     if let Err(e) = feed.rollback().await {
                         tracing::error!(error = %ErrorChain(&e), "feed rollback failed");

@@ -10,8 +10,16 @@ use uuid::Uuid;
 
 use super::{internal, IdentityError, IdentityService, OtpRequest, RequestMeta};
 use crate::deliveries::{Delivery, SealedDelivery};
-use crate::executor::ExecError;
+use crate::executor::{Decided, ExecError};
 use crate::otp_codes::{candidate_mac, code_mac, generate_code};
+
+/// A code on a new challenge, decided and sealed, not yet written
+/// ([`IdentityService::prepare_otp`]).
+pub(crate) struct PreparedOtp {
+    pub decided: Decided<OtpChallenge>,
+    pub delivery: SealedDelivery,
+    pub expires_at: DateTime<Utc>,
+}
 
 impl IdentityService {
     /// Issues a code on a new challenge: the `OtpIssued` event the notifier
@@ -22,6 +30,33 @@ impl IdentityService {
         req: OtpRequest<'_>,
         meta: &RequestMeta,
     ) -> Result<DateTime<Utc>, IdentityError> {
+        let challenge_id = req.challenge_id;
+        let (cmd, delivery, expires_at) = self.otp_request(req).await?;
+        self.otps
+            .execute_new_with(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp"), &delivery)
+            .await?;
+        Ok(expires_at)
+    }
+
+    /// [`IdentityService::issue_otp`] decided but not appended: the
+    /// caller appends the challenge's `OtpIssued` and the delivery record
+    /// together with its own events ([`append_together`](crate::executor::append_together)).
+    pub(crate) async fn prepare_otp(
+        &self,
+        req: OtpRequest<'_>,
+        meta: &RequestMeta,
+    ) -> Result<PreparedOtp, IdentityError> {
+        let challenge_id = req.challenge_id;
+        let (cmd, delivery, expires_at) = self.otp_request(req).await?;
+        let decided = self.otps.decide_new(&challenge_id.to_string(), cmd, meta.to_map("RequestOtp")).await?;
+        Ok(PreparedOtp { decided, delivery, expires_at })
+    }
+
+    /// A new code's `Request` command, its sealed delivery record and expiry.
+    async fn otp_request(
+        &self,
+        req: OtpRequest<'_>,
+    ) -> Result<(OtpCommand, SealedDelivery, DateTime<Utc>), IdentityError> {
         let now = Utc::now();
         let code = generate_code();
         let expires_at = now + Duration::seconds(self.otp_ttl(req.channel));
@@ -41,10 +76,7 @@ impl IdentityService {
             issued_at: now,
             expires_at,
         };
-        self.otps
-            .execute_new_with(&req.challenge_id.to_string(), cmd, meta.to_map("RequestOtp"), &delivery)
-            .await?;
-        Ok(expires_at)
+        Ok((cmd, delivery, expires_at))
     }
 
     /// The sealed delivery record of a code (template by purpose).

@@ -11,7 +11,7 @@ use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNum
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta, TokenPair};
-use crate::executor::{ExecError, Executor};
+use crate::executor::{append_together, ExecError, Executor};
 use crate::reservations::{self, ReservationKind};
 use crate::tokens::{new_refresh_token, parse_refresh_token, refresh_hash};
 
@@ -51,7 +51,8 @@ impl IdentityService {
     /// device that signed in before (OWASP device cookies).
     ///
     /// # Errors
-    /// `InvalidCredentials`, `EmailNotVerified`, `Throttled`, `Internal`.
+    /// `InvalidCredentials`, `EmailNotVerified`, `Throttled`, `Internal`;
+    /// `Conflict` when its streams kept moving through every retry.
     #[tracing::instrument(skip_all)]
     pub async fn start_login(
         &self,
@@ -70,11 +71,40 @@ impl IdentityService {
             Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
             None => email_key.clone(),
         };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.start_login_once(owner, password, &key, &email_key, meta).await {
+                // A stream moved on between the read and the one append
+                // (another login of the account, another code to the
+                // address): read and decide again, as the executor does.
+                Err(IdentityError::Conflict) if attempt < crate::executor::MAX_ATTEMPTS => {
+                    tokio::time::sleep(crate::executor::retry_delay(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One try of [`IdentityService::start_login`] from the throttles' read
+    /// on. A mailed code — the common case — is written by one statement:
+    /// the account's `LoginPasswordAccepted`, the address's
+    /// `RequestRecorded` and the new challenge's `OtpIssued` with its
+    /// delivery record, all or none ([`append_together`]); `Conflict` when
+    /// a stream moved on meanwhile.
+    async fn start_login_once(
+        &self,
+        owner: Option<Uuid>,
+        password: &Password,
+        key: &str,
+        email_key: &str,
+        meta: &RequestMeta,
+    ) -> Result<LoginChallenge, IdentityError> {
         // The password throttle and the address's code budget in one read
         // (the budget is spent below if the code goes by mail).
         let mut loaded = self
             .throttles
-            .load_many(&[&Policy::PasswordFailures.key(&key), &Policy::OtpRequests.key(&email_key)])
+            .load_many(&[&Policy::PasswordFailures.key(key), &Policy::OtpRequests.key(email_key)])
             .await?;
         let (Some(budget), Some(password_throttle)) = (loaded.pop(), loaded.pop()) else {
             return Err(internal("throttle streams not loaded"));
@@ -86,7 +116,7 @@ impl IdentityService {
         let answer_at = tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25));
         let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
-            self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+            self.record_failure(Policy::PasswordFailures, key, meta).await?;
             tokio::time::sleep_until(answer_at).await;
             return Err(IdentityError::InvalidCredentials);
         };
@@ -94,59 +124,79 @@ impl IdentityService {
         // The account and its TOTP factor in one read.
         let (account, totp) = self.users.load_with::<Totp>(&user_id.to_string()).await.map_err(map_user)?;
         let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: Utc::now() };
-        let done = match self.users.execute_loaded(account, cmd, meta.to_map("StartLogin")).await {
+        let accepted = match self.users.decide(account, cmd, meta.to_map("StartLogin")).await {
             Err(ExecError::Domain(UserError::WrongPassword)) => {
-                self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+                self.record_failure(Policy::PasswordFailures, key, meta).await?;
                 self.login_pad.observe(started.elapsed());
                 tokio::time::sleep_until(answer_at).await;
                 return Err(IdentityError::InvalidCredentials);
             }
             other => other.map_err(map_user)?,
         };
-        if !done.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
+        if !accepted.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
             return Err(internal("login accepted without an event"));
+        }
+        let user = accepted.state.clone();
+        let by_sms =
+            user.two_factor_channel == OtpChannel::Sms && user.phone.is_some() && user.phone_verified;
+        if totp.is_enabled() || by_sms {
+            // The password step on its own, then the second step as it goes.
+            append_together(&self.pool, &[&accepted], None).await?;
         }
         // `RecordSuccess` only resets a failure count: with none at the
         // check it would load the stream again to write nothing. A failure
         // recorded concurrently since the check is then left standing (the
         // stricter outcome) until the next success.
         if throttle.consecutive_failures > 0 {
-            self.record_success(Policy::PasswordFailures, &key, meta).await?;
+            self.record_success(Policy::PasswordFailures, key, meta).await?;
         }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
         if totp.is_enabled() {
-            return self.issue_totp_challenge(user_id, challenge_id, email_key, meta).await;
+            return self.issue_totp_challenge(user_id, challenge_id, email_key.to_owned(), meta).await;
         }
-        let user = done.state;
-        let (channel, to, recipient_key) = match (user.two_factor_channel, &user.phone) {
-            (OtpChannel::Sms, Some(sealed)) if user.phone_verified => {
-                let phone = self.open(user_id, sealed).await?;
-                let parsed = PhoneNumber::parse(&phone).map_err(internal)?;
-                self.charge_sms(&parsed).await?;
-                (OtpChannel::Sms, phone, self.phone_key(&parsed))
-            }
-            _ => {
-                let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
-                (OtpChannel::Email, self.open(user_id, sealed).await?, email_key)
-            }
-        };
-        // Login codes count toward the recipient's budget like every other
-        // code (SECURITY.md). Only reached with the right password, which the
-        // 200/401 answer tells anyway: the 429 is no new oracle.
-        match channel {
-            OtpChannel::Email => self.record_request_loaded(budget, meta).await?,
-            _ => self.record_request(&recipient_key, meta).await?,
+        if by_sms {
+            let sealed = user.phone.as_ref().ok_or_else(|| internal("account without phone"))?;
+            let phone = self.open(user_id, sealed).await?;
+            let parsed = PhoneNumber::parse(&phone).map_err(internal)?;
+            self.charge_sms(&parsed).await?;
+            let recipient_key = self.phone_key(&parsed);
+            // Login codes count toward the recipient's budget like every
+            // other code (SECURITY.md). Only reached with the right
+            // password, which the 200/401 answer tells anyway: the 429 is
+            // no new oracle.
+            self.record_request(&recipient_key, meta).await?;
+            let req = OtpRequest {
+                challenge_id,
+                subject: user_id,
+                purpose: OtpPurpose::TwoFactor,
+                channel: OtpChannel::Sms,
+                to: &phone,
+                recipient_key,
+            };
+            let expires_at = self.issue_otp(req, meta).await?;
+            return Ok(LoginChallenge { challenge_id, channel: OtpChannel::Sms, expires_at });
+        }
+        let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
+        let to = self.open(user_id, sealed).await?;
+        // The address's code budget (SECURITY.md), decided on the stream
+        // read above; a refusal is recorded with the password step.
+        let spent = self.decide_request(budget, meta).await?;
+        if let Err(refused) = spent.outcome {
+            append_together(&self.pool, &[&accepted, &spent.decided], None).await?;
+            return Err(refused);
         }
         let req = OtpRequest {
             challenge_id,
             subject: user_id,
             purpose: OtpPurpose::TwoFactor,
-            channel,
+            channel: OtpChannel::Email,
             to: &to,
-            recipient_key,
+            recipient_key: email_key.to_owned(),
         };
-        let expires_at = self.issue_otp(req, meta).await?;
-        Ok(LoginChallenge { challenge_id, channel, expires_at })
+        let code = self.prepare_otp(req, meta).await?;
+        append_together(&self.pool, &[&accepted, &spent.decided, &code.decided], Some(&code.delivery))
+            .await?;
+        Ok(LoginChallenge { challenge_id, channel: OtpChannel::Email, expires_at: code.expires_at })
     }
 
     /// Answers a two-factor or phone-login challenge. A two-factor code

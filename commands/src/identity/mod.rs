@@ -189,6 +189,15 @@ impl<E: std::error::Error> From<ExecError<E>> for IdentityError {
     }
 }
 
+impl From<crate::executor::Together> for IdentityError {
+    fn from(e: crate::executor::Together) -> Self {
+        match e {
+            crate::executor::Together::Conflict => Self::Conflict,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> IdentityError {
     IdentityError::Internal(e.to_string())
 }

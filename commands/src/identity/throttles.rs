@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use domain::throttle::{Policy, RequestPolicy, Throttle, ThrottleCommand, ThrottleEvent};
 
 use super::{IdentityError, IdentityService, RequestMeta};
-use crate::executor::{Executed, Loaded, Tail};
+use crate::executor::{Decided, Executed, Loaded, Tail};
 
 /// Attempts to record a failure under write conflicts (each retry waits a
 /// jittered, growing delay; see the executor).
@@ -23,6 +23,14 @@ pub fn throttle_tail(id: &str) -> Tail {
     } else {
         Tail::FromLast(&["FailuresReset"])
     }
+}
+
+/// A code request decided on the recipient's budget stream, not yet
+/// appended ([`IdentityService::decide_request`]).
+pub(crate) struct DecidedRequest {
+    pub decided: Decided<Throttle>,
+    /// `Err(Throttled)` when the budget refused the code.
+    pub outcome: Result<(), IdentityError>,
 }
 
 impl IdentityService {
@@ -157,19 +165,29 @@ impl IdentityService {
         Self::requested(&done, limits, now)
     }
 
-    /// [`IdentityService::record_request`] on the recipient's `otp_requests`
-    /// stream loaded by the caller (one read for a login's two throttles).
-    pub(crate) async fn record_request_loaded(
+    /// [`IdentityService::record_request`] on the recipient's
+    /// `otp_requests` stream loaded by the caller (one read for a login's
+    /// two throttles), decided but not appended: the caller appends `decided` with its own events
+    /// ([`append_together`](crate::executor::append_together)) whether the
+    /// request was counted (`outcome` `Ok`) or refused (`Throttled`; the
+    /// refusal is an event too).
+    pub(crate) async fn decide_request(
         &self,
         loaded: Loaded<Throttle>,
         meta: &RequestMeta,
-    ) -> Result<(), IdentityError> {
+    ) -> Result<DecidedRequest, IdentityError> {
         let now = Utc::now();
         let limits = self.code_budget();
         let cmd =
             ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
-        let done = self.throttles.execute_loaded(loaded, cmd, meta.to_map("RecordRequest")).await?;
-        Self::requested(&done, limits, now)
+        let decided = self.throttles.decide(loaded, cmd, meta.to_map("RecordRequest")).await?;
+        let outcome = if decided.events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
+            Ok(())
+        } else {
+            let until = limits.next_allowed(&decided.state.recent_requests, now).unwrap_or(now);
+            Err(Self::throttled_until(until, now))
+        };
+        Ok(DecidedRequest { decided, outcome })
     }
 
     fn requested(

@@ -15,6 +15,20 @@ use crate::runtime::{ProjectionError, Projector};
 /// Projects `user` events into `rm_profiles`.
 pub struct ProfilesProjector;
 
+/// The user events that change no profile (the empty arm of `apply` and
+/// of [`fold_profile`]); the live runner passes them over.
+const IGNORED: &[&str] = &[
+    "DuplicateRegistrationAttempted",
+    "EmailChallengeReplaced",
+    "RefreshTokenReuseNoticed",
+    "PasswordReset",
+    "PasswordResetRequested",
+    "LoginPasswordAccepted",
+    "PhoneClaimAttempted",
+    "LegalNameSet",
+    "AllSessionsRevoked",
+];
+
 #[async_trait]
 impl Projector for ProfilesProjector {
     fn name(&self) -> &'static str {
@@ -154,6 +168,11 @@ impl Projector for ProfilesProjector {
 
     fn tables(&self) -> &'static [&'static str] {
         &["rm_profiles"]
+    }
+
+    /// The user events `apply` leaves alone (the empty arm above).
+    fn ignored_event_types(&self) -> &'static [&'static str] {
+        IGNORED
     }
 
     /// Set-based: folds each user stream into its final `rm_profiles` row

@@ -124,7 +124,7 @@ pub(super) async fn apply_one(
         tracing::debug!(stored, "already applied; skipped");
         return Ok(false);
     }
-    if stored >= 0 && envelope.sequence > stored + 1 {
+    if stored >= 0 && envelope.sequence > stored + 1 && projector.ignored_event_types().is_empty() {
         tracing::warn!(stored, "sequence gap: events of this aggregate were not seen");
     }
     projector.apply(&mut tx, envelope).await?;
@@ -206,7 +206,8 @@ pub(super) async fn apply_many_in(
             );
             continue;
         }
-        if *running >= 0 && envelope.sequence > *running + 1 {
+        // (A projector that ignores some event types has gaps by design.)
+        if *running >= 0 && envelope.sequence > *running + 1 && projector.ignored_event_types().is_empty() {
             tracing::warn!(
                 aggregate_type = %envelope.aggregate_type,
                 aggregate_id = %envelope.aggregate_id,

@@ -45,9 +45,22 @@ pub trait Projector: Send + Sync {
         Checkpoints::PerAggregate
     }
 
+    /// Event types of the handled aggregates that leave this read model as
+    /// it is (`apply` does nothing with them). The live runner passes them
+    /// over — no transaction, no checkpoint write — and the default
+    /// [`Projector::has_applied`] counts them as applied once every event
+    /// of the stream up to the asked one is checkpointed or ignored.
+    /// Default: none (a password login's `LoginPasswordAccepted` cost the
+    /// profiles a transaction per login before; docs/performance.md).
+    fn ignored_event_types(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Whether the read model has applied event `sequence` of stream
     /// `aggregate_type`/`aggregate_id` (read-your-writes, decided 13). The
-    /// default reads the stream's checkpoint row.
+    /// default reads the stream's checkpoint row; past it, an event is
+    /// applied when it and every event between are of
+    /// [`Projector::ignored_event_types`].
     ///
     /// # Errors
     /// Database errors.
@@ -67,7 +80,26 @@ pub trait Projector: Send + Sync {
         .bind(aggregate_id)
         .fetch_optional(pool)
         .await?;
-        Ok(stored.is_some_and(|s| s >= sequence))
+        if stored.is_some_and(|s| s >= sequence) {
+            return Ok(true);
+        }
+        let ignored = self.ignored_event_types();
+        if ignored.is_empty() {
+            return Ok(false);
+        }
+        let after = stored.unwrap_or(0).max(0);
+        let (events, handled): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE event_type <> ALL($5))
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND sequence <= $4",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after)
+        .bind(sequence)
+        .bind(ignored)
+        .fetch_one(pool)
+        .await?;
+        Ok(events == sequence - after && handled == 0)
     }
 
     /// Applies one envelope to the read model.
@@ -179,6 +211,10 @@ impl Projector for PerEventRebuild {
 
     fn tables(&self) -> &'static [&'static str] {
         self.0.tables()
+    }
+
+    fn ignored_event_types(&self) -> &'static [&'static str] {
+        self.0.ignored_event_types()
     }
 
     async fn has_applied(

@@ -8,6 +8,7 @@
 mod broker_restart;
 mod cursor;
 mod helpers;
+mod ignored;
 mod kafka_feed;
 mod pg_feed;
 mod pool;
