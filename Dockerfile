@@ -15,7 +15,7 @@ COPY . .
 # binary is copied out because the cache mount is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p api --bin streamforge \
+    cargo build --release --locked -p streamforge --bin streamforge \
  && cp target/release/streamforge /usr/local/bin/streamforge
 
 # --- runtime -------------------------------------------------------------------

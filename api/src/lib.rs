@@ -1,14 +1,15 @@
 //! streamforge's edge: axum routers, extractors, bearer authentication,
 //! error → HTTP mapping, the OpenAPI document, configuration, and the wiring
 //! that runs the HTTP, relay, projector and notifier roles. The
-//! `streamforge` binary (`src/main.rs`) is a thin CLI over [`app::App`].
+//! `streamforge` binary (the `streamforge` crate, `cli/`) is a thin CLI
+//! over [`app::App`]; benchmarks, the dataset generator and the chaos
+//! tooling live in the `tools` crate (ARCHITECTURE decided 15).
 //!
-//! Depends on every other crate of the workspace; none depends on it.
+//! Depends on the domain, commands, projections and workers crates; only
+//! `tools` and the binary depend on it.
 
 pub mod app;
 pub mod auth;
-pub mod bench;
-pub mod chaos;
 pub mod client_ip;
 pub mod config;
 pub mod consistency;

@@ -38,7 +38,7 @@ streamforge_bin() {
     if [[ -z "${STREAMFORGE_BIN:-}" ]]; then
         default_target_dir
         log "building streamforge (release)"
-        cargo build --release -p api --bin streamforge
+        cargo build --release -p streamforge --bin streamforge
         STREAMFORGE_BIN="$CARGO_TARGET_DIR/release/streamforge"
     fi
 }

@@ -6,7 +6,6 @@
 
 mod abuse;
 mod admin;
-mod bench;
 mod challenges;
 mod concurrency;
 mod engagement;

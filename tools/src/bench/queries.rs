@@ -31,7 +31,7 @@ use super::data::{seed_feed, seed_follows, seed_users, SeedShape, FOLLOWS_PER_US
 use super::{
     closed_loop, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row, Sample,
 };
-use crate::app::App;
+use api::app::App;
 
 /// Default number of seeded users.
 pub const DEFAULT_USERS: usize = 100_000;

@@ -16,7 +16,7 @@ use super::{
     closed_loop, cores, error_note, fmt_ms, fmt_rate, open_loop, ratio, reset_peak_rss, rss_kib, BenchEnv,
     BenchOptions, Check, Report, Row, Sample,
 };
-use crate::app::App;
+use api::app::App;
 
 const PASSWORD: &str = "bench-password-correct-horse";
 /// Accounts per closed-loop client (logins rotate over them, as real users do).

@@ -485,7 +485,7 @@ pub async fn seed_follows(pool: &PgPool, users: &[Uuid], per_user: i64) -> Resul
 ///
 /// # Errors
 /// Database unreachable, bad keys, insert failures.
-pub async fn seed_command(settings: &crate::config::Settings, users: usize) -> anyhow::Result<()> {
+pub async fn seed_command(settings: &api::config::Settings, users: usize) -> anyhow::Result<()> {
     let pool = projections::db::connect_with(&settings.database_url, 8).await?;
     let keys = Keyring::derive(&settings.master_key()?);
     let hash = commands::passwords::PasswordHasher::new(1)?.hash(SEED_PASSWORD).await?;

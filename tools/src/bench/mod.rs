@@ -33,7 +33,7 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::config::Settings;
+use api::config::Settings;
 
 /// Prefix of every database a benchmark makes.
 pub const BENCH_DATABASE_PREFIX: &str = "sf_bench_";
@@ -165,7 +165,7 @@ pub async fn run(name: BenchName, settings: &Settings, options: &BenchOptions) -
 
 /// What a benchmark gets: settings pointing at its own database, and a pool on it.
 pub struct BenchEnv {
-    /// Settings for an [`crate::app::App`] on the bench database (fresh keys,
+    /// Settings for an [`api::app::App`] on the bench database (fresh keys,
     /// unique topic and group prefixes).
     pub settings: Settings,
     /// Pool on the bench database.

@@ -35,7 +35,7 @@ enum Command {
     /// Run a benchmark on a fresh `sf_bench_<uuid>` database and print its table.
     Bench {
         /// Which benchmark.
-        name: api::bench::BenchName,
+        name: tools::bench::BenchName,
         /// Length of each measured phase, in seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
@@ -153,16 +153,16 @@ async fn main() -> anyhow::Result<()> {
     api::telemetry::init();
     let roles = match cli.command.unwrap_or(Command::Serve) {
         Command::Bench { name, seconds, concurrency, events, users, partitions } => {
-            let mut options = api::bench::BenchOptions::new(&cli.settings, seconds);
+            let mut options = tools::bench::BenchOptions::new(&cli.settings, seconds);
             options.concurrency = concurrency;
             options.events = events;
             options.users = users;
             options.partitions = partitions;
-            let report = api::bench::run(name, &cli.settings, &options).await?;
+            let report = tools::bench::run(name, &cli.settings, &options).await?;
             println!("{report}");
             return Ok(());
         }
-        Command::Seed { users } => return api::bench::data::seed_command(&cli.settings, users).await,
+        Command::Seed { users } => return tools::bench::data::seed_command(&cli.settings, users).await,
         Command::Topics => {
             let brokers = cli
                 .settings
@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
 async fn chaos(action: ChaosAction, settings: &Settings) -> anyhow::Result<()> {
     match action {
         ChaosAction::Load { base, commands, clients, journal, progress, max_seconds } => {
-            let options = api::chaos::LoadOptions {
+            let options = tools::chaos::LoadOptions {
                 base,
                 commands,
                 clients,
@@ -220,11 +220,11 @@ async fn chaos(action: ChaosAction, settings: &Settings) -> anyhow::Result<()> {
                 progress,
                 max_duration: std::time::Duration::from_secs(max_seconds),
             };
-            api::chaos::load(&options).await
+            tools::chaos::load(&options).await
         }
         ChaosAction::Verify { journal, timeout_seconds } => {
-            api::chaos::verify(settings, &journal, std::time::Duration::from_secs(timeout_seconds)).await
+            tools::chaos::verify(settings, &journal, std::time::Duration::from_secs(timeout_seconds)).await
         }
-        ChaosAction::ReplayCheck => api::chaos::replay_check(settings).await,
+        ChaosAction::ReplayCheck => tools::chaos::replay_check(settings).await,
     }
 }

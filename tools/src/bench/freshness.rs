@@ -31,7 +31,7 @@ use super::{
     closed_loop, error_note, fmt_ms, fmt_rate, open_loop, quantile, ratio, BenchEnv, BenchOptions, Check,
     Report, Row,
 };
-use crate::app::{App, Roles};
+use api::app::{App, Roles};
 
 /// The target: p99 commit → visible.
 pub const LIMIT: Duration = Duration::from_millis(50);
@@ -108,7 +108,7 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(super) async fn start(settings: crate::config::Settings) -> anyhow::Result<Self> {
+    pub(super) async fn start(settings: api::config::Settings) -> anyhow::Result<Self> {
         let app = App::build(settings).await?;
         let (stop, stopped) = watch::channel(false);
         let roles = Roles { http: false, relay: true, project: true, notify: false };

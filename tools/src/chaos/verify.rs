@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{read_journal, summary, Op};
-use crate::app::App;
-use crate::config::Settings;
+use api::app::App;
+use api::config::Settings;
 
 struct Check {
     what: String,

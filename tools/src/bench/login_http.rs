@@ -24,7 +24,7 @@ use super::{
     closed_loop, cores, error_note, fmt_ms, fmt_rate, ratio, BenchEnv, BenchOptions, Check, Report, Row,
     Sample,
 };
-use crate::app::App;
+use api::app::App;
 
 /// Rounds of each mode, alternating with rounds of H.
 const ROUNDS: u32 = 2;

@@ -3,12 +3,18 @@
 //! prints a table with ratios. The figures themselves mean nothing here
 //! (debug build); `docs/performance.md` has the real runs.
 
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
-use api::bench::{self, BenchName, BenchOptions, Report};
+use tools::bench::{self, BenchName, BenchOptions, Report};
 use api::config::Settings;
 
-use crate::helpers::brokers;
+/// The broker the test command started (scripts/test).
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
 
 fn options(seconds: f64, concurrency: usize) -> (Settings, BenchOptions) {
     api::telemetry::init_for_tests();
