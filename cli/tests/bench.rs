@@ -3,13 +3,12 @@
 //! prints a table with ratios. The figures themselves mean nothing here
 //! (debug build); `docs/performance.md` has the real runs.
 
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
-use tools::bench::{self, BenchName, BenchOptions, Report};
 use api::config::Settings;
+use tools::bench::{self, BenchName, BenchOptions, Report};
 
 /// The broker the test command started (scripts/test).
 fn brokers() -> String {
