@@ -589,7 +589,7 @@ async fn write_chunk(
         }
         projector.rebuild_chunk(&mut tx, chunk).await?;
         if projector.checkpoints() == Checkpoints::PerAggregate {
-            store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REBUILT_CHECKPOINTS).await?;
+            store_rebuilt_checkpoints(&mut tx, projector, chunk, STORE_REBUILT_CHECKPOINTS).await?;
         }
         tx.commit().await?;
         Ok::<_, ProjectionError>(())
@@ -621,7 +621,7 @@ async fn write_chunk(
         })?;
     }
     if projector.checkpoints() == Checkpoints::PerAggregate {
-        store_rebuilt_checkpoints(&mut tx, projector.name(), chunk, STORE_REPLAYED_CHECKPOINTS).await?;
+        store_rebuilt_checkpoints(&mut tx, projector, chunk, STORE_REPLAYED_CHECKPOINTS).await?;
     }
     tx.commit().await?;
     Ok(true)

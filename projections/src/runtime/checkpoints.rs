@@ -83,19 +83,26 @@ pub(super) async fn write_lock(
     Ok(())
 }
 
+/// Stores the checkpoints of a rebuilt `chunk`: each stream's last event
+/// that `projector` does not ignore ([`Projector::ignored_event_types`]),
+/// as the live path leaves them; a stream of ignored events only gets none.
 pub(super) async fn store_rebuilt_checkpoints(
     conn: &mut PgConnection,
-    projector: &str,
+    projector: &dyn Projector,
     chunk: &RebuildChunk,
     statement: &'static str,
 ) -> Result<(), sqlx::Error> {
+    let ignored = projector.ignored_event_types();
     let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
-    for (aggregate_type, aggregate_id, sequence) in chunk.checkpoints() {
-        types.push(aggregate_type);
-        ids.push(aggregate_id);
-        sequences.push(sequence);
+    for stream in chunk.streams() {
+        let last = stream.events.iter().rev().find(|e| !ignored.contains(&e.event_type.as_str()));
+        if let Some(last) = last {
+            types.push(stream.aggregate_type);
+            ids.push(stream.aggregate_id);
+            sequences.push(last.sequence);
+        }
     }
-    sqlx::query(statement).bind(projector).bind(types).bind(ids).bind(sequences).execute(conn).await?;
+    sqlx::query(statement).bind(projector.name()).bind(types).bind(ids).bind(sequences).execute(conn).await?;
     Ok(())
 }
 
@@ -106,6 +113,9 @@ pub(super) async fn apply_one(
     projector: &dyn Projector,
     envelope: &Envelope,
 ) -> Result<bool, ProjectionError> {
+    if projector.ignored_event_types().contains(&envelope.event_type.as_str()) {
+        return Ok(false);
+    }
     let mut tx = pool.begin().await?;
     write_lock(&mut tx, projector).await?;
     if projector.checkpoints() == Checkpoints::InReadModel {
@@ -166,6 +176,19 @@ pub(super) async fn apply_many_in(
     projector: &dyn Projector,
     envelopes: &[&Envelope],
 ) -> Result<Applied, ProjectionError> {
+    // Event types it ignores change nothing and move no checkpoint (the
+    // live runner and every catch-up alike).
+    let ignored = projector.ignored_event_types();
+    let kept: Vec<&Envelope>;
+    let envelopes = if ignored.is_empty() {
+        envelopes
+    } else {
+        kept = envelopes.iter().copied().filter(|e| !ignored.contains(&e.event_type.as_str())).collect();
+        if kept.is_empty() {
+            return Ok(Applied::default());
+        }
+        &kept[..]
+    };
     if projector.checkpoints() == Checkpoints::InReadModel {
         projector.apply_many(&mut *tx, envelopes).await?;
         return Ok(Applied { applied: envelopes.len(), skipped: 0 });

@@ -43,6 +43,9 @@ impl Projector for PerEvent {
     fn tables(&self) -> &'static [&'static str] {
         self.0.tables()
     }
+    fn ignored_event_types(&self) -> &'static [&'static str] {
+        self.0.ignored_event_types()
+    }
     async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
         self.0.apply(conn, envelope).await
     }
@@ -433,6 +436,9 @@ impl Projector for RacedByLive {
     }
     fn tables(&self) -> &'static [&'static str] {
         self.inner.tables()
+    }
+    fn ignored_event_types(&self) -> &'static [&'static str] {
+        self.inner.ignored_event_types()
     }
     async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
         self.inner.apply(conn, envelope).await
