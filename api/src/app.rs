@@ -262,7 +262,13 @@ impl App {
                 cfg.fetch_wait_max_ms = fetch_wait_max_ms;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
-            None => Ok(Box::new(PgFeed::new(self.pool.clone(), PgFeedConfig::new(name)).await?)),
+            None => {
+                let interval = Duration::from_millis(self.settings.pg_feed_min_read_ms);
+                Ok(Box::new(
+                    PgFeed::new(self.pool.clone(), PgFeedConfig::new(name).min_read_interval(interval))
+                        .await?,
+                ))
+            }
         }
     }
 
