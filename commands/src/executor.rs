@@ -459,8 +459,6 @@ where
     }
 }
 
-/// A stream as loaded by [`Executor::load_with`], to hand to
-/// [`Executor::execute_loaded`]: the state and the stream's last sequence.
 /// A command handled on one stream whose events are not appended yet
 /// ([`Executor::decide`], [`Executor::decide_new`]): appended together
 /// with other streams' by [`append_together`], all or none.
@@ -473,6 +471,36 @@ pub struct Decided<A: Aggregate> {
     pub events: Vec<A::Event>,
     last_sequence: usize,
     metadata: HashMap<String, String>,
+}
+
+impl<A: Aggregate> Decided<A> {
+    /// The stream's sequence the command was decided on (its events
+    /// follow it).
+    pub fn sequence(&self) -> usize {
+        self.last_sequence
+    }
+}
+
+impl<A: Aggregate + PartialEq> Decided<A> {
+    /// Moves the decision onto `fresh`, a later read of the same stream,
+    /// without handling the command again, when `fresh`'s state equals the
+    /// state this decision's events left: what came in between did not
+    /// change the state (another login's `LoginPasswordAccepted`, say), and
+    /// a command's outcome is a function of the state, so handling it again
+    /// would decide the same. Answers `fresh` back when the state differs
+    /// (decide again then); a decision whose events change the state never
+    /// moves, which errs on the side of deciding again.
+    ///
+    /// # Errors
+    /// `fresh`, when the decision cannot move onto it.
+    pub fn rebase(&mut self, fresh: Loaded<A>) -> Result<(), Loaded<A>> {
+        if fresh.0.aggregate == self.state {
+            self.last_sequence = fresh.0.current_sequence;
+            Ok(())
+        } else {
+            Err(fresh)
+        }
+    }
 }
 
 impl<A> Executor<A>
@@ -649,12 +677,19 @@ fn count_command<A: Aggregate>(metadata: &HashMap<String, String>, outcome: &'st
         .increment(1);
 }
 
+/// A stream as loaded by [`Executor::load_with`], to hand to
+/// [`Executor::execute_loaded`]: the state and the stream's last sequence.
 pub struct Loaded<A: Aggregate>(EventStoreAggregateContext<A>);
 
 impl<A: Aggregate> Loaded<A> {
     /// The aggregate's state as loaded.
     pub fn state(&self) -> &A {
         &self.0.aggregate
+    }
+
+    /// The stream's last sequence as loaded (0: no event).
+    pub fn sequence(&self) -> usize {
+        self.0.current_sequence
     }
 }
 
@@ -697,8 +732,6 @@ fn empty_context<A: Aggregate>(id: &str) -> EventStoreAggregateContext<A> {
 /// Pause before attempt `attempt + 1`: "full jitter" over an exponential
 /// ceiling of 4, 8, 16, 32 … ms, so writers that collided do not collide
 /// again in lock step.
-/// The pause before retry `attempt` of a conflicted command: jittered
-/// between 0.5 ms and 2^(attempt+1) ms (at most about 2 s).
 pub(crate) fn retry_delay(attempt: u32) -> Duration {
     let ceiling_ms = 2u64 << attempt.min(10);
     Duration::from_micros(rand::Rng::gen_range(&mut rand::thread_rng(), 500..=ceiling_ms * 1000))

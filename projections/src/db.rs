@@ -75,14 +75,18 @@ pub async fn connect_pool(
 /// encrypt loopback traffic, which never leaves the host and which only
 /// root could read anyway, at a cost of about 1 ms of CPU per login on
 /// both ends (docs/performance.md, "login-http"); any other host keeps
-/// the `prefer` default, and an explicit mode always wins.
+/// the `prefer` default, and an explicit mode always wins (a local server
+/// whose `pg_hba.conf` takes `hostssl` lines only needs `sslmode=require`
+/// in the URL).
 ///
 /// # Errors
 /// The URL does not parse.
 pub fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(database_url).context("invalid database URL")?;
+    // sqlx reads both spellings of the parameter.
+    let url = database_url.to_ascii_lowercase();
     let explicit =
-        database_url.to_ascii_lowercase().contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+        url.contains("sslmode=") || url.contains("ssl-mode=") || std::env::var_os("PGSSLMODE").is_some();
     Ok(if !explicit && is_local(&options) { options.ssl_mode(PgSslMode::Disable) } else { options })
 }
 
@@ -262,6 +266,7 @@ mod tests {
             ("postgres://postgres@10.0.0.5/db", PgSslMode::Prefer),
             ("postgres://postgres@127.0.0.1/db?sslmode=require", PgSslMode::Require),
             ("postgres://postgres@localhost/db?sslmode=prefer", PgSslMode::Prefer),
+            ("postgres://postgres@localhost/db?ssl-mode=require", PgSslMode::Require),
         ] {
             let got = connect_options(url).unwrap().get_ssl_mode();
             assert_eq!(format!("{got:?}"), format!("{mode:?}"), "{url}");

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::Barrier;
 
-use crate::helpers::{code_in, spawn_app, Feed, TestApp};
+use crate::helpers::{code_in, spawn_app, spawn_app_with, Feed, TestApp};
 
 const WRITERS: usize = 16;
 const PASSWORD: &str = "correct horse battery staple";
@@ -235,4 +235,97 @@ async fn sixteen_concurrent_profile_updates_over_http() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+}
+
+/// Parallel password logins of one account: each writes its password step,
+/// the address's code count and its challenge in one statement
+/// (`append_together`), so conflicts on the account's and the budget's
+/// streams are retried and every answer is all or none: a 200 has its
+/// three events, and nothing is written twice or left half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_logins_of_one_account_write_each_login_whole() {
+    let app = spawn_app_with(Feed::Postgres, |s| {
+        s.otp_codes_per_hour = 1_000;
+        s.otp_resend_interval_secs = 0;
+    })
+    .await;
+    let email = "parallel-logins@example.com";
+    assert_eq!(app.register(email, PASSWORD, "Parallel").await.status(), 201);
+    let code = code_in(&app.wait_mail_with(email, "verification code", 1).await);
+    assert_eq!(app.post("/api/auth/verify-email", json!({"email": email, "code": code})).await.status(), 204);
+    let user_id: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE aggregate_type = 'user' AND event_type = 'EmailVerified'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    let codes_counted = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'throttle' AND event_type = 'RequestRecorded'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let counted_before = codes_counted().await;
+
+    const LOGINS: usize = 8;
+    let barrier = Arc::new(Barrier::new(LOGINS));
+    let mut tasks = Vec::new();
+    for _ in 0..LOGINS {
+        let (client, base, barrier) = (app.client.clone(), app.base.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = client
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"email": email, "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }));
+    }
+    let mut challenges = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        challenges.push(body["challenge_id"].as_str().unwrap().to_owned());
+    }
+    challenges.sort();
+    challenges.dedup();
+    assert_eq!(challenges.len(), LOGINS, "one challenge per login");
+
+    // Each challenge: its `OtpIssued`, and one password step naming it.
+    for challenge in &challenges {
+        assert_eq!(sequences(&app.pool, "otp_challenge", challenge).await.first(), Some(&1));
+        let steps: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
+             AND event_type = 'LoginPasswordAccepted' AND payload->'LoginPasswordAccepted'->>'challenge_id' = $2",
+        )
+        .bind(&user_id)
+        .bind(challenge)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(steps, 1, "{challenge}");
+    }
+    // No step without its challenge, and the account's stream is whole.
+    let steps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'user' AND aggregate_id = $1
+         AND event_type = 'LoginPasswordAccepted'",
+    )
+    .bind(&user_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(steps, LOGINS as i64);
+    assert_contiguous(&sequences(&app.pool, "user", &user_id).await);
+    // The address's budget counted every login's code once.
+    assert_eq!(codes_counted().await - counted_before, LOGINS as i64);
+    for mail in 1..=LOGINS {
+        app.wait_mail_with(email, "sign-in code", mail).await;
+    }
 }

@@ -11,7 +11,9 @@ use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNum
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta, TokenPair};
-use crate::executor::{append_together, ExecError, Executor};
+use crate::executor::{
+    append_together, retry_delay, Decided, DecidedRows, ExecError, Executor, Loaded, Together, MAX_ATTEMPTS,
+};
 use crate::reservations::{self, ReservationKind};
 use crate::tokens::{new_refresh_token, parse_refresh_token, refresh_hash};
 
@@ -26,6 +28,20 @@ pub enum LoginStep {
     /// The phone code was right, but the account has passkeys: sign in
     /// with one (`/api/auth/passkeys/login/start` with this user id).
     Passkey { user_id: Uuid },
+}
+
+/// When a refused password login may be answered (no timing oracle).
+struct RefusalPad {
+    started: std::time::Instant,
+    answer_at: tokio::time::Instant,
+}
+
+/// What a login's password step is decided from.
+struct PasswordStep<'a> {
+    user_id: Uuid,
+    challenge_id: Uuid,
+    password: &'a Password,
+    key: &'a str,
 }
 
 /// A pending second factor, answered with `verify_otp`.
@@ -71,88 +87,51 @@ impl IdentityService {
             Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
             None => email_key.clone(),
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.start_login_once(owner, password, &key, &email_key, meta).await {
-                // A stream moved on between the read and the one append
-                // (another login of the account, another code to the
-                // address): read and decide again, as the executor does.
-                Err(IdentityError::Conflict) if attempt < crate::executor::MAX_ATTEMPTS => {
-                    tokio::time::sleep(crate::executor::retry_delay(attempt)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// One try of [`IdentityService::start_login`] from the throttles' read
-    /// on. A mailed code — the common case — is written by one statement:
-    /// the account's `LoginPasswordAccepted`, the address's
-    /// `RequestRecorded` and the new challenge's `OtpIssued` with its
-    /// delivery record, all or none ([`append_together`]); `Conflict` when
-    /// a stream moved on meanwhile.
-    async fn start_login_once(
-        &self,
-        owner: Option<Uuid>,
-        password: &Password,
-        key: &str,
-        email_key: &str,
-        meta: &RequestMeta,
-    ) -> Result<LoginChallenge, IdentityError> {
         // The password throttle and the address's code budget in one read
         // (the budget is spent below if the code goes by mail).
         let mut loaded = self
             .throttles
-            .load_many(&[&Policy::PasswordFailures.key(key), &Policy::OtpRequests.key(email_key)])
+            .load_many(&[&Policy::PasswordFailures.key(&key), &Policy::OtpRequests.key(&email_key)])
             .await?;
-        let (Some(budget), Some(password_throttle)) = (loaded.pop(), loaded.pop()) else {
+        let (Some(mut budget), Some(password_throttle)) = (loaded.pop(), loaded.pop()) else {
             return Err(internal("throttle streams not loaded"));
         };
         let throttle = self.check_attempt_loaded(Policy::PasswordFailures, password_throttle, meta).await?;
         // A refusal is answered no sooner than a typical refusal of a known
         // account (25 % cushion), whichever path it took (no timing oracle).
         let started = std::time::Instant::now();
-        let answer_at = tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25));
+        let pad = RefusalPad {
+            started,
+            answer_at: tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25)),
+        };
         let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
-            self.record_failure(Policy::PasswordFailures, key, meta).await?;
-            tokio::time::sleep_until(answer_at).await;
+            self.record_failure(Policy::PasswordFailures, &key, meta).await?;
+            tokio::time::sleep_until(pad.answer_at).await;
             return Err(IdentityError::InvalidCredentials);
         };
         let challenge_id = Uuid::new_v4();
+        let login = PasswordStep { user_id, challenge_id, password, key: &key };
         // The account and its TOTP factor in one read.
         let (account, totp) = self.users.load_with::<Totp>(&user_id.to_string()).await.map_err(map_user)?;
-        let cmd = UserCommand::StartLogin { challenge_id, password: password.clone(), at: Utc::now() };
-        let accepted = match self.users.decide(account, cmd, meta.to_map("StartLogin")).await {
-            Err(ExecError::Domain(UserError::WrongPassword)) => {
-                self.record_failure(Policy::PasswordFailures, key, meta).await?;
-                self.login_pad.observe(started.elapsed());
-                tokio::time::sleep_until(answer_at).await;
-                return Err(IdentityError::InvalidCredentials);
-            }
-            other => other.map_err(map_user)?,
-        };
-        if !accepted.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
-            return Err(internal("login accepted without an event"));
-        }
+        let mut accepted = self.accept_password(account, &login, &pad, meta).await?;
         let user = accepted.state.clone();
         let by_sms =
             user.two_factor_channel == OtpChannel::Sms && user.phone.is_some() && user.phone_verified;
         if totp.is_enabled() || by_sms {
             // The password step on its own, then the second step as it goes.
-            append_together(&self.pool, &[&accepted], None).await?;
+            self.append_accepted(&mut accepted, &login, &pad, meta).await?;
         }
         // `RecordSuccess` only resets a failure count: with none at the
         // check it would load the stream again to write nothing. A failure
         // recorded concurrently since the check is then left standing (the
         // stricter outcome) until the next success.
         if throttle.consecutive_failures > 0 {
-            self.record_success(Policy::PasswordFailures, key, meta).await?;
+            self.record_success(Policy::PasswordFailures, &key, meta).await?;
         }
         // TOTP replaces the mailed code: nothing is sent (see `totp`).
         if totp.is_enabled() {
-            return self.issue_totp_challenge(user_id, challenge_id, email_key.to_owned(), meta).await;
+            return self.issue_totp_challenge(user_id, challenge_id, email_key, meta).await;
         }
         if by_sms {
             let sealed = user.phone.as_ref().ok_or_else(|| internal("account without phone"))?;
@@ -176,27 +155,132 @@ impl IdentityService {
             let expires_at = self.issue_otp(req, meta).await?;
             return Ok(LoginChallenge { challenge_id, channel: OtpChannel::Sms, expires_at });
         }
+        // The common case, a mailed code: one statement writes the
+        // account's `LoginPasswordAccepted`, the address's
+        // `RequestRecorded` (SECURITY.md's code budget, decided on the
+        // stream read above) and the new challenge's `OtpIssued` with its
+        // delivery record, all or none ([`append_together`]); a refusal of
+        // the budget is recorded with the password step.
         let sealed = user.email.as_ref().ok_or_else(|| internal("account without email"))?;
         let to = self.open(user_id, sealed).await?;
-        // The address's code budget (SECURITY.md), decided on the stream
-        // read above; a refusal is recorded with the password step.
-        let spent = self.decide_request(budget, meta).await?;
-        if let Err(refused) = spent.outcome {
-            append_together(&self.pool, &[&accepted, &spent.decided], None).await?;
-            return Err(refused);
-        }
         let req = OtpRequest {
             challenge_id,
             subject: user_id,
             purpose: OtpPurpose::TwoFactor,
             channel: OtpChannel::Email,
             to: &to,
-            recipient_key: email_key.to_owned(),
+            recipient_key: email_key.clone(),
         };
         let code = self.prepare_otp(req, meta).await?;
-        append_together(&self.pool, &[&accepted, &spent.decided, &code.decided], Some(&code.delivery))
-            .await?;
-        Ok(LoginChallenge { challenge_id, channel: OtpChannel::Email, expires_at: code.expires_at })
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let spent = self.decide_request(budget, meta).await?;
+            let written = match &spent.outcome {
+                Ok(()) => {
+                    let parts: [&dyn DecidedRows; 3] = [&accepted, &spent.decided, &code.decided];
+                    append_together(&self.pool, &parts, Some(&code.delivery)).await
+                }
+                Err(_) => append_together(&self.pool, &[&accepted, &spent.decided], None).await,
+            };
+            match written {
+                Ok(_) => {
+                    spent.outcome?;
+                    return Ok(LoginChallenge {
+                        challenge_id,
+                        channel: OtpChannel::Email,
+                        expires_at: code.expires_at,
+                    });
+                }
+                // Another code to the address, or another login of the
+                // account, committed first: nothing was written. Read both
+                // again; the password step is decided again (argon2) only
+                // when the account's state changed meanwhile.
+                Err(Together::Conflict) if attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                    let mut again = self.throttles.load_many(&[&Policy::OtpRequests.key(&email_key)]).await?;
+                    budget = again.pop().ok_or_else(|| internal("throttle stream not loaded"))?;
+                    self.refresh_accepted(&mut accepted, &login, &pad, meta).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The password step of a login on `account` (argon2 in the aggregate),
+    /// decided but not appended. A wrong password is counted on the
+    /// throttle and answered `InvalidCredentials` no sooner than `pad`
+    /// says.
+    async fn accept_password(
+        &self,
+        account: Loaded<User>,
+        login: &PasswordStep<'_>,
+        pad: &RefusalPad,
+        meta: &RequestMeta,
+    ) -> Result<Decided<User>, IdentityError> {
+        let cmd = UserCommand::StartLogin {
+            challenge_id: login.challenge_id,
+            password: login.password.clone(),
+            at: Utc::now(),
+        };
+        match self.users.decide(account, cmd, meta.to_map("StartLogin")).await {
+            Err(ExecError::Domain(UserError::WrongPassword)) => {
+                self.record_failure(Policy::PasswordFailures, login.key, meta).await?;
+                self.login_pad.observe(pad.started.elapsed());
+                tokio::time::sleep_until(pad.answer_at).await;
+                Err(IdentityError::InvalidCredentials)
+            }
+            other => {
+                let accepted = other.map_err(map_user)?;
+                if !accepted.events.iter().any(|e| matches!(e, UserEvent::LoginPasswordAccepted { .. })) {
+                    return Err(internal("login accepted without an event"));
+                }
+                Ok(accepted)
+            }
+        }
+    }
+
+    /// Reads the account again after a conflict and moves the password
+    /// step onto it ([`Decided::rebase`]: parallel logins of one account
+    /// change no state, so no second argon2), or decides it again when the
+    /// account's state changed (a new password, say).
+    async fn refresh_accepted(
+        &self,
+        accepted: &mut Decided<User>,
+        login: &PasswordStep<'_>,
+        pad: &RefusalPad,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let (account, _) =
+            self.users.load_with::<Totp>(&login.user_id.to_string()).await.map_err(map_user)?;
+        if let Err(account) = accepted.rebase(account) {
+            *accepted = self.accept_password(account, login, pad, meta).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the password step alone (a TOTP or SMS login goes on from
+    /// there); a conflict reads the account and decides again, as the
+    /// executor does, at most [`MAX_ATTEMPTS`] times.
+    async fn append_accepted(
+        &self,
+        accepted: &mut Decided<User>,
+        login: &PasswordStep<'_>,
+        pad: &RefusalPad,
+        meta: &RequestMeta,
+    ) -> Result<(), IdentityError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match append_together(&self.pool, &[&*accepted], None).await {
+                Ok(_) => return Ok(()),
+                Err(Together::Conflict) if attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                    self.refresh_accepted(accepted, login, pad, meta).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Answers a two-factor or phone-login challenge. A two-factor code

@@ -65,11 +65,17 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     }
 
     // The baseline's input: every envelope, encoded, in commit order.
+    // The tail reads settled events only: a transaction open elsewhere on
+    // the server (another database's) holds the horizon back for a moment.
     let mut envelopes = Vec::with_capacity(n);
     let mut cursor = Cursor::ZERO;
-    loop {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while envelopes.len() < n && std::time::Instant::now() < deadline {
         let rows = tail::read_after(&pool, cursor, 10_000, None).await?;
-        let Some((last, _)) = rows.last() else { break };
+        let Some((last, _)) = rows.last() else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
         cursor = *last;
         envelopes.extend(rows.into_iter().map(|(_, e)| e));
     }
