@@ -85,6 +85,81 @@ impl Drop for Server {
     }
 }
 
+/// CPU time spent during the logins of one mode, in clock ticks (the
+/// kernel's 1/100 s): the child process, its `argon2-*` hashing threads
+/// among it, and the bench database's Postgres backends.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cpu {
+    process: u64,
+    argon2: u64,
+    postgres: u64,
+}
+
+impl Cpu {
+    /// Milliseconds per login of what is not argon2: the process minus
+    /// its hashing threads, plus Postgres. What the roles around the hash
+    /// cost, and the figure that does not move with the host's speed of
+    /// hashing (docs/performance.md, "login-http").
+    fn overhead_ms(&self, logins: u64) -> f64 {
+        let ticks = (self.process.saturating_sub(self.argon2) + self.postgres) as f64;
+        ticks * 10.0 / logins.max(1) as f64
+    }
+
+    fn argon2_ms(&self, logins: u64) -> f64 {
+        self.argon2 as f64 * 10.0 / logins.max(1) as f64
+    }
+}
+
+/// utime + stime of `/proc/.../stat` at `path`, in clock ticks.
+fn stat_ticks(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The child's CPU (process, hashing threads) and that of `backends`.
+fn cpu_now(child: u32, backends: &[i32]) -> Cpu {
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{child}"));
+    let argon2 = std::fs::read_dir(proc_dir.join("task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("argon2"))
+                })
+                .filter_map(|t| stat_ticks(&t.path().join("stat")))
+                .sum()
+        })
+        .unwrap_or(0);
+    let postgres = backends
+        .iter()
+        .filter_map(|pid| stat_ticks(&std::path::PathBuf::from(format!("/proc/{pid}/stat"))))
+        .sum();
+    Cpu { process: stat_ticks(&proc_dir.join("stat")).unwrap_or(0), argon2, postgres }
+}
+
+/// Waits (at most 2 min) until no delivery record waits to be sent.
+async fn drain_deliveries(db: &sqlx::PgPool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries").fetch_one(db).await.unwrap_or(0);
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Postgres backends connected to the bench database.
+async fn backends(db: &sqlx::PgPool) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        .fetch_all(db)
+        .await
+        .unwrap_or_default()
+}
+
 /// Logins over HTTP, closed loop, `concurrency` clients (each its own
 /// connection, as wrk's), rotating over its accounts.
 async fn logins(base: &str, accounts: &Arc<Vec<Account>>, concurrency: usize, d: Duration) -> Sample {
@@ -128,12 +203,30 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
     let hasher = commands::passwords::PasswordHasher::new(cores)?;
     let mut h_sum = 0.0;
     let mut samples = [Sample::default(), Sample::default()];
+    let mut cpus = [Cpu::default(), Cpu::default()];
     for _ in 0..ROUNDS {
-        for (mode, sample) in ["serve", "api"].iter().zip(samples.iter_mut()) {
+        for ((mode, sample), cpu) in ["serve", "api"].iter().zip(samples.iter_mut()).zip(cpus.iter_mut()) {
             let server = Server::start(env, mode).await?;
-            // The child's workers catch up on what is already stored first.
+            // The child's workers catch up on what is already stored first:
+            // a `serve` round would otherwise also send the codes of the
+            // `api` round before it (that role sends none), and be charged
+            // for them.
+            if *mode == "serve" {
+                drain_deliveries(&env.db).await;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let child = server.child.id();
+            let before_backends = backends(&env.db).await;
+            let before = cpu_now(child, &before_backends);
             sample.merge(logins(&server.base, &accounts, concurrency, d / ROUNDS).await);
+            // Backends that came meanwhile count whole (a backend that
+            // went away is lost: the child's pool is warm and fixed); the
+            // bench's own connections idle through the phase.
+            let after_backends = backends(&env.db).await;
+            let after = cpu_now(child, &after_backends);
+            cpu.process += after.process.saturating_sub(before.process);
+            cpu.argon2 += after.argon2.saturating_sub(before.argon2);
+            cpu.postgres += after.postgres.saturating_sub(before.postgres);
             server.stop();
             h_sum += argon::verifies_per_second(Implementation::RustCrypto, &phc, &hasher, cores, d / ROUNDS)
                 .await?;
@@ -175,6 +268,20 @@ pub async fn run(env: &BenchEnv, o: &BenchOptions) -> anyhow::Result<Report> {
         format!("{:.2}", ratio(serve.rate(), api.rate())),
         "1.00".to_owned(),
         Some(ratio(serve.rate(), api.rate())),
+    ));
+    let [serve_cpu, api_cpu] = cpus;
+    let (serve_overhead, api_overhead) = (serve_cpu.overhead_ms(serve.ok), api_cpu.overhead_ms(api.ok));
+    r.rows.push(Row::info(
+        "CPU per login besides argon2 (process minus its hashing threads, plus the database's backends), serve",
+        format!("{serve_overhead:.2} ms"),
+        format!("{api_overhead:.2} ms (api)"),
+        Some(ratio(serve_overhead, api_overhead)),
+    ));
+    r.rows.push(Row::info(
+        "argon2 CPU per login, serve / api (moves with the host, not with the code)",
+        format!("{:.2} / {:.2} ms", serve_cpu.argon2_ms(serve.ok), api_cpu.argon2_ms(api.ok)),
+        "–".to_owned(),
+        None,
     ));
     for (name, sample) in [("serve", &serve), ("api", &api)] {
         r.rows.push(Row::info(
