@@ -241,15 +241,19 @@ impl App {
     /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka, reading
     /// the topics of `aggregate_types`; the Postgres feed reads every event).
     async fn feed(&self, name: &str, aggregate_types: &[&str]) -> anyhow::Result<Box<dyn EventFeed>> {
-        self.feed_with_wait(name, aggregate_types, self.settings.kafka_fetch_wait_max_ms).await
+        let interval = Duration::from_millis(self.settings.pg_feed_min_read_ms);
+        let postgres = PgFeedConfig::new(name).min_read_interval(interval);
+        self.feed_with(name, aggregate_types, self.settings.kafka_fetch_wait_max_ms, postgres).await
     }
 
-    /// [`App::feed`] with its own Kafka `fetch.wait.max.ms`.
-    async fn feed_with_wait(
+    /// [`App::feed`] with its own Kafka `fetch.wait.max.ms`, and its own
+    /// Postgres feed settings for the Postgres feed.
+    async fn feed_with(
         &self,
         name: &str,
         aggregate_types: &[&str],
         fetch_wait_max_ms: u32,
+        postgres: PgFeedConfig,
     ) -> anyhow::Result<Box<dyn EventFeed>> {
         match &self.settings.kafka_brokers {
             Some(brokers) => {
@@ -262,13 +266,7 @@ impl App {
                 cfg.fetch_wait_max_ms = fetch_wait_max_ms;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
-            None => {
-                let interval = Duration::from_millis(self.settings.pg_feed_min_read_ms);
-                Ok(Box::new(
-                    PgFeed::new(self.pool.clone(), PgFeedConfig::new(name).min_read_interval(interval))
-                        .await?,
-                ))
-            }
+            None => Ok(Box::new(PgFeed::new(self.pool.clone(), postgres).await?)),
         }
     }
 
@@ -306,20 +304,12 @@ impl App {
         let home = self.home_feed_projector();
         let home_types: Vec<&str> = AGGREGATE_TYPES.iter().copied().filter(|t| home.handles(t)).collect();
         let wait = self.settings.kafka_fetch_wait_max_ms.max(HOME_FEED_FETCH_WAIT_MS);
-        let mut home_feed = match &self.settings.kafka_brokers {
-            Some(_) => self.feed_with_wait(HOME_FEED_CONSUMER, &home_types, wait).await?,
-            // Its own types only, and reads as far apart as the Kafka
-            // consumer's fetch wait: the fan-out is not on the 50 ms path.
-            None => Box::new(
-                PgFeed::new(
-                    self.pool.clone(),
-                    PgFeedConfig::new(HOME_FEED_CONSUMER)
-                        .aggregate_types(home_types.iter().copied())
-                        .min_read_interval(Duration::from_millis(u64::from(wait))),
-                )
-                .await?,
-            ),
-        };
+        // On Postgres: its own types only, read as far apart as the Kafka
+        // consumer's fetch wait (the fan-out is not on the 50 ms path).
+        let postgres = PgFeedConfig::new(HOME_FEED_CONSUMER)
+            .aggregate_types(home_types.iter().copied())
+            .min_read_interval(Duration::from_millis(u64::from(wait)));
+        let mut home_feed = self.feed_with(HOME_FEED_CONSUMER, &home_types, wait, postgres).await?;
         let home_runner = ProjectionRunner::new(self.pool.clone(), vec![Arc::new(home)]);
         let runner = ProjectionRunner::new(self.pool.clone(), projectors);
         tokio::join!(

@@ -20,10 +20,15 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use domain::consistency::ConsistencyToken;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Postgres, QueryBuilder};
+
+mod together;
+
+pub use together::{append_together, Decided, DecidedRows, EventRows, Together};
+use together::{count_command, StreamRows};
 
 /// Attempts per command when the aggregate was appended to concurrently.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -336,8 +341,7 @@ where
         first: First<A>,
         also: Option<&dyn CoWrite>,
     ) -> Result<Executed<A>, ExecError<A::Error>> {
-        let name = metadata.get("command").cloned().unwrap_or_else(|| "unknown".to_owned());
-        let result = self.run_attempts(id, command, metadata, first, also).await;
+        let result = self.run_attempts(id, command, &metadata, first, also).await;
         let outcome = match &result {
             Ok(done) if done.events.is_empty() => "unchanged",
             Ok(_) => "ok",
@@ -345,8 +349,7 @@ where
             Err(ExecError::Conflict) => "conflict",
             Err(ExecError::Store(_)) => "error",
         };
-        metrics::counter!("streamforge_commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
-            .increment(1);
+        count_command::<A>(&metadata, outcome);
         result
     }
 
@@ -354,7 +357,7 @@ where
         &self,
         id: &str,
         command: A::Command,
-        metadata: HashMap<String, String>,
+        metadata: &HashMap<String, String>,
         first: First<A>,
         also: Option<&dyn CoWrite>,
     ) -> Result<Executed<A>, ExecError<A::Error>> {
@@ -383,7 +386,7 @@ where
             if events.is_empty() {
                 return Ok(Executed { state, events, attempts: attempt.max(1), token: None });
             }
-            match self.append(id, ctx.current_sequence, &events, &metadata, also).await {
+            match self.append(id, ctx.current_sequence, &events, metadata, also).await {
                 Ok(position) => {
                     let sequence = i64::try_from(ctx.current_sequence + events.len()).unwrap_or(i64::MAX);
                     let token = ConsistencyToken {
@@ -394,28 +397,24 @@ where
                     };
                     return Ok(Executed { state, events, attempts: attempt.max(1), token: Some(token) });
                 }
-                Err(Append::Conflict) if assumed_new => {
+                Err(Together::Conflict) if assumed_new => {
                     tracing::debug!("stream assumed new already exists; loading it");
                 }
-                Err(Append::Conflict) if attempt < self.max_attempts => {
+                Err(Together::Conflict) if attempt < self.max_attempts => {
                     tracing::debug!(attempt, "aggregate conflict, retrying");
                     metrics::counter!("streamforge_command_retries_total", "aggregate" => A::TYPE)
                         .increment(1);
                     tokio::time::sleep(retry_delay(attempt)).await;
                 }
-                Err(Append::Conflict) => return Err(ExecError::Conflict),
-                Err(Append::Store(e)) => return Err(ExecError::Store(e)),
+                Err(Together::Conflict) => return Err(ExecError::Conflict),
+                Err(Together::Store(e)) => return Err(ExecError::Store(e)),
             }
         }
     }
 
-    /// Appends `events` after sequence `last_sequence` of stream `id` in one
-    /// `INSERT` (the columns postgres-es 0.5 writes; Postgres fills
-    /// `position`, `txid`, `event_id`, `recorded_at`), preceded by `also`'s
-    /// `WITH` query when given. Payload and metadata are sent as `jsonb` and
-    /// stored in the `json` columns, as postgres-es does. A violation of the
-    /// events' primary key (SQLSTATE 23505, `events_pkey`: a concurrent
-    /// append) is [`Append::Conflict`]; the statement then wrote nothing.
+    /// Appends `events` after sequence `last_sequence` of stream `id`,
+    /// preceded by `also`'s `WITH` query when given: one statement
+    /// (`together::insert_events`, which [`append_together`] uses too).
     async fn append(
         &self,
         id: &str,
@@ -423,258 +422,10 @@ where
         events: &[A::Event],
         metadata: &HashMap<String, String>,
         also: Option<&dyn CoWrite>,
-    ) -> Result<i64, Append> {
-        let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
-        if let Some(also) = also {
-            insert.push("WITH ");
-            also.push_cte(&mut insert);
-            insert.push(" ");
-        }
-        insert.push(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
-        );
-        let metadata = sqlx::types::Json(metadata);
-        let first = i64::try_from(last_sequence).map_err(|e| Append::Store(e.to_string()))? + 1;
-        insert.push_values(events.iter().zip(first..), |mut row, (event, sequence)| {
-            row.push_bind(A::TYPE)
-                .push_bind(id)
-                .push_bind(sequence)
-                .push_bind(event.event_type())
-                .push_bind(event.event_version())
-                .push_bind(sqlx::types::Json(event))
-                .push_bind(metadata);
-        });
-        insert.push(" RETURNING position");
-        match insert.build_query_scalar::<i64>().fetch_all(&self.pool).await {
-            Ok(positions) => {
-                positions.into_iter().max().ok_or_else(|| Append::Store("no row appended".to_owned()))
-            }
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey") =>
-            {
-                Err(Append::Conflict)
-            }
-            Err(e) => Err(Append::Store(e.to_string())),
-        }
+    ) -> Result<i64, Together> {
+        let rows = StreamRows::<A> { id, last_sequence, events, metadata };
+        together::insert_events(&self.pool, &[&rows], also).await
     }
-}
-
-/// A command handled on one stream whose events are not appended yet
-/// ([`Executor::decide`], [`Executor::decide_new`]): appended together
-/// with other streams' by [`append_together`], all or none.
-pub struct Decided<A: Aggregate> {
-    /// The stream's aggregate id.
-    pub id: String,
-    /// The state after the events.
-    pub state: A,
-    /// The events the command produced (possibly none).
-    pub events: Vec<A::Event>,
-    last_sequence: usize,
-    metadata: HashMap<String, String>,
-}
-
-impl<A: Aggregate> Decided<A> {
-    /// The stream's sequence the command was decided on (its events
-    /// follow it).
-    pub fn sequence(&self) -> usize {
-        self.last_sequence
-    }
-}
-
-impl<A: Aggregate + PartialEq> Decided<A> {
-    /// Moves the decision onto `fresh`, a later read of the same stream,
-    /// without handling the command again, when `fresh`'s state equals the
-    /// state this decision's events left: what came in between did not
-    /// change the state (another login's `LoginPasswordAccepted`, say), and
-    /// a command's outcome is a function of the state, so handling it again
-    /// would decide the same. Answers `fresh` back when the state differs
-    /// (decide again then); a decision whose events change the state never
-    /// moves, which errs on the side of deciding again.
-    ///
-    /// # Errors
-    /// `fresh`, when the decision cannot move onto it.
-    pub fn rebase(&mut self, fresh: Loaded<A>) -> Result<(), Loaded<A>> {
-        if fresh.0.aggregate == self.state {
-            self.last_sequence = fresh.0.current_sequence;
-            Ok(())
-        } else {
-            Err(fresh)
-        }
-    }
-}
-
-impl<A> Executor<A>
-where
-    A: Aggregate + Clone,
-    A::Command: Clone,
-{
-    /// Handles `command` on the stream `loaded` without appending: the
-    /// caller appends the result with [`append_together`] (and, on
-    /// [`Together::Conflict`], decides again from a fresh load).
-    ///
-    /// # Errors
-    /// [`ExecError::Domain`] when the aggregate refuses the command.
-    pub async fn decide(
-        &self,
-        loaded: Loaded<A>,
-        command: A::Command,
-        metadata: HashMap<String, String>,
-    ) -> Result<Decided<A>, ExecError<A::Error>> {
-        self.decide_on(loaded.0, command, metadata).await
-    }
-
-    /// [`Executor::decide`] on a stream that does not exist yet (a freshly
-    /// named id): nothing is read.
-    ///
-    /// # Errors
-    /// As [`Executor::decide`].
-    pub async fn decide_new(
-        &self,
-        id: &str,
-        command: A::Command,
-        metadata: HashMap<String, String>,
-    ) -> Result<Decided<A>, ExecError<A::Error>> {
-        self.decide_on(empty_context(id), command, metadata).await
-    }
-
-    async fn decide_on(
-        &self,
-        mut ctx: EventStoreAggregateContext<A>,
-        command: A::Command,
-        metadata: HashMap<String, String>,
-    ) -> Result<Decided<A>, ExecError<A::Error>> {
-        let sink = EventSink::default();
-        let handled = ctx.aggregate().handle(command, &self.services, &sink).await;
-        if handled.is_err() {
-            count_command::<A>(&metadata, "refused");
-        }
-        handled.map_err(ExecError::Domain)?;
-        let events = sink.collect().await;
-        Ok(Decided {
-            id: ctx.aggregate_id,
-            state: ctx.aggregate,
-            events,
-            last_sequence: ctx.current_sequence,
-            metadata,
-        })
-    }
-}
-
-/// One stream's part of an [`append_together`]: its rows of `events`.
-pub trait DecidedRows: Send + Sync {
-    /// How many events it appends.
-    fn len(&self) -> usize;
-    /// Whether it appends nothing.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Pushes its rows, each `(aggregate_type, aggregate_id, sequence,
-    /// event_type, event_version, payload, metadata)`, comma-separated
-    /// after `first` rows already pushed.
-    fn push_rows<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>, first: &mut bool);
-    /// Counts the command under `outcome` (`streamforge_commands_total`).
-    fn count(&self, outcome: &'static str);
-}
-
-impl<A: Aggregate> DecidedRows for Decided<A> {
-    fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    fn push_rows<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>, first: &mut bool) {
-        let metadata = sqlx::types::Json(&self.metadata);
-        let start = i64::try_from(self.last_sequence).unwrap_or(i64::MAX).saturating_add(1);
-        for (event, sequence) in self.events.iter().zip(start..) {
-            if !std::mem::take(first) {
-                query.push(", ");
-            }
-            query.push("(");
-            let mut row = query.separated(", ");
-            row.push_bind(A::TYPE)
-                .push_bind(self.id.as_str())
-                .push_bind(sequence)
-                .push_bind(event.event_type())
-                .push_bind(event.event_version())
-                .push_bind(sqlx::types::Json(event))
-                .push_bind(metadata);
-            query.push(")");
-        }
-    }
-
-    fn count(&self, outcome: &'static str) {
-        count_command::<A>(&self.metadata, if self.events.is_empty() { "unchanged" } else { outcome });
-    }
-}
-
-/// Why [`append_together`] appended nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum Together {
-    /// One of the streams was changed since it was loaded: decide again.
-    #[error("a stream was changed concurrently")]
-    Conflict,
-    #[error("event store error: {0}")]
-    Store(String),
-}
-
-/// Appends the events of several streams' decided commands, and `also`, in
-/// one statement (its own transaction): all of them or none, with one round
-/// trip, one commit and one notification for the lot (a password login's
-/// three events: `LoginPasswordAccepted`, the code budget's
-/// `RequestRecorded` and `OtpIssued` with its delivery record). Returns
-/// the position of the last event.
-///
-/// # Errors
-/// [`Together::Conflict`] when a stream moved on (its sequence is taken:
-/// nothing was written), [`Together::Store`] for any other failure or when
-/// there is nothing to append.
-pub async fn append_together(
-    pool: &PgPool,
-    parts: &[&dyn DecidedRows],
-    also: Option<&dyn CoWrite>,
-) -> Result<i64, Together> {
-    let mut insert: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
-    if let Some(also) = also {
-        insert.push("WITH ");
-        also.push_cte(&mut insert);
-        insert.push(" ");
-    }
-    insert.push(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ",
-    );
-    let mut first = true;
-    for part in parts {
-        part.push_rows(&mut insert, &mut first);
-    }
-    if first {
-        return Err(Together::Store("nothing to append".to_owned()));
-    }
-    insert.push(" RETURNING position");
-    let result = match insert.build_query_scalar::<i64>().fetch_all(pool).await {
-        Ok(positions) => {
-            positions.into_iter().max().ok_or_else(|| Together::Store("no row appended".to_owned()))
-        }
-        Err(sqlx::Error::Database(e))
-            if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey") =>
-        {
-            Err(Together::Conflict)
-        }
-        Err(e) => Err(Together::Store(e.to_string())),
-    };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(Together::Conflict) => "conflict",
-        Err(Together::Store(_)) => "error",
-    };
-    for part in parts {
-        part.count(outcome);
-    }
-    result
-}
-
-fn count_command<A: Aggregate>(metadata: &HashMap<String, String>, outcome: &'static str) {
-    let name = metadata.get("command").cloned().unwrap_or_else(|| "unknown".to_owned());
-    metrics::counter!("streamforge_commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
-        .increment(1);
 }
 
 /// A stream as loaded by [`Executor::load_with`], to hand to
@@ -708,14 +459,6 @@ enum First<A: Aggregate> {
     New,
     /// A state loaded by the caller.
     Given(EventStoreAggregateContext<A>),
-}
-
-/// Why an append wrote nothing.
-enum Append {
-    /// The stream moved on since it was loaded (primary-key violation).
-    Conflict,
-    /// Any other database error, as text.
-    Store(String),
 }
 
 /// The context of stream `id` before its first event: the default state

@@ -61,3 +61,47 @@ pub trait EventFeed: Send {
     /// [`FeedError`] when repositioning fails.
     async fn rollback(&mut self) -> Result<(), FeedError>;
 }
+
+/// Acknowledges a feed at most every `interval` instead of per batch (the
+/// commit's round trip — a synchronous Kafka offset commit, or the
+/// Postgres feed's checkpoint — kept off the latency path): a consumer
+/// calls [`PacedAcks::after_batch`] after handling each batch. After a
+/// crash at most `interval` of batches is delivered again, so only for
+/// consumers whose handling is idempotent (the projection runner's
+/// checkpoints, the notifier's delivery records).
+#[derive(Debug, Clone, Copy)]
+pub struct PacedAcks {
+    interval: Duration,
+    oldest_unacked: Option<tokio::time::Instant>,
+}
+
+impl PacedAcks {
+    /// Acknowledgements at most every `interval` (zero: every batch).
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, oldest_unacked: None }
+    }
+
+    /// After a batch of `handled` envelopes: commits `feed` once the
+    /// oldest unacknowledged batch is `interval` old, or when the feed had
+    /// nothing new (an idle feed is never left unacknowledged).
+    ///
+    /// # Errors
+    /// The feed's commit failed; the batches stay unacknowledged.
+    pub async fn after_batch(&mut self, feed: &mut dyn EventFeed, handled: usize) -> Result<(), FeedError> {
+        if handled > 0 {
+            self.oldest_unacked.get_or_insert_with(tokio::time::Instant::now);
+        }
+        if let Some(since) = self.oldest_unacked {
+            if handled == 0 || since.elapsed() >= self.interval {
+                feed.commit().await?;
+                self.oldest_unacked = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the unacknowledged batches (the feed was rolled back).
+    pub fn forget(&mut self) {
+        self.oldest_unacked = None;
+    }
+}

@@ -31,7 +31,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::error::ProjectionError;
-use crate::feed::{EventFeed, FeedError};
+use crate::feed::{EventFeed, FeedError, PacedAcks};
 use crate::rebuild::{Horizon, RebuildChunk, StreamReader};
 pub use projector::{Checkpoints, PerEventRebuild, Projector};
 
@@ -400,7 +400,7 @@ impl ProjectionRunner {
         let options = self.options;
         let mut backoff = options.min_backoff;
         // When the oldest applied but unacknowledged batch was applied.
-        let mut uncommitted: Option<tokio::time::Instant> = None;
+        let mut acks = PacedAcks::new(options.commit_interval);
         if let Err(error) = self.load_parked().await {
             tracing::warn!(error = %error, "parked projectors not loaded");
         }
@@ -410,7 +410,7 @@ impl ProjectionRunner {
             }
             let step = tokio::select! {
                 changed = shutdown.changed() => Step::Signal(changed.is_ok()),
-                result = self.step(&mut *feed, &mut uncommitted) => Step::Done(result),
+                result = self.step(&mut *feed, &mut acks) => Step::Done(result),
             };
             match step {
                 Step::Signal(true) => continue,
@@ -425,7 +425,7 @@ impl ProjectionRunner {
                         backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                         "projection step failed; retrying"
                     );
-                    uncommitted = None;
+                    acks.forget();
                     if let Err(error) = feed.rollback().await {
                         tracing::error!(error = %ErrorChain(&error), "feed rollback failed");
                     }
@@ -444,30 +444,19 @@ impl ProjectionRunner {
     }
 
     /// One step of [`ProjectionRunner::run`]: like
-    /// [`ProjectionRunner::run_once`], but the feed is committed only when
-    /// the oldest uncommitted batch is [`RunOptions::commit_interval`] old
-    /// or the feed had nothing new.
-    async fn step(
-        &self,
-        feed: &mut dyn EventFeed,
-        uncommitted: &mut Option<tokio::time::Instant>,
-    ) -> Result<usize, RunError> {
+    /// [`ProjectionRunner::run_once`], but the feed is acknowledged at most
+    /// every [`RunOptions::commit_interval`] ([`PacedAcks`]).
+    async fn step(&self, feed: &mut dyn EventFeed, acks: &mut PacedAcks) -> Result<usize, RunError> {
         let options = self.options;
         let batch = feed.next_batch(options.batch_size, options.max_wait).await?;
         self.retry_parked().await;
         if !batch.is_empty() {
             self.apply_batch_parking(&batch).await?;
-            uncommitted.get_or_insert_with(tokio::time::Instant::now);
             if let Err(error) = self.record_progress(&batch).await {
                 tracing::warn!(error = %error, "projection status not recorded");
             }
         }
-        if let Some(since) = *uncommitted {
-            if batch.is_empty() || since.elapsed() >= options.commit_interval {
-                feed.commit().await?;
-                *uncommitted = None;
-            }
-        }
+        acks.after_batch(feed, batch.len()).await?;
         Ok(batch.len())
     }
 

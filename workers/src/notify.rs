@@ -18,9 +18,9 @@
 //!   blocks the feed.
 //! - [`Notifier::retry_due`] claims due records that already had an attempt
 //!   (the retry loop).
-//! - After a success the record is deleted *first*, then the challenge's
-//!   `RecordDelivery` is executed: a redelivered event finds no record and
-//!   sends nothing twice.
+//! - After a success the record is deleted by the statement that appends
+//!   the challenge's `RecordDelivery` outcome (a notice's record alone):
+//!   a redelivered event finds no record and sends nothing twice.
 //! - An event carrying a new code of a challenge (resend) drops the pending
 //!   deliveries of its older codes (those claimed by events of a lower
 //!   sequence), so a late send or failure of an old code cannot decide the
@@ -37,7 +37,6 @@
 //! codes and provider error codes only — never a recipient, a body or a code.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,12 +46,16 @@ use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpCommand};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use projections::feed::EventFeed;
+use lettre::Message;
+use projections::feed::{EventFeed, PacedAcks};
 use projections::runtime::ErrorChain;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
+
+mod mail;
+
+pub use mail::{classify_smtp, Mailer};
 
 pub use crate::send_error::{NotifyError, SendError};
 use crate::sms::SmsSender;
@@ -72,73 +75,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// aggregate (`OtpDelivered` / `OtpDeliveryFailed`).
 const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
 
-/// Where mail goes.
-pub enum Mailer {
-    /// A real SMTP server.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// RFC 5322 files (`<delivery id>.eml`) in a directory, for development.
-    Files(PathBuf),
-}
-
-impl Mailer {
-    /// SMTP when `smtp_url` is set (each SMTP command times out after 10 s),
-    /// else files under `mail_dir`.
-    ///
-    /// # Errors
-    /// [`NotifyError::Config`] for an unparsable URL.
-    pub fn new(smtp_url: Option<&str>, mail_dir: PathBuf) -> Result<Self, NotifyError> {
-        match smtp_url {
-            Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| NotifyError::Config(e.to_string()))?
-                    .timeout(Some(Duration::from_secs(10)))
-                    .build();
-                Ok(Self::Smtp(transport))
-            }
-            None => Ok(Self::Files(mail_dir)),
-        }
-    }
-
-    async fn send(&self, message: Message, file_stem: &str) -> Result<(), SendError> {
-        match self {
-            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify_smtp(&e)),
-            Self::Files(dir) => write_mail_file(dir, file_stem, &message.formatted())
-                .await
-                .map_err(|e| SendError::Retryable(format!("mail file: {}", e.kind()))),
-        }
-    }
-}
-
-async fn write_mail_file(dir: &std::path::Path, stem: &str, content: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!("{stem}.eml.tmp"));
-    tokio::fs::write(&tmp, content).await?;
-    tokio::fs::rename(&tmp, dir.join(format!("{stem}.eml"))).await
-}
-
 /// How long [`Notifier::run`] may leave handled batches unacknowledged
 /// (the projection runner's default `commit_interval` too).
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Classifies an SMTP failure: a 5xx reply or a client-side error is
-/// permanent; 4xx replies, connection, TLS and timeout errors are retryable.
-/// The reason keeps the reply code only (the server's text may quote the
-/// recipient).
-pub fn classify_smtp(e: &lettre::transport::smtp::Error) -> SendError {
-    let reason = match e.status() {
-        Some(code) => format!("smtp: {code}"),
-        None if e.is_timeout() => "smtp: timeout".to_owned(),
-        None if e.is_tls() => "smtp: tls error".to_owned(),
-        None if e.is_client() => "smtp: client error".to_owned(),
-        None if e.is_response() => "smtp: unreadable response".to_owned(),
-        None => "smtp: connection failed".to_owned(),
-    };
-    if e.is_permanent() || e.is_client() {
-        SendError::Permanent(reason)
-    } else {
-        SendError::Retryable(reason)
-    }
-}
 
 /// Subject and plain-text body of a mail delivery.
 pub fn render(d: &Delivery) -> (String, String) {
@@ -628,41 +567,26 @@ impl Notifier {
         max: usize,
         max_wait: Duration,
     ) -> Result<usize, NotifyError> {
-        let batch = feed.next_batch(max, max_wait).await?;
-        for env in &batch {
-            self.handle(env).await?;
-        }
-        if !batch.is_empty() {
-            feed.commit().await?;
-        }
-        Ok(batch.len())
+        self.step(feed, max, max_wait, &mut PacedAcks::new(Duration::ZERO)).await
     }
 
-    /// One step of [`Notifier::run`]: [`Notifier::run_once`], but the feed
-    /// is committed only once the oldest handled, unacknowledged batch is
-    /// [`COMMIT_INTERVAL`] old or the feed had nothing new (as the
-    /// projection runner does), not per batch on the latency path. After a
+    /// Handles one batch from `feed`, then acknowledges as `acks` says:
+    /// [`Notifier::run`] at most every [`COMMIT_INTERVAL`], as the
+    /// projection runner does, not per batch on the latency path. After a
     /// crash at most that much is delivered again, and finds its records
     /// sent (deleted) or leased.
     async fn step(
         &self,
         feed: &mut dyn EventFeed,
+        max: usize,
         max_wait: Duration,
-        uncommitted: &mut Option<tokio::time::Instant>,
+        acks: &mut PacedAcks,
     ) -> Result<usize, NotifyError> {
-        let batch = feed.next_batch(100, max_wait).await?;
+        let batch = feed.next_batch(max, max_wait).await?;
         for env in &batch {
             self.handle(env).await?;
         }
-        if !batch.is_empty() {
-            uncommitted.get_or_insert_with(tokio::time::Instant::now);
-        }
-        if let Some(since) = *uncommitted {
-            if batch.is_empty() || since.elapsed() >= COMMIT_INTERVAL {
-                feed.commit().await?;
-                *uncommitted = None;
-            }
-        }
+        acks.after_batch(feed, batch.len()).await?;
         Ok(batch.len())
     }
 
@@ -686,12 +610,12 @@ impl Notifier {
         let mut backoff = Duration::from_millis(100);
         let mut last_retry: Option<tokio::time::Instant> = None;
         let mut last_purge = tokio::time::Instant::now();
-        let mut uncommitted = None;
+        let mut acks = PacedAcks::new(COMMIT_INTERVAL);
         while !*shutdown.borrow() {
-            match self.step(&mut *feed, poll, &mut uncommitted).await {
+            match self.step(&mut *feed, 100, poll, &mut acks).await {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    uncommitted = None;
+                    acks.forget();
                     tracing::error!(error = %ErrorChain(&e), "notifier step failed; will retry");
                     if let Err(e) = feed.rollback().await {
                         tracing::error!(error = %ErrorChain(&e), "feed rollback failed");

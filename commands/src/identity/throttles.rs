@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use domain::throttle::{Policy, RequestPolicy, Throttle, ThrottleCommand, ThrottleEvent};
 
 use super::{IdentityError, IdentityService, RequestMeta};
-use crate::executor::{Decided, Executed, Loaded, Tail};
+use crate::executor::{Decided, Loaded, Tail};
 
 /// Attempts to record a failure under write conflicts (each retry waits a
 /// jittered, growing delay; see the executor).
@@ -162,7 +162,7 @@ impl IdentityService {
             ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
         let done =
             self.throttles.execute(&Policy::OtpRequests.key(key), cmd, meta.to_map("RecordRequest")).await?;
-        Self::requested(&done, limits, now)
+        Self::requested(&done.events, &done.state, limits, now)
     }
 
     /// [`IdentityService::record_request`] on the recipient's
@@ -181,24 +181,23 @@ impl IdentityService {
         let cmd =
             ThrottleCommand::RecordRequest { policy: Policy::OtpRequests, limits: Some(limits), at: now };
         let decided = self.throttles.decide(loaded, cmd, meta.to_map("RecordRequest")).await?;
-        let outcome = if decided.events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
-            Ok(())
-        } else {
-            let until = limits.next_allowed(&decided.state.recent_requests, now).unwrap_or(now);
-            Err(Self::throttled_until(until, now))
-        };
+        let outcome = Self::requested(&decided.events, &decided.state, limits, now);
         Ok(DecidedRequest { decided, outcome })
     }
 
+    /// Whether a `RecordRequest` that produced `events`, leaving `state`,
+    /// counted the request (`Ok`) or refused it (`Throttled` until the next
+    /// allowed time).
     fn requested(
-        done: &Executed<Throttle>,
+        events: &[ThrottleEvent],
+        state: &Throttle,
         limits: RequestPolicy,
         now: DateTime<Utc>,
     ) -> Result<(), IdentityError> {
-        if done.events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
+        if events.iter().any(|e| matches!(e, ThrottleEvent::RequestRecorded { .. })) {
             return Ok(());
         }
-        let until = limits.next_allowed(&done.state.recent_requests, now).unwrap_or(now);
+        let until = limits.next_allowed(&state.recent_requests, now).unwrap_or(now);
         Err(Self::throttled_until(until, now))
     }
 }
