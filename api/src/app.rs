@@ -241,7 +241,18 @@ impl App {
     /// A feed for consumer `name` (group `<prefix>-<name>` on Kafka, reading
     /// the topics of `aggregate_types`; the Postgres feed reads every event).
     async fn feed(&self, name: &str, aggregate_types: &[&str]) -> anyhow::Result<Box<dyn EventFeed>> {
-        let interval = Duration::from_millis(self.settings.pg_feed_min_read_ms);
+        self.feed_paced(name, aggregate_types, self.settings.pg_feed_min_read_ms).await
+    }
+
+    /// [`App::feed`] whose Postgres feed reads at most every `min_read_ms`
+    /// milliseconds while events keep coming.
+    async fn feed_paced(
+        &self,
+        name: &str,
+        aggregate_types: &[&str],
+        min_read_ms: u64,
+    ) -> anyhow::Result<Box<dyn EventFeed>> {
+        let interval = Duration::from_millis(min_read_ms);
         let postgres = PgFeedConfig::new(name).min_read_interval(interval);
         self.feed_with(name, aggregate_types, self.settings.kafka_fetch_wait_max_ms, postgres).await
     }
@@ -368,7 +379,7 @@ impl App {
         let notifier = Notifier::new(self.pool.clone(), deliveries, mailer, sms, &self.settings.mail_from)?
             .with_policy(policy);
         // Any aggregate's event may name a delivery (`delivery_id` metadata).
-        let mut feed = self.feed("notify", AGGREGATE_TYPES).await?;
+        let mut feed = self.feed_paced("notify", AGGREGATE_TYPES, self.settings.notify_min_read_ms).await?;
         notifier.run(feed.as_mut(), shutdown).await;
         Ok(())
     }

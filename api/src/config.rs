@@ -39,14 +39,22 @@ pub struct Settings {
     /// Consumer `fetch.wait.max.ms` (milliseconds).
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 5)]
     pub kafka_fetch_wait_max_ms: u32,
-    /// Shortest time between two reads of the Postgres feed of the
-    /// projectors and of the notifier (milliseconds; Postgres feed only,
-    /// i.e. without `KAFKA_BROKERS`). Under load one read, and one
-    /// projector transaction, then takes the commits of many requests;
-    /// it adds at most this much to commit → read model (decided 12's
-    /// p99 ≤ 50 ms). `0` reads on every notification.
-    #[arg(long, env = "PG_FEED_MIN_READ_MS", default_value_t = 10)]
+    /// Shortest time between a read of the projectors' Postgres feed that
+    /// found new events and the next read (milliseconds; Postgres feed
+    /// only, i.e. without `KAFKA_BROKERS`). Under load one read, and one
+    /// projector transaction, then takes the commits of many requests; it
+    /// adds at most this much to commit → read model, and only while
+    /// events keep coming (decided 12's p99 ≤ 50 ms). `0` reads on every
+    /// notification.
+    #[arg(long, env = "PG_FEED_MIN_READ_MS", default_value_t = 25)]
     pub pg_feed_min_read_ms: u64,
+    /// The same for the notifier's Postgres feed (milliseconds): under load
+    /// one claim, one challenge read and one append then serve the codes
+    /// of this many milliseconds together. It delays a code by at most
+    /// this much, and only while events keep coming; a mail or an SMS
+    /// takes seconds to arrive anyway. `0` reads on every notification.
+    #[arg(long, env = "NOTIFY_MIN_READ_MS", default_value_t = 100)]
+    pub notify_min_read_ms: u64,
     /// Partitions of topics created at start.
     #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 6)]
     pub kafka_topic_partitions: i32,

@@ -55,6 +55,19 @@ impl CoWrite for SentDelivery {
     }
 }
 
+/// The deletion of several sent delivery records, written as the `sent`
+/// `WITH` query of the one append that records all their outcomes (the
+/// notifier's batch: [`SentDelivery`] for many records at once).
+pub struct SentDeliveries(pub Vec<Uuid>);
+
+impl CoWrite for SentDeliveries {
+    fn push_cte<'q>(&'q self, query: &mut QueryBuilder<'q, Postgres>) {
+        query.push("sent AS (DELETE FROM deliveries WHERE delivery_id = ANY(");
+        query.push_bind(&self.0);
+        query.push("))");
+    }
+}
+
 /// Delivery-record failures.
 /// A delivery record sealed and ready to insert (see [`DeliveryStore::seal`]);
 /// written as the `delivery` `WITH` query of an append.
@@ -172,6 +185,19 @@ impl DeliveryStore {
     /// [`DeliveryError::Db`].
     pub async fn delete(&self, id: Uuid) -> Result<(), DeliveryError> {
         sqlx::query("DELETE FROM deliveries WHERE delivery_id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Deletes the records `ids` with one statement (absent ones are
+    /// skipped).
+    ///
+    /// # Errors
+    /// [`DeliveryError::Db`].
+    pub async fn delete_many(&self, ids: &[Uuid]) -> Result<(), DeliveryError> {
+        sqlx::query("DELETE FROM deliveries WHERE delivery_id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

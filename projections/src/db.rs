@@ -19,6 +19,17 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// fails with `PoolTimedOut`.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A pooled connection idle at least this long is pinged (one round trip)
+/// before it is handed out; one used more recently is handed out as is.
+/// sqlx's default pings on every acquire, which doubled the round trips of
+/// every one-statement read and append (a `Sync` and its `ReadyForQuery`
+/// before each statement: about a third of the statements' CPU on both
+/// ends in a login; docs/performance.md, "login-http"). HikariCP makes the
+/// same trade (`aliveBypassWindowMs`, 500 ms): a connection that worked
+/// half a second ago is taken to work now, and a server-side death within
+/// that window fails one statement, after which sqlx drops the connection.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+
 /// Maintenance database used to create other databases.
 const MAINTENANCE_DB: &str = "postgres";
 
@@ -61,6 +72,15 @@ pub async fn connect_pool(
         .min_connections(min_connections.min(max_connections))
         .max_connections(max_connections)
         .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .context("cannot connect to the database")?;

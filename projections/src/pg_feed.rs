@@ -18,7 +18,7 @@ const SCAN_LIMIT: usize = 1_000;
 
 /// Shortest time between two reads of one feed (default of
 /// [`PgFeedConfig::min_read_interval`]).
-pub const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(10);
+pub const DEFAULT_MIN_READ_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Poll interval used while no notification arrives.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,13 +41,16 @@ pub struct PgFeedConfig {
     /// Re-read interval while newer events wait behind an open transaction
     /// (default [`DEFAULT_UNSETTLED_RETRY`]).
     pub unsettled_retry: Duration,
-    /// Shortest time between two reads (default
-    /// [`DEFAULT_MIN_READ_INTERVAL`]): a read sooner after the previous one
-    /// first waits for the rest, so that under load one read takes the
-    /// commits of many transactions (every append notifies) instead of
-    /// one read — and one projector transaction — per commit. At light
-    /// load the previous read is older and nothing waits. Adds at most this
-    /// much latency; zero turns it off.
+    /// Shortest time between a read that found new events (of the feed's
+    /// types) and the next read (default [`DEFAULT_MIN_READ_INTERVAL`]):
+    /// a read sooner after
+    /// such a read first waits for the rest, so that under load one read
+    /// takes the commits of many transactions (every append notifies)
+    /// instead of one read — and one projector transaction, one notifier
+    /// claim — per commit. A read that found nothing new does not pace the
+    /// next: the first commit after a quiet spell is read as soon as it is
+    /// notified. Adds at most this much latency, and only while events
+    /// keep coming; zero turns it off.
     pub min_read_interval: Duration,
     /// Where an ephemeral feed starts ([`PgFeedConfig::ephemeral_from`]):
     /// `None` (the default) loads and stores the consumer's cursor in
@@ -111,7 +114,10 @@ pub struct PgFeed {
     poll_interval: Duration,
     unsettled_retry: Duration,
     min_read_interval: Duration,
-    last_read: Option<Instant>,
+    /// When the last read that found new events started (`None` after a
+    /// read that found nothing): the next read waits for
+    /// `min_read_interval` from it.
+    last_busy_read: Option<Instant>,
     ephemeral: bool,
     listener: EventsListener,
     committed: Cursor,
@@ -148,7 +154,7 @@ impl PgFeed {
             poll_interval: config.poll_interval,
             unsettled_retry: config.unsettled_retry,
             min_read_interval: config.min_read_interval,
-            last_read: None,
+            last_busy_read: None,
             ephemeral: config.ephemeral_start.is_some(),
             listener,
             committed,
@@ -179,7 +185,7 @@ impl EventFeed for PgFeed {
         loop {
             // Listen before reading, so a commit right after the read wakes us.
             self.listener.connect().await;
-            if let Some(last) = self.last_read {
+            if let Some(last) = self.last_busy_read {
                 let since = last.elapsed();
                 if since < self.min_read_interval {
                     tokio::time::sleep(self.min_read_interval - since).await;
@@ -187,11 +193,13 @@ impl EventFeed for PgFeed {
                     self.listener.drain().await;
                 }
             }
-            self.last_read = Some(Instant::now());
+            let read_at = Instant::now();
+            self.last_busy_read = None;
             match types {
                 None => {
                     let rows = tail::read_after(&self.pool, self.returned, max, None).await?;
                     if let Some((cursor, _)) = rows.last() {
+                        self.last_busy_read = Some(read_at);
                         self.returned = *cursor;
                         return Ok(rows.into_iter().map(|(_, envelope)| envelope).collect());
                     }
@@ -205,6 +213,7 @@ impl EventFeed for PgFeed {
                         self.returned = to;
                     }
                     if !scanned.envelopes.is_empty() {
+                        self.last_busy_read = Some(read_at);
                         return Ok(scanned.envelopes.into_iter().map(|(_, envelope)| envelope).collect());
                     }
                     if scanned.scanned >= max.max(SCAN_LIMIT) {
@@ -216,15 +225,18 @@ impl EventFeed for PgFeed {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            // Unfiltered: the cursor is past every settled event, so this is
-            // one index probe (an unsettled event of another type only
-            // makes the feed look again sooner).
-            let pause = if tail::has_unsettled_after(&self.pool, self.returned, None).await? {
+            // The cursor is past every settled event, so this walks only the
+            // few rows of transactions still settling. A typed feed minds
+            // only its own types, here and in the notifications it wakes
+            // on: other types' commits (a login's, for the revocation
+            // follower) are passed over until one of its own comes, or the
+            // poll, when one read walks past them all.
+            let pause = if tail::has_unsettled_after(&self.pool, self.returned, types).await? {
                 self.unsettled_retry
             } else {
                 self.poll_interval
             };
-            self.listener.wait(pause.min(deadline - now)).await;
+            self.listener.wait_for(pause.min(deadline - now), types).await;
         }
     }
 

@@ -453,6 +453,16 @@ where
     Ok(())
 }
 
+/// Whether a notification with `payload` (the aggregate types of an
+/// insert, comma-separated; empty: unknown) concerns a reader of `types`.
+fn concerns(payload: &str, types: Option<&[String]>) -> bool {
+    match types {
+        None => true,
+        Some(_) if payload.is_empty() => true,
+        Some(types) => payload.split(',').any(|t| types.iter().any(|wanted| wanted == t)),
+    }
+}
+
 /// Why [`EventsListener::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -530,6 +540,14 @@ impl EventsListener {
     /// Waits at most `timeout` for a notification. While the listener is
     /// down it reconnects first and otherwise just sleeps `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        self.wait_for(timeout, None).await
+    }
+
+    /// [`EventsListener::wait`] for a commit of events of `types` only
+    /// (`None`: any): a notification naming only other aggregate types (the
+    /// payload lists the types of the insert, comma-separated) is passed
+    /// over; one with an empty payload counts.
+    pub async fn wait_for(&mut self, timeout: Duration, types: Option<&[String]>) -> Wake {
         if !self.connect().await {
             tokio::time::sleep(timeout).await;
             return Wake::Timeout;
@@ -537,7 +555,14 @@ impl EventsListener {
         let Some(listener) = self.listener.as_mut() else {
             return Wake::Reconnected;
         };
-        match tokio::time::timeout(timeout, listener.try_recv()).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let received = loop {
+            match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+                Ok(Ok(Some(notification))) if !concerns(notification.payload(), types) => continue,
+                other => break other,
+            }
+        };
+        match received {
             Err(_elapsed) => Wake::Timeout,
             Ok(Ok(Some(_))) => {
                 // Drain what is already there: one read serves them all.

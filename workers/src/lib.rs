@@ -5,6 +5,7 @@
 //! Workers may depend on `domain`, `commands` (for services) and
 //! `projections` (feeds and runtime); they must never depend on `api`.
 
+mod dev_files;
 pub mod kafka;
 pub mod notify;
 pub mod relay;

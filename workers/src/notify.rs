@@ -12,7 +12,9 @@
 //! due again after the lease instead of losing it.
 //!
 //! - [`Notifier::handle`] (one envelope) claims records whose first attempt
-//!   has not run (`attempts = 0`) and tries once. A retryable failure
+//!   has not run (`attempts = 0`) and tries once; [`Notifier::handle_batch`]
+//!   does the same for a feed batch with one claim statement, overlapped
+//!   sends and one append recording every sent code's outcome. A retryable failure
 //!   schedules the next attempt (exponential back-off,
 //!   [`RetryPolicy::delay_after`]) and moves on, so one bad recipient never
 //!   blocks the feed.
@@ -36,14 +38,15 @@
 //! files ([`crate::sms`]). Logs and stored failure reasons carry ids, status
 //! codes and provider error codes only — never a recipient, a body or a code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDelivery};
-use commands::executor::{ExecError, Executor};
+use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDeliveries, SentDelivery};
+use commands::executor::{append_together, DecidedRows, ExecError, Executor};
 use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpCommand};
+use futures::StreamExt as _;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::Message;
@@ -74,6 +77,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Aggregate type whose deliveries have their outcome recorded on the
 /// aggregate (`OtpDelivered` / `OtpDeliveryFailed`).
 const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
+
+/// Most sends of one batch in flight at once ([`Notifier::handle_batch`]):
+/// SMTP and Twilio round trips overlap; files do not care.
+pub const SEND_CONCURRENCY: usize = 8;
 
 /// How long [`Notifier::run`] may leave handled batches unacknowledged
 /// (the projection runner's default `commit_interval` too).
@@ -247,6 +254,21 @@ impl Claim {
     }
 }
 
+/// Where one attempt on a claimed record got to ([`Notifier::try_send`]).
+enum Attempt {
+    /// Sent; the outcome is not recorded yet and the record still there.
+    Sent {
+        claim: Claim,
+        /// The delivery's channel (`email`, `sms`), for logs and metrics.
+        channel: String,
+        /// The delivery's template, for logs.
+        template: String,
+    },
+    /// Finished otherwise: a retry scheduled, a failure recorded, nothing
+    /// to send.
+    Done(Handled),
+}
+
 /// First claim of a record, by the event that names it, returning the
 /// sealed record; for a challenge's code, the same statement drops the
 /// pending deliveries of its older codes (a new code replaces them: a late
@@ -262,6 +284,30 @@ const CLAIM_NEW: &str = "WITH superseded AS ( \
                           WHERE delivery_id = $1 AND attempts = 0 FOR UPDATE SKIP LOCKED) \
      RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id, sealed, \
                (SELECT count(*) FROM superseded) AS superseded";
+
+/// [`CLAIM_NEW`] for the records of several events at once (`$1` their
+/// ids, `$3`–`$5` each event's aggregate type, id and sequence, aligned;
+/// `$2` the lease in seconds). The events' sources are distinct (one code
+/// per challenge: [`Notifier::handle_batch`] checks), so the older codes'
+/// records it drops are never the ones it claims: those were claimed
+/// before (`attempts > 0`), these never were.
+const CLAIM_NEW_MANY: &str = "WITH req AS ( \
+         SELECT * FROM unnest($1::uuid[], $3::text[], $4::text[], $5::int8[]) \
+             AS r(delivery_id, source_type, source_id, source_sequence)), \
+     superseded AS ( \
+         DELETE FROM deliveries d USING req \
+         WHERE req.source_type = 'otp_challenge' AND d.source_type = 'otp_challenge' \
+           AND d.source_id = req.source_id AND d.source_sequence < req.source_sequence \
+         RETURNING d.source_id), \
+     claimable AS ( \
+         SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1) AND attempts = 0 \
+         ORDER BY delivery_id FOR UPDATE SKIP LOCKED) \
+     UPDATE deliveries d SET attempts = d.attempts + 1, \
+         next_attempt_at = now() + make_interval(secs => $2), \
+         source_type = req.source_type, source_id = req.source_id, source_sequence = req.source_sequence \
+     FROM req WHERE d.delivery_id = req.delivery_id AND d.delivery_id IN (SELECT delivery_id FROM claimable) \
+     RETURNING d.delivery_id, d.attempts, d.expires_at <= now() AS expired, d.source_type, d.source_id, \
+               d.sealed, (SELECT count(*) FROM superseded s WHERE s.source_id = d.source_id) AS superseded";
 
 /// Claims of due retries, returning the sealed records.
 const CLAIM_DUE: &str = "UPDATE deliveries SET attempts = attempts + 1, \
@@ -344,12 +390,7 @@ impl Notifier {
             .await?;
         match claim {
             Some(claim) => {
-                if claim.superseded > 0 {
-                    tracing::info!(
-                        superseded = claim.superseded,
-                        "dropped pending deliveries of older codes"
-                    );
-                }
+                Self::log_superseded(&claim);
                 self.attempt(claim).await
             }
             None => {
@@ -358,14 +399,131 @@ impl Notifier {
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await?;
-                if exists.is_some() {
-                    tracing::debug!(delivery_id = %id, "delivery already attempted; left to the retry loop");
-                    Ok(Handled::Deferred)
-                } else {
-                    tracing::debug!(delivery_id = %id, "delivery record gone; nothing to send");
-                    Ok(Handled::AlreadyGone)
-                }
+                Ok(Self::unclaimed(id, exists.is_some()))
             }
+        }
+    }
+
+    /// Handles the envelopes of one feed batch as [`Notifier::handle`]
+    /// handles one, with fewer statements: one claims the records of every
+    /// envelope, the sends overlap (at most [`SEND_CONCURRENCY`] at a time),
+    /// and one append records the outcome of every sent code and deletes
+    /// those records ([`SentDeliveries`]); sent notices' records go in one
+    /// `DELETE`. Returns what happened to each envelope that names a record,
+    /// in batch order.
+    ///
+    /// A batch naming two records of one source (a code and its resend) is
+    /// handled envelope by envelope, so that the later code drops the older
+    /// one's record as it does across batches. When the joint append fails
+    /// (a challenge moved meanwhile, say), each outcome is recorded on its
+    /// own as [`Notifier::handle`] does.
+    ///
+    /// # Errors
+    /// [`NotifyError`] on database failures, after the outcomes of what was
+    /// sent are recorded; the batch should then be delivered again (its
+    /// claimed records are retried after their lease).
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    pub async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<Handled>, NotifyError> {
+        let named: Vec<(&Envelope, Uuid)> =
+            batch.iter().filter_map(|env| delivery_id(env).map(|id| (env, id))).collect();
+        let mut sources = HashSet::new();
+        let distinct = named
+            .iter()
+            .all(|(env, _)| sources.insert((env.aggregate_type.as_str(), env.aggregate_id.as_str())));
+        if named.len() < 2 || !distinct {
+            let mut done = Vec::with_capacity(named.len());
+            for (env, _) in named {
+                done.push(self.handle(env).await?);
+            }
+            return Ok(done);
+        }
+        let mut claimed = self.claim_many(&named).await?;
+        let unclaimed: Vec<Uuid> =
+            named.iter().map(|(_, id)| *id).filter(|id| !claimed.contains_key(id)).collect();
+        let present: HashSet<Uuid> = if unclaimed.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar::<_, Uuid>("SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1)")
+                .bind(&unclaimed)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let jobs: Vec<Result<Claim, Handled>> = named
+            .iter()
+            .map(|(_, id)| claimed.remove(id).ok_or_else(|| Self::unclaimed(*id, present.contains(id))))
+            .collect();
+        let tries: Vec<Result<Attempt, NotifyError>> =
+            futures::stream::iter(jobs.into_iter().map(|job| async move {
+                match job {
+                    Ok(claim) => self.try_send(claim).await,
+                    Err(unclaimed) => Ok(Attempt::Done(unclaimed)),
+                }
+            }))
+            .buffered(SEND_CONCURRENCY)
+            .collect()
+            .await;
+        // Record what was sent before answering any error: a sent record
+        // left behind would be sent again after its lease.
+        let sent: Vec<&Claim> = tries
+            .iter()
+            .filter_map(|t| match t {
+                Ok(Attempt::Sent { claim, .. }) => Some(claim),
+                _ => None,
+            })
+            .collect();
+        self.record_sent_many(&sent).await?;
+        tries
+            .into_iter()
+            .map(|t| {
+                t.map(|attempt| match attempt {
+                    Attempt::Sent { claim, channel, template } => {
+                        Self::log_sent(&claim, &channel, &template);
+                        Handled::Sent
+                    }
+                    Attempt::Done(handled) => handled,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims the records `named` by the events of a batch with one
+    /// statement ([`CLAIM_NEW_MANY`]), by record id.
+    async fn claim_many(&self, named: &[(&Envelope, Uuid)]) -> Result<HashMap<Uuid, Claim>, NotifyError> {
+        let ids: Vec<Uuid> = named.iter().map(|(_, id)| *id).collect();
+        let types: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_type.as_str()).collect();
+        let sources: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_id.as_str()).collect();
+        let sequences: Vec<i64> = named.iter().map(|(env, _)| env.sequence).collect();
+        let claims: Vec<Claim> = sqlx::query_as(CLAIM_NEW_MANY)
+            .bind(&ids)
+            .bind(self.policy.lease.as_secs_f64())
+            .bind(&types)
+            .bind(&sources)
+            .bind(&sequences)
+            .fetch_all(&self.pool)
+            .await?;
+        for claim in &claims {
+            Self::log_superseded(claim);
+        }
+        Ok(claims.into_iter().map(|claim| (claim.delivery_id, claim)).collect())
+    }
+
+    fn log_superseded(claim: &Claim) {
+        if claim.superseded > 0 {
+            tracing::info!(superseded = claim.superseded, "dropped pending deliveries of older codes");
+        }
+    }
+
+    /// What became of an event whose record could not be claimed: still
+    /// there (`present`: attempted before, the retry loop's) or gone.
+    fn unclaimed(id: Uuid, present: bool) -> Handled {
+        if present {
+            tracing::debug!(delivery_id = %id, "delivery already attempted; left to the retry loop");
+            Handled::Deferred
+        } else {
+            tracing::debug!(delivery_id = %id, "delivery record gone; nothing to send");
+            Handled::AlreadyGone
         }
     }
 
@@ -390,15 +548,35 @@ impl Notifier {
         Ok(done)
     }
 
-    /// One attempt on a claimed record.
-    #[tracing::instrument(skip_all, fields(delivery_id = %claim.delivery_id, attempt = claim.attempts))]
+    /// One attempt on a claimed record, its outcome recorded.
     async fn attempt(&self, claim: Claim) -> Result<Handled, NotifyError> {
+        match self.try_send(claim).await? {
+            Attempt::Sent { claim, channel, template } => {
+                self.record_sent(&claim).await?;
+                Self::log_sent(&claim, &channel, &template);
+                Ok(Handled::Sent)
+            }
+            Attempt::Done(handled) => Ok(handled),
+        }
+    }
+
+    fn log_sent(claim: &Claim, channel: &str, template: &str) {
+        tracing::info!(delivery_id = %claim.delivery_id, attempts = claim.attempts(), template, channel, "message sent");
+        metrics::counter!("streamforge_deliveries_total", "channel" => channel.to_owned(), "outcome" => "sent")
+            .increment(1);
+    }
+
+    /// One attempt on a claimed record: a success is returned with the
+    /// record still there, for the caller to record ([`Notifier::record_sent`]
+    /// or [`Notifier::record_sent_many`]); any other outcome is finished here.
+    #[tracing::instrument(skip_all, fields(delivery_id = %claim.delivery_id, attempt = claim.attempts))]
+    async fn try_send(&self, claim: Claim) -> Result<Attempt, NotifyError> {
         let id = claim.delivery_id;
         if claim.expired {
             self.deliveries.delete(id).await?;
             tracing::warn!("code expired before it could be sent; dropped");
             self.record_failure(&claim, "expired before delivery").await;
-            return Ok(Handled::Expired);
+            return Ok(Attempt::Done(Handled::Expired));
         }
         let delivery = match self.deliveries.open(id, &claim.sealed) {
             Ok(d) => d,
@@ -406,7 +584,7 @@ impl Notifier {
                 self.deliveries.delete(id).await?;
                 tracing::error!("delivery record cannot be opened; dropped");
                 self.record_failure(&claim, "record unreadable").await;
-                return Ok(Handled::Failed);
+                return Ok(Attempt::Done(Handled::Failed));
             }
             Err(e) => return Err(e.into()),
         };
@@ -417,16 +595,10 @@ impl Notifier {
         };
         let attempts = claim.attempts();
         match sent {
-            Ok(()) => {
-                // The record is deleted by the statement that records the
-                // success (or before a success that cannot be recorded): a
-                // redelivered event finds nothing to send.
-                self.record_sent(&claim).await?;
-                tracing::info!(attempts, template = %delivery.template, channel = %delivery.channel, "message sent");
-                metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "sent")
-                    .increment(1);
-                Ok(Handled::Sent)
-            }
+            // The record is deleted by the statement that records the
+            // success (or before a success that cannot be recorded): a
+            // redelivered event finds nothing to send.
+            Ok(()) => Ok(Attempt::Sent { claim, channel: delivery.channel, template: delivery.template }),
             Err(SendError::Retryable(reason)) if attempts < self.policy.max_attempts => {
                 let delay = self.policy.delay_after(attempts);
                 sqlx::query(SCHEDULE_RETRY)
@@ -439,7 +611,7 @@ impl Notifier {
                     "send failed; retry scheduled");
                 metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "retry")
                     .increment(1);
-                Ok(Handled::RetryScheduled)
+                Ok(Attempt::Done(Handled::RetryScheduled))
             }
             Err(e) => {
                 self.deliveries.delete(id).await?;
@@ -448,7 +620,7 @@ impl Notifier {
                 metrics::counter!("streamforge_deliveries_total", "channel" => delivery.channel.clone(), "outcome" => "failed")
                     .increment(1);
                 self.record_failure(&claim, e.reason()).await;
-                Ok(Handled::Failed)
+                Ok(Attempt::Done(Handled::Failed))
             }
         }
     }
@@ -512,6 +684,84 @@ impl Notifier {
                 self.delete_after_send(id).await?;
                 Self::not_recorded(challenge, name, &e);
                 Ok(())
+            }
+        }
+    }
+
+    /// [`Notifier::record_sent`] for the sent records of a batch: the
+    /// challenges are read by one statement, and every `RecordDelivery`
+    /// appended, with the deletion of those records, by one
+    /// ([`append_together`], [`SentDeliveries`]); notices, outcomes already
+    /// recorded and refused ones have their records deleted by one more.
+    /// Should the joint append fail (a challenge moved since it was read),
+    /// each of its outcomes is recorded on its own.
+    async fn record_sent_many(&self, sent: &[&Claim]) -> Result<(), NotifyError> {
+        let (codes, notices): (Vec<&Claim>, Vec<&Claim>) = sent.iter().partition(|c| c.challenge().is_some());
+        let mut alone: Vec<Uuid> = notices.iter().map(|c| c.delivery_id).collect();
+        if let [one] = codes.as_slice() {
+            self.record_sent(one).await?;
+        } else if !codes.is_empty() {
+            let challenges: Vec<&str> = codes.iter().filter_map(|c| c.challenge()).collect();
+            let name = "RecordDelivery";
+            match self.otps.load_many(&challenges).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "challenges not read together; recording one by one");
+                    for claim in &codes {
+                        self.record_sent(claim).await?;
+                    }
+                }
+                Ok(loaded) => {
+                    let mut decided = Vec::with_capacity(codes.len());
+                    let mut decided_claims = Vec::with_capacity(codes.len());
+                    for (claim, loaded) in codes.iter().zip(loaded) {
+                        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: Utc::now() };
+                        match self.otps.decide(loaded, cmd, Self::metadata(name)).await {
+                            // An outcome already recorded: nothing to append.
+                            Ok(d) if d.events.is_empty() => alone.push(claim.delivery_id),
+                            Ok(d) => {
+                                decided.push(d);
+                                decided_claims.push(*claim);
+                            }
+                            Err(e) => {
+                                alone.push(claim.delivery_id);
+                                Self::not_recorded(claim.challenge().unwrap_or_default(), name, &e);
+                            }
+                        }
+                    }
+                    if !decided.is_empty() {
+                        let parts: Vec<&dyn DecidedRows> =
+                            decided.iter().map(|d| d as &dyn DecidedRows).collect();
+                        let records = SentDeliveries(decided_claims.iter().map(|c| c.delivery_id).collect());
+                        if let Err(e) = append_together(&self.pool, &parts, Some(&records)).await {
+                            tracing::info!(error = %e, "outcomes not appended together; recording one by one");
+                            for claim in decided_claims {
+                                self.record_sent(claim).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !alone.is_empty() {
+            self.delete_many_after_send(&alone).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Notifier::delete_after_send`] for several records, one statement.
+    async fn delete_many_after_send(&self, ids: &[Uuid]) -> Result<(), NotifyError> {
+        let mut pause = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.deliveries.delete_many(ids).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 5 => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot delete sent records; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
             }
         }
     }
@@ -583,9 +833,7 @@ impl Notifier {
         acks: &mut PacedAcks,
     ) -> Result<usize, NotifyError> {
         let batch = feed.next_batch(max, max_wait).await?;
-        for env in &batch {
-            self.handle(env).await?;
-        }
+        self.handle_batch(&batch).await?;
         acks.after_batch(feed, batch.len()).await?;
         Ok(batch.len())
     }

@@ -209,22 +209,20 @@ impl SmsSender {
                 tracing::debug!(message_sid = %sid, "Twilio accepted the message");
                 Ok(())
             }
-            Self::Files(dir) => write_file(dir, file_stem, &format!("To: {to}\n\n{body}\n"))
-                .await
-                .map_err(|e| SendError::Retryable(format!("sms file: {}", e.kind()))),
+            Self::Files(dir) => crate::dev_files::write_whole(
+                dir,
+                file_stem,
+                "sms",
+                format!("To: {to}\n\n{body}\n").into_bytes(),
+            )
+            .await
+            .map_err(|e| SendError::Retryable(format!("sms file: {}", e.kind()))),
         }
     }
 }
 
 fn looks_like_e164(to: &str) -> bool {
     to.strip_prefix('+').is_some_and(|d| (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()))
-}
-
-async fn write_file(dir: &std::path::Path, stem: &str, content: &str) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!("{stem}.sms.tmp"));
-    tokio::fs::write(&tmp, content).await?;
-    tokio::fs::rename(&tmp, dir.join(format!("{stem}.sms"))).await
 }
 
 #[cfg(test)]

@@ -38,18 +38,11 @@ impl Mailer {
     pub(super) async fn send(&self, message: Message, file_stem: &str) -> Result<(), SendError> {
         match self {
             Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify_smtp(&e)),
-            Self::Files(dir) => write_mail_file(dir, file_stem, &message.formatted())
+            Self::Files(dir) => crate::dev_files::write_whole(dir, file_stem, "eml", message.formatted())
                 .await
                 .map_err(|e| SendError::Retryable(format!("mail file: {}", e.kind()))),
         }
     }
-}
-
-async fn write_mail_file(dir: &std::path::Path, stem: &str, content: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!("{stem}.eml.tmp"));
-    tokio::fs::write(&tmp, content).await?;
-    tokio::fs::rename(&tmp, dir.join(format!("{stem}.eml"))).await
 }
 
 /// Classifies an SMTP failure: a 5xx reply or a client-side error is
