@@ -79,8 +79,11 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
 
 /// Most sends of one batch in flight at once ([`Notifier::handle_batch`]):
-/// SMTP and Twilio round trips overlap; files do not care.
-pub const SEND_CONCURRENCY: usize = 8;
+/// SMTP and Twilio round trips overlap; files do not care. Kept below
+/// lettre's pool of 10 SMTP connections, and small because a relay that
+/// serves fewer sessions at once makes the others wait for their greeting
+/// (and time out after 10 s, to be retried).
+pub const SEND_CONCURRENCY: usize = 4;
 
 /// How long [`Notifier::run`] may leave handled batches unacknowledged
 /// (the projection runner's default `commit_interval` too).

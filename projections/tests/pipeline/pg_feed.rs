@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use projections::feed::EventFeed;
 use projections::pg_feed::{PgFeed, PgFeedConfig};
+use projections::tail::{EventsListener, Wake};
 use serde_json::json;
 
 use crate::helpers::{insert_event, settle, TestDb};
@@ -149,5 +150,85 @@ async fn survives_losing_its_listen_connection() {
     assert_eq!(ids(&batch), ["r#1"]);
     assert!(latency < Duration::from_secs(3), "woken after {latency:?}");
     drop(feed);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn reads_are_paced_only_while_events_keep_coming() {
+    let db = TestDb::new().await;
+    let pace = Duration::from_secs(1);
+    let config = PgFeedConfig::new("paced").poll_interval(Duration::from_secs(10)).min_read_interval(pace);
+    let mut feed = PgFeed::new(db.pool.clone(), config).await.unwrap();
+    assert!(feed.next_batch(10, Duration::ZERO).await.unwrap().is_empty());
+
+    // After a quiet spell the first commit is read as soon as notified.
+    insert_event(&db.pool, "test", "p", 1, "Happened", json!({})).await;
+    // Other tests' open transactions on the server may hold the tail back.
+    settle(&db.pool).await;
+    let first = Instant::now();
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["p#1"]);
+    assert!(first.elapsed() < pace, "an unpaced read waited {:?}", first.elapsed());
+
+    // While events keep coming, the next read waits for the pace: the
+    // commits of that second are read together.
+    let read = Instant::now();
+    for sequence in 2..=4 {
+        insert_event(&db.pool, "test", "p", sequence, "Happened", json!({})).await;
+    }
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["p#2", "p#3", "p#4"]);
+    // (The pace runs from the previous read's start, a moment before `read`.)
+    assert!(read.elapsed() >= pace - Duration::from_millis(300), "paced read after {:?}", read.elapsed());
+
+    // A read that finds nothing ends the pacing.
+    assert!(feed.next_batch(10, Duration::from_millis(1_500)).await.unwrap().is_empty());
+    insert_event(&db.pool, "test", "p", 5, "Happened", json!({})).await;
+    settle(&db.pool).await;
+    let quiet = Instant::now();
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["p#5"]);
+    assert!(quiet.elapsed() < pace, "a read after a quiet spell waited {:?}", quiet.elapsed());
+    drop(feed);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn notifications_name_the_inserted_types_and_a_typed_wait_passes_over_others() {
+    let db = TestDb::new().await;
+    let mut listener = EventsListener::new(db.pool.clone());
+    assert!(listener.connect().await);
+    let session = ["session".to_owned()];
+
+    // Commits of other types do not end a wait for `session` events.
+    let pool = db.pool.clone();
+    let writer = tokio::spawn(async move {
+        for sequence in 1..=5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            insert_event(&pool, "user", "u", sequence, "Happened", json!({})).await;
+        }
+    });
+    let waited = Instant::now();
+    assert_eq!(listener.wait_for(Duration::from_millis(1_500), Some(&session)).await, Wake::Timeout);
+    assert!(waited.elapsed() >= Duration::from_millis(1_400));
+    writer.await.unwrap();
+
+    // One of its own does, at once; an untyped wait takes any commit.
+    let pool = db.pool.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        insert_event(&pool, "session", "s", 1, "Happened", json!({})).await;
+        Instant::now()
+    });
+    assert_eq!(listener.wait_for(Duration::from_secs(8), Some(&session)).await, Wake::Notified);
+    let latency = Instant::now().saturating_duration_since(writer.await.unwrap());
+    assert!(latency < Duration::from_secs(2), "woken after {latency:?}");
+    insert_event(&db.pool, "user", "u", 6, "Happened", json!({})).await;
+    assert_eq!(listener.wait(Duration::from_secs(8)).await, Wake::Notified);
+
+    // A typed feed reads its own events after a storm of others.
+    let config =
+        PgFeedConfig::new("typed").aggregate_types(["session"]).poll_interval(Duration::from_secs(30));
+    let mut feed = PgFeed::new(db.pool.clone(), config).await.unwrap();
+    settle(&db.pool).await;
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["s#1"]);
+    drop((feed, listener));
     db.drop().await;
 }

@@ -111,3 +111,85 @@ async fn notices_are_mailed_and_their_failures_only_logged() {
     assert_eq!(env.event_count().await, 0, "notices record no outcome events");
     env.drop().await;
 }
+
+/// A feed batch: one claim for every record, the sends overlapped, and the
+/// outcomes of every code appended by one statement (one transaction),
+/// which also deletes their records; a notice's record goes on its own, and
+/// an event whose record is gone sends nothing.
+#[tokio::test]
+async fn a_batch_is_claimed_sent_and_recorded_together() {
+    let env = Env::new().await;
+    let smtp = Smtp::start(0, false);
+    let notifier = env.notifier(smtp.mailer(), no_sms(), policy(6, Duration::ZERO));
+
+    let mut batch = Vec::new();
+    let mut challenges = Vec::new();
+    for i in 0..6 {
+        let (challenge, envelope) =
+            env.issue_otp(OtpChannel::Email, &format!("user{i}@example.com"), &format!("11111{i}")).await;
+        challenges.push(challenge);
+        batch.push(envelope);
+    }
+    let (notice, notice_env) = env.notice("welcome", TO).await;
+    batch.insert(3, notice_env);
+    // A code whose record is already gone (sent by another notifier).
+    let (gone, gone_env) = env.issue_otp(OtpChannel::Email, "gone@example.com", "999999").await;
+    env.deliveries.delete(gone).await.unwrap();
+    batch.push(gone_env);
+
+    let handled = notifier.handle_batch(&batch).await.unwrap();
+    let mut expected = vec![Handled::Sent; 7];
+    expected.push(Handled::AlreadyGone);
+    assert_eq!(handled, expected);
+
+    let mut to: Vec<String> = smtp.mails().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    let mut want: Vec<String> = (0..6).map(|i| format!("user{i}@example.com")).collect();
+    want.push(TO.to_owned());
+    want.sort();
+    assert_eq!(to, want, "each message sent once");
+    for challenge in &challenges {
+        let events = env.events(*challenge).await;
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].0, "OtpDelivered");
+        assert_eq!(events[1].1["attempts"], 1);
+        assert_eq!(env.record(*challenge).await, None, "the sent record is deleted");
+    }
+    assert_eq!(env.record(notice).await, None);
+    assert_eq!(env.events(gone).await.len(), 1, "nothing recorded for a record that was gone");
+    let appends: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT txid) FROM events WHERE event_type = 'OtpDelivered'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(appends, 1, "the outcomes are appended by one statement");
+
+    // Delivered again (a crash before the acknowledgement): nothing twice.
+    let again = notifier.handle_batch(&batch).await.unwrap();
+    assert!(again.iter().all(|h| *h == Handled::AlreadyGone), "{again:?}");
+    assert_eq!(smtp.mails().len(), 7);
+    env.drop().await;
+}
+
+/// A code and its resend in one batch are handled one after the other, as
+/// across batches: both are sent, the challenge records its delivery once,
+/// and no record is left behind.
+#[tokio::test]
+async fn a_batch_with_a_code_and_its_resend_handles_them_in_order() {
+    let env = Env::new().await;
+    let smtp = Smtp::start(0, false);
+    let notifier = env.notifier(smtp.mailer(), no_sms(), policy(6, Duration::ZERO));
+
+    let (challenge, issued) = env.issue_otp(OtpChannel::Email, TO, "123123").await;
+    let (resent, reissued) = env.reissue(challenge, OtpChannel::Email, TO, "456456").await;
+    let (other, other_env) = env.issue_otp(OtpChannel::Email, "bob@example.com", "789789").await;
+    let handled = notifier.handle_batch(&[issued, reissued, other_env]).await.unwrap();
+    assert_eq!(handled, vec![Handled::Sent, Handled::Sent, Handled::Sent]);
+    let kinds: Vec<String> = env.events(challenge).await.into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(kinds, ["OtpIssued", "OtpReissued", "OtpDelivered"]);
+    assert_eq!(env.record(challenge).await, None);
+    assert_eq!(env.record(resent).await, None);
+    assert_eq!(env.events(other).await[1].0, "OtpDelivered");
+    assert_eq!(smtp.mails().len(), 3);
+    env.drop().await;
+}
