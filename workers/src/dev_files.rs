@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Serialises the writes of this process: concurrent file creations in one
-/// directory contend for its lock, and the kernel spins on it (a batch's
-/// overlapped sends made file writes 38 % of the notifier's CPU under a
-/// login load; docs/performance.md, "login-http"). A send to a file needs
-/// no overlap.
+/// directory contend for its lock, and the kernel spins on it (overlapped
+/// sends made file writes 38 % of the notifier's CPU under a login load;
+/// docs/performance.md, "login-http"). A send to a file needs no overlap.
 static WRITES: Mutex<()> = Mutex::new(());
 
 /// Writes `content` to `dir/<stem>.<extension>` so that a reader sees

@@ -13,8 +13,8 @@
 //!
 //! - [`Notifier::handle`] (one envelope) claims records whose first attempt
 //!   has not run (`attempts = 0`) and tries once; [`Notifier::handle_batch`]
-//!   does the same for a feed batch with one claim statement, overlapped
-//!   sends and one append recording every sent code's outcome. A retryable failure
+//!   does the same for a feed batch with one claim statement, the sends one
+//!   after the other, and one append recording every sent code's outcome. A retryable failure
 //!   schedules the next attempt (exponential back-off,
 //!   [`RetryPolicy::delay_after`]) and moves on, so one bad recipient never
 //!   blocks the feed.
@@ -46,7 +46,6 @@ use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDeliverie
 use commands::executor::{append_together, DecidedRows, ExecError, Executor};
 use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpCommand};
-use futures::StreamExt as _;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::Message;
@@ -77,13 +76,6 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Aggregate type whose deliveries have their outcome recorded on the
 /// aggregate (`OtpDelivered` / `OtpDeliveryFailed`).
 const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
-
-/// Most sends of one batch in flight at once ([`Notifier::handle_batch`]):
-/// SMTP and Twilio round trips overlap; files do not care. Kept below
-/// lettre's pool of 10 SMTP connections, and small because a relay that
-/// serves fewer sessions at once makes the others wait for their greeting
-/// (and time out after 10 s, to be retried).
-pub const SEND_CONCURRENCY: usize = 4;
 
 /// How long [`Notifier::run`] may leave handled batches unacknowledged
 /// (the projection runner's default `commit_interval` too).
@@ -262,6 +254,8 @@ enum Attempt {
     /// Sent; the outcome is not recorded yet and the record still there.
     Sent {
         claim: Claim,
+        /// When the send completed (the outcome's time).
+        sent_at: chrono::DateTime<Utc>,
         /// The delivery's channel (`email`, `sms`), for logs and metrics.
         channel: String,
         /// The delivery's template, for logs.
@@ -409,8 +403,7 @@ impl Notifier {
 
     /// Handles the envelopes of one feed batch as [`Notifier::handle`]
     /// handles one, with fewer statements: one claims the records of every
-    /// envelope, the sends overlap (at most [`SEND_CONCURRENCY`] at a time),
-    /// and one append records the outcome of every sent code and deletes
+    /// envelope, the messages are sent one after the other, and one append records the outcome of every sent code and deletes
     /// those records ([`SentDeliveries`]); sent notices' records go in one
     /// `DELETE`. Returns what happened to each envelope that names a record,
     /// in batch order.
@@ -420,6 +413,16 @@ impl Notifier {
     /// one's record as it does across batches. When the joint append fails
     /// (a challenge moved meanwhile, say), each outcome is recorded on its
     /// own as [`Notifier::handle`] does.
+    ///
+    /// Every record is claimed at the start, so every send must end within
+    /// half its lease from there ([`RetryPolicy::lease`]): one whose turn
+    /// comes later is scheduled for a retry instead, and no other
+    /// notifier's retry loop finds a lease over while the batch still
+    /// holds it. The outcomes are recorded when the sends are done: a
+    /// crash in between sends the batch's messages again after the lease
+    /// (at least once, as for one record; a batch is what one feed read
+    /// returned: [`Notifier::run`] takes at most 100 envelopes, a handful
+    /// of codes under a login load at the default `NOTIFY_MIN_READ_MS`).
     ///
     /// # Errors
     /// [`NotifyError`] on database failures, after the outcomes of what was
@@ -440,6 +443,8 @@ impl Notifier {
             }
             return Ok(done);
         }
+        // Every record is sent, and its outcome recorded, within its lease.
+        let deadline = tokio::time::Instant::now() + self.policy.lease / 2;
         let mut claimed = self.claim_many(&named).await?;
         let unclaimed: Vec<Uuid> =
             named.iter().map(|(_, id)| *id).filter(|id| !claimed.contains_key(id)).collect();
@@ -457,22 +462,26 @@ impl Notifier {
             .iter()
             .map(|(_, id)| claimed.remove(id).ok_or_else(|| Self::unclaimed(*id, present.contains(id))))
             .collect();
-        let tries: Vec<Result<Attempt, NotifyError>> =
-            futures::stream::iter(jobs.into_iter().map(|job| async move {
-                match job {
-                    Ok(claim) => self.try_send(claim).await,
-                    Err(unclaimed) => Ok(Attempt::Done(unclaimed)),
-                }
-            }))
-            .buffered(SEND_CONCURRENCY)
-            .collect()
-            .await;
+        // One send at a time, as one envelope at a time did: an SMTP relay
+        // may serve few sessions per client (overlapped sends beyond them
+        // wait for a greeting until they time out), and lettre's pooled
+        // connection makes back-to-back mails cheap.
+        let mut tries: Vec<Result<Attempt, NotifyError>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            tries.push(match job {
+                Ok(claim) => self.try_send(claim, Some(deadline)).await,
+                Err(unclaimed) => Ok(Attempt::Done(unclaimed)),
+            });
+        }
         // Record what was sent before answering any error: a sent record
         // left behind would be sent again after its lease.
-        let sent: Vec<&Claim> = tries
+        let sent: Vec<(&Claim, chrono::DateTime<Utc>)> = tries
             .iter()
             .filter_map(|t| match t {
-                Ok(Attempt::Sent { claim, .. }) => Some(claim),
+                Ok(Attempt::Sent { claim, sent_at, channel, template }) => {
+                    Self::log_sent(claim, channel, template);
+                    Some((claim, *sent_at))
+                }
                 _ => None,
             })
             .collect();
@@ -481,10 +490,7 @@ impl Notifier {
             .into_iter()
             .map(|t| {
                 t.map(|attempt| match attempt {
-                    Attempt::Sent { claim, channel, template } => {
-                        Self::log_sent(&claim, &channel, &template);
-                        Handled::Sent
-                    }
+                    Attempt::Sent { .. } => Handled::Sent,
                     Attempt::Done(handled) => handled,
                 })
             })
@@ -553,9 +559,9 @@ impl Notifier {
 
     /// One attempt on a claimed record, its outcome recorded.
     async fn attempt(&self, claim: Claim) -> Result<Handled, NotifyError> {
-        match self.try_send(claim).await? {
-            Attempt::Sent { claim, channel, template } => {
-                self.record_sent(&claim).await?;
+        match self.try_send(claim, None).await? {
+            Attempt::Sent { claim, sent_at, channel, template } => {
+                self.record_sent(&claim, sent_at).await?;
                 Self::log_sent(&claim, &channel, &template);
                 Ok(Handled::Sent)
             }
@@ -573,7 +579,17 @@ impl Notifier {
     /// record still there, for the caller to record ([`Notifier::record_sent`]
     /// or [`Notifier::record_sent_many`]); any other outcome is finished here.
     #[tracing::instrument(skip_all, fields(delivery_id = %claim.delivery_id, attempt = claim.attempts))]
-    async fn try_send(&self, claim: Claim) -> Result<Attempt, NotifyError> {
+    ///
+    /// `deadline`: the send must end by then (a batch's records were all
+    /// claimed at its start, and their lease runs from there); a record
+    /// whose turn comes after it is not sent but scheduled for a retry, so
+    /// that no other notifier's retry loop, finding its lease over, sends
+    /// it too.
+    async fn try_send(
+        &self,
+        claim: Claim,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Attempt, NotifyError> {
         let id = claim.delivery_id;
         if claim.expired {
             self.deliveries.delete(id).await?;
@@ -591,17 +607,29 @@ impl Notifier {
             }
             Err(e) => return Err(e.into()),
         };
-        let send_timeout = self.policy.lease / 2;
-        let sent = match tokio::time::timeout(send_timeout, self.send(id, &delivery)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Retryable(format!("{}: timeout", delivery.channel))),
+        let mut send_timeout = self.policy.lease / 2;
+        if let Some(deadline) = deadline {
+            send_timeout = send_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        let sent = if send_timeout.is_zero() {
+            Err(SendError::Retryable(format!("{}: lease ran out before the send", delivery.channel)))
+        } else {
+            match tokio::time::timeout(send_timeout, self.send(id, &delivery)).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::Retryable(format!("{}: timeout", delivery.channel))),
+            }
         };
         let attempts = claim.attempts();
         match sent {
             // The record is deleted by the statement that records the
             // success (or before a success that cannot be recorded): a
             // redelivered event finds nothing to send.
-            Ok(()) => Ok(Attempt::Sent { claim, channel: delivery.channel, template: delivery.template }),
+            Ok(()) => Ok(Attempt::Sent {
+                claim,
+                sent_at: Utc::now(),
+                channel: delivery.channel,
+                template: delivery.template,
+            }),
             Err(SendError::Retryable(reason)) if attempts < self.policy.max_attempts => {
                 let delay = self.policy.delay_after(attempts);
                 sqlx::query(SCHEDULE_RETRY)
@@ -674,10 +702,10 @@ impl Notifier {
     /// already recorded, or one the challenge refuses or the store fails to
     /// take, deletes the record on its own ([`Notifier::delete_after_send`]), the outcome
     /// then logged as not recorded.
-    async fn record_sent(&self, claim: &Claim) -> Result<(), NotifyError> {
+    async fn record_sent(&self, claim: &Claim, at: chrono::DateTime<Utc>) -> Result<(), NotifyError> {
         let id = claim.delivery_id;
         let Some(challenge) = claim.challenge() else { return self.delete_after_send(id).await };
-        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: Utc::now() };
+        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at };
         let name = "RecordDelivery";
         match self.otps.execute_with(challenge, cmd, Self::metadata(name), &SentDelivery(id)).await {
             // Nothing appended (an outcome already recorded): nor deleted.
@@ -698,32 +726,33 @@ impl Notifier {
     /// recorded and refused ones have their records deleted by one more.
     /// Should the joint append fail (a challenge moved since it was read),
     /// each of its outcomes is recorded on its own.
-    async fn record_sent_many(&self, sent: &[&Claim]) -> Result<(), NotifyError> {
-        let (codes, notices): (Vec<&Claim>, Vec<&Claim>) = sent.iter().partition(|c| c.challenge().is_some());
-        let mut alone: Vec<Uuid> = notices.iter().map(|c| c.delivery_id).collect();
+    async fn record_sent_many(&self, sent: &[(&Claim, chrono::DateTime<Utc>)]) -> Result<(), NotifyError> {
+        let (codes, notices): (Vec<_>, Vec<_>) = sent.iter().partition(|(c, _)| c.challenge().is_some());
+        let mut alone: Vec<Uuid> = notices.iter().map(|(c, _)| c.delivery_id).collect();
+        // Every record gets its chance; the first failure is answered last.
+        let mut first_error = None;
+        let mut one_by_one = Vec::new();
         if let [one] = codes.as_slice() {
-            self.record_sent(one).await?;
+            one_by_one.push(*one);
         } else if !codes.is_empty() {
-            let challenges: Vec<&str> = codes.iter().filter_map(|c| c.challenge()).collect();
+            let challenges: Vec<&str> = codes.iter().filter_map(|(c, _)| c.challenge()).collect();
             let name = "RecordDelivery";
             match self.otps.load_many(&challenges).await {
                 Err(e) => {
                     tracing::warn!(error = %e, "challenges not read together; recording one by one");
-                    for claim in &codes {
-                        self.record_sent(claim).await?;
-                    }
+                    one_by_one.extend(codes.iter().copied());
                 }
                 Ok(loaded) => {
                     let mut decided = Vec::with_capacity(codes.len());
                     let mut decided_claims = Vec::with_capacity(codes.len());
-                    for (claim, loaded) in codes.iter().zip(loaded) {
-                        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: Utc::now() };
+                    for ((claim, at), loaded) in codes.iter().zip(loaded) {
+                        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: *at };
                         match self.otps.decide(loaded, cmd, Self::metadata(name)).await {
                             // An outcome already recorded: nothing to append.
                             Ok(d) if d.events.is_empty() => alone.push(claim.delivery_id),
                             Ok(d) => {
                                 decided.push(d);
-                                decided_claims.push(*claim);
+                                decided_claims.push((*claim, *at));
                             }
                             Err(e) => {
                                 alone.push(claim.delivery_id);
@@ -734,21 +763,27 @@ impl Notifier {
                     if !decided.is_empty() {
                         let parts: Vec<&dyn DecidedRows> =
                             decided.iter().map(|d| d as &dyn DecidedRows).collect();
-                        let records = SentDeliveries(decided_claims.iter().map(|c| c.delivery_id).collect());
+                        let records =
+                            SentDeliveries(decided_claims.iter().map(|(c, _)| c.delivery_id).collect());
                         if let Err(e) = append_together(&self.pool, &parts, Some(&records)).await {
                             tracing::info!(error = %e, "outcomes not appended together; recording one by one");
-                            for claim in decided_claims {
-                                self.record_sent(claim).await?;
-                            }
+                            one_by_one.extend(decided_claims);
                         }
                     }
                 }
             }
         }
-        if !alone.is_empty() {
-            self.delete_many_after_send(&alone).await?;
+        for (claim, at) in one_by_one {
+            if let Err(e) = self.record_sent(claim, at).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        if !alone.is_empty() {
+            if let Err(e) = self.delete_many_after_send(&alone).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// [`Notifier::delete_after_send`] for several records, one statement.

@@ -175,6 +175,7 @@ async fn reads_are_paced_only_while_events_keep_coming() {
     for sequence in 2..=4 {
         insert_event(&db.pool, "test", "p", sequence, "Happened", json!({})).await;
     }
+    settle(&db.pool).await;
     assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["p#2", "p#3", "p#4"]);
     // (The pace runs from the previous read's start, a moment before `read`.)
     assert!(read.elapsed() >= pace - Duration::from_millis(300), "paced read after {:?}", read.elapsed());

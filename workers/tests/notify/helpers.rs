@@ -339,10 +339,7 @@ impl Smtp {
             buf: vec![],
         };
         let mut server = Server::new(sink);
-        // More sessions at once than lettre pools connections (10), as a real
-        // relay serves: the notifier overlaps sends, and a pooled idle
-        // connection holds one of these threads.
-        server.with_name("smtp.test").with_tcp_listener(listener).with_num_threads(16);
+        server.with_name("smtp.test").with_tcp_listener(listener).with_num_threads(2);
         std::thread::spawn(move || {
             let _ = server.serve();
         });

@@ -112,7 +112,7 @@ async fn notices_are_mailed_and_their_failures_only_logged() {
     env.drop().await;
 }
 
-/// A feed batch: one claim for every record, the sends overlapped, and the
+/// A feed batch: one claim for every record, the sends in turn, and the
 /// outcomes of every code appended by one statement (one transaction),
 /// which also deletes their records; a notice's record goes on its own, and
 /// an event whose record is gone sends nothing.
