@@ -171,17 +171,25 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
         call(&app, "PUT", &format!("/api/admin/users/{plain}/roles/role_manager"), &manager_t, None).await;
     assert_eq!(status, 204, "idempotent");
 
-    // A role still held cannot be deleted; built-in roles never.
+    // A role still held cannot be deleted; built-in roles never. The count
+    // comes from the read model: wait (reading only) until both grants are
+    // in it, since a delete sooner would find the role unheld.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let body = loop {
-        let (status, body) = call(&app, "DELETE", "/api/admin/roles/role_manager", &chief_t, None).await;
-        // The count comes from the read model: wait until both grants are in it.
-        let counted = body["message"].as_str().is_some_and(|m| m.contains('2'));
-        if (status == 409 && counted) || std::time::Instant::now() > deadline {
-            break body;
+    loop {
+        let (status, body) = call(&app, "GET", "/api/admin/roles", &chief_t, None).await;
+        assert_eq!(status, 200, "{body}");
+        let holders = body
+            .as_array()
+            .and_then(|roles| roles.iter().find(|r| r["name"] == "role_manager"))
+            .and_then(|r| r["holders"].as_i64());
+        if holders == Some(2) {
+            break;
         }
+        assert!(std::time::Instant::now() < deadline, "both grants never reached the read model: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    }
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/role_manager", &chief_t, None).await;
+    assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "role_in_use", "{body}");
     assert!(body["message"].as_str().unwrap().contains('2'), "the count: {body}");
     let (status, body) = call(&app, "DELETE", "/api/admin/roles/moderator", &chief_t, None).await;

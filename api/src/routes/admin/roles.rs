@@ -247,8 +247,12 @@ pub async fn delete_role(
     State(state): State<AppState>,
     headers: HeaderMap,
     who: Authorized<RolesManage>,
+    read_after: ReadAfter,
     Path(NamePath { name }): Path<NamePath>,
 ) -> Result<Response, ApiError> {
+    // The holders are counted on the read model: a client that just
+    // granted the role passes the grant's token so that it is counted.
+    read_after.wait(&state, &[ReadModel::Access]).await?;
     let holders = projections::access::holder_count(&state.read, &name).await?;
     let actor = who.user.user_id;
     let done = state.access.delete_role(actor, &name, holders, &meta(&headers, Some(actor))).await?;
