@@ -38,12 +38,12 @@
 //! files ([`crate::sms`]). Logs and stored failure reasons carry ids, status
 //! codes and provider error codes only — never a recipient, a body or a code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDeliveries, SentDelivery};
-use commands::executor::{append_together, DecidedRows, ExecError, Executor};
+use commands::deliveries::{Delivery, DeliveryError, DeliveryStore, SentDelivery};
+use commands::executor::{ExecError, Executor};
 use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpCommand};
 use lettre::message::header::ContentType;
@@ -55,9 +55,12 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod batch;
 mod mail;
+mod templates;
 
 pub use mail::{classify_smtp, Mailer};
+pub use templates::{render, render_sms};
 
 pub use crate::send_error::{NotifyError, SendError};
 use crate::sms::SmsSender;
@@ -80,79 +83,6 @@ const OTP_AGGREGATE_TYPE: &str = "otp_challenge";
 /// How long [`Notifier::run`] may leave handled batches unacknowledged
 /// (the projection runner's default `commit_interval` too).
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Subject and plain-text body of a mail delivery.
-pub fn render(d: &Delivery) -> (String, String) {
-    let code = d.code.as_deref().unwrap_or("");
-    let expiry =
-        d.expires_at.map(|e| format!(" It expires at {} UTC.", e.format("%H:%M"))).unwrap_or_default();
-    match d.template.as_str() {
-        "otp_email_verification" => (
-            "Verify your streamforge email".to_owned(),
-            format!(
-                "Your streamforge verification code is {code}.{expiry}\n\nIf you did not create an account, ignore this mail.\n"
-            ),
-        ),
-        "otp_two_factor" => (
-            "Your streamforge sign-in code".to_owned(),
-            format!(
-                "Your streamforge sign-in code is {code}.{expiry}\n\nIf you did not try to sign in, change your password.\n"
-            ),
-        ),
-        "otp_login" => ("Your streamforge sign-in code".to_owned(), format!("Your code is {code}.{expiry}\n")),
-        "otp_password_reset" => (
-            "Reset your streamforge password".to_owned(),
-            format!("Your password reset code is {code}.{expiry}\n\nIf you did not ask for it, ignore this mail.\n"),
-        ),
-        "duplicate_registration" => (
-            "Someone tried to register with your email".to_owned(),
-            "Someone tried to create a streamforge account with this email address, which already has one.\n\
-             If it was you, sign in instead or reset your password. If not, you can ignore this mail.\n"
-                .to_owned(),
-        ),
-        "welcome" => (
-            "Welcome to streamforge".to_owned(),
-            "Your email address is verified and your streamforge account is ready.\n\n\
-             Sign in any time with your email and password.\n"
-                .to_owned(),
-        ),
-        "password_changed" => (
-            "Your streamforge password was changed".to_owned(),
-            "The password of your streamforge account was just changed, and every session was signed out.\n\n\
-             If this was you, nothing else to do. If not, reset your password now: someone else may know it.\n"
-                .to_owned(),
-        ),
-        "refresh_token_reuse" => (
-            "Unusual sign-in activity on your streamforge account".to_owned(),
-            "A sign-in token of your streamforge account was used twice, which can mean it was copied.\n\
-             We signed out that session on every device that used it.\n\n\
-             If you do not recognise this, change your password.\n"
-                .to_owned(),
-        ),
-        other => (format!("streamforge: {other}"), "You have a new notice from streamforge.\n".to_owned()),
-    }
-}
-
-/// Text of an SMS delivery (short; one-time codes read "… code is 123456").
-pub fn render_sms(d: &Delivery) -> String {
-    let code = d.code.as_deref().unwrap_or("");
-    let expiry =
-        d.expires_at.map(|e| format!(" It expires at {} UTC.", e.format("%H:%M"))).unwrap_or_default();
-    match d.template.as_str() {
-        "otp_email_verification" | "otp_phone_verification" => {
-            format!("Your streamforge verification code is {code}.{expiry}")
-        }
-        "otp_two_factor" | "otp_login" => format!("Your streamforge sign-in code is {code}.{expiry}"),
-        "otp_password_reset" => format!("Your streamforge password reset code is {code}.{expiry}"),
-        "phone_in_use" => {
-            "streamforge: someone tried to add this number to another account. It stays on yours; \
-                           nothing to do. If you want a new account with it, remove it from this one first."
-                .to_owned()
-        }
-        _ if d.code.is_some() => format!("Your streamforge code is {code}.{expiry}"),
-        _ => format!("streamforge: {}", render(d).0),
-    }
-}
 
 /// The delivery record an event names, if it names one: every event that
 /// asks for a message carries its record's id as `payload.delivery_id`.
@@ -282,30 +212,6 @@ const CLAIM_NEW: &str = "WITH superseded AS ( \
      RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id, sealed, \
                (SELECT count(*) FROM superseded) AS superseded";
 
-/// [`CLAIM_NEW`] for the records of several events at once (`$1` their
-/// ids, `$3`–`$5` each event's aggregate type, id and sequence, aligned;
-/// `$2` the lease in seconds). The events' sources are distinct (one code
-/// per challenge: [`Notifier::handle_batch`] checks), so the older codes'
-/// records it drops are never the ones it claims: those were claimed
-/// before (`attempts > 0`), these never were.
-const CLAIM_NEW_MANY: &str = "WITH req AS ( \
-         SELECT * FROM unnest($1::uuid[], $3::text[], $4::text[], $5::int8[]) \
-             AS r(delivery_id, source_type, source_id, source_sequence)), \
-     superseded AS ( \
-         DELETE FROM deliveries d USING req \
-         WHERE req.source_type = 'otp_challenge' AND d.source_type = 'otp_challenge' \
-           AND d.source_id = req.source_id AND d.source_sequence < req.source_sequence \
-         RETURNING d.source_id), \
-     claimable AS ( \
-         SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1) AND attempts = 0 \
-         ORDER BY delivery_id FOR UPDATE SKIP LOCKED) \
-     UPDATE deliveries d SET attempts = d.attempts + 1, \
-         next_attempt_at = now() + make_interval(secs => $2), \
-         source_type = req.source_type, source_id = req.source_id, source_sequence = req.source_sequence \
-     FROM req WHERE d.delivery_id = req.delivery_id AND d.delivery_id IN (SELECT delivery_id FROM claimable) \
-     RETURNING d.delivery_id, d.attempts, d.expires_at <= now() AS expired, d.source_type, d.source_id, \
-               d.sealed, (SELECT count(*) FROM superseded s WHERE s.source_id = d.source_id) AS superseded";
-
 /// Claims of due retries, returning the sealed records.
 const CLAIM_DUE: &str = "UPDATE deliveries SET attempts = attempts + 1, \
          next_attempt_at = now() + make_interval(secs => $2) \
@@ -399,123 +305,6 @@ impl Notifier {
                 Ok(Self::unclaimed(id, exists.is_some()))
             }
         }
-    }
-
-    /// Handles the envelopes of one feed batch as [`Notifier::handle`]
-    /// handles one, with fewer statements: one claims the records of every
-    /// envelope, the messages are sent one after the other, and one append records the outcome of every sent code and deletes
-    /// those records ([`SentDeliveries`]); sent notices' records go in one
-    /// `DELETE`. Returns what happened to each envelope that names a record,
-    /// in batch order.
-    ///
-    /// A batch naming two records of one source (a code and its resend) is
-    /// handled envelope by envelope, so that the later code drops the older
-    /// one's record as it does across batches. When the joint append fails
-    /// (a challenge moved meanwhile, say), each outcome is recorded on its
-    /// own as [`Notifier::handle`] does.
-    ///
-    /// Every record is claimed at the start, so every send must end within
-    /// half its lease from there ([`RetryPolicy::lease`]): one whose turn
-    /// comes later is scheduled for a retry instead, and no other
-    /// notifier's retry loop finds a lease over while the batch still
-    /// holds it. The outcomes are recorded when the sends are done: a
-    /// crash in between sends the batch's messages again after the lease
-    /// (at least once, as for one record; a batch is what one feed read
-    /// returned: [`Notifier::run`] takes at most 100 envelopes, a handful
-    /// of codes under a login load at the default `NOTIFY_MIN_READ_MS`).
-    ///
-    /// # Errors
-    /// [`NotifyError`] on database failures, after the outcomes of what was
-    /// sent are recorded; the batch should then be delivered again (its
-    /// claimed records are retried after their lease).
-    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
-    pub async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<Handled>, NotifyError> {
-        let named: Vec<(&Envelope, Uuid)> =
-            batch.iter().filter_map(|env| delivery_id(env).map(|id| (env, id))).collect();
-        let mut sources = HashSet::new();
-        let distinct = named
-            .iter()
-            .all(|(env, _)| sources.insert((env.aggregate_type.as_str(), env.aggregate_id.as_str())));
-        if named.len() < 2 || !distinct {
-            let mut done = Vec::with_capacity(named.len());
-            for (env, _) in named {
-                done.push(self.handle(env).await?);
-            }
-            return Ok(done);
-        }
-        // Every record is sent, and its outcome recorded, within its lease.
-        let deadline = tokio::time::Instant::now() + self.policy.lease / 2;
-        let mut claimed = self.claim_many(&named).await?;
-        let unclaimed: Vec<Uuid> =
-            named.iter().map(|(_, id)| *id).filter(|id| !claimed.contains_key(id)).collect();
-        let present: HashSet<Uuid> = if unclaimed.is_empty() {
-            HashSet::new()
-        } else {
-            sqlx::query_scalar::<_, Uuid>("SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1)")
-                .bind(&unclaimed)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .collect()
-        };
-        let jobs: Vec<Result<Claim, Handled>> = named
-            .iter()
-            .map(|(_, id)| claimed.remove(id).ok_or_else(|| Self::unclaimed(*id, present.contains(id))))
-            .collect();
-        // One send at a time, as one envelope at a time did: an SMTP relay
-        // may serve few sessions per client (overlapped sends beyond them
-        // wait for a greeting until they time out), and lettre's pooled
-        // connection makes back-to-back mails cheap.
-        let mut tries: Vec<Result<Attempt, NotifyError>> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            tries.push(match job {
-                Ok(claim) => self.try_send(claim, Some(deadline)).await,
-                Err(unclaimed) => Ok(Attempt::Done(unclaimed)),
-            });
-        }
-        // Record what was sent before answering any error: a sent record
-        // left behind would be sent again after its lease.
-        let sent: Vec<(&Claim, chrono::DateTime<Utc>)> = tries
-            .iter()
-            .filter_map(|t| match t {
-                Ok(Attempt::Sent { claim, sent_at, channel, template }) => {
-                    Self::log_sent(claim, channel, template);
-                    Some((claim, *sent_at))
-                }
-                _ => None,
-            })
-            .collect();
-        self.record_sent_many(&sent).await?;
-        tries
-            .into_iter()
-            .map(|t| {
-                t.map(|attempt| match attempt {
-                    Attempt::Sent { .. } => Handled::Sent,
-                    Attempt::Done(handled) => handled,
-                })
-            })
-            .collect()
-    }
-
-    /// Claims the records `named` by the events of a batch with one
-    /// statement ([`CLAIM_NEW_MANY`]), by record id.
-    async fn claim_many(&self, named: &[(&Envelope, Uuid)]) -> Result<HashMap<Uuid, Claim>, NotifyError> {
-        let ids: Vec<Uuid> = named.iter().map(|(_, id)| *id).collect();
-        let types: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_type.as_str()).collect();
-        let sources: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_id.as_str()).collect();
-        let sequences: Vec<i64> = named.iter().map(|(env, _)| env.sequence).collect();
-        let claims: Vec<Claim> = sqlx::query_as(CLAIM_NEW_MANY)
-            .bind(&ids)
-            .bind(self.policy.lease.as_secs_f64())
-            .bind(&types)
-            .bind(&sources)
-            .bind(&sequences)
-            .fetch_all(&self.pool)
-            .await?;
-        for claim in &claims {
-            Self::log_superseded(claim);
-        }
-        Ok(claims.into_iter().map(|claim| (claim.delivery_id, claim)).collect())
     }
 
     fn log_superseded(claim: &Claim) {
@@ -659,20 +448,7 @@ impl Notifier {
     /// Deletes a sent record, retrying briefly: a record left behind would
     /// be sent again after its lease.
     async fn delete_after_send(&self, id: Uuid) -> Result<(), NotifyError> {
-        let mut pause = Duration::from_millis(50);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.deliveries.delete(id).await {
-                Ok(()) => return Ok(()),
-                Err(e) if tries >= 5 => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "cannot delete a sent record; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
-        }
+        self.delete_many_after_send(&[id]).await
     }
 
     async fn send(&self, id: Uuid, d: &Delivery) -> Result<(), SendError> {
@@ -715,91 +491,6 @@ impl Notifier {
                 self.delete_after_send(id).await?;
                 Self::not_recorded(challenge, name, &e);
                 Ok(())
-            }
-        }
-    }
-
-    /// [`Notifier::record_sent`] for the sent records of a batch: the
-    /// challenges are read by one statement, and every `RecordDelivery`
-    /// appended, with the deletion of those records, by one
-    /// ([`append_together`], [`SentDeliveries`]); notices, outcomes already
-    /// recorded and refused ones have their records deleted by one more.
-    /// Should the joint append fail (a challenge moved since it was read),
-    /// each of its outcomes is recorded on its own.
-    async fn record_sent_many(&self, sent: &[(&Claim, chrono::DateTime<Utc>)]) -> Result<(), NotifyError> {
-        let (codes, notices): (Vec<_>, Vec<_>) = sent.iter().partition(|(c, _)| c.challenge().is_some());
-        let mut alone: Vec<Uuid> = notices.iter().map(|(c, _)| c.delivery_id).collect();
-        // Every record gets its chance; the first failure is answered last.
-        let mut first_error = None;
-        let mut one_by_one = Vec::new();
-        if let [one] = codes.as_slice() {
-            one_by_one.push(*one);
-        } else if !codes.is_empty() {
-            let challenges: Vec<&str> = codes.iter().filter_map(|(c, _)| c.challenge()).collect();
-            let name = "RecordDelivery";
-            match self.otps.load_many(&challenges).await {
-                Err(e) => {
-                    tracing::warn!(error = %e, "challenges not read together; recording one by one");
-                    one_by_one.extend(codes.iter().copied());
-                }
-                Ok(loaded) => {
-                    let mut decided = Vec::with_capacity(codes.len());
-                    let mut decided_claims = Vec::with_capacity(codes.len());
-                    for ((claim, at), loaded) in codes.iter().zip(loaded) {
-                        let cmd = OtpCommand::RecordDelivery { attempts: claim.attempts(), at: *at };
-                        match self.otps.decide(loaded, cmd, Self::metadata(name)).await {
-                            // An outcome already recorded: nothing to append.
-                            Ok(d) if d.events.is_empty() => alone.push(claim.delivery_id),
-                            Ok(d) => {
-                                decided.push(d);
-                                decided_claims.push((*claim, *at));
-                            }
-                            Err(e) => {
-                                alone.push(claim.delivery_id);
-                                Self::not_recorded(claim.challenge().unwrap_or_default(), name, &e);
-                            }
-                        }
-                    }
-                    if !decided.is_empty() {
-                        let parts: Vec<&dyn DecidedRows> =
-                            decided.iter().map(|d| d as &dyn DecidedRows).collect();
-                        let records =
-                            SentDeliveries(decided_claims.iter().map(|(c, _)| c.delivery_id).collect());
-                        if let Err(e) = append_together(&self.pool, &parts, Some(&records)).await {
-                            tracing::info!(error = %e, "outcomes not appended together; recording one by one");
-                            one_by_one.extend(decided_claims);
-                        }
-                    }
-                }
-            }
-        }
-        for (claim, at) in one_by_one {
-            if let Err(e) = self.record_sent(claim, at).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        if !alone.is_empty() {
-            if let Err(e) = self.delete_many_after_send(&alone).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// [`Notifier::delete_after_send`] for several records, one statement.
-    async fn delete_many_after_send(&self, ids: &[Uuid]) -> Result<(), NotifyError> {
-        let mut pause = Duration::from_millis(50);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.deliveries.delete_many(ids).await {
-                Ok(()) => return Ok(()),
-                Err(e) if tries >= 5 => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "cannot delete sent records; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
             }
         }
     }
