@@ -196,22 +196,6 @@ enum Attempt {
     Done(Handled),
 }
 
-/// First claim of a record, by the event that names it, returning the
-/// sealed record; for a challenge's code, the same statement drops the
-/// pending deliveries of its older codes (a new code replaces them: a late
-/// send or failure of an old code must not decide the outcome).
-const CLAIM_NEW: &str = "WITH superseded AS ( \
-         DELETE FROM deliveries \
-         WHERE $3 = 'otp_challenge' AND source_type = 'otp_challenge' AND source_id = $4 \
-           AND source_sequence < $5 RETURNING 1) \
-     UPDATE deliveries SET attempts = attempts + 1, \
-         next_attempt_at = now() + make_interval(secs => $2), \
-         source_type = $3, source_id = $4, source_sequence = $5 \
-     WHERE delivery_id = (SELECT delivery_id FROM deliveries \
-                          WHERE delivery_id = $1 AND attempts = 0 FOR UPDATE SKIP LOCKED) \
-     RETURNING delivery_id, attempts, expires_at <= now() AS expired, source_type, source_id, sealed, \
-               (SELECT count(*) FROM superseded) AS superseded";
-
 /// Claims of due retries, returning the sealed records.
 const CLAIM_DUE: &str = "UPDATE deliveries SET attempts = attempts + 1, \
          next_attempt_at = now() + make_interval(secs => $2) \
@@ -283,19 +267,8 @@ impl Notifier {
         let Some(id) = delivery_id(env) else {
             return Ok(Handled::Ignored);
         };
-        let claim: Option<Claim> = sqlx::query_as(CLAIM_NEW)
-            .bind(id)
-            .bind(self.policy.lease.as_secs_f64())
-            .bind(&env.aggregate_type)
-            .bind(&env.aggregate_id)
-            .bind(env.sequence)
-            .fetch_optional(&self.pool)
-            .await?;
-        match claim {
-            Some(claim) => {
-                Self::log_superseded(&claim);
-                self.attempt(claim).await
-            }
+        match self.claim_new(&[(env, id)]).await?.remove(&id) {
+            Some(claim) => self.attempt(claim).await,
             None => {
                 let exists: Option<i32> =
                     sqlx::query_scalar("SELECT attempts FROM deliveries WHERE delivery_id = $1")

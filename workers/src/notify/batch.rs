@@ -15,13 +15,16 @@ use uuid::Uuid;
 
 use super::{delivery_id, Attempt, Claim, Handled, Notifier, NotifyError};
 
-/// [`CLAIM_NEW`] for the records of several events at once (`$1` their
-/// ids, `$3`–`$5` each event's aggregate type, id and sequence, aligned;
-/// `$2` the lease in seconds). The events' sources are distinct (one code
-/// per challenge: [`Notifier::handle_batch`] checks), so the older codes'
-/// records it drops are never the ones it claims: those were claimed
-/// before (`attempts > 0`), these never were.
-const CLAIM_NEW_MANY: &str = "WITH req AS ( \
+/// First claim of the records named by events (`$1` their ids, `$3`–`$5`
+/// each event's aggregate type, id and sequence, aligned; `$2` the lease in
+/// seconds), returning the sealed records. For a challenge's code the same
+/// statement drops the pending deliveries of its older codes (a new code
+/// replaces them: a late send or failure of an old code must not decide
+/// the outcome). The events' sources are distinct (one code per challenge:
+/// [`Notifier::handle_batch`] checks), so the older codes' records it
+/// drops are never the ones it claims: those were claimed before
+/// (`attempts > 0`), these never were.
+const CLAIM_NEW: &str = "WITH req AS ( \
          SELECT * FROM unnest($1::uuid[], $3::text[], $4::text[], $5::int8[]) \
              AS r(delivery_id, source_type, source_id, source_sequence)), \
      superseded AS ( \
@@ -84,7 +87,7 @@ impl Notifier {
         }
         // Every record is sent, and its outcome recorded, within its lease.
         let deadline = tokio::time::Instant::now() + self.policy.lease / 2;
-        let mut claimed = self.claim_many(&named).await?;
+        let mut claimed = self.claim_new(&named).await?;
         let unclaimed: Vec<Uuid> =
             named.iter().map(|(_, id)| *id).filter(|id| !claimed.contains_key(id)).collect();
         let present: HashSet<Uuid> = if unclaimed.is_empty() {
@@ -136,14 +139,17 @@ impl Notifier {
             .collect()
     }
 
-    /// Claims the records `named` by the events of a batch with one
-    /// statement ([`CLAIM_NEW_MANY`]), by record id.
-    async fn claim_many(&self, named: &[(&Envelope, Uuid)]) -> Result<HashMap<Uuid, Claim>, NotifyError> {
+    /// Claims the records `named` by events (first attempts only) with one
+    /// statement ([`CLAIM_NEW`]), by record id.
+    pub(super) async fn claim_new(
+        &self,
+        named: &[(&Envelope, Uuid)],
+    ) -> Result<HashMap<Uuid, Claim>, NotifyError> {
         let ids: Vec<Uuid> = named.iter().map(|(_, id)| *id).collect();
         let types: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_type.as_str()).collect();
         let sources: Vec<&str> = named.iter().map(|(env, _)| env.aggregate_id.as_str()).collect();
         let sequences: Vec<i64> = named.iter().map(|(env, _)| env.sequence).collect();
-        let claims: Vec<Claim> = sqlx::query_as(CLAIM_NEW_MANY)
+        let claims: Vec<Claim> = sqlx::query_as(CLAIM_NEW)
             .bind(&ids)
             .bind(self.policy.lease.as_secs_f64())
             .bind(&types)
