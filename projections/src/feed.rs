@@ -85,9 +85,11 @@ impl PacedAcks {
     /// oldest unacknowledged batch is `interval` old, or when the feed had
     /// nothing new (an idle feed is never left unacknowledged).
     ///
+    /// Answers whether it committed the feed now.
+    ///
     /// # Errors
     /// The feed's commit failed; the batches stay unacknowledged.
-    pub async fn after_batch(&mut self, feed: &mut dyn EventFeed, handled: usize) -> Result<(), FeedError> {
+    pub async fn after_batch(&mut self, feed: &mut dyn EventFeed, handled: usize) -> Result<bool, FeedError> {
         if handled > 0 {
             self.oldest_unacked.get_or_insert_with(tokio::time::Instant::now);
         }
@@ -95,9 +97,10 @@ impl PacedAcks {
             if handled == 0 || since.elapsed() >= self.interval {
                 feed.commit().await?;
                 self.oldest_unacked = None;
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Forgets the unacknowledged batches (the feed was rolled back).

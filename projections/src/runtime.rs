@@ -401,6 +401,8 @@ impl ProjectionRunner {
         let mut backoff = options.min_backoff;
         // When the oldest applied but unacknowledged batch was applied.
         let mut acks = PacedAcks::new(options.commit_interval);
+        // Progress applied since the status row was last written.
+        let mut progress = status::PendingProgress::default();
         if let Err(error) = self.load_parked().await {
             tracing::warn!(error = %error, "parked projectors not loaded");
         }
@@ -410,7 +412,7 @@ impl ProjectionRunner {
             }
             let step = tokio::select! {
                 changed = shutdown.changed() => Step::Signal(changed.is_ok()),
-                result = self.step(&mut *feed, &mut acks) => Step::Done(result),
+                result = self.step(&mut *feed, &mut acks, &mut progress) => Step::Done(result),
             };
             match step {
                 Step::Signal(true) => continue,
@@ -437,6 +439,10 @@ impl ProjectionRunner {
                 }
             }
         }
+        // What was applied is counted on the status page.
+        if let Err(error) = self.flush_progress(&mut progress).await {
+            tracing::warn!(error = %error, "projection status not recorded");
+        }
         // No final commit: a step cut short by the shutdown may have taken
         // a batch from the feed without applying it. What was applied but
         // not acknowledged is delivered again after a restart and skipped.
@@ -446,17 +452,30 @@ impl ProjectionRunner {
     /// One step of [`ProjectionRunner::run`]: like
     /// [`ProjectionRunner::run_once`], but the feed is acknowledged at most
     /// every [`RunOptions::commit_interval`] ([`PacedAcks`]).
-    async fn step(&self, feed: &mut dyn EventFeed, acks: &mut PacedAcks) -> Result<usize, RunError> {
+    ///
+    /// The status row (`projection_status`) is written when the feed is
+    /// acknowledged, or when it is idle, with the progress of every batch
+    /// since ([`status::PendingProgress`]): one statement per acknowledgement
+    /// instead of one per batch.
+    async fn step(
+        &self,
+        feed: &mut dyn EventFeed,
+        acks: &mut PacedAcks,
+        progress: &mut status::PendingProgress,
+    ) -> Result<usize, RunError> {
         let options = self.options;
         let batch = feed.next_batch(options.batch_size, options.max_wait).await?;
         self.retry_parked().await;
         if !batch.is_empty() {
             self.apply_batch_parking(&batch).await?;
-            if let Err(error) = self.record_progress(&batch).await {
+            self.note_progress(progress, &batch);
+        }
+        let acked = acks.after_batch(feed, batch.len()).await?;
+        if acked || batch.is_empty() {
+            if let Err(error) = self.flush_progress(progress).await {
                 tracing::warn!(error = %error, "projection status not recorded");
             }
         }
-        acks.after_batch(feed, batch.len()).await?;
         Ok(batch.len())
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use domain::envelope::Envelope;
 use tokio::time::Instant;
 
-use super::checkpoints::{apply_many_in, write_lock};
+use super::checkpoints::{apply_many_in, begin_locked};
 use super::range::{handled_types, with_txid, Range};
 use super::{Checkpoints, ErrorChain, ProjectionRunner, Projector, RunError};
 use crate::error::ProjectionError;
@@ -212,8 +212,7 @@ impl ProjectionRunner {
             (projector.checkpoints() == Checkpoints::PerAggregate).then(|| projector.name());
         let mut applied = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
-            write_lock(&mut tx, projector).await?;
+            let mut tx = begin_locked(&self.pool, projector).await?;
             let page = range.apply_next_page(&mut tx, projector, CATCH_UP_BATCH).await?;
             tx.commit().await?;
             applied += page.len();
@@ -232,8 +231,7 @@ impl ProjectionRunner {
     /// `envelopes` applied to `projector` in one transaction under its write
     /// lock.
     async fn apply_locked(&self, projector: &dyn Projector, envelopes: &[&Envelope]) -> Result<(), RunError> {
-        let mut tx = self.pool.begin().await?;
-        write_lock(&mut tx, projector).await?;
+        let mut tx = begin_locked(&self.pool, projector).await?;
         if let Err(source) = apply_many_in(&mut tx, projector, envelopes).await {
             return Err(match envelopes.first() {
                 Some(envelope) => super::projector_error(projector, envelope, source),

@@ -2,43 +2,74 @@
 //! progress after a batch, and the failure a step stopped on (the admin
 //! status page's source, issue 18).
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use domain::envelope::Envelope;
 
 use super::{ErrorChain, ProjectionRunner, RunError};
 
+/// Progress applied but not yet written to `projection_status`, per
+/// projector: (position and time of the last envelope, events applied).
+#[derive(Debug, Default)]
+pub(super) struct PendingProgress(BTreeMap<&'static str, (i64, DateTime<Utc>, i64)>);
+
 impl ProjectionRunner {
-    /// Records each projector's progress over `batch` in
-    /// `projection_status` (position and time of the last envelope it
-    /// handles, events applied, a smoothed events/s) and clears a recorded
-    /// failure: the status page's source (issue 18).
-    pub(super) async fn record_progress(&self, batch: &[Envelope]) -> Result<(), sqlx::Error> {
+    /// Notes each active projector's progress over `batch` in `pending`,
+    /// written by [`ProjectionRunner::flush_progress`].
+    pub(super) fn note_progress(&self, pending: &mut PendingProgress, batch: &[Envelope]) {
         let active: Vec<&'static str> =
             self.projectors.iter().map(|p| p.name()).filter(|n| !self.parked.contains(n)).collect();
-        self.record_progress_of(&active, batch).await
+        self.note_progress_of(pending, &active, batch);
     }
 
-    /// [`ProjectionRunner::record_progress`] for the projectors `only`.
-    pub(super) async fn record_progress_of(
-        &self,
-        only: &[&'static str],
-        batch: &[Envelope],
-    ) -> Result<(), sqlx::Error> {
-        let (mut names, mut positions, mut times, mut counts) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    /// [`ProjectionRunner::note_progress`] for the projectors `only`.
+    fn note_progress_of(&self, pending: &mut PendingProgress, only: &[&'static str], batch: &[Envelope]) {
         for projector in self.projectors.iter().filter(|p| only.contains(&p.name())) {
             let mine = batch.iter().filter(|e| projector.handles(&e.aggregate_type));
             let (n, last) = mine.fold((0_i64, None::<&Envelope>), |(n, last), e| {
                 (n + 1, Some(last.filter(|l| l.position >= e.position).unwrap_or(e)))
             });
             if let Some(last) = last {
-                names.push(projector.name());
-                positions.push(last.position);
-                times.push(last.occurred_at);
-                counts.push(n);
+                let entry = pending.0.entry(projector.name()).or_insert((last.position, last.occurred_at, 0));
+                if last.position >= entry.0 {
+                    (entry.0, entry.1) = (last.position, last.occurred_at);
+                }
+                entry.2 += n;
             }
         }
-        if names.is_empty() {
+    }
+
+    /// Records the progress of the projectors `only` over `batch` at once
+    /// (the catch-up paths; the live runner notes and flushes).
+    pub(super) async fn record_progress_of(
+        &self,
+        only: &[&'static str],
+        batch: &[Envelope],
+    ) -> Result<(), sqlx::Error> {
+        let mut pending = PendingProgress::default();
+        self.note_progress_of(&mut pending, only, batch);
+        self.flush_progress(&mut pending).await
+    }
+
+    /// Writes the progress noted in `pending` to `projection_status`
+    /// (position and time of the last envelope each projector handled,
+    /// events applied, a smoothed events/s) and clears a recorded failure:
+    /// the status page's source (issue 18). `pending` is emptied once
+    /// written. The live runner calls it when it acknowledges its feed (at
+    /// most every [`super::RunOptions::commit_interval`], and when idle), not
+    /// after every batch: one statement instead of one per batch.
+    pub(super) async fn flush_progress(&self, pending: &mut PendingProgress) -> Result<(), sqlx::Error> {
+        if pending.0.is_empty() {
             return Ok(());
+        }
+        let (mut names, mut positions, mut times, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, (position, at, n)) in &pending.0 {
+            names.push(*name);
+            positions.push(*position);
+            times.push(*at);
+            counts.push(*n);
         }
         // One statement for every projector of the batch (the latency path).
         sqlx::query(
@@ -60,6 +91,7 @@ impl ProjectionRunner {
         .bind(&counts)
         .execute(&self.pool)
         .await?;
+        pending.0.clear();
         Ok(())
     }
 

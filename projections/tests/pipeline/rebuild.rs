@@ -659,3 +659,105 @@ fn stored_events_decode_like_envelopes() {
     assert_eq!(chunk.streams().len(), 1);
     assert_eq!(chunk.checkpoints().collect::<Vec<_>>(), [("session", "s", 1)]);
 }
+
+/// A challenge's stream: issued, then a random run of what can follow
+/// (resends, wrong codes, delivery outcomes, verified or locked).
+fn challenge_stream(rng: &mut StdRng) -> Vec<Gen> {
+    use domain::otp::{OtpEvent, OtpPurpose};
+    let challenge_id = Uuid::new_v4();
+    let id = challenge_id.to_string();
+    let purposes = [
+        OtpPurpose::EmailVerification,
+        OtpPurpose::PhoneVerification,
+        OtpPurpose::TwoFactor,
+        OtpPurpose::Login,
+        OtpPurpose::PasswordReset,
+    ];
+    let issued_at = time(rng);
+    let mut events = vec![gen(
+        "otp_challenge",
+        &id,
+        &OtpEvent::OtpIssued {
+            challenge_id,
+            delivery_id: challenge_id,
+            subject_id: Uuid::new_v4(),
+            attempts_key: "otp:test".to_owned(),
+            recipient: sealed(rng, "to"),
+            purpose: purposes[rng.gen_range(0..purposes.len())],
+            channel: if rng.gen_bool(0.5) { OtpChannel::Email } else { OtpChannel::Sms },
+            code_mac: Digest(format!("{:064x}", rng.gen::<u128>())),
+            issued_at,
+            expires_at: issued_at + chrono::TimeDelta::minutes(10),
+        },
+    )];
+    for _ in 0..rng.gen_range(0..5) {
+        let at = time(rng);
+        let event = match rng.gen_range(0..6) {
+            0 => OtpEvent::OtpReissued {
+                delivery_id: Uuid::new_v4(),
+                code_mac: Digest(format!("{:064x}", rng.gen::<u128>())),
+                issued_at: at,
+                expires_at: at + chrono::TimeDelta::minutes(10),
+            },
+            1 => OtpEvent::OtpVerificationFailed { failed_attempts: 1, failed_at: at },
+            2 => OtpEvent::OtpDelivered { attempts: 1, delivered_at: at },
+            3 => OtpEvent::OtpDeliveryFailed {
+                attempts: 3,
+                reason: format!("smtp: {}", rng.gen::<u16>()),
+                failed_at: at,
+            },
+            4 => OtpEvent::OtpVerified { verified_at: at },
+            _ => OtpEvent::OtpChallengeLocked { locked_at: at },
+        };
+        events.push(gen("otp_challenge", &id, &event));
+    }
+    events
+}
+
+/// `rm_challenges`, every column, in key order.
+async fn challenges_snapshot(pool: &PgPool) -> Vec<projections::challenges::ChallengeRow> {
+    sqlx::query_as(
+        "SELECT challenge_id, purpose, channel, status, delivery, delivery_error, expires_at, updated_at
+         FROM rm_challenges ORDER BY challenge_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The challenges projector's set-based `apply_many` (one `INSERT` for the
+/// issued, one `UPDATE` for the changes, one by one when a challenge
+/// changes twice in a batch) leaves what `apply` leaves event by event,
+/// in batches small and large.
+#[tokio::test]
+async fn challenges_apply_many_equals_one_by_one() {
+    use projections::challenges::ChallengesProjector;
+    let db = TestDb::new().await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let streams = (0..200).map(|_| challenge_stream(&mut rng)).collect();
+    store(&db.pool, &mut rng, streams).await;
+    settle(&db.pool).await;
+
+    let reference =
+        ProjectionRunner::new(db.pool.clone(), vec![Arc::new(PerEvent(Arc::new(ChallengesProjector)))]);
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("challenges-per-event")).await.unwrap();
+    drain(&reference, &mut feed, 37).await;
+    let expected = challenges_snapshot(&db.pool).await;
+    assert_eq!(expected.len(), 200);
+    for status in ["pending", "verified", "locked"] {
+        assert!(expected.iter().any(|c| c.status == status), "no {status} challenge");
+    }
+    for delivery in ["pending", "delivered", "failed"] {
+        assert!(expected.iter().any(|c| c.delivery == delivery), "no {delivery} delivery");
+    }
+
+    let set_based = ProjectionRunner::new(db.pool.clone(), vec![Arc::new(ChallengesProjector)]);
+    for (i, batch) in [3_usize, 37, 5_000].into_iter().enumerate() {
+        sqlx::query("TRUNCATE rm_challenges, projection_checkpoints").execute(&db.pool).await.unwrap();
+        let mut feed =
+            PgFeed::new(db.pool.clone(), PgFeedConfig::new(format!("challenges-set-{i}"))).await.unwrap();
+        drain(&set_based, &mut feed, batch).await;
+        assert_eq!(challenges_snapshot(&db.pool).await, expected, "batches of {batch}");
+    }
+    db.drop().await;
+}
