@@ -90,6 +90,9 @@ pub struct App {
     /// Reports and moderation actions (write side).
     pub moderation: Arc<commands::moderation::ModerationService>,
     keys: Keyring,
+    /// The process's one `LISTEN` connection, shared by its Postgres
+    /// feeds (started by the first of them).
+    events_listener: Arc<std::sync::OnceLock<projections::tail::SharedListener>>,
 }
 
 impl App {
@@ -167,6 +170,7 @@ impl App {
             social,
             catalog,
             engagement,
+            events_listener: Arc::default(),
         })
     }
 
@@ -277,8 +281,18 @@ impl App {
                 cfg.fetch_wait_max_ms = fetch_wait_max_ms;
                 Ok(Box::new(KafkaFeed::new(&cfg)?))
             }
-            None => Ok(Box::new(PgFeed::new(self.pool.clone(), postgres).await?)),
+            None => {
+                let postgres = postgres.shared_listener(&self.events_listener());
+                Ok(Box::new(PgFeed::new(self.pool.clone(), postgres).await?))
+            }
         }
+    }
+
+    /// The process's shared `LISTEN` connection for its Postgres feeds
+    /// (one backend woken per commit instead of one per feed), started on
+    /// first use.
+    fn events_listener(&self) -> projections::tail::SharedListener {
+        self.events_listener.get_or_init(|| projections::tail::SharedListener::new(&self.pool)).clone()
     }
 
     /// Creates the topics (Kafka mode only; tansu and Kafka do not auto-create here).
@@ -440,7 +454,8 @@ impl App {
                         PgFeedConfig::new(consumer)
                             .aggregate_types(aggregate_types.iter().copied())
                             .min_read_interval(NODE_FEED_MIN_READ_INTERVAL)
-                            .ephemeral_from(cursor),
+                            .ephemeral_from(cursor)
+                            .shared_listener(&self.events_listener()),
                     )
                     .await?,
                 )

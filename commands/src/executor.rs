@@ -139,55 +139,74 @@ where
             if i > 0 {
                 q.push(" UNION ALL ");
             }
-            q.push("(SELECT ");
-            q.push_bind(i32::try_from(i).unwrap_or(i32::MAX));
-            q.push(" AS k, sequence, event_type, event_version, payload FROM events WHERE aggregate_type = ");
-            q.push_bind(A::TYPE);
-            q.push(" AND aggregate_id = ");
-            q.push_bind(*id);
-            match (self.tail)(id) {
-                Tail::All => {}
-                Tail::FromLast(types) => {
-                    q.push(
-                        " AND sequence >= COALESCE((SELECT max(sequence) FROM events WHERE aggregate_type = ",
-                    );
-                    q.push_bind(A::TYPE);
-                    q.push(" AND aggregate_id = ");
-                    q.push_bind(*id);
-                    q.push(" AND event_type = ANY(");
-                    q.push_bind(types);
-                    q.push(")), 0)");
-                }
-                Tail::RecordedWithin { secs } => {
-                    q.push(" AND (recorded_at >= now() - make_interval(secs => ");
-                    q.push_bind(secs as f64);
-                    q.push(") OR sequence = (SELECT max(sequence) FROM events WHERE aggregate_type = ");
-                    q.push_bind(A::TYPE);
-                    q.push(" AND aggregate_id = ");
-                    q.push_bind(*id);
-                    q.push("))");
-                }
-            }
-            q.push(")");
+            self.push_load(&mut q, i32::try_from(i).unwrap_or(i32::MAX), id);
         }
         q.push(" ORDER BY k, sequence");
-        let rows: Vec<(i32, i64, String, String, serde_json::Value)> =
+        let rows: Vec<LoadRow> =
             q.build_query_as().fetch_all(&self.pool).await.map_err(|e| ExecError::Store(e.to_string()))?;
         let mut contexts: Vec<EventStoreAggregateContext<A>> =
             ids.iter().map(|id| empty_context(id)).collect();
-        for (k, sequence, event_type, event_version, payload) in rows {
-            // Older versions through the upcasters, as cqrs-es loads them.
-            let (_, payload) = domain::upcast::upcast(&event_type, &event_version, payload);
+        for (k, _, sequence, event_type, event_version, payload) in rows {
             let ctx = usize::try_from(k)
                 .ok()
                 .and_then(|k| contexts.get_mut(k))
                 .ok_or_else(|| ExecError::Store("row of an unknown stream".to_owned()))?;
-            let event = serde_json::from_value(payload)
-                .map_err(|e| ExecError::Store(format!("event payload: {e}")))?;
-            ctx.aggregate.apply(event);
-            ctx.current_sequence = usize::try_from(sequence).map_err(|e| ExecError::Store(e.to_string()))?;
+            fold_row(ctx, sequence, &event_type, &event_version, payload)?;
         }
         Ok(contexts.into_iter().map(Loaded).collect())
+    }
+
+    /// Pushes the read of stream `id` of `A` as part `k` of a `UNION ALL`
+    /// (parenthesised; the columns of a [`LoadRow`]), as its [`Tail`] rule
+    /// says: for one statement that reads several aggregates' streams
+    /// (e.g. a password login's, `IdentityService::start_login`). Fold the
+    /// rows of part `k`, in sequence order, with [`Executor::loaded_from`].
+    pub(crate) fn push_load<'q>(&self, q: &mut QueryBuilder<'q, Postgres>, k: i32, id: &'q str) {
+        q.push("(SELECT ");
+        q.push_bind(k);
+        q.push(" AS k, aggregate_type, sequence, event_type, event_version, payload FROM events WHERE aggregate_type = ");
+        q.push_bind(A::TYPE);
+        q.push(" AND aggregate_id = ");
+        q.push_bind(id);
+        match (self.tail)(id) {
+            Tail::All => {}
+            Tail::FromLast(types) => {
+                q.push(" AND sequence >= COALESCE((SELECT max(sequence) FROM events WHERE aggregate_type = ");
+                q.push_bind(A::TYPE);
+                q.push(" AND aggregate_id = ");
+                q.push_bind(id);
+                q.push(" AND event_type = ANY(");
+                q.push_bind(types);
+                q.push(")), 0)");
+            }
+            Tail::RecordedWithin { secs } => {
+                q.push(" AND (recorded_at >= now() - make_interval(secs => ");
+                q.push_bind(secs as f64);
+                q.push(") OR sequence = (SELECT max(sequence) FROM events WHERE aggregate_type = ");
+                q.push_bind(A::TYPE);
+                q.push(" AND aggregate_id = ");
+                q.push_bind(id);
+                q.push("))");
+            }
+        }
+        q.push(")");
+    }
+
+    /// Stream `id` of `A` folded from `rows` (its events in sequence
+    /// order, as [`LoadRow`]s of one part of a read built with
+    /// [`Executor::push_load`]), through the upcasters as cqrs-es loads.
+    ///
+    /// # Errors
+    /// [`ExecError::Store`] for an event that does not deserialise.
+    pub(crate) fn loaded_from(
+        id: &str,
+        rows: impl IntoIterator<Item = LoadRow>,
+    ) -> Result<Loaded<A>, ExecError<A::Error>> {
+        let mut ctx = empty_context::<A>(id);
+        for (_, _, sequence, event_type, event_version, payload) in rows {
+            fold_row(&mut ctx, sequence, &event_type, &event_version, payload)?;
+        }
+        Ok(Loaded(ctx))
     }
 
     /// Replaces the number of attempts per command (at least 1; 1 means a
@@ -470,6 +489,28 @@ fn empty_context<A: Aggregate>(id: &str) -> EventStoreAggregateContext<A> {
         current_sequence: 0,
         current_snapshot: None,
     }
+}
+
+/// One row of a read of several streams in one statement
+/// ([`Executor::push_load`]): the part `k`, then the event's aggregate type,
+/// sequence, type, version and payload.
+pub(crate) type LoadRow = (i32, String, i64, String, String, serde_json::Value);
+
+/// Applies one stored event to `ctx`: upcast (as cqrs-es loads), decoded,
+/// applied; the context's sequence becomes `sequence`.
+fn fold_row<A: Aggregate>(
+    ctx: &mut EventStoreAggregateContext<A>,
+    sequence: i64,
+    event_type: &str,
+    event_version: &str,
+    payload: serde_json::Value,
+) -> Result<(), ExecError<A::Error>> {
+    let (_, payload) = domain::upcast::upcast(event_type, event_version, payload);
+    let event =
+        serde_json::from_value(payload).map_err(|e| ExecError::Store(format!("event payload: {e}")))?;
+    ctx.aggregate.apply(event);
+    ctx.current_sequence = usize::try_from(sequence).map_err(|e| ExecError::Store(e.to_string()))?;
+    Ok(())
 }
 
 /// Pause before attempt `attempt + 1`: "full jitter" over an exponential

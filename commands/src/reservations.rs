@@ -88,6 +88,20 @@ pub async fn owner(pool: &PgPool, kind: ReservationKind, hash: &Digest) -> Resul
         .await
 }
 
+/// Pushes `kind = $n AND key_hash = $m`, the condition that finds the
+/// reservation of `hash` in `reservations`, for a larger statement (a
+/// password login's one read, `IdentityService::start_login`).
+pub(crate) fn push_key_condition(
+    q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>,
+    kind: ReservationKind,
+    hash: &Digest,
+) {
+    q.push("kind = ");
+    q.push_bind(kind.as_str());
+    q.push(" AND key_hash = ");
+    q.push_bind(key_bytes(hash));
+}
+
 /// Releases `hash` if `owner` holds it.
 ///
 /// # Errors

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::feed::{EventFeed, FeedError};
-use crate::tail::{self, Cursor, EventsListener};
+use crate::tail::{self, Cursor, EventsListener, SharedListener};
 
 /// Events a typed feed walks per read at least (see `tail::read_scanning`).
 const SCAN_LIMIT: usize = 1_000;
@@ -56,6 +56,9 @@ pub struct PgFeedConfig {
     /// `None` (the default) loads and stores the consumer's cursor in
     /// `tail_checkpoints`.
     pub ephemeral_start: Option<Cursor>,
+    /// The process's shared listening connection to wake on, instead of a
+    /// connection of the feed's own (see [`SharedListener`]).
+    pub shared_listener: Option<SharedListener>,
 }
 
 impl PgFeedConfig {
@@ -68,7 +71,16 @@ impl PgFeedConfig {
             unsettled_retry: DEFAULT_UNSETTLED_RETRY,
             min_read_interval: DEFAULT_MIN_READ_INTERVAL,
             ephemeral_start: None,
+            shared_listener: None,
         }
+    }
+
+    /// Wakes on `listener`, the process's one `LISTEN` connection, instead
+    /// of listening on a connection of its own: a commit then wakes one
+    /// backend for all the feeds of a process.
+    pub fn shared_listener(mut self, listener: &SharedListener) -> Self {
+        self.shared_listener = Some(listener.clone());
+        self
     }
 
     /// Makes the feed ephemeral, starting after `cursor`: its cursor lives
@@ -145,7 +157,10 @@ impl PgFeed {
             Some(start) => start,
             None => tail::load_checkpoint(&pool, &checkpoint).await?,
         };
-        let mut listener = EventsListener::new(pool.clone());
+        let mut listener = match &config.shared_listener {
+            Some(shared) => EventsListener::shared(pool.clone(), shared),
+            None => EventsListener::new(pool.clone()),
+        };
         listener.connect().await;
         Ok(Self {
             pool,

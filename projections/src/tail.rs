@@ -21,6 +21,10 @@ use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{PgExecutor, PgPool, Row as _};
 use uuid::Uuid;
 
+mod shared;
+
+pub use shared::SharedListener;
+
 /// Channel the `events` insert trigger notifies after commit.
 pub const EVENTS_CHANNEL: &str = "streamforge_events";
 
@@ -485,11 +489,23 @@ pub enum Wake {
 pub struct EventsListener {
     pool: PgPool,
     listener: Option<PgListener>,
+    /// Subscribed to a process-wide connection instead of one of its own
+    /// ([`EventsListener::shared`]).
+    shared: Option<Subscription>,
+}
+
+/// An [`EventsListener`]'s subscription to a [`SharedListener`].
+struct Subscription {
+    hub: std::sync::Arc<shared::Hub>,
+    notes: Option<tokio::sync::broadcast::Receiver<shared::Note>>,
 }
 
 impl std::fmt::Debug for EventsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventsListener").field("listening", &self.listener.is_some()).finish()
+        f.debug_struct("EventsListener")
+            .field("listening", &self.is_listening())
+            .field("shared", &self.shared.is_some())
+            .finish()
     }
 }
 
@@ -497,17 +513,36 @@ impl EventsListener {
     /// A listener on `pool` (not yet connected; it holds one pooled
     /// connection once connected).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, listener: None }
+        Self { pool, listener: None, shared: None }
+    }
+
+    /// A listener that takes its notifications from `shared`, the
+    /// process's one listening connection, instead of a connection of its
+    /// own. It behaves as one of its own: subscribed at
+    /// [`EventsListener::connect`], woken with [`Wake::Reconnected`] when
+    /// the shared connection listens again after a loss, polling while it
+    /// is down.
+    pub fn shared(pool: PgPool, shared: &SharedListener) -> Self {
+        Self { pool, listener: None, shared: Some(Subscription { hub: shared.hub(), notes: None }) }
     }
 
     /// Whether the listening connection is currently up.
     pub fn is_listening(&self) -> bool {
-        self.listener.is_some()
+        match &self.shared {
+            Some(s) => s.notes.is_some() && s.hub.is_listening(),
+            None => self.listener.is_some(),
+        }
     }
 
     /// Connects and listens if not already done. Returns whether it is
     /// listening; a failure is logged and retried at the next call.
     pub async fn connect(&mut self) -> bool {
+        if let Some(s) = &mut self.shared {
+            if s.notes.is_none() {
+                s.notes = Some(s.hub.subscribe());
+            }
+            return s.hub.is_listening();
+        }
         if self.listener.is_some() {
             return true;
         }
@@ -532,6 +567,15 @@ impl EventsListener {
     /// Consumes the notifications already received, without waiting (a
     /// read that follows covers them).
     pub async fn drain(&mut self) {
+        if let Some(notes) = self.shared.as_mut().and_then(|s| s.notes.as_mut()) {
+            loop {
+                match notes.try_recv() {
+                    Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+            return;
+        }
         if let Some(listener) = self.listener.as_mut() {
             while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {}
         }
@@ -548,6 +592,9 @@ impl EventsListener {
     /// payload lists the types of the insert, comma-separated) is passed
     /// over; one with an empty payload counts.
     pub async fn wait_for(&mut self, timeout: Duration, types: Option<&[String]>) -> Wake {
+        if self.shared.is_some() {
+            return self.wait_shared(timeout, types).await;
+        }
         if !self.connect().await {
             tokio::time::sleep(timeout).await;
             return Wake::Timeout;
@@ -576,6 +623,41 @@ impl EventsListener {
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "LISTEN connection failed; reconnecting");
                 self.listener = None;
+                tokio::time::sleep(timeout.min(Duration::from_millis(250))).await;
+                Wake::Reconnected
+            }
+        }
+    }
+
+    /// [`EventsListener::wait_for`] on the shared connection.
+    async fn wait_shared(&mut self, timeout: Duration, types: Option<&[String]>) -> Wake {
+        use tokio::sync::broadcast::error::RecvError;
+        if !self.connect().await {
+            // Down: poll. What it would have said is read anyway.
+            tokio::time::sleep(timeout).await;
+            return Wake::Timeout;
+        }
+        let Some(notes) = self.shared.as_mut().and_then(|s| s.notes.as_mut()) else {
+            return Wake::Reconnected;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let received = loop {
+            match tokio::time::timeout_at(deadline, notes.recv()).await {
+                Ok(Ok(shared::Note::Payload(payload))) if !concerns(&payload, types) => continue,
+                other => break other,
+            }
+        };
+        match received {
+            Err(_elapsed) => Wake::Timeout,
+            Ok(Ok(shared::Note::Payload(_)) | Err(RecvError::Lagged(_))) => {
+                self.drain().await;
+                Wake::Notified
+            }
+            Ok(Ok(shared::Note::Reconnected)) => Wake::Reconnected,
+            Ok(Err(RecvError::Closed)) => {
+                if let Some(s) = self.shared.as_mut() {
+                    s.notes = None;
+                }
                 tokio::time::sleep(timeout.min(Duration::from_millis(250))).await;
                 Wake::Reconnected
             }

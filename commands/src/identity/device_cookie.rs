@@ -54,3 +54,13 @@ impl IdentityService {
             .then(|| nonce.to_owned())
     }
 }
+
+/// The account a device cookie names (`dc1.<user id>.…`), unchecked: check
+/// it with [`IdentityService::device_of`] before believing it.
+pub(crate) fn cookie_user(cookie: &str) -> Option<Uuid> {
+    let mut parts = cookie.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("dc1"), Some(user)) => Uuid::try_parse(user).ok(),
+        _ => None,
+    }
+}

@@ -1,18 +1,21 @@
 //! Password + second-factor login, refresh-token rotation, logout, profile.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate as _;
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::passkey::Passkeys;
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
-use domain::throttle::Policy;
+use domain::throttle::{Policy, Throttle};
 use domain::totp::Totp;
 use domain::user::{User, UserCommand, UserError, UserEvent};
-use domain::values::{Bio, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
+use domain::values::{Bio, Digest, DisplayName, EmailAddress, OtpCode, Password, PhoneNumber};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{internal, map_user, IdentityError, IdentityService, OtpRequest, RequestMeta, TokenPair};
 use crate::executor::{
-    append_together, retry_delay, Decided, DecidedRows, ExecError, Executor, Loaded, Together, MAX_ATTEMPTS,
+    append_together, retry_delay, Decided, DecidedRows, ExecError, Executor, LoadRow, Loaded, Together,
+    MAX_ATTEMPTS,
 };
 use crate::reservations::{self, ReservationKind};
 use crate::tokens::{new_refresh_token, parse_refresh_token, refresh_hash};
@@ -43,6 +46,23 @@ struct PasswordStep<'a> {
     password: &'a Password,
     key: &'a str,
 }
+
+/// What a password login decides its first step from
+/// ([`IdentityService::login_reads`]).
+struct LoginReads {
+    /// The owner of the address's reservation.
+    owner: Option<Uuid>,
+    /// The throttle streams asked for, in the order asked.
+    throttles: Vec<Loaded<Throttle>>,
+    /// The owner's account and TOTP factor (`None` without an owner).
+    account: Option<(Loaded<User>, Totp)>,
+}
+
+/// The part of [`IdentityService::login_reads`]' statement that carries
+/// the owner (its id as `event_type`).
+const OWNER_PART: i32 = -1;
+/// The part that carries the owner's `user` and `totp` streams.
+const ACCOUNT_PART: i32 = i32::MAX;
 
 /// A pending second factor, answered with `verify_otp`.
 #[derive(Debug, Clone)]
@@ -77,24 +97,32 @@ impl IdentityService {
         device_cookie: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<LoginChallenge, IdentityError> {
-        let owner = reservations::owner(&self.pool, ReservationKind::Email, &self.email_hash(email))
-            .await
-            .map_err(internal)?;
-        // The account's shared failure count, or a known device's own.
-        let device = owner.zip(device_cookie).and_then(|(u, c)| self.device_of(u, c).map(|d| (u, d)));
+        // A device cookie names its account: its device's own failure
+        // count is read beside the address's, and counts if the address's
+        // owner is that account.
         let email_key = self.email_key(email);
-        let key = match &device {
-            Some((user_id, nonce)) => format!("device:{user_id}:{nonce}"),
-            None => email_key.clone(),
-        };
-        // The password throttle and the address's code budget in one read
-        // (the budget is spent below if the code goes by mail).
-        let mut loaded = self
-            .throttles
-            .load_many(&[&Policy::PasswordFailures.key(&key), &Policy::OtpRequests.key(&email_key)])
-            .await?;
-        let (Some(mut budget), Some(password_throttle)) = (loaded.pop(), loaded.pop()) else {
+        let candidate = device_cookie.and_then(|c| {
+            let user_id = super::device_cookie::cookie_user(c)?;
+            self.device_of(user_id, c).map(|nonce| (user_id, nonce))
+        });
+        let device_key = candidate.as_ref().map(|(u, nonce)| format!("device:{u}:{nonce}"));
+        let mut keys = vec![Policy::PasswordFailures.key(&email_key), Policy::OtpRequests.key(&email_key)];
+        if let Some(key) = &device_key {
+            keys.push(Policy::PasswordFailures.key(key));
+        }
+        // The address's owner, the password throttle, the address's code
+        // budget (spent below if the code goes by mail) and the owner's
+        // account and TOTP factor: one statement.
+        let LoginReads { owner, mut throttles, account } =
+            self.login_reads(&self.email_hash(email), &keys).await?;
+        let device = candidate.filter(|(u, _)| owner == Some(*u));
+        let device_throttle = if device_key.is_some() { throttles.pop() } else { None };
+        let (Some(mut budget), Some(email_throttle)) = (throttles.pop(), throttles.pop()) else {
             return Err(internal("throttle streams not loaded"));
+        };
+        let (key, password_throttle) = match (&device, device_key, device_throttle) {
+            (Some(_), Some(key), Some(device_throttle)) => (key, device_throttle),
+            _ => (email_key.clone(), email_throttle),
         };
         let throttle = self.check_attempt_loaded(Policy::PasswordFailures, password_throttle, meta).await?;
         // A refusal is answered no sooner than a typical refusal of a known
@@ -104,7 +132,7 @@ impl IdentityService {
             started,
             answer_at: tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25)),
         };
-        let Some(user_id) = owner else {
+        let (Some(user_id), Some((account, totp))) = (owner, account) else {
             self.hasher.verify_dummy(password.expose()).await;
             self.record_failure(Policy::PasswordFailures, &key, meta).await?;
             tokio::time::sleep_until(pad.answer_at).await;
@@ -112,8 +140,6 @@ impl IdentityService {
         };
         let challenge_id = Uuid::new_v4();
         let login = PasswordStep { user_id, challenge_id, password, key: &key };
-        // The account and its TOTP factor in one read.
-        let (account, totp) = self.users.load_with::<Totp>(&user_id.to_string()).await.map_err(map_user)?;
         let mut accepted = self.accept_password(account, &login, &pad, meta).await?;
         let user = accepted.state.clone();
         let by_sms =
@@ -205,6 +231,68 @@ impl IdentityService {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Everything a password login's first step reads, in one statement
+    /// (a `UNION ALL`; three statements, each with its pool round trips,
+    /// before): the owner of the reservation of `email_hash`, the throttle
+    /// streams `keys` (each by its tail rule, as `load_many` reads them)
+    /// and the owner's `user` and `totp` streams (as `load_with` reads
+    /// them).
+    ///
+    /// # Errors
+    /// `Internal` on a store failure or an event that does not decode.
+    async fn login_reads(&self, email_hash: &Digest, keys: &[String]) -> Result<LoginReads, IdentityError> {
+        let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new("(SELECT ");
+        q.push_bind(OWNER_PART);
+        q.push(
+            " AS k, 'owner' AS aggregate_type, 0::int8 AS sequence, owner_id::text AS event_type, \
+             ''::text AS event_version, 'null'::json AS payload FROM reservations WHERE ",
+        );
+        reservations::push_key_condition(&mut q, ReservationKind::Email, email_hash);
+        q.push(")");
+        for (k, key) in keys.iter().enumerate() {
+            q.push(" UNION ALL ");
+            self.throttles.push_load(&mut q, i32::try_from(k).map_err(internal)?, key);
+        }
+        q.push(" UNION ALL (SELECT ");
+        q.push_bind(ACCOUNT_PART);
+        q.push(" AS k, aggregate_type, sequence, event_type, event_version, payload FROM events WHERE aggregate_type = ANY(");
+        q.push_bind([User::TYPE, Totp::TYPE]);
+        q.push(") AND aggregate_id = (SELECT owner_id::text FROM reservations WHERE ");
+        reservations::push_key_condition(&mut q, ReservationKind::Email, email_hash);
+        q.push(")) ORDER BY k, aggregate_type, sequence");
+        let rows: Vec<LoadRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(internal)?;
+        let mut owner = None;
+        let mut parts: Vec<Vec<LoadRow>> = keys.iter().map(|_| Vec::new()).collect();
+        let (mut user_rows, mut totp_rows) = (Vec::new(), Vec::new());
+        for row in rows {
+            match row.0 {
+                OWNER_PART => owner = Some(Uuid::parse_str(&row.3).map_err(internal)?),
+                ACCOUNT_PART if row.1 == User::TYPE => user_rows.push(row),
+                ACCOUNT_PART => totp_rows.push(row),
+                k => usize::try_from(k)
+                    .ok()
+                    .and_then(|k| parts.get_mut(k))
+                    .ok_or_else(|| internal("row of an unknown stream"))?
+                    .push(row),
+            }
+        }
+        let throttles = keys
+            .iter()
+            .zip(parts)
+            .map(|(key, rows)| Executor::<Throttle>::loaded_from(key, rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let account = match owner {
+            Some(user_id) => {
+                let id = user_id.to_string();
+                let user = Executor::<User>::loaded_from(&id, user_rows).map_err(map_user)?;
+                let totp = Executor::<Totp>::loaded_from(&id, totp_rows).map_err(internal)?;
+                Some((user, totp.state().clone()))
+            }
+            None => None,
+        };
+        Ok(LoginReads { owner, throttles, account })
     }
 
     /// The password step of a login on `account` (argon2 in the aggregate),

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use projections::feed::EventFeed;
 use projections::pg_feed::{PgFeed, PgFeedConfig};
-use projections::tail::{EventsListener, Wake};
+use projections::tail::{EventsListener, SharedListener, Wake};
 use serde_json::json;
 
 use crate::helpers::{insert_event, settle, TestDb};
@@ -231,5 +231,88 @@ async fn notifications_name_the_inserted_types_and_a_typed_wait_passes_over_othe
     settle(&db.pool).await;
     assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(8)).await.unwrap()), ["s#1"]);
     drop((feed, listener));
+    db.drop().await;
+}
+
+/// The `LISTEN` backends of the test's database.
+async fn listen_backends(pool: &sqlx::PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn feeds_sharing_one_listen_connection_each_wake_on_a_commit_and_after_its_loss() {
+    let db = TestDb::new().await;
+    let shared = SharedListener::new(&db.pool);
+    let mut a = EventsListener::shared(db.pool.clone(), &shared);
+    let mut b = EventsListener::shared(db.pool.clone(), &shared);
+    let mut typed = EventsListener::shared(db.pool.clone(), &shared);
+    let session = ["session".to_owned()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(a.connect().await && b.connect().await && typed.connect().await) {
+        assert!(Instant::now() < deadline, "the shared connection never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three listeners, one backend.
+    assert_eq!(listen_backends(&db.pool).await.len(), 1);
+    // A first wake may be the connection's start (notifications before it
+    // were missed, so read again); drain it.
+    for l in [&mut a, &mut b, &mut typed] {
+        l.drain().await;
+    }
+
+    // A commit wakes every untyped listener; a typed one passes over it.
+    insert_event(&db.pool, "user", "u", 1, "Happened", json!({})).await;
+    assert_eq!(a.wait(Duration::from_secs(5)).await, Wake::Notified);
+    assert_eq!(b.wait(Duration::from_secs(5)).await, Wake::Notified);
+    assert_eq!(typed.wait_for(Duration::from_millis(300), Some(&session)).await, Wake::Timeout);
+    insert_event(&db.pool, "session", "s", 1, "Happened", json!({})).await;
+    assert_eq!(typed.wait_for(Duration::from_secs(5), Some(&session)).await, Wake::Notified);
+
+    // The shared connection is lost: the listeners are told to read again,
+    // and later commits wake them as before.
+    a.drain().await;
+    b.drain().await;
+    for pid in listen_backends(&db.pool).await {
+        sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&db.pool).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // While the connection is down a wait is a poll's pause (Timeout).
+        match a.wait(Duration::from_millis(200)).await {
+            Wake::Reconnected => break,
+            wake => assert!(Instant::now() < deadline, "never told to read again ({wake:?})"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shared.is_listening() || listen_backends(&db.pool).await.is_empty() {
+        assert!(Instant::now() < deadline, "the shared connection never listened again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.drain().await;
+    insert_event(&db.pool, "user", "u", 2, "Happened", json!({})).await;
+    assert_eq!(a.wait(Duration::from_secs(5)).await, Wake::Notified);
+
+    // A Postgres feed on it reads what a commit brings.
+    let config =
+        PgFeedConfig::new("on-shared").shared_listener(&shared).poll_interval(Duration::from_secs(30));
+    let mut feed = PgFeed::new(db.pool.clone(), config).await.unwrap();
+    settle(&db.pool).await;
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(5)).await.unwrap()), ["u#1", "s#1", "u#2"]);
+    let pool = db.pool.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        insert_event(&pool, "user", "u", 3, "Happened", json!({})).await;
+    });
+    let waited = Instant::now();
+    assert_eq!(ids(&feed.next_batch(10, Duration::from_secs(20)).await.unwrap()), ["u#3"]);
+    assert!(waited.elapsed() < Duration::from_secs(5), "woken by the commit, not the 30 s poll");
+    writer.await.unwrap();
+    assert_eq!(listen_backends(&db.pool).await.len(), 1);
+    drop((feed, a, b, typed, shared));
     db.drop().await;
 }
