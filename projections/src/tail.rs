@@ -568,11 +568,7 @@ impl EventsListener {
     /// read that follows covers them).
     pub async fn drain(&mut self) {
         if let Some(notes) = self.shared.as_mut().and_then(|s| s.notes.as_mut()) {
-            loop {
-                match notes.try_recv() {
-                    Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
+            while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = notes.try_recv() {
             }
             return;
         }

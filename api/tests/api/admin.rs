@@ -171,9 +171,9 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
         call(&app, "PUT", &format!("/api/admin/users/{plain}/roles/role_manager"), &manager_t, None).await;
     assert_eq!(status, 204, "idempotent");
 
-    // A role still held cannot be deleted; built-in roles never. The count
-    // comes from the read model: wait (reading only) until both grants are
-    // in it, since a delete sooner would find the role unheld.
+    // The role list counts holders from the read model: wait until both
+    // grants are in it. A role still held cannot be deleted (its own
+    // stream counts them); built-in roles never.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (status, body) = call(&app, "GET", "/api/admin/roles", &chief_t, None).await;
@@ -236,4 +236,87 @@ async fn nobody_grants_what_they_do_not_hold_nor_changes_their_own_roles() {
     assert_eq!(found[0]["id"], manager.to_string(), "{found}");
     let (_, found) = call(&app, "GET", "/api/admin/users?q=p_a", &chief_t, None).await;
     assert!(found.as_array().unwrap().is_empty(), "_ is not a wildcard: {found}");
+}
+
+/// An account registered over HTTP and a token for it, without waiting for
+/// any read model (the test below runs no projector).
+async fn unprojected_member(app: &TestApp, username: &str) -> (Uuid, String) {
+    let r = app
+        .post(
+            "/api/auth/register",
+            json!({"email": format!("{username}@example.com"), "password": "correct horse battery staple",
+                   "name": username, "username": username}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "register {username}");
+    let body: Value = r.json().await.unwrap();
+    let id: Uuid = body["user_id"].as_str().unwrap().parse().unwrap();
+    let token = app.tokens.issue_access(id, Uuid::new_v4(), chrono::Utc::now()).unwrap().0;
+    (id, token)
+}
+
+/// A role's holders are counted on the write side (ARCHITECTURE decided
+/// 14): with no projector running at all, a role granted a moment ago is
+/// refused deletion with its count, and deleted once revoked. Grants racing
+/// a deletion never leave a grant of a deleted role: either the deletion
+/// is refused or every grant is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_role_is_not_deleted_even_with_no_read_model_running() {
+    let roles = api::app::Roles { http: true, relay: false, project: false, notify: false };
+    let app = crate::helpers::spawn_app_roles(Feed::Postgres, roles, |_| {}).await;
+    let (_chief, chief_t) = unprojected_member(&app, "chief").await;
+    operator_grant(&app, "chief@example.com", "admin").await;
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(unprojected_member(&app, &format!("holder{i}")).await.0);
+    }
+    let define = |name: &str| json!({"name": name, "permissions": ["moderation.reports.read"]});
+    let (status, body) = call(&app, "POST", "/api/admin/roles", &chief_t, Some(define("curator"))).await;
+    assert_eq!(status, 201, "{body}");
+
+    for user in &users[..2] {
+        let (status, body) =
+            call(&app, "PUT", &format!("/api/admin/users/{user}/roles/curator"), &chief_t, None).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    // Granting again changes nothing, and is not counted twice.
+    let (status, _) =
+        call(&app, "PUT", &format!("/api/admin/users/{}/roles/curator", users[0]), &chief_t, None).await;
+    assert_eq!(status, 204);
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/curator", &chief_t, None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("role_in_use")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains('2'), "the count: {body}");
+    for user in &users[..2] {
+        let (status, _) =
+            call(&app, "DELETE", &format!("/api/admin/users/{user}/roles/curator"), &chief_t, None).await;
+        assert_eq!(status, 204);
+    }
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/curator", &chief_t, None).await;
+    assert_eq!(status, 204, "{body}");
+
+    // Grants and a deletion at once, several times over.
+    for round in 0..4 {
+        let name = format!("racer{round}");
+        let (status, body) = call(&app, "POST", "/api/admin/roles", &chief_t, Some(define(&name))).await;
+        assert_eq!(status, 201, "{body}");
+        let grants = users.iter().map(|user| {
+            let path = format!("/api/admin/users/{user}/roles/{name}");
+            let (app, token) = (&app, &chief_t);
+            async move { call(app, "PUT", &path, token, None).await }
+        });
+        let role_path = format!("/api/admin/roles/{name}");
+        let deletion = call(&app, "DELETE", &role_path, &chief_t, None);
+        let (granted, (deleted, body)) = tokio::join!(futures::future::join_all(grants), deletion);
+        let granted: Vec<u16> = granted.iter().map(|(s, _)| *s).collect();
+        assert!(granted.iter().all(|s| *s == 204 || *s == 404 || *s == 409), "{granted:?}");
+        assert!(deleted == 204 || deleted == 409, "{deleted} {body}");
+        if deleted == 204 {
+            assert!(!granted.contains(&204), "a grant of the deleted role {name} stands: {granted:?}");
+        } else if body["code"] == "role_in_use" {
+            assert!(granted.contains(&204), "in use, but nobody was granted it: {granted:?}");
+        } else {
+            // Outrun by the grants through every retry: nothing deleted.
+            assert_eq!(body["code"], "conflict", "{body}");
+        }
+    }
 }

@@ -18,7 +18,9 @@ use domain::consistency::ConsistencyToken;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::executor::{ExecError, Executor};
+use crate::executor::{
+    append_together, retry_delay, DecidedRows, ExecError, Executor, Together, MAX_ATTEMPTS,
+};
 use crate::identity::RequestMeta;
 
 /// Why an access command was refused.
@@ -61,6 +63,9 @@ impl From<ExecError<RoleError>> for AccessError {
         match e {
             ExecError::Domain(RoleError::Exists) => Self::RoleExists,
             ExecError::Domain(RoleError::NotFound) => Self::RoleNotFound,
+            ExecError::Domain(RoleError::InUse { holders }) => {
+                Self::InUse { holders: i64::try_from(holders).unwrap_or(i64::MAX) }
+            }
             ExecError::Conflict => Self::Conflict,
             ExecError::Store(e) => Self::Internal(e),
         }
@@ -260,24 +265,26 @@ impl AccessService {
         Ok(Done { changed: !done.events.is_empty(), token: done.token })
     }
 
-    /// `actor` deletes role `name`, held by `holders` users (0 required).
+    /// `actor` deletes role `name`. The role's own stream counts its
+    /// holders (every grant and revocation of a custom role is appended
+    /// together with a `RoleHolderAdded` / `RoleHolderRemoved` on it), so
+    /// the refusal of a held role is decided on the write side (decided
+    /// 14) and a grant racing the deletion conflicts with it: one of the
+    /// two is decided again.
     ///
     /// # Errors
-    /// `Builtin`, `RoleNotFound`, `InUse`, `NotHeld`, `Conflict`, `Internal`.
+    /// `Builtin`, `RoleNotFound`, `InUse` (with the count), `NotHeld`,
+    /// `Conflict`, `Internal`.
     pub async fn delete_role(
         &self,
         actor: Uuid,
         name: &str,
-        holders: i64,
         meta: &RequestMeta,
     ) -> Result<Done, AccessError> {
         if builtin_permissions(name).is_some() {
             return Err(AccessError::Builtin);
         }
         let current = self.role(name).await?.ok_or(AccessError::RoleNotFound)?;
-        if holders > 0 {
-            return Err(AccessError::InUse { holders });
-        }
         let who = self.effective(actor).await?;
         who.require_all(&current.permissions)?;
         let cmd = RoleCommand::Delete { actor: who.actor(actor), at: Utc::now() };
@@ -338,8 +345,66 @@ impl AccessService {
         if let Some(a) = actor {
             metadata.insert("actor".to_owned(), a.to_string());
         }
-        let done = self.grants.execute(&user.to_string(), cmd, metadata).await?;
-        Ok(Done { changed: !done.events.is_empty(), token: done.token })
+        if builtin_permissions(role).is_some() {
+            // Built-in roles are never deleted: nothing counts their holders.
+            let done = self.grants.execute(&user.to_string(), cmd, metadata).await?;
+            return Ok(Done { changed: !done.events.is_empty(), token: done.token });
+        }
+        self.set_custom_role(user, role, grant, cmd, metadata, at).await
+    }
+
+    /// [`AccessService::set_role`] of a custom role: the user's grant (or
+    /// revocation) and the role's `RoleHolderAdded` (`RoleHolderRemoved`)
+    /// in one statement ([`append_together`]), decided again from fresh
+    /// reads when either stream moved meanwhile. A role deleted since the
+    /// check above refuses the grant (`RoleNotFound`).
+    async fn set_custom_role(
+        &self,
+        user: Uuid,
+        role: &str,
+        grant: bool,
+        cmd: GrantsCommand,
+        metadata: std::collections::HashMap<String, String>,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<Done, AccessError> {
+        let user_key = user.to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = self.grants.load_many(&[&user_key]).await?.pop();
+            let role_loaded = self.roles.load_many(&[role]).await?.pop();
+            let (Some(loaded), Some(role_loaded)) = (loaded, role_loaded) else {
+                return Err(AccessError::Internal("streams not loaded".to_owned()));
+            };
+            let decided = self.grants.decide(loaded, cmd.clone(), metadata.clone()).await?;
+            if decided.events.is_empty() {
+                return Ok(Done { changed: false, token: None });
+            }
+            let holder = if grant {
+                RoleCommand::AddHolder { user_id: user, at }
+            } else {
+                RoleCommand::RemoveHolder { user_id: user, at }
+            };
+            let counted = self.roles.decide(role_loaded, holder, metadata.clone()).await?;
+            let parts: [&dyn DecidedRows; 2] = [&decided, &counted];
+            match append_together(&self.pool, &parts, None).await {
+                Ok(position) => {
+                    let sequence = decided.sequence() + decided.events.len();
+                    let token = ConsistencyToken {
+                        position,
+                        aggregate_type: <Grants as cqrs_es::Aggregate>::TYPE.to_owned(),
+                        aggregate_id: user_key,
+                        sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
+                    };
+                    return Ok(Done { changed: true, token: Some(token) });
+                }
+                Err(Together::Conflict) if attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                }
+                Err(Together::Conflict) => return Err(AccessError::Conflict),
+                Err(Together::Store(e)) => return Err(AccessError::Internal(e)),
+            }
+        }
     }
 
     /// Records that `user` was refused `permission` on `method path`.

@@ -35,8 +35,16 @@ pub enum RoleCommand {
         actor: Actor,
         at: DateTime<Utc>,
     },
-    /// Delete the role (the caller checks that nobody holds it).
+    /// Delete the role: refused while anyone holds it.
     Delete { actor: Actor, at: DateTime<Utc> },
+    /// `user_id` was granted the role: appended together with the grant
+    /// (`GrantsEvent::RoleGranted`, one statement), so the role counts its
+    /// holders on the write side (ARCHITECTURE decided 14). Refused for a
+    /// role that is not live.
+    AddHolder { user_id: Uuid, at: DateTime<Utc> },
+    /// `user_id` gave the role back (with `GrantsEvent::RoleRevoked`);
+    /// nothing for a role deleted since.
+    RemoveHolder { user_id: Uuid, at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -60,6 +68,16 @@ pub enum RoleEvent {
         actor: Actor,
         deleted_at: DateTime<Utc>,
     },
+    /// One more user holds the role (written with their `RoleGranted`).
+    RoleHolderAdded {
+        user_id: Uuid,
+        added_at: DateTime<Utc>,
+    },
+    /// One user fewer holds the role (written with their `RoleRevoked`).
+    RoleHolderRemoved {
+        user_id: Uuid,
+        removed_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for RoleEvent {
@@ -68,6 +86,8 @@ impl DomainEvent for RoleEvent {
             Self::RoleDefined { .. } => "RoleDefined",
             Self::RoleUpdated { .. } => "RoleUpdated",
             Self::RoleDeleted { .. } => "RoleDeleted",
+            Self::RoleHolderAdded { .. } => "RoleHolderAdded",
+            Self::RoleHolderRemoved { .. } => "RoleHolderRemoved",
         }
         .to_owned()
     }
@@ -83,6 +103,9 @@ pub enum RoleError {
     Exists,
     #[error("no such role")]
     NotFound,
+    /// Deleting a role that `holders` users hold.
+    #[error("the role is held by {holders} users")]
+    InUse { holders: u64 },
 }
 
 /// A custom role's state. A deleted role's name can be defined again.
@@ -92,6 +115,10 @@ pub struct Role {
     pub description: String,
     pub permissions: Vec<Permission>,
     pub live: bool,
+    /// How many users hold it (`RoleHolderAdded` less `RoleHolderRemoved`
+    /// since it was defined).
+    #[serde(default)]
+    pub holders: u64,
 }
 
 fn normalised(mut permissions: Vec<Permission>) -> Vec<Permission> {
@@ -143,7 +170,21 @@ impl Aggregate for Role {
                 if !self.live {
                     return Err(RoleError::NotFound);
                 }
+                if self.holders > 0 {
+                    return Err(RoleError::InUse { holders: self.holders });
+                }
                 sink.write(RoleEvent::RoleDeleted { actor, deleted_at: at }, self).await;
+            }
+            RoleCommand::AddHolder { user_id, at } => {
+                if !self.live {
+                    return Err(RoleError::NotFound);
+                }
+                sink.write(RoleEvent::RoleHolderAdded { user_id, added_at: at }, self).await;
+            }
+            RoleCommand::RemoveHolder { user_id, at } => {
+                if self.live {
+                    sink.write(RoleEvent::RoleHolderRemoved { user_id, removed_at: at }, self).await;
+                }
             }
         }
         Ok(())
@@ -152,7 +193,7 @@ impl Aggregate for Role {
     fn apply(&mut self, event: RoleEvent) {
         match event {
             RoleEvent::RoleDefined { name, description, permissions, .. } => {
-                *self = Self { name: Some(name), description, permissions, live: true };
+                *self = Self { name: Some(name), description, permissions, live: true, holders: 0 };
             }
             RoleEvent::RoleUpdated { description, permissions, .. } => {
                 if let Some(d) = description {
@@ -166,6 +207,8 @@ impl Aggregate for Role {
                 self.live = false;
                 self.permissions.clear();
             }
+            RoleEvent::RoleHolderAdded { .. } => self.holders += 1,
+            RoleEvent::RoleHolderRemoved { .. } => self.holders = self.holders.saturating_sub(1),
         }
     }
 }
@@ -216,6 +259,34 @@ mod tests {
                 at: at(),
             })
             .then_expect_error(RoleError::Exists);
+    }
+
+    #[test]
+    fn a_held_role_is_not_deleted_and_a_deleted_one_takes_no_holder() {
+        let user_id = Uuid::from_u128(9);
+        let added = RoleEvent::RoleHolderAdded { user_id, added_at: at() };
+        let removed = RoleEvent::RoleHolderRemoved { user_id, removed_at: at() };
+        TestFramework::<Role>::with(())
+            .given(vec![defined(), added.clone(), added.clone(), removed.clone()])
+            .when(RoleCommand::Delete { actor: admin(), at: at() })
+            .then_expect_error(RoleError::InUse { holders: 1 });
+        TestFramework::<Role>::with(())
+            .given(vec![defined(), added.clone(), removed.clone()])
+            .when(RoleCommand::Delete { actor: admin(), at: at() })
+            .then_expect_events(vec![RoleEvent::RoleDeleted { actor: admin(), deleted_at: at() }]);
+        let deleted = RoleEvent::RoleDeleted { actor: admin(), deleted_at: at() };
+        TestFramework::<Role>::with(())
+            .given(vec![defined(), deleted.clone()])
+            .when(RoleCommand::AddHolder { user_id, at: at() })
+            .then_expect_error(RoleError::NotFound);
+        TestFramework::<Role>::with(())
+            .given(vec![defined(), deleted])
+            .when(RoleCommand::RemoveHolder { user_id, at: at() })
+            .then_expect_events(vec![]);
+        TestFramework::<Role>::with(())
+            .given(vec![defined()])
+            .when(RoleCommand::AddHolder { user_id, at: at() })
+            .then_expect_events(vec![added]);
     }
 
     #[test]

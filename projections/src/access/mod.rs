@@ -63,6 +63,8 @@ impl Projector for AccessProjector {
                         .execute(conn)
                         .await?;
                 }
+                // The holders are listed from the grants (`rm_user_roles`).
+                RoleEvent::RoleHolderAdded { .. } | RoleEvent::RoleHolderRemoved { .. } => {}
             }
             return Ok(());
         }

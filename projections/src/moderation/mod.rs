@@ -69,6 +69,8 @@ impl Projector for ModerationProjector {
                     RoleEvent::RoleDefined { actor, defined_at, .. } => ("role_defined", actor, *defined_at),
                     RoleEvent::RoleUpdated { actor, updated_at, .. } => ("role_updated", actor, *updated_at),
                     RoleEvent::RoleDeleted { actor, deleted_at } => ("role_deleted", actor, *deleted_at),
+                    // The grant or revocation written with it is audited.
+                    RoleEvent::RoleHolderAdded { .. } | RoleEvent::RoleHolderRemoved { .. } => return Ok(()),
                 };
                 let subject = (Some("role"), Some(env.aggregate_id.clone()));
                 let row = AuditRow {
