@@ -628,11 +628,10 @@ impl EventsListener {
     /// [`EventsListener::wait_for`] on the shared connection.
     async fn wait_shared(&mut self, timeout: Duration, types: Option<&[String]>) -> Wake {
         use tokio::sync::broadcast::error::RecvError;
-        if !self.connect().await {
-            // Down: poll. What it would have said is read anyway.
-            tokio::time::sleep(timeout).await;
-            return Wake::Timeout;
-        }
+        // Subscribed even while the shared connection is down (at start,
+        // after a loss): it says `Reconnected` once it listens again, which
+        // ends this wait; until then the timeout is the poll.
+        self.connect().await;
         let Some(notes) = self.shared.as_mut().and_then(|s| s.notes.as_mut()) else {
             return Wake::Reconnected;
         };

@@ -294,6 +294,29 @@ async fn a_held_role_is_not_deleted_even_with_no_read_model_running() {
     let (status, body) = call(&app, "DELETE", "/api/admin/roles/curator", &chief_t, None).await;
     assert_eq!(status, 204, "{body}");
 
+    // A grant stored before roles counted their holders (no
+    // `RoleHolderAdded` on the role's stream) is counted from the store.
+    let (status, body) = call(&app, "POST", "/api/admin/roles", &chief_t, Some(define("legacy"))).await;
+    assert_eq!(status, 201, "{body}");
+    let granted = json!({"RoleGranted": {"user_id": users[2], "role": "legacy",
+        "actor": {"roles": ["operator"]}, "granted_at": "2026-12-01T10:00:00Z"}});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('access', $1, 1, 'RoleGranted', '1', $2, '{}')",
+    )
+    .bind(users[2].to_string())
+    .bind(granted)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/legacy", &chief_t, None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("role_in_use")), "{body}");
+    let (status, _) =
+        call(&app, "DELETE", &format!("/api/admin/users/{}/roles/legacy", users[2]), &chief_t, None).await;
+    assert_eq!(status, 204);
+    let (status, body) = call(&app, "DELETE", "/api/admin/roles/legacy", &chief_t, None).await;
+    assert_eq!(status, 204, "{body}");
+
     // Grants and a deletion at once, several times over.
     for round in 0..4 {
         let name = format!("racer{round}");

@@ -275,6 +275,11 @@ impl AccessService {
     /// # Errors
     /// `Builtin`, `RoleNotFound`, `InUse` (with the count), `NotHeld`,
     /// `Conflict`, `Internal`.
+    ///
+    /// Grants written before roles counted their holders (and a grant of
+    /// an earlier role of the same name) are not on the role's stream: the
+    /// users whose `access` streams hold the role are counted in the store
+    /// as well, and any refuses the deletion.
     pub async fn delete_role(
         &self,
         actor: Uuid,
@@ -285,11 +290,35 @@ impl AccessService {
             return Err(AccessError::Builtin);
         }
         let current = self.role(name).await?.ok_or(AccessError::RoleNotFound)?;
+        let holders = self.holders_in_store(name).await?;
+        if holders > 0 {
+            return Err(AccessError::InUse { holders });
+        }
         let who = self.effective(actor).await?;
         who.require_all(&current.permissions)?;
         let cmd = RoleCommand::Delete { actor: who.actor(actor), at: Utc::now() };
         let done = self.roles.execute(name, cmd, metadata(meta, "DeleteRole", actor)).await?;
         Ok(Done { changed: !done.events.is_empty(), token: done.token })
+    }
+
+    /// The users whose grants (their `access` streams in the store, the
+    /// write side) hold `role`: each one's last `RoleGranted` or
+    /// `RoleRevoked` of it is a grant.
+    ///
+    /// # Errors
+    /// `Internal`.
+    async fn holders_in_store(&self, role: &str) -> Result<i64, AccessError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                 SELECT DISTINCT ON (aggregate_id) event_type FROM events
+                 WHERE aggregate_type = 'access' AND event_type IN ('RoleGranted', 'RoleRevoked')
+                   AND payload -> event_type ->> 'role' = $1
+                 ORDER BY aggregate_id, sequence DESC
+             ) last WHERE event_type = 'RoleGranted'",
+        )
+        .bind(role)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// `actor` grants (`grant: true`) or revokes `role` to `user`. `actor:

@@ -1,7 +1,6 @@
 //! Password + second-factor login, refresh-token rotation, logout, profile.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
 use domain::otp::{OtpChannel, OtpPurpose};
 use domain::passkey::Passkeys;
 use domain::session::{RevocationReason, SessionCommand, SessionError, SessionEvent};
@@ -54,15 +53,11 @@ struct LoginReads {
     owner: Option<Uuid>,
     /// The throttle streams asked for, in the order asked.
     throttles: Vec<Loaded<Throttle>>,
-    /// The owner's account and TOTP factor (`None` without an owner).
-    account: Option<(Loaded<User>, Totp)>,
 }
 
 /// The part of [`IdentityService::login_reads`]' statement that carries
 /// the owner (its id as `event_type`).
 const OWNER_PART: i32 = -1;
-/// The part that carries the owner's `user` and `totp` streams.
-const ACCOUNT_PART: i32 = i32::MAX;
 
 /// A pending second factor, answered with `verify_otp`.
 #[derive(Debug, Clone)]
@@ -110,11 +105,10 @@ impl IdentityService {
         if let Some(key) = &device_key {
             keys.push(Policy::PasswordFailures.key(key));
         }
-        // The address's owner, the password throttle, the address's code
-        // budget (spent below if the code goes by mail) and the owner's
-        // account and TOTP factor: one statement.
-        let LoginReads { owner, mut throttles, account } =
-            self.login_reads(&self.email_hash(email), &keys).await?;
+        // The address's owner, the password throttle and the address's
+        // code budget (spent below if the code goes by mail): one
+        // statement, the same for a known and an unknown address.
+        let LoginReads { owner, mut throttles } = self.login_reads(&self.email_hash(email), &keys).await?;
         let device = candidate.filter(|(u, _)| owner == Some(*u));
         let device_throttle = if device_key.is_some() { throttles.pop() } else { None };
         let (Some(mut budget), Some(email_throttle)) = (throttles.pop(), throttles.pop()) else {
@@ -132,7 +126,7 @@ impl IdentityService {
             started,
             answer_at: tokio::time::Instant::from_std(started + self.login_pad.typical().mul_f64(1.25)),
         };
-        let (Some(user_id), Some((account, totp))) = (owner, account) else {
+        let Some(user_id) = owner else {
             self.hasher.verify_dummy(password.expose()).await;
             self.record_failure(Policy::PasswordFailures, &key, meta).await?;
             tokio::time::sleep_until(pad.answer_at).await;
@@ -140,6 +134,10 @@ impl IdentityService {
         };
         let challenge_id = Uuid::new_v4();
         let login = PasswordStep { user_id, challenge_id, password, key: &key };
+        // The account and its TOTP factor in one read, after the throttle
+        // check and inside the refusal's pad: its time (the account's
+        // history) says nothing to a refused or throttled caller.
+        let (account, totp) = self.users.load_with::<Totp>(&user_id.to_string()).await.map_err(map_user)?;
         let mut accepted = self.accept_password(account, &login, &pad, meta).await?;
         let user = accepted.state.clone();
         let by_sms =
@@ -233,12 +231,12 @@ impl IdentityService {
         }
     }
 
-    /// Everything a password login's first step reads, in one statement
-    /// (a `UNION ALL`; three statements, each with its pool round trips,
-    /// before): the owner of the reservation of `email_hash`, the throttle
-    /// streams `keys` (each by its tail rule, as `load_many` reads them)
-    /// and the owner's `user` and `totp` streams (as `load_with` reads
-    /// them).
+    /// What a password login reads before its throttle check, in one
+    /// statement (a `UNION ALL`; two statements, each with its pool round
+    /// trips, before): the owner of the reservation of `email_hash` and
+    /// the throttle streams `keys` (each by its tail rule, as `load_many`
+    /// reads them). The same rows whether the address is known or not but
+    /// for the owner's id.
     ///
     /// # Errors
     /// `Internal` on a store failure or an event that does not decode.
@@ -255,22 +253,13 @@ impl IdentityService {
             q.push(" UNION ALL ");
             self.throttles.push_load(&mut q, i32::try_from(k).map_err(internal)?, key);
         }
-        q.push(" UNION ALL (SELECT ");
-        q.push_bind(ACCOUNT_PART);
-        q.push(" AS k, aggregate_type, sequence, event_type, event_version, payload FROM events WHERE aggregate_type = ANY(");
-        q.push_bind([User::TYPE, Totp::TYPE]);
-        q.push(") AND aggregate_id = (SELECT owner_id::text FROM reservations WHERE ");
-        reservations::push_key_condition(&mut q, ReservationKind::Email, email_hash);
-        q.push(")) ORDER BY k, aggregate_type, sequence");
+        q.push(" ORDER BY k, sequence");
         let rows: Vec<LoadRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(internal)?;
         let mut owner = None;
         let mut parts: Vec<Vec<LoadRow>> = keys.iter().map(|_| Vec::new()).collect();
-        let (mut user_rows, mut totp_rows) = (Vec::new(), Vec::new());
         for row in rows {
             match row.0 {
                 OWNER_PART => owner = Some(Uuid::parse_str(&row.3).map_err(internal)?),
-                ACCOUNT_PART if row.1 == User::TYPE => user_rows.push(row),
-                ACCOUNT_PART => totp_rows.push(row),
                 k => usize::try_from(k)
                     .ok()
                     .and_then(|k| parts.get_mut(k))
@@ -283,16 +272,7 @@ impl IdentityService {
             .zip(parts)
             .map(|(key, rows)| Executor::<Throttle>::loaded_from(key, rows))
             .collect::<Result<Vec<_>, _>>()?;
-        let account = match owner {
-            Some(user_id) => {
-                let id = user_id.to_string();
-                let user = Executor::<User>::loaded_from(&id, user_rows).map_err(map_user)?;
-                let totp = Executor::<Totp>::loaded_from(&id, totp_rows).map_err(internal)?;
-                Some((user, totp.state().clone()))
-            }
-            None => None,
-        };
-        Ok(LoginReads { owner, throttles, account })
+        Ok(LoginReads { owner, throttles })
     }
 
     /// The password step of a login on `account` (argon2 in the aggregate),

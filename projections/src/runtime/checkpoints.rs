@@ -80,10 +80,11 @@ async fn write_lock(conn: &mut PgConnection, projector: &dyn Projector) -> Resul
     Ok(())
 }
 
-/// A transaction of `pool` that holds `projector`'s [`WRITE_LOCK`]: `BEGIN`
-/// and the lock in one round trip (one simple-protocol query, the name
-/// inlined as a literal), since every live batch starts this way; a name
-/// that is not plain `[a-z0-9_]` takes the two statements instead.
+/// A transaction of `pool` that holds `projector`'s [`WRITE_LOCK`]: `BEGIN`,
+/// then the lock. (Not one simple query for both: should the lock fail or
+/// the future be dropped while it waits, sqlx 0.8 would not know the
+/// connection is in a transaction and would give it back to the pool in
+/// one — `pool.begin()` counts the transaction before the lock is asked.)
 ///
 /// # Errors
 /// Database errors.
@@ -91,12 +92,6 @@ pub(super) async fn begin_locked(
     pool: &PgPool,
     projector: &dyn Projector,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let name = projector.name();
-    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return pool
-            .begin_with(format!("BEGIN; SELECT pg_advisory_xact_lock_shared(1801, hashtext('{name}'))"))
-            .await;
-    }
     let mut tx = pool.begin().await?;
     write_lock(&mut tx, projector).await?;
     Ok(tx)

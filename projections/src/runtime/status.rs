@@ -54,7 +54,9 @@ impl ProjectionRunner {
 
     /// Writes the progress noted in `pending` to `projection_status`
     /// (position and time of the last envelope each projector handled,
-    /// events applied, a smoothed events/s) and clears a recorded failure:
+    /// events applied, a smoothed events/s) and clears a recorded failure
+    /// unless the projector is parked (progress held back from before it
+    /// was parked must not hide why; unparking clears it):
     /// the status page's source (issue 18). `pending` is emptied once
     /// written. The live runner calls it when it acknowledges its feed (at
     /// most every [`super::RunOptions::commit_interval`], and when idle), not
@@ -83,7 +85,10 @@ impl ProjectionRunner {
                              THEN 0.8 * projection_status.rate
                                   + 0.2 * (excluded.applied / extract(epoch FROM now() - projection_status.updated_at))
                              ELSE projection_status.rate END,
-                 state = 'live', error = NULL, failed_event = NULL, updated_at = now()",
+                 state = CASE WHEN projection_status.parked THEN projection_status.state ELSE 'live' END,
+                 error = CASE WHEN projection_status.parked THEN projection_status.error END,
+                 failed_event = CASE WHEN projection_status.parked THEN projection_status.failed_event END,
+                 updated_at = now()",
         )
         .bind(&names)
         .bind(&positions)
