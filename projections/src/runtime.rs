@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 pub use crate::error::ProjectionError;
 use crate::feed::{EventFeed, FeedError, PacedAcks};
 use crate::rebuild::{Horizon, RebuildChunk, StreamReader};
-pub use projector::{Checkpoints, PerEventRebuild, Projector};
+pub use projector::{apply_one_by_one, Checkpoints, PerEventRebuild, Projector};
 
 mod checkpoints;
 mod parking;

@@ -467,6 +467,17 @@ fn concerns(payload: &str, types: Option<&[String]>) -> bool {
     }
 }
 
+/// A connection of `pool` listening on [`EVENTS_CHANNEL`] (an
+/// [`EventsListener`]'s own, or a [`SharedListener`]'s).
+///
+/// # Errors
+/// The connection or the `LISTEN` failed.
+async fn listen_on(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
+
 /// Why [`EventsListener::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -546,13 +557,7 @@ impl EventsListener {
         if self.listener.is_some() {
             return true;
         }
-        let result = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(EVENTS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
-        match result {
+        match listen_on(&self.pool).await {
             Ok(listener) => {
                 self.listener = Some(listener);
                 true

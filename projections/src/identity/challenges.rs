@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::profiles::aggregate_uuid;
-use crate::runtime::{ProjectionError, Projector};
+use crate::runtime::{apply_one_by_one, ProjectionError, Projector};
 
 /// Projects `otp_challenge` events into `rm_challenges`.
 pub struct ChallengesProjector;
@@ -91,7 +91,7 @@ impl Projector for ChallengesProjector {
             let at = env.occurred_at;
             match event {
                 OtpEvent::OtpIssued { .. } if env.sequence != 1 => {
-                    return apply_each(self, conn, envelopes).await
+                    return apply_one_by_one(self, conn, envelopes).await
                 }
                 OtpEvent::OtpIssued { challenge_id, purpose, channel, expires_at, .. } => {
                     let purpose =
@@ -141,7 +141,7 @@ impl Projector for ChallengesProjector {
         distinct.dedup();
         if distinct.len() < changes.ids.len() {
             // A challenge changed twice in the batch: in feed order.
-            return apply_each(self, conn, &changed).await;
+            return apply_one_by_one(self, conn, &changed).await;
         }
         if !changes.ids.is_empty() {
             sqlx::query(
@@ -170,18 +170,6 @@ impl Projector for ChallengesProjector {
     fn tables(&self) -> &'static [&'static str] {
         &["rm_challenges"]
     }
-}
-
-/// `envelopes` through [`Projector::apply`], one by one in order.
-async fn apply_each(
-    projector: &ChallengesProjector,
-    conn: &mut PgConnection,
-    envelopes: &[&Envelope],
-) -> Result<(), ProjectionError> {
-    for env in envelopes {
-        projector.apply(&mut *conn, env).await?;
-    }
-    Ok(())
 }
 
 /// The `OtpIssued` rows of a batch, column by column.

@@ -128,10 +128,7 @@ pub trait Projector: Send + Sync {
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> Result<(), ProjectionError> {
-        for envelope in envelopes {
-            self.apply(&mut *conn, envelope).await?;
-        }
-        Ok(())
+        apply_one_by_one(self, conn, envelopes).await
     }
 
     /// The tables of the read model, unqualified (they live in the
@@ -242,4 +239,20 @@ impl Projector for PerEventRebuild {
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         self.0.reset(conn).await
     }
+}
+
+/// `envelopes` through [`Projector::apply`], one by one in feed order: the
+/// default [`Projector::apply_many`], and a set-based one's fallback.
+///
+/// # Errors
+/// The first envelope's [`ProjectionError`].
+pub async fn apply_one_by_one<P: Projector + ?Sized>(
+    projector: &P,
+    conn: &mut PgConnection,
+    envelopes: &[&Envelope],
+) -> Result<(), ProjectionError> {
+    for envelope in envelopes {
+        projector.apply(&mut *conn, envelope).await?;
+    }
+    Ok(())
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
@@ -109,13 +108,7 @@ impl Hub {
 /// a failure connect again.
 async fn listen(pool: PgPool, notes: broadcast::Sender<Note>, listening: Arc<AtomicBool>) {
     loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(EVENTS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
-        let mut listener = match connected {
+        let mut listener = match super::listen_on(&pool).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot LISTEN {EVENTS_CHANNEL}; feeds poll meanwhile");
