@@ -3,16 +3,22 @@
 //! its code was delivered (`GET /api/auth/challenges/{id}`). It holds no
 //! recipient, no subject and no code: only purpose, channel, status, the
 //! delivery outcome (with its secret-free reason) and the expiry.
+//!
+//! Its duplicate guard is in its own rows ([`Checkpoints::InReadModel`]):
+//! `sequence` is the last event of the challenge applied, and every write
+//! is conditional on a newer one. One challenge is made per login, so a
+//! `projection_checkpoints` row per challenge cost two statements per
+//! projector transaction and a row per login kept for good (issue 14).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::envelope::Envelope;
 use domain::otp::{OtpChallenge, OtpEvent};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::profiles::aggregate_uuid;
-use crate::runtime::{apply_one_by_one, ProjectionError, Projector};
+use crate::runtime::{apply_one_by_one, Checkpoints, ProjectionError, Projector};
 
 /// Projects `otp_challenge` events into `rm_challenges`.
 pub struct ChallengesProjector;
@@ -27,6 +33,31 @@ impl Projector for ChallengesProjector {
         aggregate_type == <OtpChallenge as cqrs_es::Aggregate>::TYPE
     }
 
+    /// In the rows: `rm_challenges.sequence` (see the module docs).
+    fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::InReadModel
+    }
+
+    /// Whether the challenge's row has reached event `sequence` (every
+    /// event moves it, `OtpVerificationFailed` too).
+    async fn has_applied(
+        &self,
+        pool: &PgPool,
+        _aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let Ok(id) = Uuid::parse_str(aggregate_id) else { return Ok(false) };
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT sequence FROM rm_challenges WHERE challenge_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+        Ok(applied.is_some_and(|s| s >= sequence))
+    }
+
+    /// One event; a no-op when the row has already reached its sequence
+    /// (a duplicate or a redelivery).
     async fn apply(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), ProjectionError> {
         let event: OtpEvent = env.decode().map_err(|e| ProjectionError::decode(env, e))?;
         let at = env.occurred_at;
@@ -35,8 +66,8 @@ impl Projector for ChallengesProjector {
                 let purpose = serde_json::to_value(purpose).map_err(|e| ProjectionError::decode(env, e))?;
                 sqlx::query(
                     "INSERT INTO rm_challenges
-                         (challenge_id, purpose, channel, status, delivery, expires_at, updated_at)
-                     VALUES ($1, $2, $3, 'pending', 'pending', $4, $5)
+                         (challenge_id, purpose, channel, status, delivery, expires_at, updated_at, sequence)
+                     VALUES ($1, $2, $3, 'pending', 'pending', $4, $5, $6)
                      ON CONFLICT (challenge_id) DO NOTHING",
                 )
                 .bind(challenge_id)
@@ -44,18 +75,20 @@ impl Projector for ChallengesProjector {
                 .bind(channel.as_str())
                 .bind(expires_at)
                 .bind(at)
+                .bind(env.sequence)
                 .execute(conn)
                 .await?;
             }
             OtpEvent::OtpReissued { expires_at, .. } => {
                 sqlx::query(
                     "UPDATE rm_challenges SET delivery = 'pending', delivery_error = NULL,
-                            expires_at = $2, updated_at = $3
-                     WHERE challenge_id = $1",
+                            expires_at = $2, updated_at = $3, sequence = $4
+                     WHERE challenge_id = $1 AND sequence < $4",
                 )
                 .bind(aggregate_uuid(env)?)
                 .bind(expires_at)
                 .bind(at)
+                .bind(env.sequence)
                 .execute(conn)
                 .await?;
             }
@@ -65,14 +98,25 @@ impl Projector for ChallengesProjector {
             OtpEvent::OtpDeliveryFailed { reason, .. } => {
                 set_delivery(conn, env, "failed", Some(&reason)).await?;
             }
-            OtpEvent::OtpVerificationFailed { .. } => {}
+            // Changes nothing the row shows, but moves its sequence (so
+            // that a read-your-writes wait on it ends).
+            OtpEvent::OtpVerificationFailed { .. } => {
+                sqlx::query(
+                    "UPDATE rm_challenges SET sequence = $2 WHERE challenge_id = $1 AND sequence < $2",
+                )
+                .bind(aggregate_uuid(env)?)
+                .bind(env.sequence)
+                .execute(conn)
+                .await?;
+            }
         }
         Ok(())
     }
 
     /// Set-based: every `OtpIssued` of the batch in one `INSERT`, then
     /// every later change in one `UPDATE` — two statements per batch
-    /// instead of one per event. Exactly what [`Projector::apply`] leaves:
+    /// instead of one per event, each row written only by an event newer
+    /// than its `sequence`. Exactly what [`Projector::apply`] leaves:
     /// `OtpIssued` is a challenge's first event (sequence 1; otherwise the
     /// batch goes one by one), so inserting first keeps each challenge's
     /// order; the changes go together only when no challenge has two of
@@ -82,93 +126,127 @@ impl Projector for ChallengesProjector {
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> Result<(), ProjectionError> {
-        let mut issued = IssuedRows::default();
-        let mut changes = ChangeRows::default();
-        let mut changed = Vec::with_capacity(envelopes.len());
+        let Some(batch) = Batch::of(envelopes)? else {
+            return apply_one_by_one(self, conn, envelopes).await;
+        };
+        if !batch.issued.ids.is_empty() {
+            let mut q = QueryBuilder::new("");
+            batch.issued.push_insert(&mut q, "");
+            q.build().execute(&mut *conn).await?;
+        }
+        if batch.changes_twice() {
+            // A challenge changed twice in the batch: in feed order.
+            return apply_one_by_one(self, conn, &batch.changed).await;
+        }
+        if !batch.changes.ids.is_empty() {
+            let mut q = QueryBuilder::new("");
+            batch.changes.push_update(&mut q, "");
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The batch as one statement (the `INSERT` and the `UPDATE` of
+    /// [`Projector::apply_many`] as two CTEs) when no challenge is both
+    /// issued and changed in it, nor changed twice: the `UPDATE` would not
+    /// see the `INSERT`'s rows. Under a login load that is every batch but
+    /// a few: the notifier's `OtpDelivered` comes one notifier read (≥ 100
+    /// ms) after its `OtpIssued`, the projector reads every 25 ms.
+    fn push_one_statement(
+        &self,
+        q: &mut QueryBuilder<'static, Postgres>,
+        envelopes: &[&Envelope],
+    ) -> Result<bool, ProjectionError> {
+        let Some(batch) = Batch::of(envelopes)? else { return Ok(false) };
+        if batch.changes_twice() || batch.changes.ids.iter().any(|id| batch.issued.ids.contains(id)) {
+            return Ok(false);
+        }
+        let locked = ", write_lock WHERE write_lock.locked";
+        if !batch.issued.ids.is_empty() {
+            q.push(", issued AS (");
+            batch.issued.push_insert(q, locked);
+            q.push(")");
+        }
+        if !batch.changes.ids.is_empty() {
+            q.push(", changed AS (");
+            batch.changes.push_update(q, locked);
+            q.push(")");
+        }
+        Ok(true)
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_challenges"]
+    }
+}
+
+/// A live batch in columns: the issued challenges, the later changes and
+/// the envelopes of those changes.
+struct Batch<'e> {
+    issued: IssuedRows,
+    changes: ChangeRows,
+    changed: Vec<&'e Envelope>,
+}
+
+impl<'e> Batch<'e> {
+    /// `None` when an `OtpIssued` is not its stream's first event (the
+    /// batch then goes one by one).
+    fn of(envelopes: &[&'e Envelope]) -> Result<Option<Self>, ProjectionError> {
+        let mut batch =
+            Batch { issued: IssuedRows::default(), changes: ChangeRows::default(), changed: Vec::new() };
         for env in envelopes {
             let event: OtpEvent = env.decode().map_err(|e| ProjectionError::decode(env, e))?;
-            let id = || aggregate_uuid(env);
             let at = env.occurred_at;
-            match event {
-                OtpEvent::OtpIssued { .. } if env.sequence != 1 => {
-                    return apply_one_by_one(self, conn, envelopes).await
-                }
+            let change = match event {
+                OtpEvent::OtpIssued { .. } if env.sequence != 1 => return Ok(None),
                 OtpEvent::OtpIssued { challenge_id, purpose, channel, expires_at, .. } => {
                     let purpose =
                         serde_json::to_value(purpose).map_err(|e| ProjectionError::decode(env, e))?;
+                    let issued = &mut batch.issued;
                     issued.ids.push(challenge_id);
                     issued.purposes.push(purpose.as_str().unwrap_or_default().to_owned());
                     issued.channels.push(channel.as_str().to_owned());
                     issued.expires.push(expires_at);
                     issued.at.push(at);
+                    issued.sequences.push(env.sequence);
+                    continue;
                 }
-                OtpEvent::OtpReissued { expires_at, .. } => {
-                    changes.push(id()?, None, Some("pending"), None, Some(expires_at), at);
+                OtpEvent::OtpReissued { expires_at, .. } => Change {
+                    delivery: Some("pending"),
+                    expires: Some(expires_at),
+                    at: Some(at),
+                    ..Change::default()
+                },
+                OtpEvent::OtpVerified { .. } => {
+                    Change { status: Some("verified"), at: Some(at), ..Change::default() }
                 }
-                OtpEvent::OtpVerified { .. } => changes.push(id()?, Some("verified"), None, None, None, at),
                 OtpEvent::OtpChallengeLocked { .. } => {
-                    changes.push(id()?, Some("locked"), None, None, None, at)
+                    Change { status: Some("locked"), at: Some(at), ..Change::default() }
                 }
-                OtpEvent::OtpDelivered { .. } => changes.push(id()?, None, Some("delivered"), None, None, at),
-                OtpEvent::OtpDeliveryFailed { reason, .. } => {
-                    changes.push(id()?, None, Some("failed"), Some(reason), None, at);
+                OtpEvent::OtpDelivered { .. } => {
+                    Change { delivery: Some("delivered"), at: Some(at), ..Change::default() }
                 }
-                OtpEvent::OtpVerificationFailed { .. } => continue,
-            }
-            if !matches!(env.event_type.as_str(), "OtpIssued") {
-                changed.push(*env);
-            }
+                OtpEvent::OtpDeliveryFailed { reason, .. } => Change {
+                    delivery: Some("failed"),
+                    error: Some(reason),
+                    at: Some(at),
+                    ..Change::default()
+                },
+                // Only the sequence moves (as in `apply`).
+                OtpEvent::OtpVerificationFailed { .. } => Change::default(),
+            };
+            batch.changes.push(aggregate_uuid(env)?, env.sequence, change);
+            batch.changed.push(*env);
         }
-        if !issued.ids.is_empty() {
-            sqlx::query(
-                "INSERT INTO rm_challenges
-                     (challenge_id, purpose, channel, status, delivery, expires_at, updated_at)
-                 SELECT u.id, u.purpose, u.channel, 'pending', 'pending', u.expires_at, u.at
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
-                     AS u(id, purpose, channel, expires_at, at)
-                 ON CONFLICT (challenge_id) DO NOTHING",
-            )
-            .bind(&issued.ids)
-            .bind(&issued.purposes)
-            .bind(&issued.channels)
-            .bind(&issued.expires)
-            .bind(&issued.at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let mut distinct = changes.ids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() < changes.ids.len() {
-            // A challenge changed twice in the batch: in feed order.
-            return apply_one_by_one(self, conn, &changed).await;
-        }
-        if !changes.ids.is_empty() {
-            sqlx::query(
-                "UPDATE rm_challenges c SET
-                     status = COALESCE(u.status, c.status),
-                     delivery = COALESCE(u.delivery, c.delivery),
-                     delivery_error = CASE WHEN u.delivery IS NULL THEN c.delivery_error ELSE u.delivery_error END,
-                     expires_at = COALESCE(u.expires_at, c.expires_at),
-                     updated_at = u.at
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
-                     AS u(id, status, delivery, delivery_error, expires_at, at)
-                 WHERE c.challenge_id = u.id",
-            )
-            .bind(&changes.ids)
-            .bind(&changes.statuses)
-            .bind(&changes.deliveries)
-            .bind(&changes.errors)
-            .bind(&changes.expires)
-            .bind(&changes.at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
+        Ok(Some(batch))
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_challenges"]
+    /// Whether some challenge has two changes in the batch.
+    fn changes_twice(&self) -> bool {
+        let mut distinct = self.changes.ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        distinct.len() < self.changes.ids.len()
     }
 }
 
@@ -180,6 +258,27 @@ struct IssuedRows {
     channels: Vec<String>,
     expires: Vec<DateTime<Utc>>,
     at: Vec<DateTime<Utc>>,
+    sequences: Vec<i64>,
+}
+
+impl IssuedRows {
+    /// Pushes the `INSERT` of these rows (an existing row is left alone);
+    /// `join` is appended to its `FROM` (the one-statement path's lock).
+    fn push_insert(&self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
+        q.push(
+            "INSERT INTO rm_challenges \
+             (challenge_id, purpose, channel, status, delivery, expires_at, updated_at, sequence) \
+             SELECT u.id, u.purpose, u.channel, 'pending', 'pending', u.expires_at, u.at, u.seq FROM UNNEST(",
+        );
+        q.push_bind(self.ids.clone()).push("::uuid[], ");
+        q.push_bind(self.purposes.clone()).push("::text[], ");
+        q.push_bind(self.channels.clone()).push("::text[], ");
+        q.push_bind(self.expires.clone()).push("::timestamptz[], ");
+        q.push_bind(self.at.clone()).push("::timestamptz[], ");
+        q.push_bind(self.sequences.clone()).push("::int8[]) AS u(id, purpose, channel, expires_at, at, seq)");
+        q.push(join);
+        q.push(" ON CONFLICT (challenge_id) DO NOTHING");
+    }
 }
 
 /// The later changes of a batch, column by column (`None`: unchanged).
@@ -190,35 +289,72 @@ struct ChangeRows {
     deliveries: Vec<Option<&'static str>>,
     errors: Vec<Option<String>>,
     expires: Vec<Option<DateTime<Utc>>>,
-    at: Vec<DateTime<Utc>>,
+    at: Vec<Option<DateTime<Utc>>>,
+    sequences: Vec<i64>,
+}
+
+/// One later change of a challenge (`None`: unchanged).
+#[derive(Default)]
+struct Change {
+    status: Option<&'static str>,
+    delivery: Option<&'static str>,
+    error: Option<String>,
+    expires: Option<DateTime<Utc>>,
+    /// The event's time, `updated_at` (`None`: the row's stays).
+    at: Option<DateTime<Utc>>,
 }
 
 impl ChangeRows {
-    fn push(
-        &mut self,
-        id: Uuid,
-        status: Option<&'static str>,
-        delivery: Option<&'static str>,
-        error: Option<String>,
-        expires: Option<DateTime<Utc>>,
-        at: DateTime<Utc>,
-    ) {
+    fn push(&mut self, id: Uuid, sequence: i64, change: Change) {
         self.ids.push(id);
-        self.statuses.push(status);
-        self.deliveries.push(delivery);
-        self.errors.push(error);
-        self.expires.push(expires);
-        self.at.push(at);
+        self.statuses.push(change.status);
+        self.deliveries.push(change.delivery);
+        self.errors.push(change.error);
+        self.expires.push(change.expires);
+        self.at.push(change.at);
+        self.sequences.push(sequence);
+    }
+
+    /// Pushes the `UPDATE` of these changes, each only onto a row that has
+    /// not reached its sequence (at most one change per challenge: the
+    /// caller checks); `join` is appended to its `FROM`.
+    fn push_update(&self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
+        q.push(
+            "UPDATE rm_challenges c SET \
+             status = COALESCE(u.status, c.status), \
+             delivery = COALESCE(u.delivery, c.delivery), \
+             delivery_error = CASE WHEN u.delivery IS NULL THEN c.delivery_error ELSE u.delivery_error END, \
+             expires_at = COALESCE(u.expires_at, c.expires_at), \
+             updated_at = COALESCE(u.at, c.updated_at), \
+             sequence = u.seq \
+             FROM UNNEST(",
+        );
+        let text = |v: &Vec<Option<&'static str>>| v.iter().map(|s| s.map(str::to_owned)).collect::<Vec<_>>();
+        q.push_bind(self.ids.clone()).push("::uuid[], ");
+        q.push_bind(text(&self.statuses)).push("::text[], ");
+        q.push_bind(text(&self.deliveries)).push("::text[], ");
+        q.push_bind(self.errors.clone()).push("::text[], ");
+        q.push_bind(self.expires.clone()).push("::timestamptz[], ");
+        q.push_bind(self.at.clone()).push("::timestamptz[], ");
+        q.push_bind(self.sequences.clone())
+            .push("::int8[]) AS u(id, status, delivery, delivery_error, expires_at, at, seq)");
+        q.push(join);
+        q.push(if join.is_empty() { " WHERE " } else { " AND " });
+        q.push("c.challenge_id = u.id AND c.sequence < u.seq");
     }
 }
 
 async fn set_status(conn: &mut PgConnection, env: &Envelope, status: &str) -> Result<(), ProjectionError> {
-    sqlx::query("UPDATE rm_challenges SET status = $2, updated_at = $3 WHERE challenge_id = $1")
-        .bind(aggregate_uuid(env)?)
-        .bind(status)
-        .bind(env.occurred_at)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE rm_challenges SET status = $2, updated_at = $3, sequence = $4 \
+         WHERE challenge_id = $1 AND sequence < $4",
+    )
+    .bind(aggregate_uuid(env)?)
+    .bind(status)
+    .bind(env.occurred_at)
+    .bind(env.sequence)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -229,12 +365,14 @@ async fn set_delivery(
     error: Option<&str>,
 ) -> Result<(), ProjectionError> {
     sqlx::query(
-        "UPDATE rm_challenges SET delivery = $2, delivery_error = $3, updated_at = $4 WHERE challenge_id = $1",
+        "UPDATE rm_challenges SET delivery = $2, delivery_error = $3, updated_at = $4, sequence = $5 \
+         WHERE challenge_id = $1 AND sequence < $5",
     )
     .bind(aggregate_uuid(env)?)
     .bind(delivery)
     .bind(error)
     .bind(env.occurred_at)
+    .bind(env.sequence)
     .execute(conn)
     .await?;
     Ok(())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use domain::envelope::Envelope;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 
 use super::{Applied, Checkpoints, Projector};
 use crate::error::ProjectionError;
@@ -71,6 +71,12 @@ pub(super) const STORE_REPLAYED_CHECKPOINTS: &str = "INSERT INTO projection_chec
 /// while it catches up and swaps. `$1` the projector's name; key space
 /// 1801 (issue 18).
 const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1801, hashtext($1))";
+
+/// The head of a [`Projector::push_one_statement`] statement: [`WRITE_LOCK`]
+/// tried without waiting (`false` while a swap holds [`SWAP_LOCK`]), as a
+/// CTE the projector's writes join; the name is bound next.
+const ONE_STATEMENT_HEAD: &str =
+    "WITH write_lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock_shared(1801, hashtext(";
 
 /// The exclusive side of [`WRITE_LOCK`], taken by a swap.
 pub(super) const SWAP_LOCK: &str = "SELECT pg_advisory_xact_lock(1801, hashtext($1))";
@@ -170,6 +176,9 @@ pub(super) async fn apply_many(
     projector: &dyn Projector,
     envelopes: &[&Envelope],
 ) -> Result<Applied, ProjectionError> {
+    if let Some(applied) = apply_in_one_statement(pool, projector, envelopes).await? {
+        return Ok(applied);
+    }
     let mut tx = begin_locked(pool, projector).await?;
     let outcome = apply_many_in(&mut tx, projector, envelopes).await?;
     if outcome.applied == 0 {
@@ -178,6 +187,41 @@ pub(super) async fn apply_many(
         tx.commit().await?;
     }
     Ok(outcome)
+}
+
+/// The batch through [`Projector::push_one_statement`], when the projector
+/// keeps its guard in its rows and writes the batch as one statement, and
+/// no swap holds its lock: `Some` with what was applied. `None`: nothing
+/// was written, take the transaction.
+async fn apply_in_one_statement(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    envelopes: &[&Envelope],
+) -> Result<Option<Applied>, ProjectionError> {
+    if projector.checkpoints() != Checkpoints::InReadModel {
+        return Ok(None);
+    }
+    let ignored = projector.ignored_event_types();
+    let kept: Vec<&Envelope> =
+        envelopes.iter().copied().filter(|e| !ignored.contains(&e.event_type.as_str())).collect();
+    if kept.is_empty() {
+        return Ok(Some(Applied::default()));
+    }
+    let mut q = QueryBuilder::new(ONE_STATEMENT_HEAD);
+    q.push_bind(projector.name());
+    q.push(")) AS locked)");
+    if !projector.push_one_statement(&mut q, &kept)? {
+        return Ok(None);
+    }
+    q.push(" SELECT locked FROM write_lock");
+    let locked: bool = q.build_query_scalar().fetch_one(pool).await?;
+    if !locked {
+        tracing::debug!(projector = projector.name(), "write lock held by a swap; batch goes by transaction");
+        return Ok(None);
+    }
+    metrics::counter!("streamforge_projector_one_statement_batches_total", "projector" => projector.name())
+        .increment(1);
+    Ok(Some(Applied { applied: kept.len(), skipped: 0 }))
 }
 
 /// [`apply_many`] inside the caller's transaction (no lock, no commit): the

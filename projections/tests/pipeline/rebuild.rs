@@ -54,6 +54,37 @@ impl Projector for PerEvent {
     }
 }
 
+/// A projector that may only write through
+/// [`Projector::push_one_statement`]: its `apply` fails, so a batch that
+/// took the transaction path (or the one-by-one retry) fails the runner.
+struct OneStatementOnly(Arc<dyn Projector>);
+
+#[async_trait]
+impl Projector for OneStatementOnly {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn handles(&self, aggregate_type: &str) -> bool {
+        self.0.handles(aggregate_type)
+    }
+    fn checkpoints(&self) -> projections::runtime::Checkpoints {
+        self.0.checkpoints()
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
+    }
+    fn push_one_statement(
+        &self,
+        q: &mut sqlx::QueryBuilder<'static, sqlx::Postgres>,
+        envelopes: &[&Envelope],
+    ) -> Result<bool, ProjectionError> {
+        self.0.push_one_statement(q, envelopes)
+    }
+    async fn apply(&self, _: &mut PgConnection, _: &Envelope) -> Result<(), ProjectionError> {
+        Err(ProjectionError::Other(anyhow::anyhow!("the transaction path was taken")))
+    }
+}
+
 fn set_based() -> Vec<Arc<dyn Projector>> {
     vec![Arc::new(ProfilesProjector), Arc::new(SessionsProjector)]
 }
@@ -714,6 +745,47 @@ fn challenge_stream(rng: &mut StdRng) -> Vec<Gen> {
     events
 }
 
+/// While a shadow rebuild's swap holds the projector's lock, a batch that
+/// fits one statement writes nothing (its try-lock fails) and goes by the
+/// transaction, which waits for the swap; then it is written.
+#[tokio::test]
+async fn a_one_statement_batch_waits_for_a_swap() {
+    use projections::challenges::ChallengesProjector;
+    let db = TestDb::new().await;
+    let mut rng = StdRng::seed_from_u64(12);
+    let streams = (0..20).map(|_| challenge_stream(&mut rng)).collect();
+    store(&db.pool, &mut rng, streams).await;
+    settle(&db.pool).await;
+    let runner = ProjectionRunner::new(db.pool.clone(), vec![Arc::new(ChallengesProjector)]);
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("swap-held")).await.unwrap();
+    // What a swap takes (shadow.rs: SWAP_LOCK).
+    let mut swap = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(1801, hashtext('challenges'))")
+        .execute(&mut *swap)
+        .await
+        .unwrap();
+    let step = tokio::spawn(async move {
+        let n = runner.run_once(&mut feed, 1, Duration::ZERO).await.unwrap();
+        (n, runner, feed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_challenges").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(rows, 0, "written while the swap held the lock");
+    assert!(!step.is_finished(), "the batch did not wait for the swap");
+    swap.commit().await.unwrap();
+    let (n, runner, mut feed) = tokio::time::timeout(Duration::from_secs(10), step).await.unwrap().unwrap();
+    assert_eq!(n, 1);
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_challenges").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(rows, 1, "the batch was written once the swap let go");
+    drain(&runner, &mut feed, 50).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_challenges").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(rows, 20);
+    db.drop().await;
+}
+
 /// `rm_challenges`, every column, in key order.
 async fn challenges_snapshot(pool: &PgPool) -> Vec<projections::challenges::ChallengeRow> {
     sqlx::query_as(
@@ -725,10 +797,21 @@ async fn challenges_snapshot(pool: &PgPool) -> Vec<projections::challenges::Chal
     .unwrap()
 }
 
+/// Each challenge's row and the sequence it has reached (its duplicate
+/// guard, `Checkpoints::InReadModel`).
+async fn challenge_sequences(pool: &PgPool) -> Vec<(uuid::Uuid, i64)> {
+    sqlx::query_as("SELECT challenge_id, sequence FROM rm_challenges ORDER BY challenge_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 /// The challenges projector's set-based `apply_many` (one `INSERT` for the
 /// issued, one `UPDATE` for the changes, one by one when a challenge
 /// changes twice in a batch) leaves what `apply` leaves event by event,
-/// in batches small and large.
+/// in batches small and large, sequences included; its guard in the rows
+/// makes a redelivery of everything a no-op and answers `has_applied`;
+/// and it leaves no `projection_checkpoints` rows.
 #[tokio::test]
 async fn challenges_apply_many_equals_one_by_one() {
     use projections::challenges::ChallengesProjector;
@@ -743,6 +826,15 @@ async fn challenges_apply_many_equals_one_by_one() {
     let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("challenges-per-event")).await.unwrap();
     drain(&reference, &mut feed, 37).await;
     let expected = challenges_snapshot(&db.pool).await;
+    let expected_sequences = challenge_sequences(&db.pool).await;
+    let last: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT aggregate_id::uuid, max(sequence) FROM events WHERE aggregate_type = 'otp_challenge'
+         GROUP BY aggregate_id ORDER BY aggregate_id::uuid",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(expected_sequences, last, "every row at its stream's last event");
     assert_eq!(expected.len(), 200);
     for status in ["pending", "verified", "locked"] {
         assert!(expected.iter().any(|c| c.status == status), "no {status} challenge");
@@ -758,6 +850,60 @@ async fn challenges_apply_many_equals_one_by_one() {
             PgFeed::new(db.pool.clone(), PgFeedConfig::new(format!("challenges-set-{i}"))).await.unwrap();
         drain(&set_based, &mut feed, batch).await;
         assert_eq!(challenges_snapshot(&db.pool).await, expected, "batches of {batch}");
+        assert_eq!(challenge_sequences(&db.pool).await, expected_sequences, "batches of {batch}");
     }
+    let checkpoints: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(checkpoints, 0, "the guard is in the rows");
+
+    // Everything delivered again, with a row changed behind the
+    // projector's back: the redelivery writes nothing (the row keeps the
+    // change), in the set-based and the per-event path alike.
+    // (A challenge with an event that writes `delivery_error`.)
+    let marked: uuid::Uuid = sqlx::query_scalar(
+        "SELECT aggregate_id::uuid FROM events WHERE aggregate_type = 'otp_challenge'
+         AND event_type IN ('OtpDelivered', 'OtpDeliveryFailed', 'OtpReissued') LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE rm_challenges SET delivery_error = 'marked' WHERE challenge_id = $1")
+        .bind(marked)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (name, runner) in [("again-set", &set_based), ("again-per-event", &reference)] {
+        let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new(name)).await.unwrap();
+        drain(runner, &mut feed, 50).await;
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT delivery_error FROM rm_challenges WHERE challenge_id = $1")
+                .bind(marked)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(error.as_deref(), Some("marked"), "{name}: a redelivered event was applied again");
+        assert_eq!(challenge_sequences(&db.pool).await, expected_sequences, "{name}");
+    }
+
+    // Batches of one event each always fit one statement: written with no
+    // transaction at all (the wrapper's `apply` fails), the same rows.
+    sqlx::query("TRUNCATE rm_challenges, projection_checkpoints").execute(&db.pool).await.unwrap();
+    let one_statement = ProjectionRunner::new(
+        db.pool.clone(),
+        vec![Arc::new(OneStatementOnly(Arc::new(ChallengesProjector)))],
+    );
+    let mut feed = PgFeed::new(db.pool.clone(), PgFeedConfig::new("challenges-one-statement")).await.unwrap();
+    drain(&one_statement, &mut feed, 1).await;
+    assert_eq!(challenges_snapshot(&db.pool).await, expected, "one statement per event");
+    assert_eq!(challenge_sequences(&db.pool).await, expected_sequences, "one statement per event");
+
+    // Read-your-writes asks the rows.
+    let projector = ChallengesProjector;
+    let (id, at) = expected_sequences[1];
+    let id = id.to_string();
+    assert!(projector.has_applied(&db.pool, "otp_challenge", &id, at).await.unwrap());
+    assert!(!projector.has_applied(&db.pool, "otp_challenge", &id, at + 1).await.unwrap());
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert!(!projector.has_applied(&db.pool, "otp_challenge", &unknown, 1).await.unwrap());
     db.drop().await;
 }
