@@ -17,6 +17,12 @@
 //! envelope (one transaction each), so a poison envelope is named exactly by
 //! [`RunError::Projector`] and a transient failure does not stall the feed.
 //!
+//! A projector that keeps its guard in its rows
+//! ([`Checkpoints::InReadModel`]) may write a live batch as **one
+//! statement** instead ([`Projector::push_one_statement`]): its write lock
+//! tried in a CTE, no `BEGIN`/`COMMIT`, one round trip per batch; while a
+//! shadow rebuild's swap holds the lock, the batch takes the transaction.
+//!
 //! A rebuild ([`ProjectionRunner::rebuild`]) reads the settled events of the
 //! store in whole-stream chunks ([`crate::rebuild`]) and hands each chunk to
 //! [`Projector::rebuild_chunk`]: set-based for the projectors that fold

@@ -38,6 +38,14 @@ impl Projector for ChallengesProjector {
         Checkpoints::InReadModel
     }
 
+    /// The event is above its challenge's row (or the row is missing).
+    fn unapplied_condition(&self) -> Option<&'static str> {
+        Some(
+            "NOT EXISTS (SELECT 1 FROM rm_challenges r \
+             WHERE r.challenge_id::text = e.aggregate_id AND r.sequence >= e.sequence)",
+        )
+    }
+
     /// Whether the challenge's row has reached event `sequence` (every
     /// event moves it, `OtpVerificationFailed` too).
     async fn has_applied(
@@ -98,8 +106,8 @@ impl Projector for ChallengesProjector {
             OtpEvent::OtpDeliveryFailed { reason, .. } => {
                 set_delivery(conn, env, "failed", Some(&reason)).await?;
             }
-            // Changes nothing the row shows, but moves its sequence (so
-            // that a read-your-writes wait on it ends).
+            // Changes nothing the row shows, but moves its sequence, as a
+            // rebuild leaves it (and `has_applied` then answers for it).
             OtpEvent::OtpVerificationFailed { .. } => {
                 sqlx::query(
                     "UPDATE rm_challenges SET sequence = $2 WHERE challenge_id = $1 AND sequence < $2",

@@ -208,8 +208,10 @@ impl ProjectionRunner {
         let horizon = Horizon::now(&self.pool).await?;
         let types = handled_types(&self.pool, projector).await?;
         let mut range = Range::new(&types, None, Some(horizon));
-        range.unapplied_for =
-            (projector.checkpoints() == Checkpoints::PerAggregate).then(|| projector.name());
+        match projector.checkpoints() {
+            Checkpoints::PerAggregate => range.unapplied_for = Some(projector.name()),
+            Checkpoints::InReadModel => range.unapplied_condition = projector.unapplied_condition(),
+        }
         let mut applied = 0;
         loop {
             let mut tx = begin_locked(&self.pool, projector).await?;

@@ -18,9 +18,11 @@ pub enum Checkpoints {
     PerAggregate,
     /// The read model's rows carry the sequence that last set them and the
     /// projector skips older envelopes itself: the runner writes no
-    /// checkpoint rows (for pair-keyed streams, where one row per stream
-    /// would be one row per edge). [`Projector::has_applied`] must then be
-    /// overridden.
+    /// checkpoint rows: for pair-keyed streams, where one row per stream
+    /// would be one row per edge, and for streams that each make one row
+    /// (a challenge per login), where a checkpoint row per stream would
+    /// double the writes. [`Projector::has_applied`] must then be
+    /// overridden, and [`Projector::unapplied_condition`] should be.
     InReadModel,
 }
 
@@ -54,6 +56,17 @@ pub trait Projector: Send + Sync {
     /// profiles a transaction per login before; docs/performance.md).
     fn ignored_event_types(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// For a [`Checkpoints::InReadModel`] projector: an SQL condition on
+    /// a stored event `e` (its columns `aggregate_type`, `aggregate_id`,
+    /// `sequence`) that holds when the read model has not applied it yet
+    /// (the counterpart of a checkpoint row). A parked projector's
+    /// catch-up reads only the events it holds (`None`, the default: every
+    /// event, each then skipped by the rows' own guard), and `streamforge
+    /// chaos verify` waits on it.
+    fn unapplied_condition(&self) -> Option<&'static str> {
+        None
     }
 
     /// Whether the read model has applied event `sequence` of stream
@@ -251,6 +264,10 @@ impl Projector for PerEventRebuild {
 
     fn ignored_event_types(&self) -> &'static [&'static str] {
         self.0.ignored_event_types()
+    }
+
+    fn unapplied_condition(&self) -> Option<&'static str> {
+        self.0.unapplied_condition()
     }
 
     async fn has_applied(

@@ -34,19 +34,22 @@ pub(super) async fn set_search_path(conn: &mut PgConnection, search_path: &str) 
 /// those of `types` with `txid` in `[from, to)` (no lower bound without
 /// `from`; no upper bound without `to`: every committed one), in commit
 /// order. With `unapplied_for`, only the events above that projector's
-/// checkpoint of their aggregate (a parked projector's catch-up).
+/// checkpoint of their aggregate, and with `unapplied_condition` only
+/// those the condition holds for ([`Projector::unapplied_condition`]): a
+/// parked projector's catch-up.
 pub(super) struct Range<'a> {
     pub types: &'a [String],
     pub from: Option<Horizon>,
     pub to: Option<Horizon>,
     pub unapplied_for: Option<&'a str>,
+    pub unapplied_condition: Option<&'static str>,
     /// `(txid, position)` of the last event read.
     after: Option<(i64, i64)>,
 }
 
 impl<'a> Range<'a> {
     pub(super) fn new(types: &'a [String], from: Option<Horizon>, to: Option<Horizon>) -> Self {
-        Self { types, from, to, unapplied_for: None, after: None }
+        Self { types, from, to, unapplied_for: None, unapplied_condition: None, after: None }
     }
 
     /// Reads the next page (at most `limit` events) on `conn` and applies
@@ -65,8 +68,9 @@ impl<'a> Range<'a> {
              AND ($7::text IS NULL OR sequence > COALESCE((SELECT c.sequence FROM projection_checkpoints c \
                   WHERE c.projector = $7 AND c.aggregate_type = e.aggregate_type \
                     AND c.aggregate_id = e.aggregate_id), -1)) \
-             ORDER BY txid, position LIMIT $6",
-            columns = with_txid()
+             AND ({unapplied}) ORDER BY txid, position LIMIT $6",
+            columns = with_txid(),
+            unapplied = self.unapplied_condition.unwrap_or("true"),
         ))
         .bind(self.types)
         .bind(self.from.map(|h| h.0))

@@ -899,6 +899,28 @@ async fn challenges_apply_many_equals_one_by_one() {
 
     // Read-your-writes asks the rows.
     let projector = ChallengesProjector;
+    // And so does a parked projector's catch-up (what it still has to read).
+    let condition = projector.unapplied_condition().unwrap();
+    let unapplied = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT count(*) FROM events e WHERE aggregate_type = 'otp_challenge' AND ({condition})"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(unapplied(db.pool.clone()).await, 0);
+    sqlx::query("UPDATE rm_challenges SET sequence = sequence - 1 WHERE challenge_id = $1")
+        .bind(marked)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(unapplied(db.pool.clone()).await, 1, "the last event of the set-back challenge");
+    sqlx::query("UPDATE rm_challenges SET sequence = sequence + 1 WHERE challenge_id = $1")
+        .bind(marked)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let (id, at) = expected_sequences[1];
     let id = id.to_string();
     assert!(projector.has_applied(&db.pool, "otp_challenge", &id, at).await.unwrap());

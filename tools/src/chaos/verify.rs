@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use domain::envelope::{Envelope, AGGREGATE_TYPES};
+use projections::runtime::{Checkpoints, Projector};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -48,6 +49,10 @@ async fn wait_caught_up(pool: &PgPool, timeout: Duration) -> anyhow::Result<Dura
         for projector in &projectors {
             let types: Vec<String> =
                 AGGREGATE_TYPES.iter().filter(|t| projector.handles(t)).map(|t| (*t).to_owned()).collect();
+            if projector.checkpoints() == Checkpoints::InReadModel {
+                behind += behind_in_read_model(pool, projector.as_ref(), &types).await?;
+                continue;
+            }
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM (SELECT aggregate_type, aggregate_id, max(sequence) AS last
                                          FROM events WHERE aggregate_type = ANY($2) GROUP BY 1, 2) e
@@ -70,6 +75,38 @@ async fn wait_caught_up(pool: &PgPool, timeout: Duration) -> anyhow::Result<Dura
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Aggregates of `types` whose last event `projector` — one that keeps its
+/// guard in its rows ([`Checkpoints::InReadModel`]), so has no checkpoint
+/// rows — has not applied: by its
+/// [`Projector::unapplied_condition`], else by asking
+/// [`Projector::has_applied`] of each aggregate's last event.
+async fn behind_in_read_model(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    types: &[String],
+) -> anyhow::Result<i64> {
+    if let Some(condition) = projector.unapplied_condition() {
+        let sql = format!(
+            "SELECT count(DISTINCT (aggregate_type, aggregate_id)) FROM events e \
+             WHERE aggregate_type = ANY($1) AND ({condition})"
+        );
+        return Ok(sqlx::query_scalar(&sql).bind(types).fetch_one(pool).await?);
+    }
+    let last: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, max(sequence) FROM events WHERE aggregate_type = ANY($1) GROUP BY 1, 2",
+    )
+    .bind(types)
+    .fetch_all(pool)
+    .await?;
+    let mut behind = 0;
+    for (aggregate_type, aggregate_id, sequence) in &last {
+        if !projector.has_applied(pool, aggregate_type, aggregate_id, *sequence).await? {
+            behind += 1;
+        }
+    }
+    Ok(behind)
 }
 
 /// Checks the journal against the store, the topics and the read models;
