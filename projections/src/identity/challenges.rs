@@ -134,21 +134,21 @@ impl Projector for ChallengesProjector {
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> Result<(), ProjectionError> {
-        let Some(batch) = Batch::of(envelopes)? else {
+        let Some(Batch { issued, changes, changed }) = Batch::of(envelopes)? else {
             return apply_one_by_one(self, conn, envelopes).await;
         };
-        if !batch.issued.ids.is_empty() {
+        if !issued.ids.is_empty() {
             let mut q = QueryBuilder::new("");
-            batch.issued.push_insert(&mut q, "");
+            issued.push_insert(&mut q, "");
             q.build().execute(&mut *conn).await?;
         }
-        if batch.changes_twice() {
+        if changes.twice() {
             // A challenge changed twice in the batch: in feed order.
-            return apply_one_by_one(self, conn, &batch.changed).await;
+            return apply_one_by_one(self, conn, &changed).await;
         }
-        if !batch.changes.ids.is_empty() {
+        if !changes.ids.is_empty() {
             let mut q = QueryBuilder::new("");
-            batch.changes.push_update(&mut q, "");
+            changes.push_update(&mut q, "");
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
@@ -165,19 +165,20 @@ impl Projector for ChallengesProjector {
         q: &mut QueryBuilder<'static, Postgres>,
         envelopes: &[&Envelope],
     ) -> Result<bool, ProjectionError> {
-        let Some(batch) = Batch::of(envelopes)? else { return Ok(false) };
-        if batch.changes_twice() || batch.changes.ids.iter().any(|id| batch.issued.ids.contains(id)) {
+        let Some(Batch { issued, changes, .. }) = Batch::of(envelopes)? else { return Ok(false) };
+        let new: std::collections::HashSet<&Uuid> = issued.ids.iter().collect();
+        if changes.twice() || changes.ids.iter().any(|id| new.contains(id)) {
             return Ok(false);
         }
         let locked = ", write_lock WHERE write_lock.locked";
-        if !batch.issued.ids.is_empty() {
+        if !issued.ids.is_empty() {
             q.push(", issued AS (");
-            batch.issued.push_insert(q, locked);
+            issued.push_insert(q, locked);
             q.push(")");
         }
-        if !batch.changes.ids.is_empty() {
+        if !changes.ids.is_empty() {
             q.push(", changed AS (");
-            batch.changes.push_update(q, locked);
+            changes.push_update(q, locked);
             q.push(")");
         }
         Ok(true)
@@ -248,14 +249,6 @@ impl<'e> Batch<'e> {
         }
         Ok(Some(batch))
     }
-
-    /// Whether some challenge has two changes in the batch.
-    fn changes_twice(&self) -> bool {
-        let mut distinct = self.changes.ids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        distinct.len() < self.changes.ids.len()
-    }
 }
 
 /// The `OtpIssued` rows of a batch, column by column.
@@ -272,18 +265,18 @@ struct IssuedRows {
 impl IssuedRows {
     /// Pushes the `INSERT` of these rows (an existing row is left alone);
     /// `join` is appended to its `FROM` (the one-statement path's lock).
-    fn push_insert(&self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
+    fn push_insert(self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
         q.push(
             "INSERT INTO rm_challenges \
              (challenge_id, purpose, channel, status, delivery, expires_at, updated_at, sequence) \
              SELECT u.id, u.purpose, u.channel, 'pending', 'pending', u.expires_at, u.at, u.seq FROM UNNEST(",
         );
-        q.push_bind(self.ids.clone()).push("::uuid[], ");
-        q.push_bind(self.purposes.clone()).push("::text[], ");
-        q.push_bind(self.channels.clone()).push("::text[], ");
-        q.push_bind(self.expires.clone()).push("::timestamptz[], ");
-        q.push_bind(self.at.clone()).push("::timestamptz[], ");
-        q.push_bind(self.sequences.clone()).push("::int8[]) AS u(id, purpose, channel, expires_at, at, seq)");
+        q.push_bind(self.ids).push("::uuid[], ");
+        q.push_bind(self.purposes).push("::text[], ");
+        q.push_bind(self.channels).push("::text[], ");
+        q.push_bind(self.expires).push("::timestamptz[], ");
+        q.push_bind(self.at).push("::timestamptz[], ");
+        q.push_bind(self.sequences).push("::int8[]) AS u(id, purpose, channel, expires_at, at, seq)");
         q.push(join);
         q.push(" ON CONFLICT (challenge_id) DO NOTHING");
     }
@@ -323,10 +316,17 @@ impl ChangeRows {
         self.sequences.push(sequence);
     }
 
+    /// Whether some challenge has two changes.
+    fn twice(&self) -> bool {
+        let mut seen = std::collections::HashSet::with_capacity(self.ids.len());
+        !self.ids.iter().all(|id| seen.insert(id))
+    }
+
     /// Pushes the `UPDATE` of these changes, each only onto a row that has
     /// not reached its sequence (at most one change per challenge: the
-    /// caller checks); `join` is appended to its `FROM`.
-    fn push_update(&self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
+    /// caller checks, [`ChangeRows::twice`]); `join` is appended to its
+    /// `FROM`.
+    fn push_update(self, q: &mut QueryBuilder<'static, Postgres>, join: &str) {
         q.push(
             "UPDATE rm_challenges c SET \
              status = COALESCE(u.status, c.status), \
@@ -337,14 +337,13 @@ impl ChangeRows {
              sequence = u.seq \
              FROM UNNEST(",
         );
-        let text = |v: &Vec<Option<&'static str>>| v.iter().map(|s| s.map(str::to_owned)).collect::<Vec<_>>();
-        q.push_bind(self.ids.clone()).push("::uuid[], ");
-        q.push_bind(text(&self.statuses)).push("::text[], ");
-        q.push_bind(text(&self.deliveries)).push("::text[], ");
-        q.push_bind(self.errors.clone()).push("::text[], ");
-        q.push_bind(self.expires.clone()).push("::timestamptz[], ");
-        q.push_bind(self.at.clone()).push("::timestamptz[], ");
-        q.push_bind(self.sequences.clone())
+        q.push_bind(self.ids).push("::uuid[], ");
+        q.push_bind(self.statuses).push("::text[], ");
+        q.push_bind(self.deliveries).push("::text[], ");
+        q.push_bind(self.errors).push("::text[], ");
+        q.push_bind(self.expires).push("::timestamptz[], ");
+        q.push_bind(self.at).push("::timestamptz[], ");
+        q.push_bind(self.sequences)
             .push("::int8[]) AS u(id, status, delivery, delivery_error, expires_at, at, seq)");
         q.push(join);
         q.push(if join.is_empty() { " WHERE " } else { " AND " });

@@ -192,7 +192,9 @@ pub(super) async fn apply_many(
 /// The batch through [`Projector::push_one_statement`], when the projector
 /// keeps its guard in its rows and writes the batch as one statement, and
 /// no swap holds its lock: `Some` with what was applied. `None`: nothing
-/// was written, take the transaction.
+/// was written, take the transaction. `envelopes` are the live runner's
+/// (`live_envelopes`: the projector's ignored event types already left
+/// out), as [`apply_many`] gets them.
 async fn apply_in_one_statement(
     pool: &PgPool,
     projector: &dyn Projector,
@@ -201,16 +203,13 @@ async fn apply_in_one_statement(
     if projector.checkpoints() != Checkpoints::InReadModel {
         return Ok(None);
     }
-    let ignored = projector.ignored_event_types();
-    let kept: Vec<&Envelope> =
-        envelopes.iter().copied().filter(|e| !ignored.contains(&e.event_type.as_str())).collect();
-    if kept.is_empty() {
+    if envelopes.is_empty() {
         return Ok(Some(Applied::default()));
     }
     let mut q = QueryBuilder::new(ONE_STATEMENT_HEAD);
     q.push_bind(projector.name());
     q.push(")) AS locked)");
-    if !projector.push_one_statement(&mut q, &kept)? {
+    if !projector.push_one_statement(&mut q, envelopes)? {
         return Ok(None);
     }
     q.push(" SELECT locked FROM write_lock");
@@ -221,7 +220,7 @@ async fn apply_in_one_statement(
     }
     metrics::counter!("streamforge_projector_one_statement_batches_total", "projector" => projector.name())
         .increment(1);
-    Ok(Some(Applied { applied: kept.len(), skipped: 0 }))
+    Ok(Some(Applied { applied: envelopes.len(), skipped: 0 }))
 }
 
 /// [`apply_many`] inside the caller's transaction (no lock, no commit): the
