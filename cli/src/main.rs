@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 /// huge pages asked for the memory it maps (`thp:always`, baked into
 /// jemalloc's defaults by `.cargo/config.toml`'s
 /// `JEMALLOC_SYS_WITH_MALLOC_CONF`; an operator can override it at run time
-/// with `_RJEM_MALLOC_CONF`, e.g. `thp:default`). Argon2id reads its 19 MiB
+/// with `_RJEM_MALLOC_CONF` in the process environment, e.g. `thp:default`:
+/// not in `.env`, which is read after the allocator has started). Argon2id reads its 19 MiB
 /// of blocks in an order it computes (RFC 9106 §3.4), so with 4 KiB pages
 /// most of its reads miss the TLB; on 2 MiB pages a verify took 6 % less
 /// CPU, and `serve` answered 10 % more password logins than with glibc's
