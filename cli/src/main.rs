@@ -10,17 +10,21 @@ use api::config::Settings;
 use clap::{Parser, Subcommand};
 
 /// The process allocator: jemalloc (`tikv-jemallocator`), with transparent
-/// huge pages asked for the memory it maps (`thp:always`, baked into
+/// huge pages asked for its huge arena only, where allocations of 8 MiB and
+/// more go (`metadata_thp:always,huge_arena_pac_thp:true`, baked into
 /// jemalloc's defaults by `.cargo/config.toml`'s
-/// `JEMALLOC_SYS_WITH_MALLOC_CONF`; an operator can override it at run time
-/// with `_RJEM_MALLOC_CONF` in the process environment, e.g. `thp:default`:
-/// not in `.env`, which is read after the allocator has started). Argon2id reads its 19 MiB
-/// of blocks in an order it computes (RFC 9106 §3.4), so with 4 KiB pages
-/// most of its reads miss the TLB; on 2 MiB pages a verify took 6 % less
-/// CPU, and `serve` answered 10 % more password logins than with glibc's
-/// malloc (docs/performance.md, "login-http / Seventh measurement"). It
-/// costs ≈ 15–20 MiB of resident memory (`serve`: 62 against 48 MiB idle,
-/// 92 against 71 MiB at the peak of a login load).
+/// `JEMALLOC_SYS_WITH_MALLOC_CONF`; an operator can add options at run time
+/// with `_RJEM_MALLOC_CONF` in the process environment, e.g.
+/// `huge_arena_pac_thp:false`: not in `.env`, which is read after the
+/// allocator has started). Argon2id reads its 19 MiB of blocks in an order
+/// it computes (RFC 9106 §3.4), so with 4 KiB pages most of its reads miss
+/// the TLB; on 2 MiB pages a verify took 6 % less CPU, and `serve` answered
+/// ≈ 10 % more password logins than with glibc's malloc. Huge pages for
+/// every mapping (`thp:always`) did the same for the logins but took 73
+/// instead of 45 KiB per open SSE connection; on the huge arena only the
+/// connections keep their 45 KiB, and the process ≈ 20 MiB more than with
+/// glibc (`serve`: 69 against 48 MiB idle; jemalloc's metadata on huge
+/// pages). docs/performance.md, "login-http / Seventh measurement".
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -246,25 +250,12 @@ async fn chaos(action: ChaosAction, settings: &Settings) -> anyhow::Result<()> {
 }
 
 #[cfg(all(test, target_os = "linux", not(target_env = "musl")))]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
-    /// The binary's allocator asks for transparent huge pages: an
-    /// argon2-sized allocation lies in a mapping advised `MADV_HUGEPAGE`
-    /// (`hg` among its `VmFlags` in `/proc/self/smaps`). Fails with glibc's
-    /// malloc, and with jemalloc built without `thp:always`. Only where the
-    /// system leaves huge pages to `madvise` (with `always` nothing needs
-    /// advising, with `never` nothing can be).
-    #[test]
-    fn an_argon2_sized_allocation_is_advised_huge_pages() {
-        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-        if !mode.contains("[madvise]") {
-            eprintln!("skipped: transparent huge pages are {mode:?}, not left to madvise");
-            return;
-        }
-        let blocks = vec![1u8; 19 * 1024 * 1024];
-        let at = blocks.as_ptr() as usize;
+    /// The `VmFlags` of the mapping (`/proc/self/smaps`) that holds `at`.
+    fn vm_flags_of(at: usize) -> Vec<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
-        let mut flags = None;
         for line in smaps.lines() {
             let range = line.split_once(' ').and_then(|(range, _)| range.split_once('-'));
             if let Some((lo, hi)) = range {
@@ -273,13 +264,39 @@ mod tests {
                     continue;
                 }
             }
-            if let Some(f) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-                flags = Some(f.to_owned());
-                break;
+            if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+                return flags.split_whitespace().map(str::to_owned).collect();
             }
         }
-        let flags = flags.expect("the mapping that holds the allocation");
-        assert!(flags.split_whitespace().any(|f| f == "hg"), "VmFlags:{flags}");
-        assert_eq!(blocks.iter().map(|b| usize::from(*b)).sum::<usize>(), blocks.len());
+        panic!("no mapping holds {at:#x}");
+    }
+
+    /// The binary's allocator asks for transparent huge pages for argon2's
+    /// memory and for nothing small: an argon2-sized allocation lies in a
+    /// mapping advised `MADV_HUGEPAGE` (`hg` among its `VmFlags`), a
+    /// 64 KiB one (a connection's buffers) does not. The first fails with
+    /// glibc's malloc, and with jemalloc built without `huge_arena_pac_thp`
+    /// (or run with `_RJEM_MALLOC_CONF=huge_arena_pac_thp:false`); the
+    /// second with `thp:always`, which costs every open SSE connection
+    /// 73 instead of 45 KiB. Only where the system leaves huge pages to
+    /// `madvise` (with `always` nothing needs advising, with `never`
+    /// nothing can be).
+    #[test]
+    fn argon2_sized_allocations_alone_are_advised_huge_pages() {
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        if !mode.contains("[madvise]") {
+            eprintln!("skipped: transparent huge pages are {mode:?}, not left to madvise");
+            return;
+        }
+        let blocks = vec![1u8; 19 * 1024 * 1024];
+        let flags = vm_flags_of(blocks.as_ptr() as usize);
+        assert!(flags.iter().any(|f| f == "hg"), "19 MiB: VmFlags {flags:?}");
+        let small = vec![1u8; 64 * 1024];
+        let flags = vm_flags_of(small.as_ptr() as usize);
+        assert!(!flags.iter().any(|f| f == "hg"), "64 KiB: VmFlags {flags:?}");
+        assert_eq!(
+            blocks.iter().chain(&small).map(|b| usize::from(*b)).sum::<usize>(),
+            blocks.len() + small.len()
+        );
     }
 }
