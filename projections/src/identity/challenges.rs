@@ -39,10 +39,16 @@ impl Projector for ChallengesProjector {
     }
 
     /// The event is above its challenge's row (or the row is missing).
+    /// The row is found by its key as a `uuid` (the primary key's index;
+    /// `challenge_id::text` would read the whole table for every event a
+    /// nested loop brings), the cast guarded by the event's type, since the
+    /// condition may be evaluated on rows of other streams.
     fn unapplied_condition(&self) -> Option<&'static str> {
         Some(
             "NOT EXISTS (SELECT 1 FROM rm_challenges r \
-             WHERE r.challenge_id::text = e.aggregate_id AND r.sequence >= e.sequence)",
+             WHERE r.challenge_id = CASE WHEN e.aggregate_type = 'otp_challenge' \
+                                         THEN e.aggregate_id::uuid END \
+               AND r.sequence >= e.sequence)",
         )
     }
 
